@@ -1,0 +1,1 @@
+"""roomcast benchmarks: `python -m benches --help`."""

@@ -1,0 +1,192 @@
+"""The picows adapter: one `Client` per WebSocket connection.
+
+picows hands us frames, not messages: this module joins continuation frames, checks their
+order, enforces the whole-message size limit and UTF-8, and turns each complete message into
+one call on the server. A `WSFrame` is only valid inside `on_ws_frame`; nothing here keeps it.
+The `Client` object is also the record the public API returns (`get_clients()` and friends).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
+
+from .constants import CloseCode, WebSocketClientStates
+
+if TYPE_CHECKING:
+    from .server import WebSocketServerHelper
+
+logger = logging.getLogger("roomcast")
+
+_TEXT = WSMsgType.TEXT
+_BINARY = WSMsgType.BINARY
+_CONTINUATION = WSMsgType.CONTINUATION
+_CLOSE = WSMsgType.CLOSE
+_PONG = WSMsgType.PONG
+
+# How long a closing connection may take to answer our close frame before we drop it.
+CLOSE_GRACE = 2.0
+
+
+class Client(WSListener):
+    """One connection: its protocol state, and the record applications read."""
+
+    __slots__ = (
+        "_closing",
+        "_disconnect_timer",
+        "_fragments",
+        "_fragments_size",
+        "_fragments_text",
+        "_server",
+        "connected_at",
+        "encrypted",
+        "handle",
+        "id",
+        "metadata",
+        "salt",
+        "server_public_key",
+        "state",
+        "transport",
+        "user_id",
+    )
+
+    def __init__(self, server: WebSocketServerHelper, client_id: str) -> None:
+        self._server = server
+        self.id = client_id
+        self.user_id: str | None = None
+        self.state = WebSocketClientStates.UNAUTHORIZED
+        self.metadata: dict[str, Any] | None = None
+        self.encrypted = False
+        self.server_public_key: str | None = None
+        self.salt: str | None = None
+        self.connected_at = time.time()
+        self.handle = -1
+        self.transport: WSTransport | None = None
+        self._fragments: list[bytes] | None = None
+        self._fragments_size = 0
+        self._fragments_text = False
+        self._closing = False
+        self._disconnect_timer: Any = None
+
+    # -- the record ----------------------------------------------------------------------
+
+    @property
+    def rooms(self) -> set[str]:
+        return set(self._server._hub.rooms_of(self.handle))
+
+    @property
+    def backpressured(self) -> bool:
+        return self._server._hub.is_backpressured(self.handle)
+
+    @property
+    def last_activity(self) -> float:
+        """Unix time of the last frame received (or of the successful authentication)."""
+        return self._server._hub.last_activity(self.handle)
+
+    def __repr__(self) -> str:
+        return f"Client(id={self.id!r}, user_id={self.user_id!r}, state={self.state!r})"
+
+    # -- picows callbacks ------------------------------------------------------------------
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+        self._server._on_connect(self, transport)
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        msg_type = frame.msg_type
+        if self._fragments is None and frame.fin and (msg_type is _TEXT or msg_type is _BINARY):
+            # The common case: a whole message in one frame.
+            if self._closing:
+                return
+            self._server._on_message(self, frame.get_payload_as_memoryview(), msg_type is _TEXT)
+            return
+        if msg_type is _CLOSE:
+            self._on_close_frame(transport, frame)
+        elif msg_type is _PONG:
+            self._server._hub.touch_recv(self.handle)
+        elif msg_type is _TEXT or msg_type is _BINARY or msg_type is _CONTINUATION:
+            self._on_fragment(frame, msg_type)
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        if self._disconnect_timer is not None:
+            self._disconnect_timer.cancel()
+            self._disconnect_timer = None
+        self._server._on_disconnect(self)
+
+    def pause_writing(self) -> None:
+        self._server._on_pause_writing(self)
+
+    def resume_writing(self) -> None:
+        self._server._hub.set_backpressured(self.handle, False)
+
+    # -- framing details -------------------------------------------------------------------
+
+    def _on_fragment(self, frame: WSFrame, msg_type: WSMsgType) -> None:
+        if msg_type is _CONTINUATION:
+            if self._fragments is None:
+                self._fail(WSCloseCode.PROTOCOL_ERROR, "unexpected continuation frame")
+                return
+        elif self._fragments is not None:
+            self._fail(WSCloseCode.PROTOCOL_ERROR, "expected a continuation frame")
+            return
+        else:
+            self._fragments = []
+            self._fragments_size = 0
+            self._fragments_text = msg_type is _TEXT
+        self._fragments_size += frame.payload_size
+        if self._fragments_size > self._server._max_payload_length:
+            self._fragments = None
+            self._fail(WSCloseCode.MESSAGE_TOO_BIG, CloseCode.REASONS[CloseCode.MESSAGE_TOO_BIG])
+            return
+        self._fragments.append(frame.get_payload_as_bytes())
+        if frame.fin:
+            payload = b"".join(self._fragments)
+            self._fragments = None
+            if not self._closing:
+                self._server._on_message(self, payload, self._fragments_text)
+
+    def _on_close_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if not transport.is_close_frame_sent:
+            code = frame.get_close_code()
+            if code == WSCloseCode.ABNORMAL_CLOSURE:  # never valid on the wire
+                code = WSCloseCode.PROTOCOL_ERROR
+            transport.send_close(code, frame.get_close_message())
+        transport.disconnect()
+
+    def _fail(self, code: WSCloseCode, reason: str) -> None:
+        logger.info("closing %s: %s", self.id, reason)
+        self.close(code.value, reason)
+
+    # -- closing ---------------------------------------------------------------------------
+
+    @property
+    def closing(self) -> bool:
+        """True once the server has sent (or is sending) a close frame."""
+        return self._closing
+
+    def close(self, code: int, reason: str, *, abort: bool = False) -> None:
+        """Send a close frame after everything already queued, then drop the connection when
+        the client answers or after CLOSE_GRACE seconds; `abort` drops it at once. Idempotent."""
+        transport = self.transport
+        if self._closing or transport is None:
+            return
+        self._closing = True
+        self._server._hub.flush_one(self.handle)
+        try:
+            transport.send_close(code, reason.encode())  # type: ignore[arg-type]
+        except Exception:  # the transport is already gone
+            logger.debug("close frame not sent to %s", self.id, exc_info=True)
+        if abort:
+            self._force_disconnect()
+            return
+        loop = self._server._loop
+        if loop is not None:
+            self._disconnect_timer = loop.call_later(CLOSE_GRACE, self._force_disconnect)
+
+    def _force_disconnect(self) -> None:
+        self._disconnect_timer = None
+        if self.transport is not None:
+            self.transport.disconnect(graceful=False)

@@ -1,0 +1,760 @@
+"""WebSocketServerHelper: the protocol state machine, callbacks, local delivery and the broker.
+
+Everything that scales with the number of connections (registry, rooms, users, fan-out,
+deadlines, backpressure) lives in the Rust `Hub`; this module decides what to send and to
+whom, and never loops over recipients itself for plaintext delivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
+
+from . import _core
+from .broker import Broker, create_broker
+from .connection import Client
+from .constants import (
+    CloseCode,
+    ErrorMessages,
+    WebSocketChannels,
+    WebSocketClientStates,
+    WebSocketDefaults,
+    WebSocketEvents,
+    WebSocketMessageTypes,
+)
+from .http import HttpHandler, UpgradeRefused, WebServer
+from .protocol import (
+    MISSING,
+    InvalidMessage,
+    InvalidText,
+    decode,
+    decode_envelope,
+    encode,
+    encode_envelope,
+    error_payload,
+    iso_now,
+    requested_rooms,
+    sanitize_rooms,
+)
+
+logger = logging.getLogger("roomcast")
+
+_UNAUTHORIZED = WebSocketClientStates.UNAUTHORIZED
+_AUTHENTICATING = WebSocketClientStates.AUTHENTICATING
+_AUTHENTICATED = WebSocketClientStates.AUTHENTICATED
+_DISCONNECTED = WebSocketClientStates.DISCONNECTED
+
+_HEARTBEAT = WebSocketEvents.HEARTBEAT
+_AUTHENTICATE = WebSocketEvents.AUTHENTICATE
+_JOIN = WebSocketEvents.JOIN
+_LEAVE = WebSocketEvents.LEAVE
+_ENCRYPTED = WebSocketEvents.ENCRYPTED
+# Server-to-client events a client may not send; dropped, never handed to message_handler.
+_SERVER_ONLY = frozenset(
+    {WebSocketEvents.CONNECTED, WebSocketEvents.ERROR, WebSocketEvents.DISCONNECT}
+)
+
+_ERR_FORMAT = error_payload(ErrorMessages.INVALID_FORMAT)
+_ERR_ALREADY = error_payload(ErrorMessages.ALREADY_AUTHENTICATED)
+_ERR_NOT_AUTH = error_payload(ErrorMessages.NOT_AUTHENTICATED)
+_ERR_AUTH_FAILED = error_payload(ErrorMessages.AUTH_FAILED)
+_ERR_AUTH_ERROR = error_payload(ErrorMessages.AUTH_ERROR)
+_ERR_HANDSHAKE = error_payload(ErrorMessages.HANDSHAKE_FAILED)
+
+# How often the deadline wheel is swept; bounds how late a timeout close can be.
+SWEEP_INTERVAL = 0.05
+
+# server_options keys, with the original's camelCase names accepted as aliases.
+_OPTION_DEFAULTS: dict[str, Any] = {
+    "max_payload_length": WebSocketDefaults.MAX_PAYLOAD_LENGTH,
+    "idle_timeout": WebSocketDefaults.IDLE_TIMEOUT,
+    "backpressure_limit": WebSocketDefaults.BACKPRESSURE_LIMIT,
+    "close_on_backpressure_limit": False,
+    "send_pings": WebSocketDefaults.SEND_PINGS,
+    "max_connections": None,
+    "publish_to_self": WebSocketDefaults.PUBLISH_TO_SELF,
+    "per_message_deflate": False,
+}
+_OPTION_ALIASES = {
+    "maxPayloadLength": "max_payload_length",
+    "idleTimeout": "idle_timeout",
+    "backpressureLimit": "backpressure_limit",
+    "closeOnBackpressureLimit": "close_on_backpressure_limit",
+    "sendPings": "send_pings",
+    "maxConnections": "max_connections",
+    "publishToSelf": "publish_to_self",
+    "perMessageDeflate": "per_message_deflate",
+}
+
+
+def _refused(result: Any) -> bool:
+    """None, False (and other falsy non-mappings) refuse; any mapping, even `{}`, accepts."""
+    return result is None or result is False or (not result and not isinstance(result, Mapping))
+
+
+def resolve_server_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Defaults merged with `options`; unknown keys are an error, not a silent no-op."""
+    resolved = dict(_OPTION_DEFAULTS)
+    for key, value in (options or {}).items():
+        name = _OPTION_ALIASES.get(key, key)
+        if name not in resolved:
+            raise ValueError(f"unknown server option: {key}")
+        resolved[name] = value
+    if resolved["per_message_deflate"]:
+        raise ValueError("unsupported server option: per_message_deflate")
+    if int(resolved["max_payload_length"]) <= 0:
+        raise ValueError(f"max_payload_length must be positive: {resolved['max_payload_length']}")
+    if int(resolved["backpressure_limit"]) <= 0:
+        raise ValueError(f"backpressure_limit must be positive: {resolved['backpressure_limit']}")
+    if float(resolved["idle_timeout"]) < 0:
+        raise ValueError(f"idle_timeout must not be negative: {resolved['idle_timeout']}")
+    return resolved
+
+
+class WebSocketServerHelper:
+    """A WebSocket endpoint: authentication, rooms, users, broadcast and cross-node delivery.
+
+    Callbacks may be plain functions or coroutine functions and are called with keyword
+    arguments (see the README). An exception in a callback is logged and changes nothing else.
+    Times are in seconds.
+    """
+
+    def __init__(
+        self,
+        identifier: str = "WebSocketServerHelper",
+        path: str = WebSocketDefaults.PATH,
+        redis_connection: Any = None,
+        authenticate_fn: Callable[..., Any] | None = None,
+        *,
+        validate_room_fn: Callable[..., Any] | None = None,
+        client_connected_fn: Callable[..., Any] | None = None,
+        client_disconnected_fn: Callable[..., Any] | None = None,
+        message_handler: Callable[..., Any] | None = None,
+        outbound_transformer: Callable[..., Any] | None = None,
+        handshake_fn: Callable[..., Any] | None = None,
+        default_rooms: Iterable[str] | None = None,
+        auth_timeout: float = WebSocketDefaults.AUTH_TIMEOUT,
+        heartbeat_interval: float = WebSocketDefaults.HEARTBEAT_INTERVAL,
+        heartbeat_timeout: float = WebSocketDefaults.HEARTBEAT_TIMEOUT,
+        require_encryption: bool = False,
+        encrypted_batch_limit: int = WebSocketDefaults.ENCRYPTED_BATCH_LIMIT,
+        server_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        if not redis_connection:
+            raise ValueError(ErrorMessages.INVALID_REDIS)
+        if authenticate_fn is None:
+            raise ValueError("authenticate_fn is required")
+        if auth_timeout <= 0 or heartbeat_timeout <= 0 or heartbeat_interval <= 0:
+            raise ValueError(
+                "auth_timeout, heartbeat_interval and heartbeat_timeout must be positive"
+            )
+        if encrypted_batch_limit < 1:
+            raise ValueError(f"encrypted_batch_limit must be at least 1: {encrypted_batch_limit}")
+        self.identifier = identifier
+        self.server_id = str(uuid.uuid4())
+        self._path = path
+        self._broker: Broker = create_broker(redis_connection)
+
+        self.authenticate_fn = authenticate_fn
+        self.validate_room_fn = validate_room_fn
+        self.client_connected_fn = client_connected_fn
+        self.client_disconnected_fn = client_disconnected_fn
+        self.message_handler = message_handler
+        self.outbound_transformer = outbound_transformer
+        self.handshake_fn = handshake_fn
+
+        self.default_rooms = list(
+            default_rooms
+            if default_rooms is not None
+            else (WebSocketDefaults.ROOM, WebSocketDefaults.NOTIFICATION_ROOM)
+        )
+        self.auth_timeout = float(auth_timeout)
+        self.heartbeat_interval = float(heartbeat_interval)
+        self.heartbeat_timeout = float(heartbeat_timeout)
+        self.require_encryption = bool(require_encryption)
+        self.encrypted_batch_limit = int(encrypted_batch_limit)
+        self.server_options = resolve_server_options(server_options)
+        self._max_payload_length = int(self.server_options["max_payload_length"])
+        self._max_connections = self.server_options["max_connections"]
+        self._backpressure_limit = int(self.server_options["backpressure_limit"])
+        self._close_on_backpressure = bool(self.server_options["close_on_backpressure_limit"])
+
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._hub = _core.Hub(
+            self._schedule,
+            backpressure_limit=self._backpressure_limit,
+            close_on_backpressure_limit=self._close_on_backpressure,
+            heartbeat_timeout=self.heartbeat_timeout,
+            idle_timeout=float(self.server_options["idle_timeout"]),
+            send_pings=bool(self.server_options["send_pings"]),
+            on_overflow=self._on_overflow,
+        )
+        self._clients: dict[str, Client] = {}
+        self._encrypted = 0
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self._sweep_handle: asyncio.TimerHandle | None = None
+        self._accepting = False
+        self._configured = False
+        self._shut_down = False
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def configure(self) -> None:
+        """Connect the broker, subscribe and start the deadline sweep. Call once, in the loop."""
+        if self._configured:
+            return
+        if (self.handshake_fn is not None or self.require_encryption) and (
+            self.outbound_transformer is None
+        ):
+            raise ValueError(
+                "encryption is configured but outbound_transformer is missing: "
+                "encrypted clients could receive nothing"
+            )
+        self._loop = asyncio.get_running_loop()
+        await self._broker.start(self._on_envelope)
+        self._sweep_handle = self._loop.call_later(SWEEP_INTERVAL, self._sweep)
+        self._configured = True
+        self._accepting = True
+        logger.debug(
+            "%s ready on path %s (server id %s)", self.identifier, self._path, self.server_id
+        )
+
+    async def serve(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        http_handler: HttpHandler | None = None,
+    ) -> WebServer:
+        """Configure (if needed) and listen on host:port; returns the started WebServer."""
+        await self.configure()
+        server = WebServer(host, port, http_handler)
+        server.route(self)
+        await server.start()
+        return server
+
+    async def shutdown(self) -> None:
+        """Close every client with 1001, run the disconnect callbacks, clear all state and
+        close the broker. Idempotent."""
+        if self._shut_down:
+            return
+        self._shut_down = True
+        self._accepting = False
+        if self._sweep_handle is not None:
+            self._sweep_handle.cancel()
+            self._sweep_handle = None
+        reason = CloseCode.REASONS[CloseCode.GOING_AWAY]
+        clients = list(self._clients.values())
+        for client in clients:
+            client.close(CloseCode.GOING_AWAY, reason)
+            if client.transport is not None:
+                client.transport.disconnect()  # flushes what is queued, then closes
+        for client in clients:
+            self._on_disconnect(client)
+        self._clients.clear()
+        await self._broker.close()
+        for task in list(self._tasks):
+            task.cancel()
+        logger.debug("%s shut down", self.identifier)
+
+    def get_path(self) -> str:
+        return self._path
+
+    def accept(self) -> Client:
+        """A listener for a new upgrade request; raises UpgradeRefused when it can't be taken."""
+        if not self._accepting:
+            raise UpgradeRefused("not accepting connections (not configured or shutting down)")
+        if self._max_connections is not None and len(self._clients) >= self._max_connections:
+            raise UpgradeRefused(f"connection limit reached: {self._max_connections}")
+        return Client(self, str(uuid.uuid4()))
+
+    # -- connection events (called by Client) ------------------------------------------------
+
+    def _on_connect(self, client: Client, transport: Any) -> None:
+        raw = transport.underlying_transport
+        raw.set_write_buffer_limits(
+            high=self._backpressure_limit, low=self._backpressure_limit // 4
+        )
+        client.handle = self._hub.add(client.id, raw.write, client)
+        self._clients[client.id] = client
+        self._hub.set_auth_deadline(client.handle, self.auth_timeout)
+        logger.debug("connected %s (unauthorized)", client.id)
+        if not self._accepting:
+            client.close(CloseCode.GOING_AWAY, CloseCode.REASONS[CloseCode.GOING_AWAY])
+
+    def _on_disconnect(self, client: Client) -> None:
+        if client.state is _DISCONNECTED:
+            return
+        was_connected = client.state is _AUTHENTICATED
+        client.state = _DISCONNECTED
+        self._hub.remove(client.handle)
+        self._clients.pop(client.id, None)
+        if client.encrypted:
+            self._encrypted -= 1
+        logger.debug("disconnected %s (user %s)", client.id, client.user_id)
+        if was_connected and self.client_disconnected_fn is not None:
+            self._invoke(
+                "client_disconnected_fn",
+                self.client_disconnected_fn,
+                client_id=client.id,
+                user_id=client.user_id,
+            )
+
+    def _on_pause_writing(self, client: Client) -> None:
+        self._hub.set_backpressured(client.handle, True)
+        logger.debug("backpressure on %s", client.id)
+        if self._close_on_backpressure:
+            self._on_overflow(client)
+
+    def _on_overflow(self, client: Client) -> None:
+        logger.warning("closing %s: backpressure limit exceeded", client.id)
+        client.close(
+            CloseCode.POLICY_VIOLATION, CloseCode.REASONS[CloseCode.POLICY_VIOLATION], abort=True
+        )
+
+    def _on_message(self, client: Client, payload: Any, is_text: bool) -> None:
+        self._hub.touch(client.handle)
+        try:
+            message = decode(payload, is_text)
+        except InvalidMessage:
+            self._hub.send(client.handle, _ERR_FORMAT)
+            return
+        except InvalidText:
+            client.close(CloseCode.INVALID_TEXT, CloseCode.REASONS[CloseCode.INVALID_TEXT])
+            return
+        event = message.get("event")
+        if type(event) is not str or not event:
+            logger.info("message without event from %s dropped", client.id)
+            return
+        if event == _HEARTBEAT:
+            return
+        state = client.state
+        if event == _AUTHENTICATE:
+            if state is not _UNAUTHORIZED:
+                self._hub.send(client.handle, _ERR_ALREADY)
+                return
+            # The state changes now, not when the task starts: a second authenticate in the
+            # same read must already see it.
+            client.state = _AUTHENTICATING
+            self._hub.set_auth_deadline(client.handle, 3 * self.auth_timeout)
+            data = message.get("data")
+            self._spawn(self._authenticate(client, data if type(data) is dict else {}))
+            return
+        if state is not _AUTHENTICATED:
+            self._hub.send(client.handle, _ERR_NOT_AUTH)
+            return
+        if event == _JOIN:
+            self._on_join(client, message.get("data"))
+        elif event == _LEAVE:
+            self._on_leave(client, message.get("data"))
+        elif event in _SERVER_ONLY:
+            logger.debug("server event %r from %s dropped", event, client.id)
+        elif event == _ENCRYPTED:
+            self._on_encrypted_inbound(client, message)
+        elif self.message_handler is not None:
+            self._invoke(
+                "message_handler",
+                self.message_handler,
+                client_id=client.id,
+                user_id=client.user_id,
+                message=message,
+            )
+
+    # -- authentication ------------------------------------------------------------------
+
+    async def _authenticate(self, client: Client, data: dict[str, Any]) -> None:
+        try:
+            result = self.authenticate_fn(data)
+            if inspect.isawaitable(result):
+                result = await result
+        except Exception:
+            logger.exception("authenticate_fn raised for %s", client.id)
+            if client.state is _AUTHENTICATING and not client.closing:
+                self._hub.send(client.handle, _ERR_AUTH_ERROR)
+                client.close(CloseCode.AUTH_FAILED, CloseCode.REASONS[CloseCode.AUTH_FAILED])
+            return
+        if client.state is not _AUTHENTICATING or client.closing:
+            logger.info("%s left during authentication", client.id)
+            return
+        if _refused(result):
+            logger.info("authentication rejected for %s", client.id)
+            self._hub.send(client.handle, _ERR_AUTH_FAILED)
+            client.close(CloseCode.AUTH_FAILED, CloseCode.REASONS[CloseCode.AUTH_FAILED])
+            return
+        if not isinstance(result, Mapping):
+            result = {}
+        user_id = result.get("user_id", result.get("userId"))
+        client.user_id = None if user_id is None else str(user_id)
+        metadata = result.get("metadata")
+        client.metadata = dict(metadata) if isinstance(metadata, Mapping) else None
+
+        if self.require_encryption or (
+            self.handshake_fn is not None and data.get("publicKey") is not None
+        ):
+            if not await self._handshake(client, data):
+                return
+
+        client.state = _AUTHENTICATED
+        hub = self._hub
+        hub.authenticate(client.handle, client.user_id)
+        hub.join(client.handle, client.id)
+        for room in self.default_rooms:
+            hub.join(client.handle, room)
+        connected: dict[str, Any] = {"id": client.id}
+        if client.user_id is not None:
+            connected["userId"] = client.user_id
+        connected["time"] = iso_now()
+        if client.encrypted:
+            connected["serverPublicKey"] = client.server_public_key
+            connected["salt"] = client.salt
+        hub.send(client.handle, encode(WebSocketEvents.CONNECTED, connected))
+        logger.debug(
+            "authenticated %s (user %s, encrypted %s)", client.id, client.user_id, client.encrypted
+        )
+        if self.client_connected_fn is not None:
+            self._invoke(
+                "client_connected_fn",
+                self.client_connected_fn,
+                client_id=client.id,
+                user_id=client.user_id,
+                metadata=client.metadata,
+            )
+
+    async def _handshake(self, client: Client, data: dict[str, Any]) -> bool:
+        """Run handshake_fn; on refusal close the client and return False."""
+        if self.handshake_fn is None:
+            logger.error("require_encryption is on but no handshake_fn: closing %s", client.id)
+            client.close(
+                CloseCode.ENCRYPTION_REQUIRED, CloseCode.REASONS[CloseCode.ENCRYPTION_REQUIRED]
+            )
+            return False
+        try:
+            outcome = self.handshake_fn(client_id=client.id, user_id=client.user_id, data=data)
+            if inspect.isawaitable(outcome):
+                outcome = await outcome
+        except Exception:
+            logger.exception("handshake_fn raised for %s", client.id)
+            outcome = None
+        if client.state is not _AUTHENTICATING or client.closing:
+            logger.info("%s left during the handshake", client.id)
+            return False
+        if _refused(outcome) or not isinstance(outcome, Mapping):
+            logger.info("handshake refused for %s", client.id)
+            self._hub.send(client.handle, _ERR_HANDSHAKE)
+            client.close(
+                CloseCode.ENCRYPTION_REQUIRED, CloseCode.REASONS[CloseCode.ENCRYPTION_REQUIRED]
+            )
+            return False
+        client.server_public_key = outcome.get("server_public_key", outcome.get("serverPublicKey"))
+        client.salt = outcome.get("salt")
+        self.enable_client_encryption(client.id)
+        return True
+
+    # -- rooms ---------------------------------------------------------------------------
+
+    def _on_join(self, client: Client, data: Any) -> None:
+        requested = requested_rooms(data)
+        if not requested:
+            return
+        rooms = sanitize_rooms(requested)
+        if not rooms:
+            logger.warning("join refused for %s: no valid room names in %r", client.id, requested)
+            return
+        if self.validate_room_fn is None:
+            logger.warning("join refused for %s: no validate_room_fn configured", client.id)
+            return
+        try:
+            allowed = self.validate_room_fn(
+                client_id=client.id, user_id=client.user_id, rooms=rooms
+            )
+        except Exception:
+            logger.exception("validate_room_fn raised for %s", client.id)
+            return
+        if inspect.isawaitable(allowed):
+            self._spawn(self._join_when_validated(client, rooms, allowed))
+        else:
+            self._join_allowed(client, rooms, allowed)
+
+    async def _join_when_validated(
+        self, client: Client, rooms: list[str], allowed: Awaitable[Any]
+    ) -> None:
+        try:
+            result = await allowed
+        except Exception:
+            logger.exception("validate_room_fn raised for %s", client.id)
+            return
+        self._join_allowed(client, rooms, result)
+
+    def _join_allowed(self, client: Client, rooms: list[str], allowed: Any) -> None:
+        if client.state is not _AUTHENTICATED:
+            return
+        if not allowed:
+            logger.info("join refused for %s: no room allowed of %r", client.id, rooms)
+            return
+        requested = set(rooms)
+        # validate_room_fn returns a subset: anything else it returns is ignored.
+        joined = [r for r in allowed if r in requested and self._hub.join(client.handle, r)]
+        logger.debug("%s joined %r", client.id, joined)
+
+    def _on_leave(self, client: Client, data: Any) -> None:
+        for room in requested_rooms(data):
+            if type(room) is str and room != client.id:
+                self._hub.leave(client.handle, room)
+
+    def join_room(self, client_id: str, room: str) -> bool:
+        """Put a local client in `room` (no name rules: the server may use any name)."""
+        client = self._clients.get(client_id)
+        return client is not None and self._hub.join(client.handle, room)
+
+    def leave_room(self, client_id: str, room: str) -> bool:
+        """Take a local client out of `room`; its own-id room cannot be left."""
+        client = self._clients.get(client_id)
+        if client is None or room == client_id:
+            return False
+        return self._hub.leave(client.handle, room)
+
+    # -- encryption hooks ----------------------------------------------------------------
+
+    def enable_client_encryption(self, client_id: str) -> None:
+        """From now on the client gets only what outbound_transformer makes of each message."""
+        client = self._clients.get(client_id)
+        if client is None or client.encrypted:
+            return
+        client.encrypted = True
+        self._encrypted += 1
+        self._hub.set_encrypted(client.handle, True)
+
+    def _on_encrypted_inbound(self, client: Client, message: dict[str, Any]) -> None:
+        logger.debug("encrypted event from %s dropped: no inbound decryption configured", client.id)
+
+    def _deliver_encrypted(self, clients: Iterable[Client], event: str, data: Any) -> None:
+        transformer = self.outbound_transformer
+        if transformer is None:
+            logger.warning("encrypted clients skipped for %r: no outbound_transformer", event)
+            return
+        pending: list[tuple[Client, Awaitable[Any]]] = []
+        for client in clients:
+            try:
+                result = transformer(client=client, event=event, data=data)
+            except Exception:
+                logger.exception("outbound_transformer raised for %s", client.id)
+                continue
+            if inspect.isawaitable(result):
+                pending.append((client, result))
+            else:
+                self._send_transformed(client, event, result)
+        if pending:
+            self._spawn(self._deliver_limited(pending, event))
+
+    async def _deliver_limited(
+        self, pending: list[tuple[Client, Awaitable[Any]]], event: str
+    ) -> None:
+        items = iter(pending)
+
+        async def worker() -> None:
+            for client, awaitable in items:
+                try:
+                    result = await awaitable
+                except Exception:
+                    logger.exception("outbound_transformer raised for %s", client.id)
+                    continue
+                self._send_transformed(client, event, result)
+
+        await asyncio.gather(
+            *(worker() for _ in range(min(self.encrypted_batch_limit, len(pending))))
+        )
+
+    def _send_transformed(self, client: Client, event: str, result: Any) -> None:
+        if not isinstance(result, Mapping) or "event" not in result:
+            # Never fall back to plaintext for an encrypted client.
+            logger.warning(
+                "outbound_transformer gave nothing for %s (%r): dropped", client.id, event
+            )
+            return
+        self._hub.send(client.handle, encode(result["event"], result.get("data", MISSING)))
+
+    # -- local delivery ------------------------------------------------------------------
+
+    def send_to_client(self, client_id: str, event: str, data: Any = MISSING) -> int:
+        """Deliver to one local authenticated client; returns 1 if queued, else 0."""
+        client = self._clients.get(client_id)
+        if client is None or client.state is not _AUTHENTICATED:
+            return 0
+        if client.encrypted:
+            self._deliver_encrypted((client,), event, data)
+            return 1
+        return int(self._hub.send(client.handle, encode(event, data)))
+
+    def send_to_user(self, user_id: str, event: str, data: Any = MISSING) -> int:
+        """Deliver to every local session of a user; returns how many were queued."""
+        count = self._hub.send_user(user_id, encode(event, data))
+        if self._encrypted:
+            owners = self._hub.encrypted_owners(None, user_id, None)
+            self._deliver_encrypted(owners, event, data)
+            count += len(owners)
+        return count
+
+    def send_to_room(
+        self, room: str, event: str, data: Any = MISSING, exclude: list[str] | None = None
+    ) -> int:
+        """Deliver to every local authenticated member of `room` not in `exclude`."""
+        count = self._hub.send_room(room, encode(event, data), exclude or None)
+        if self._encrypted:
+            owners = self._hub.encrypted_owners(room, None, exclude or None)
+            self._deliver_encrypted(owners, event, data)
+            count += len(owners)
+        return count
+
+    def broadcast(self, event: str, data: Any = MISSING, exclude: list[str] | None = None) -> int:
+        """Deliver to every local authenticated client not in `exclude`."""
+        count = self._hub.broadcast(encode(event, data), exclude or None)
+        if self._encrypted:
+            owners = self._hub.encrypted_owners(None, None, exclude or None)
+            self._deliver_encrypted(owners, event, data)
+            count += len(owners)
+        return count
+
+    # -- delivery across nodes -------------------------------------------------------------
+
+    def send(
+        self, destination: str | None = None, payload: Mapping[str, Any] | None = None
+    ) -> None:
+        """Deliver locally and publish to the other nodes.
+
+        `payload` is `{"topic": event, "data": ...}`; one without a topic or a `data` key is
+        ignored. No destination: everyone. A local client id: that client. A local room: the
+        room. Anything else: published as a room envelope, which reaches a room of that name
+        or a client of that id on any node.
+        """
+        if not isinstance(payload, Mapping):
+            return
+        topic = payload.get("topic")
+        if not topic or "data" not in payload:
+            return
+        data = payload["data"]
+        if not destination:
+            self.broadcast(topic, data)
+            self._publish(WebSocketMessageTypes.BROADCAST, None, topic, data)
+        elif destination in self._clients:
+            self.send_to_client(destination, topic, data)
+            self._publish(WebSocketMessageTypes.CLIENT, destination, topic, data)
+        else:
+            if self._hub.has_room(destination):
+                self.send_to_room(destination, topic, data)
+            self._publish(WebSocketMessageTypes.ROOM, destination, topic, data)
+
+    def _publish(
+        self,
+        type_: str,
+        target: str | None,
+        event: str,
+        data: Any,
+        exclude: list[str] | None = None,
+    ) -> None:
+        if type_ == WebSocketMessageTypes.BROADCAST:
+            channel = WebSocketChannels.BROADCAST
+        elif type_ == WebSocketMessageTypes.ROOM:
+            channel = WebSocketChannels.for_room(target or "")
+        elif type_ == WebSocketMessageTypes.CLIENT:
+            channel = WebSocketChannels.for_client(target or "")
+        else:
+            channel = WebSocketChannels.for_user(target or "")
+        self._broker.publish(
+            channel, encode_envelope(self.server_id, type_, event, data, target, exclude)
+        )
+
+    def _on_envelope(self, channel: str, raw: bytes) -> None:
+        envelope = decode_envelope(raw)
+        if envelope is None:
+            logger.error("malformed envelope on %s dropped", channel)
+            return
+        if envelope.server_id == self.server_id:
+            return
+        type_, target = envelope.type, envelope.target
+        if type_ == WebSocketMessageTypes.BROADCAST:
+            self.broadcast(envelope.event, envelope.data, envelope.exclude)
+        elif target is None:
+            logger.debug("envelope of type %r without target on %s dropped", type_, channel)
+        elif type_ == WebSocketMessageTypes.ROOM:
+            self.send_to_room(target, envelope.event, envelope.data, envelope.exclude)
+        elif type_ == WebSocketMessageTypes.CLIENT:
+            self.send_to_client(target, envelope.event, envelope.data)
+        elif type_ == WebSocketMessageTypes.USER:
+            self.send_to_user(target, envelope.event, envelope.data)
+        else:
+            logger.debug("envelope of unknown type %r on %s dropped", type_, channel)
+
+    # -- queries -------------------------------------------------------------------------
+
+    def get_clients(self, id: str | None = None) -> Any:
+        """One client by id (or None), or a snapshot dict of all clients by id."""
+        if id is not None:
+            return self._clients.get(id)
+        return dict(self._clients)
+
+    def get_clients_by_user(self, user_id: str) -> list[Client]:
+        clients = self._clients
+        return [clients[i] for i in self._hub.user_members(user_id) if i in clients]
+
+    def get_clients_by_room(self, room: str) -> list[Client]:
+        clients = self._clients
+        return [clients[i] for i in self._hub.room_members(room) if i in clients]
+
+    def stats(self) -> dict[str, int]:
+        """Counters from the hub: connections, rooms, users, skipped messages, queued bytes."""
+        return self._hub.stats()
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _schedule(self, callback: Callable[[], None]) -> None:
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        loop.call_soon(callback)
+
+    def _sweep(self) -> None:
+        assert self._loop is not None
+        self._sweep_handle = self._loop.call_later(SWEEP_INTERVAL, self._sweep)
+        for client, reason in self._hub.sweep():
+            if reason == _core.EXPIRED_AUTH:
+                logger.info("closing %s: authentication timeout", client.id)
+                client.close(CloseCode.AUTH_TIMEOUT, CloseCode.REASONS[CloseCode.AUTH_TIMEOUT])
+            elif reason == _core.EXPIRED_HEARTBEAT:
+                logger.info("closing %s: heartbeat timeout", client.id)
+                client.close(
+                    CloseCode.HEARTBEAT_TIMEOUT, CloseCode.REASONS[CloseCode.HEARTBEAT_TIMEOUT]
+                )
+            else:
+                logger.info("closing %s: idle timeout", client.id)
+                client.close(CloseCode.GOING_AWAY, CloseCode.IDLE_REASON)
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        assert self._loop is not None
+        task = asyncio.ensure_future(coro, loop=self._loop)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Future[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("background task failed", exc_info=task.exception())
+
+    def _invoke(self, name: str, fn: Callable[..., Any], **kwargs: Any) -> None:
+        """Call an application callback; log (never raise) what it raises, sync or async."""
+        try:
+            result = fn(**kwargs)
+        except Exception:
+            logger.exception("%s raised", name)
+            return
+        if inspect.isawaitable(result):
+            self._spawn(self._guard(name, result))
+
+    @staticmethod
+    async def _guard(name: str, awaitable: Awaitable[Any]) -> None:
+        try:
+            await awaitable
+        except Exception:
+            logger.exception("%s raised", name)

@@ -1,0 +1,803 @@
+//! The hub: connection registry, room and user fan-out, backpressure, coalesced
+//! flushing and deadlines.
+//!
+//! Delivery never writes: frames are queued per connection (a shared `Frame` each)
+//! and a later [`Hub::flush`] hands every dirty connection its whole batch at once.
+//! The caller learns through [`Hub::take_flush_request`] when a flush must be scheduled
+//! and through [`Hub::drain_overflowed`] which connections passed the backpressure limit.
+
+use std::error::Error;
+use std::fmt;
+use std::mem;
+
+use crate::deadline::{Clocks, Due, Expiry, Timeouts};
+use crate::exclude::Exclude;
+use crate::frame::Frame;
+use crate::ids::{ClientId, Handle, RoomId};
+use crate::rooms::Rooms;
+use crate::users::{UserLink, Users};
+use crate::wheel::{Entry, Wheel, TICK_MS};
+
+/// Hub-wide settings. Timeouts are milliseconds; zero disables one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Queued (unflushed) bytes a connection may hold before messages to it are skipped.
+    pub backpressure_limit: usize,
+    /// Report a connection through [`Hub::drain_overflowed`] the first time a message
+    /// to it is skipped.
+    pub close_on_backpressure_limit: bool,
+    /// Authenticated connections expire this long after their last data frame.
+    pub heartbeat_timeout_ms: u64,
+    /// Every connection expires this long after it last received anything.
+    pub idle_timeout_ms: u64,
+    /// Queue a ping at half the idle timeout (needs `idle_timeout_ms > 0`).
+    pub send_pings: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            backpressure_limit: 1 << 20,
+            close_on_backpressure_limit: false,
+            heartbeat_timeout_ms: 90_000,
+            idle_timeout_ms: 0,
+            send_pings: false,
+        }
+    }
+}
+
+/// Every one of the 2^32 connection slots is in use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HubFull;
+
+impl fmt::Display for HubFull {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("hub is full")
+    }
+}
+
+impl Error for HubFull {}
+
+/// Counters for monitoring.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub connections: usize,
+    pub authenticated: usize,
+    pub rooms: usize,
+    pub users: usize,
+    pub memberships: usize,
+    /// Messages skipped for backpressure since the hub was created.
+    pub skipped: u64,
+    /// Bytes queued and not yet flushed.
+    pub pending_bytes: usize,
+    /// Wheel entries, stale ones included.
+    pub wheel_entries: usize,
+}
+
+/// The frames a flush writes to one connection, in queue order.
+pub struct Batch<'a> {
+    first: &'a Frame,
+    rest: &'a [Frame],
+    bytes: usize,
+}
+
+impl<'a> Batch<'a> {
+    /// The frame, when the batch is exactly one.
+    pub fn single(&self) -> Option<&'a Frame> {
+        self.rest.is_empty().then_some(self.first)
+    }
+
+    pub fn frames(&self) -> impl Iterator<Item = &'a Frame> + use<'a> {
+        std::iter::once(self.first).chain(self.rest)
+    }
+
+    /// Number of frames.
+    pub fn len(&self) -> usize {
+        1 + self.rest.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Total bytes of all frames.
+    pub fn byte_len(&self) -> usize {
+        self.bytes
+    }
+}
+
+/// Frames queued for one connection. `rest` keeps its allocation across flushes and
+/// the common single-frame case needs none.
+#[derive(Default)]
+struct Pending {
+    first: Option<Frame>,
+    rest: Vec<Frame>,
+    bytes: usize,
+}
+
+impl Pending {
+    fn push(&mut self, frame: Frame) {
+        self.bytes += frame.len();
+        if self.first.is_none() {
+            self.first = Some(frame);
+        } else {
+            self.rest.push(frame);
+        }
+    }
+}
+
+struct Conn<S> {
+    handle: Handle,
+    authenticated: bool,
+    encrypted: bool,
+    backpressured: bool,
+    /// Listed in `Outbox::dirty` with frames pending.
+    dirty: bool,
+    overflow_reported: bool,
+    pending: Pending,
+    skipped: u64,
+    client: ClientId,
+    user: Option<UserLink>,
+    rooms: Vec<RoomId>,
+    clocks: Clocks,
+    sink: S,
+}
+
+impl<S> Conn<S> {
+    /// Receives plaintext fan-out (room, user, broadcast).
+    #[inline]
+    fn takes_plain(&self, exclude: &Exclude<'_>) -> bool {
+        self.authenticated && !self.encrypted && !exclude.contains(&self.client)
+    }
+
+    /// Gets encrypted fan-out (through the caller's transformer).
+    fn takes_encrypted(&self, exclude: &Exclude<'_>) -> bool {
+        self.authenticated && self.encrypted && !exclude.contains(&self.client)
+    }
+}
+
+struct Slot<S> {
+    generation: u32,
+    conn: Option<Conn<S>>,
+}
+
+fn live<S>(slots: &[Slot<S>], handle: Handle) -> Option<&Conn<S>> {
+    let slot = slots.get(handle.slot() as usize)?;
+    if slot.generation != handle.generation() {
+        return None;
+    }
+    slot.conn.as_ref()
+}
+
+fn live_mut<S>(slots: &mut [Slot<S>], handle: Handle) -> Option<&mut Conn<S>> {
+    let slot = slots.get_mut(handle.slot() as usize)?;
+    if slot.generation != handle.generation() {
+        return None;
+    }
+    slot.conn.as_mut()
+}
+
+/// Members of rooms and users are always live, so a slot index is enough.
+#[inline]
+fn member_mut<S>(slots: &mut [Slot<S>], slot: u32) -> Option<&mut Conn<S>> {
+    slots.get_mut(slot as usize).and_then(|s| s.conn.as_mut())
+}
+
+fn member<S>(slots: &[Slot<S>], slot: u32) -> Option<&Conn<S>> {
+    slots.get(slot as usize).and_then(|s| s.conn.as_ref())
+}
+
+/// Queueing state shared by every delivery path.
+struct Outbox {
+    limit: usize,
+    close_on_limit: bool,
+    /// Slots with pending frames, in the order they became dirty (may hold stale
+    /// slots; `Conn::dirty` is the truth).
+    dirty: Vec<u32>,
+    overflowed: Vec<Handle>,
+    /// A flush is scheduled (or requested) and has not run yet.
+    flush_scheduled: bool,
+    /// The caller must schedule a flush.
+    flush_requested: bool,
+    skipped: u64,
+    pending_bytes: usize,
+}
+
+impl Outbox {
+    /// Queues `frame` unless the connection is backpressured; false when skipped.
+    #[inline]
+    fn offer<S>(&mut self, slot: u32, conn: &mut Conn<S>, frame: &Frame) -> bool {
+        if conn.backpressured || conn.pending.bytes.saturating_add(frame.len()) > self.limit {
+            conn.skipped += 1;
+            self.skipped += 1;
+            if self.close_on_limit && !conn.overflow_reported {
+                conn.overflow_reported = true;
+                self.overflowed.push(conn.handle);
+            }
+            return false;
+        }
+        self.queue(slot, conn, frame.clone());
+        true
+    }
+
+    #[inline]
+    fn queue<S>(&mut self, slot: u32, conn: &mut Conn<S>, frame: Frame) {
+        self.pending_bytes += frame.len();
+        conn.pending.push(frame);
+        if !conn.dirty {
+            conn.dirty = true;
+            self.dirty.push(slot);
+        }
+        if !self.flush_scheduled {
+            self.flush_scheduled = true;
+            self.flush_requested = true;
+        }
+    }
+}
+
+/// Hands a connection's pending frames to `write` and empties its queue.
+fn drain<S>(conn: &mut Conn<S>, total: &mut usize, write: &mut impl FnMut(&S, Batch<'_>)) {
+    let Some(first) = conn.pending.first.take() else {
+        return;
+    };
+    let bytes = conn.pending.bytes;
+    write(
+        &conn.sink,
+        Batch {
+            first: &first,
+            rest: &conn.pending.rest,
+            bytes,
+        },
+    );
+    conn.pending.rest.clear();
+    conn.pending.bytes = 0;
+    *total -= bytes;
+}
+
+/// Makes sure the connection's one live wheel entry is no later than its earliest
+/// deadline. Deadlines that moved later keep their early entry (lazy re-insert).
+fn arm<S>(wheel: &mut Wheel, timeouts: &Timeouts, conn: &mut Conn<S>) {
+    let Some(deadline) = conn.clocks.next_deadline(conn.authenticated, timeouts) else {
+        return;
+    };
+    let tick = wheel.effective(deadline.div_ceil(TICK_MS));
+    if conn.clocks.wheel_due.is_some_and(|due| due <= tick) {
+        return;
+    }
+    conn.clocks.wheel_due = Some(wheel.insert(conn.handle, tick));
+}
+
+/// The frame for a fan-out, built on the first recipient only.
+struct LazyFrame<'a> {
+    payload: &'a [u8],
+    frame: Option<Frame>,
+}
+
+impl<'a> LazyFrame<'a> {
+    fn new(payload: &'a [u8]) -> Self {
+        LazyFrame {
+            payload,
+            frame: None,
+        }
+    }
+
+    #[inline]
+    fn get(&mut self) -> &Frame {
+        let payload = self.payload;
+        self.frame.get_or_insert_with(|| Frame::text(payload))
+    }
+}
+
+/// The registry and everything that scales with it. `S` is the caller's per-connection
+/// sink, handed back on flush, sweep, overflow and removal.
+pub struct Hub<S> {
+    timeouts: Timeouts,
+    slots: Vec<Slot<S>>,
+    free: Vec<u32>,
+    len: usize,
+    authenticated: usize,
+    rooms: Rooms,
+    users: Users,
+    out: Outbox,
+    wheel: Wheel,
+    /// Reused buffer of fired wheel entries.
+    fired: Vec<Entry>,
+    ping: Frame,
+}
+
+impl<S> Hub<S> {
+    /// A hub whose clock starts at `now` (ms).
+    pub fn new(config: Config, now: u64) -> Self {
+        Hub {
+            timeouts: Timeouts {
+                heartbeat_ms: config.heartbeat_timeout_ms,
+                idle_ms: config.idle_timeout_ms,
+                send_pings: config.send_pings,
+            },
+            slots: Vec::new(),
+            free: Vec::new(),
+            len: 0,
+            authenticated: 0,
+            rooms: Rooms::default(),
+            users: Users::default(),
+            out: Outbox {
+                limit: config.backpressure_limit,
+                close_on_limit: config.close_on_backpressure_limit,
+                dirty: Vec::new(),
+                overflowed: Vec::new(),
+                flush_scheduled: false,
+                flush_requested: false,
+                skipped: 0,
+                pending_bytes: 0,
+            },
+            wheel: Wheel::new(now / TICK_MS),
+            fired: Vec::new(),
+            ping: Frame::ping(),
+        }
+    }
+
+    // -- registry -----------------------------------------------------------------
+
+    /// Registers an unauthenticated connection; its idle deadline (if any) starts now.
+    pub fn add(&mut self, client_id: &str, sink: S, now: u64) -> Result<Handle, HubFull> {
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                let slot = u32::try_from(self.slots.len()).map_err(|_| HubFull)?;
+                self.slots.push(Slot {
+                    generation: 1,
+                    conn: None,
+                });
+                slot
+            }
+        };
+        let entry = &mut self.slots[slot as usize];
+        let handle = Handle::new(slot, entry.generation);
+        let conn = entry.conn.insert(Conn {
+            handle,
+            authenticated: false,
+            encrypted: false,
+            backpressured: false,
+            dirty: false,
+            overflow_reported: false,
+            pending: Pending::default(),
+            skipped: 0,
+            client: ClientId::new(client_id),
+            user: None,
+            rooms: Vec::new(),
+            clocks: Clocks::new(now),
+            sink,
+        });
+        arm(&mut self.wheel, &self.timeouts, conn);
+        self.len += 1;
+        Ok(handle)
+    }
+
+    /// Forgets a connection: rooms, user index, pending frames. Returns its sink so the
+    /// caller decides where it is dropped. Its wheel entry is skipped when it fires.
+    pub fn remove(&mut self, handle: Handle) -> Option<S> {
+        let index = handle.slot();
+        let slot = self.slots.get_mut(index as usize)?;
+        if slot.generation != handle.generation() {
+            return None;
+        }
+        let conn = slot.conn.take()?;
+        slot.generation = match slot.generation.wrapping_add(1) {
+            0 => 1,
+            generation => generation,
+        };
+        self.free.push(index);
+        self.len -= 1;
+        if conn.authenticated {
+            self.authenticated -= 1;
+        }
+        self.out.pending_bytes -= conn.pending.bytes;
+        self.rooms.leave_all(index, &conn.rooms);
+        if let Some(link) = &conn.user {
+            self.unlink_user(link);
+        }
+        Some(conn.sink)
+    }
+
+    /// Removes every connection, returning their sinks.
+    pub fn drain_sinks(&mut self) -> Vec<S> {
+        let handles: Vec<Handle> = self
+            .slots
+            .iter()
+            .filter_map(|s| s.conn.as_ref().map(|c| c.handle))
+            .collect();
+        handles.into_iter().filter_map(|h| self.remove(h)).collect()
+    }
+
+    fn unlink_user(&mut self, link: &UserLink) {
+        if let Some(moved) = self.users.remove(link) {
+            if let Some(user) = member_mut(&mut self.slots, moved).and_then(|c| c.user.as_mut()) {
+                user.pos = link.pos;
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn contains(&self, handle: Handle) -> bool {
+        live(&self.slots, handle).is_some()
+    }
+
+    pub fn sink(&self, handle: Handle) -> Option<&S> {
+        live(&self.slots, handle).map(|c| &c.sink)
+    }
+
+    /// Every live connection's sink (for the caller's garbage-collector traversal).
+    pub fn sinks(&self) -> impl Iterator<Item = &S> {
+        self.slots
+            .iter()
+            .filter_map(|s| s.conn.as_ref())
+            .map(|c| &c.sink)
+    }
+
+    pub fn client_id(&self, handle: Handle) -> Option<&str> {
+        live(&self.slots, handle).map(|c| c.client.as_str())
+    }
+
+    /// Marks the connection authenticated (eligible for fan-out), indexes it under
+    /// `user` (moving it if it was under another), clears the auth deadline and starts
+    /// the heartbeat deadline from `now`.
+    pub fn authenticate(&mut self, handle: Handle, user: Option<&str>, now: u64) {
+        let Some(conn) = live_mut(&mut self.slots, handle) else {
+            return;
+        };
+        if !conn.authenticated {
+            conn.authenticated = true;
+            self.authenticated += 1;
+        }
+        conn.clocks.auth_deadline = None;
+        conn.clocks.last_activity = now;
+        let unchanged = match (&conn.user, user) {
+            (Some(link), Some(name)) => &*link.name == name,
+            (None, None) => true,
+            _ => false,
+        };
+        if !unchanged {
+            if let Some(old) = conn.user.take() {
+                self.unlink_user(&old);
+            }
+            let link = user.map(|name| self.users.add(name, handle.slot()));
+            if let Some(conn) = live_mut(&mut self.slots, handle) {
+                conn.user = link;
+            }
+        }
+        if let Some(conn) = live_mut(&mut self.slots, handle) {
+            arm(&mut self.wheel, &self.timeouts, conn);
+        }
+    }
+
+    pub fn is_authenticated(&self, handle: Handle) -> bool {
+        live(&self.slots, handle).is_some_and(|c| c.authenticated)
+    }
+
+    /// Sets the auth deadline `timeout_ms` from `now`; `None` clears it.
+    pub fn set_auth_deadline(&mut self, handle: Handle, timeout_ms: Option<u64>, now: u64) {
+        let Some(conn) = live_mut(&mut self.slots, handle) else {
+            return;
+        };
+        conn.clocks.auth_deadline = timeout_ms.map(|t| now.saturating_add(t));
+        arm(&mut self.wheel, &self.timeouts, conn);
+    }
+
+    /// A data frame arrived. O(1): deadlines only move later, nothing touches the wheel.
+    #[inline]
+    pub fn touch(&mut self, handle: Handle, now: u64) {
+        if let Some(conn) = live_mut(&mut self.slots, handle) {
+            conn.clocks.last_activity = now;
+            conn.clocks.last_recv = now;
+            conn.clocks.ping_sent = false;
+        }
+    }
+
+    /// A control frame (pong) arrived: it counts against idleness, not the heartbeat.
+    #[inline]
+    pub fn touch_recv(&mut self, handle: Handle, now: u64) {
+        if let Some(conn) = live_mut(&mut self.slots, handle) {
+            conn.clocks.last_recv = now;
+            conn.clocks.ping_sent = false;
+        }
+    }
+
+    pub fn set_encrypted(&mut self, handle: Handle, encrypted: bool) {
+        if let Some(conn) = live_mut(&mut self.slots, handle) {
+            conn.encrypted = encrypted;
+        }
+    }
+
+    pub fn set_backpressured(&mut self, handle: Handle, backpressured: bool) {
+        if let Some(conn) = live_mut(&mut self.slots, handle) {
+            conn.backpressured = backpressured;
+        }
+    }
+
+    pub fn is_backpressured(&self, handle: Handle) -> bool {
+        live(&self.slots, handle).is_some_and(|c| c.backpressured)
+    }
+
+    /// Messages skipped for backpressure on this connection.
+    pub fn skipped(&self, handle: Handle) -> u64 {
+        live(&self.slots, handle).map_or(0, |c| c.skipped)
+    }
+
+    /// Last data frame or authentication, in the hub's clock (ms).
+    pub fn last_activity(&self, handle: Handle) -> Option<u64> {
+        live(&self.slots, handle).map(|c| c.clocks.last_activity)
+    }
+
+    // -- rooms and users ------------------------------------------------------------
+
+    /// True if the connection newly joined `room`.
+    pub fn join(&mut self, handle: Handle, room: &str) -> bool {
+        let Some(conn) = live_mut(&mut self.slots, handle) else {
+            return false;
+        };
+        self.rooms.join(handle.slot(), &mut conn.rooms, room)
+    }
+
+    /// True if the connection was in `room`; an emptied room is deleted.
+    pub fn leave(&mut self, handle: Handle, room: &str) -> bool {
+        let Some(conn) = live_mut(&mut self.slots, handle) else {
+            return false;
+        };
+        self.rooms.leave(handle.slot(), &mut conn.rooms, room)
+    }
+
+    pub fn rooms_of(&self, handle: Handle) -> impl Iterator<Item = &str> {
+        live(&self.slots, handle)
+            .into_iter()
+            .flat_map(|c| c.rooms.iter().map(|&id| self.rooms.name(id)))
+    }
+
+    pub fn in_room(&self, handle: Handle, room: &str) -> bool {
+        self.contains(handle)
+            && self
+                .rooms
+                .id(room)
+                .is_some_and(|id| self.rooms.contains(handle.slot(), id))
+    }
+
+    pub fn has_room(&self, room: &str) -> bool {
+        self.rooms.id(room).is_some()
+    }
+
+    /// Client ids of every member, whatever their state.
+    pub fn room_members(&self, room: &str) -> impl Iterator<Item = &str> {
+        self.rooms
+            .id(room)
+            .into_iter()
+            .flat_map(|id| self.rooms.members(id))
+            .filter_map(|&slot| member(&self.slots, slot).map(|c| c.client.as_str()))
+    }
+
+    /// Client ids of the user's sessions.
+    pub fn user_members(&self, user: &str) -> impl Iterator<Item = &str> {
+        self.users
+            .sessions(user)
+            .iter()
+            .filter_map(|&slot| member(&self.slots, slot).map(|c| c.client.as_str()))
+    }
+
+    pub fn room_names(&self) -> impl Iterator<Item = &str> {
+        self.rooms.names()
+    }
+
+    // -- delivery -------------------------------------------------------------------
+
+    /// Queues `payload` as a text frame for one connection, whatever its state; false
+    /// if the handle is dead or the message was skipped for backpressure.
+    pub fn send(&mut self, handle: Handle, payload: &[u8]) -> bool {
+        let Some(conn) = live_mut(&mut self.slots, handle) else {
+            return false;
+        };
+        self.out.offer(handle.slot(), conn, &Frame::text(payload))
+    }
+
+    /// Queues one shared frame for every authenticated plaintext member of `room` not
+    /// in `exclude` and not backpressured; returns how many got it.
+    pub fn send_room(&mut self, room: &str, payload: &[u8], exclude: &Exclude<'_>) -> usize {
+        let Some(id) = self.rooms.id(room) else {
+            return 0;
+        };
+        let mut frame = LazyFrame::new(payload);
+        let mut queued = 0;
+        for &slot in self.rooms.members(id) {
+            let Some(conn) = member_mut(&mut self.slots, slot) else {
+                continue;
+            };
+            if conn.takes_plain(exclude) && self.out.offer(slot, conn, frame.get()) {
+                queued += 1;
+            }
+        }
+        queued
+    }
+
+    /// Like [`Hub::send_room`] for the sessions of `user`.
+    pub fn send_user(&mut self, user: &str, payload: &[u8]) -> usize {
+        let exclude = Exclude::none();
+        let mut frame = LazyFrame::new(payload);
+        let mut queued = 0;
+        for &slot in self.users.sessions(user) {
+            let Some(conn) = member_mut(&mut self.slots, slot) else {
+                continue;
+            };
+            if conn.takes_plain(&exclude) && self.out.offer(slot, conn, frame.get()) {
+                queued += 1;
+            }
+        }
+        queued
+    }
+
+    /// Like [`Hub::send_room`] for every connection.
+    pub fn broadcast(&mut self, payload: &[u8], exclude: &Exclude<'_>) -> usize {
+        let mut frame = LazyFrame::new(payload);
+        let mut queued = 0;
+        for (index, slot) in self.slots.iter_mut().enumerate() {
+            let Some(conn) = slot.conn.as_mut() else {
+                continue;
+            };
+            if conn.takes_plain(exclude) && self.out.offer(index as u32, conn, frame.get()) {
+                queued += 1;
+            }
+        }
+        queued
+    }
+
+    /// Calls `f` with every authenticated encrypted connection not in `exclude`: those
+    /// in `room` if given, those of `user` if given (both: the user's sessions in the
+    /// room), everyone if neither.
+    pub fn encrypted_sinks(
+        &self,
+        room: Option<&str>,
+        user: Option<&str>,
+        exclude: &Exclude<'_>,
+        mut f: impl FnMut(&S),
+    ) {
+        let mut visit = |slot: u32| {
+            if let Some(conn) = member(&self.slots, slot) {
+                if conn.takes_encrypted(exclude) {
+                    f(&conn.sink);
+                }
+            }
+        };
+        match (room.map(|r| self.rooms.id(r)), user) {
+            (Some(None), _) => {}
+            (Some(Some(id)), None) => self.rooms.members(id).iter().for_each(|&s| visit(s)),
+            (Some(Some(id)), Some(user)) => self
+                .users
+                .sessions(user)
+                .iter()
+                .filter(|&&s| self.rooms.contains(s, id))
+                .for_each(|&s| visit(s)),
+            (None, Some(user)) => self.users.sessions(user).iter().for_each(|&s| visit(s)),
+            (None, None) => {
+                for (index, slot) in self.slots.iter().enumerate() {
+                    if slot.conn.is_some() {
+                        visit(index as u32);
+                    }
+                }
+            }
+        }
+    }
+
+    /// True once after something was queued with no flush pending: the caller must
+    /// arrange for [`Hub::flush`] to run.
+    #[inline]
+    pub fn take_flush_request(&mut self) -> bool {
+        mem::take(&mut self.out.flush_requested)
+    }
+
+    /// The caller could not schedule the requested flush; the next queued frame asks
+    /// again.
+    pub fn cancel_flush(&mut self) {
+        self.out.flush_scheduled = false;
+        self.out.flush_requested = false;
+    }
+
+    /// True if connections overflowed since the last [`Hub::drain_overflowed`].
+    #[inline]
+    pub fn has_overflowed(&self) -> bool {
+        !self.out.overflowed.is_empty()
+    }
+
+    /// Calls `f` with each live connection that overflowed (once per connection ever,
+    /// only with `close_on_backpressure_limit`).
+    pub fn drain_overflowed(&mut self, mut f: impl FnMut(&S)) {
+        for handle in self.out.overflowed.drain(..) {
+            if let Some(conn) = live(&self.slots, handle) {
+                f(&conn.sink);
+            }
+        }
+    }
+
+    /// Hands each dirty connection its pending frames (one batch per connection) and
+    /// empties the queues. `write` must not need the hub: collect, then write.
+    pub fn flush(&mut self, mut write: impl FnMut(&S, Batch<'_>)) {
+        self.out.flush_scheduled = false;
+        let mut dirty = mem::take(&mut self.out.dirty);
+        for &slot in &dirty {
+            if let Some(conn) = member_mut(&mut self.slots, slot) {
+                if mem::take(&mut conn.dirty) {
+                    drain(conn, &mut self.out.pending_bytes, &mut write);
+                }
+            }
+        }
+        dirty.clear();
+        self.out.dirty = dirty;
+    }
+
+    /// Hands one connection its pending frames now (before a close frame, say).
+    pub fn flush_one(&mut self, handle: Handle, mut write: impl FnMut(&S, Batch<'_>)) {
+        if let Some(conn) = live_mut(&mut self.slots, handle) {
+            if mem::take(&mut conn.dirty) {
+                drain(conn, &mut self.out.pending_bytes, &mut write);
+            }
+        }
+    }
+
+    /// Bytes queued for one connection.
+    pub fn pending_bytes(&self, handle: Handle) -> usize {
+        live(&self.slots, handle).map_or(0, |c| c.pending.bytes)
+    }
+
+    // -- deadlines ------------------------------------------------------------------
+
+    /// Runs the wheel up to `now`: calls `expired` once per connection whose deadline
+    /// passed (auth, then heartbeat, then idle; its deadlines are then disarmed) and
+    /// queues due pings. Costs the entries that fire or cascade, not the connections.
+    pub fn sweep(&mut self, now: u64, mut expired: impl FnMut(&S, Expiry)) {
+        let mut fired = mem::take(&mut self.fired);
+        self.wheel.advance(now / TICK_MS, &mut fired);
+        for entry in fired.drain(..) {
+            let Some(conn) = live_mut(&mut self.slots, entry.handle) else {
+                continue;
+            };
+            if conn.clocks.wheel_due != Some(entry.due) {
+                continue;
+            }
+            conn.clocks.wheel_due = None;
+            match conn.clocks.due(conn.authenticated, &self.timeouts, now) {
+                Due::Expired(reason) => {
+                    conn.clocks.expired = true;
+                    expired(&conn.sink, reason);
+                    continue;
+                }
+                Due::Ping => {
+                    conn.clocks.ping_sent = true;
+                    self.out.queue(entry.handle.slot(), conn, self.ping.clone());
+                }
+                Due::Nothing => {}
+            }
+            arm(&mut self.wheel, &self.timeouts, conn);
+        }
+        self.fired = fired;
+    }
+
+    /// Wheel entries fired or cascaded since creation: the sweep's whole workload.
+    pub fn wheel_visits(&self) -> u64 {
+        self.wheel.visits()
+    }
+
+    pub fn stats(&self) -> Stats {
+        Stats {
+            connections: self.len,
+            authenticated: self.authenticated,
+            rooms: self.rooms.len(),
+            users: self.users.len(),
+            memberships: self.rooms.memberships(),
+            skipped: self.out.skipped,
+            pending_bytes: self.out.pending_bytes,
+            wheel_entries: self.wheel.len(),
+        }
+    }
+}

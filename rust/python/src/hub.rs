@@ -1,0 +1,572 @@
+//! `roomcast._core.Hub`: the Python face of `roomcast_core::Hub`.
+//!
+//! Re-entrancy: `write`, `schedule` and `on_overflow` may call straight back into the
+//! hub (uvloop calls `pause_writing` from inside `write`, which calls
+//! `set_backpressured`; an error path may call `remove`). So every call into Python is
+//! made with no borrow of the hub outstanding: methods that call out take
+//! `slf: &Bound<Self>`, collect what they need under a short `try_borrow_mut`, drop it,
+//! then call. Python objects removed from the hub are also dropped after the borrow,
+//! since a finalizer may call back in.
+
+use std::mem;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::gc::PyVisit;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString};
+use pyo3::{intern, PyTraverseError};
+use roomcast_core::{self as rc, Batch, Exclude, Frame, Handle};
+use rustc_hash::FxHashMap;
+
+/// What the hub keeps per connection on behalf of Python.
+struct Sink {
+    /// Takes one `bytes` (the transport's `write`).
+    write: Py<PyAny>,
+    /// Opaque; handed back by `sweep`, `encrypted_owners` and `on_overflow`.
+    owner: Py<PyAny>,
+}
+
+/// The core's clock: milliseconds since the hub was created.
+struct Clock {
+    start: Instant,
+    /// Unix time of `start`, in seconds.
+    epoch: f64,
+}
+
+impl Clock {
+    fn new() -> Self {
+        Clock {
+            start: Instant::now(),
+            epoch: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn unix_seconds(&self, ms: u64) -> f64 {
+        self.epoch + ms as f64 / 1000.0
+    }
+}
+
+/// Converts a duration in float seconds to milliseconds.
+fn millis(name: &str, seconds: f64) -> PyResult<u64> {
+    if seconds.is_nan() || seconds < 0.0 {
+        return Err(PyValueError::new_err(format!(
+            "{name} must be a non-negative number of seconds: {seconds}"
+        )));
+    }
+    // Saturates for infinity: a deadline that never comes.
+    Ok((seconds * 1000.0).round() as u64)
+}
+
+/// Client ids to exclude, kept alive for the `&str`s borrowed from them.
+fn exclude_ids<'py>(exclude: Option<&Bound<'py, PyAny>>) -> PyResult<Vec<Bound<'py, PyString>>> {
+    let Some(obj) = exclude.filter(|obj| !obj.is_none()) else {
+        return Ok(Vec::new());
+    };
+    if let Ok(list) = obj.cast::<PyList>() {
+        let mut ids = Vec::with_capacity(list.len());
+        for item in list.iter() {
+            ids.push(item.cast_into::<PyString>()?);
+        }
+        return Ok(ids);
+    }
+    obj.try_iter()?
+        .map(|item| Ok(item?.cast_into::<PyString>()?))
+        .collect()
+}
+
+fn as_strs<'a>(ids: &'a [Bound<'_, PyString>]) -> PyResult<Vec<&'a str>> {
+    ids.iter().map(|id| id.to_str()).collect()
+}
+
+/// Python calls owed after a hub operation, made once the borrow is released.
+#[derive(Default)]
+struct Followup {
+    schedule: Option<Py<PyAny>>,
+    overflow: Option<(Py<PyAny>, Vec<Py<PyAny>>)>,
+}
+
+impl Followup {
+    /// Calls `on_overflow` for each overflowed owner (errors are reported as
+    /// unraisable), then `schedule(hub.flush)` (errors propagate; the next queued frame
+    /// asks again).
+    fn run(self, hub: &Bound<'_, Hub>) -> PyResult<()> {
+        let py = hub.py();
+        if let Some((callback, owners)) = self.overflow {
+            let callback = callback.bind(py);
+            for owner in owners {
+                if let Err(err) = callback.call1((owner,)) {
+                    err.write_unraisable(py, Some(callback));
+                }
+            }
+        }
+        if let Some(schedule) = self.schedule {
+            let scheduled = hub
+                .getattr(intern!(py, "flush"))
+                .and_then(|flush| schedule.bind(py).call1((flush,)));
+            if let Err(err) = scheduled {
+                if let Ok(mut this) = hub.try_borrow_mut() {
+                    this.core.cancel_flush();
+                }
+                return Err(err);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Python `bytes` for each flushed batch, built once per frame per flush when the
+/// frame is shared, and once per run of identical multi-frame batches.
+#[derive(Default)]
+struct BytesCache {
+    last: Option<(Frame, Py<PyBytes>)>,
+    /// Earlier shared frames; holding a clone keeps the address a valid key.
+    earlier: FxHashMap<usize, (Frame, Py<PyBytes>)>,
+    last_run: Option<(Vec<Frame>, Py<PyBytes>)>,
+}
+
+impl BytesCache {
+    fn bytes(&mut self, py: Python<'_>, batch: &Batch<'_>) -> Option<Py<PyBytes>> {
+        match batch.single() {
+            Some(frame) => Some(self.single(py, frame)),
+            None => self.concat(py, batch),
+        }
+    }
+
+    fn single(&mut self, py: Python<'_>, frame: &Frame) -> Py<PyBytes> {
+        if let Some((last, bytes)) = &self.last {
+            if last.same(frame) {
+                return bytes.clone_ref(py);
+            }
+        }
+        if !frame.is_shared() {
+            return PyBytes::new(py, frame.as_bytes()).unbind();
+        }
+        if let Some((_, bytes)) = self.earlier.get(&frame.addr()) {
+            return bytes.clone_ref(py);
+        }
+        let bytes = PyBytes::new(py, frame.as_bytes()).unbind();
+        if let Some((old, old_bytes)) = self.last.replace((frame.clone(), bytes.clone_ref(py))) {
+            self.earlier.insert(old.addr(), (old, old_bytes));
+        }
+        bytes
+    }
+
+    fn concat(&mut self, py: Python<'_>, batch: &Batch<'_>) -> Option<Py<PyBytes>> {
+        if let Some((frames, bytes)) = &self.last_run {
+            if frames.len() == batch.len()
+                && frames.iter().zip(batch.frames()).all(|(a, b)| a.same(b))
+            {
+                return Some(bytes.clone_ref(py));
+            }
+        }
+        let bytes = PyBytes::new_with(py, batch.byte_len(), |mut buf| {
+            for frame in batch.frames() {
+                let (head, tail) = buf.split_at_mut(frame.len());
+                head.copy_from_slice(frame.as_bytes());
+                buf = tail;
+            }
+            Ok(())
+        })
+        // Allocation failure: this connection misses the batch, like a failed write.
+        .ok()?
+        .unbind();
+        if batch.frames().all(Frame::is_shared) {
+            self.last_run = Some((batch.frames().cloned().collect(), bytes.clone_ref(py)));
+        }
+        Some(bytes)
+    }
+}
+
+/// Calls each `write(bytes)`; a failing write (closed transport) is ignored.
+fn call_writes(py: Python<'_>, writes: &mut Vec<(Py<PyAny>, Py<PyBytes>)>) {
+    for (write, bytes) in writes.drain(..) {
+        let _ = write.bind(py).call1((bytes,));
+    }
+}
+
+/// Connection registry, room and user indices, fan-out and deadlines.
+///
+/// ``schedule`` is called with one zero-argument callable (``hub.flush``) the first time
+/// data is queued after a flush; pass ``loop.call_soon``. ``on_overflow`` is called with a
+/// connection's owner when its queued data passes ``backpressure_limit`` and
+/// ``close_on_backpressure_limit`` is set.
+#[pyclass(unsendable, module = "roomcast._core")]
+pub struct Hub {
+    core: rc::Hub<Sink>,
+    clock: Clock,
+    schedule: Option<Py<PyAny>>,
+    on_overflow: Option<Py<PyAny>>,
+    /// Reused between flushes; empty outside `flush`.
+    writes: Vec<(Py<PyAny>, Py<PyBytes>)>,
+}
+
+impl Hub {
+    /// Collects the calls a queueing operation owes (under the borrow).
+    fn followup(&mut self, py: Python<'_>) -> Followup {
+        let mut followup = Followup::default();
+        if self.core.has_overflowed() {
+            let mut owners = Vec::new();
+            self.core
+                .drain_overflowed(|sink| owners.push(sink.owner.clone_ref(py)));
+            followup.overflow = self
+                .on_overflow
+                .as_ref()
+                .map(|cb| (cb.clone_ref(py), owners));
+        }
+        if self.core.take_flush_request() {
+            match &self.schedule {
+                Some(schedule) => followup.schedule = Some(schedule.clone_ref(py)),
+                None => self.core.cancel_flush(),
+            }
+        }
+        followup
+    }
+}
+
+#[pymethods]
+impl Hub {
+    #[new]
+    #[pyo3(signature = (
+        schedule,
+        *,
+        backpressure_limit = 1_048_576,
+        close_on_backpressure_limit = false,
+        heartbeat_timeout = 90.0,
+        idle_timeout = 0.0,
+        send_pings = false,
+        on_overflow = None,
+    ))]
+    fn new(
+        schedule: &Bound<'_, PyAny>,
+        backpressure_limit: usize,
+        close_on_backpressure_limit: bool,
+        heartbeat_timeout: f64,
+        idle_timeout: f64,
+        send_pings: bool,
+        on_overflow: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        if !schedule.is_callable() {
+            return Err(PyTypeError::new_err("schedule must be callable"));
+        }
+        let on_overflow = on_overflow.filter(|cb| !cb.is_none());
+        if on_overflow.is_some_and(|cb| !cb.is_callable()) {
+            return Err(PyTypeError::new_err("on_overflow must be callable or None"));
+        }
+        let config = rc::Config {
+            backpressure_limit,
+            close_on_backpressure_limit,
+            heartbeat_timeout_ms: millis("heartbeat_timeout", heartbeat_timeout)?,
+            idle_timeout_ms: millis("idle_timeout", idle_timeout)?,
+            send_pings,
+        };
+        let clock = Clock::new();
+        Ok(Hub {
+            core: rc::Hub::new(config, clock.now_ms()),
+            clock,
+            schedule: Some(schedule.clone().unbind()),
+            on_overflow: on_overflow.map(|cb| cb.clone().unbind()),
+            writes: Vec::new(),
+        })
+    }
+
+    // -- registry ---------------------------------------------------------------------
+
+    fn add(
+        &mut self,
+        py: Python<'_>,
+        client_id: &str,
+        write: Py<PyAny>,
+        owner: Py<PyAny>,
+    ) -> PyResult<u64> {
+        if !write.bind(py).is_callable() {
+            return Err(PyTypeError::new_err("write must be callable"));
+        }
+        let now = self.clock.now_ms();
+        self.core
+            .add(client_id, Sink { write, owner }, now)
+            .map(Handle::raw)
+            .map_err(|err| PyRuntimeError::new_err(err.to_string()))
+    }
+
+    fn remove(slf: &Bound<'_, Self>, handle: u64) -> PyResult<()> {
+        let sink = slf.try_borrow_mut()?.core.remove(Handle::from_raw(handle));
+        // Dropped here, after the borrow: the owner's finalizer may use the hub.
+        drop(sink);
+        Ok(())
+    }
+
+    fn __len__(&self) -> usize {
+        self.core.len()
+    }
+
+    #[pyo3(signature = (handle, user_id))]
+    fn authenticate(&mut self, handle: u64, user_id: Option<&str>) {
+        let now = self.clock.now_ms();
+        self.core
+            .authenticate(Handle::from_raw(handle), user_id, now);
+    }
+
+    #[pyo3(signature = (handle, timeout))]
+    fn set_auth_deadline(&mut self, handle: u64, timeout: Option<f64>) -> PyResult<()> {
+        let timeout = timeout.map(|t| millis("timeout", t)).transpose()?;
+        let now = self.clock.now_ms();
+        self.core
+            .set_auth_deadline(Handle::from_raw(handle), timeout, now);
+        Ok(())
+    }
+
+    fn touch(&mut self, handle: u64) {
+        let now = self.clock.now_ms();
+        self.core.touch(Handle::from_raw(handle), now);
+    }
+
+    fn touch_recv(&mut self, handle: u64) {
+        let now = self.clock.now_ms();
+        self.core.touch_recv(Handle::from_raw(handle), now);
+    }
+
+    fn set_encrypted(&mut self, handle: u64, encrypted: bool) {
+        self.core.set_encrypted(Handle::from_raw(handle), encrypted);
+    }
+
+    fn set_backpressured(&mut self, handle: u64, backpressured: bool) {
+        self.core
+            .set_backpressured(Handle::from_raw(handle), backpressured);
+    }
+
+    fn is_backpressured(&self, handle: u64) -> bool {
+        self.core.is_backpressured(Handle::from_raw(handle))
+    }
+
+    fn skipped(&self, handle: u64) -> u64 {
+        self.core.skipped(Handle::from_raw(handle))
+    }
+
+    /// Unix time (seconds) of the last data frame or authentication; 0.0 if dead.
+    fn last_activity(&self, handle: u64) -> f64 {
+        self.core
+            .last_activity(Handle::from_raw(handle))
+            .map_or(0.0, |ms| self.clock.unix_seconds(ms))
+    }
+
+    // -- rooms and users --------------------------------------------------------------
+
+    fn join(&mut self, handle: u64, room: &str) -> bool {
+        self.core.join(Handle::from_raw(handle), room)
+    }
+
+    fn leave(&mut self, handle: u64, room: &str) -> bool {
+        self.core.leave(Handle::from_raw(handle), room)
+    }
+
+    fn rooms_of<'py>(&self, py: Python<'py>, handle: u64) -> PyResult<Bound<'py, PyList>> {
+        let names: Vec<&str> = self.core.rooms_of(Handle::from_raw(handle)).collect();
+        PyList::new(py, names)
+    }
+
+    fn in_room(&self, handle: u64, room: &str) -> bool {
+        self.core.in_room(Handle::from_raw(handle), room)
+    }
+
+    fn has_room(&self, room: &str) -> bool {
+        self.core.has_room(room)
+    }
+
+    fn room_members<'py>(&self, py: Python<'py>, room: &str) -> PyResult<Bound<'py, PyList>> {
+        let ids: Vec<&str> = self.core.room_members(room).collect();
+        PyList::new(py, ids)
+    }
+
+    fn user_members<'py>(&self, py: Python<'py>, user_id: &str) -> PyResult<Bound<'py, PyList>> {
+        let ids: Vec<&str> = self.core.user_members(user_id).collect();
+        PyList::new(py, ids)
+    }
+
+    fn room_names<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let names: Vec<&str> = self.core.room_names().collect();
+        PyList::new(py, names)
+    }
+
+    // -- delivery ---------------------------------------------------------------------
+
+    fn send(slf: &Bound<'_, Self>, handle: u64, payload: &[u8]) -> PyResult<bool> {
+        let (queued, followup) = {
+            let mut this = slf.try_borrow_mut()?;
+            let queued = this.core.send(Handle::from_raw(handle), payload);
+            (queued, this.followup(slf.py()))
+        };
+        followup.run(slf)?;
+        Ok(queued)
+    }
+
+    #[pyo3(signature = (room, payload, exclude = None))]
+    fn send_room(
+        slf: &Bound<'_, Self>,
+        room: &str,
+        payload: &[u8],
+        exclude: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<usize> {
+        let ids = exclude_ids(exclude)?;
+        let exclude = Exclude::new(as_strs(&ids)?);
+        let (queued, followup) = {
+            let mut this = slf.try_borrow_mut()?;
+            let queued = this.core.send_room(room, payload, &exclude);
+            (queued, this.followup(slf.py()))
+        };
+        followup.run(slf)?;
+        Ok(queued)
+    }
+
+    fn send_user(slf: &Bound<'_, Self>, user_id: &str, payload: &[u8]) -> PyResult<usize> {
+        let (queued, followup) = {
+            let mut this = slf.try_borrow_mut()?;
+            let queued = this.core.send_user(user_id, payload);
+            (queued, this.followup(slf.py()))
+        };
+        followup.run(slf)?;
+        Ok(queued)
+    }
+
+    #[pyo3(signature = (payload, exclude = None))]
+    fn broadcast(
+        slf: &Bound<'_, Self>,
+        payload: &[u8],
+        exclude: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<usize> {
+        let ids = exclude_ids(exclude)?;
+        let exclude = Exclude::new(as_strs(&ids)?);
+        let (queued, followup) = {
+            let mut this = slf.try_borrow_mut()?;
+            let queued = this.core.broadcast(payload, &exclude);
+            (queued, this.followup(slf.py()))
+        };
+        followup.run(slf)?;
+        Ok(queued)
+    }
+
+    #[pyo3(signature = (room, user_id, exclude = None))]
+    fn encrypted_owners<'py>(
+        &self,
+        py: Python<'py>,
+        room: Option<&str>,
+        user_id: Option<&str>,
+        exclude: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let ids = exclude_ids(exclude)?;
+        let exclude = Exclude::new(as_strs(&ids)?);
+        let mut owners = Vec::new();
+        self.core.encrypted_sinks(room, user_id, &exclude, |sink| {
+            owners.push(sink.owner.clone_ref(py))
+        });
+        PyList::new(py, owners)
+    }
+
+    /// Writes every connection's queued frames, one `write` call per connection.
+    fn flush(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let mut writes = {
+            let mut this = slf.try_borrow_mut()?;
+            let this = &mut *this;
+            let mut writes = mem::take(&mut this.writes);
+            let mut cache = BytesCache::default();
+            this.core.flush(|sink, batch| {
+                if let Some(bytes) = cache.bytes(py, &batch) {
+                    writes.push((sink.write.clone_ref(py), bytes));
+                }
+            });
+            writes
+        };
+        call_writes(py, &mut writes);
+        // Keep the buffer for the next flush (a re-entrant flush may have left one).
+        if let Ok(mut this) = slf.try_borrow_mut() {
+            if this.writes.capacity() < writes.capacity() {
+                this.writes = writes;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes one connection's queued frames now (before a close frame, say).
+    fn flush_one(slf: &Bound<'_, Self>, handle: u64) -> PyResult<()> {
+        let py = slf.py();
+        let mut writes = Vec::with_capacity(1);
+        slf.try_borrow_mut()?
+            .core
+            .flush_one(Handle::from_raw(handle), |sink, batch| {
+                if let Some(bytes) = BytesCache::default().bytes(py, &batch) {
+                    writes.push((sink.write.clone_ref(py), bytes));
+                }
+            });
+        call_writes(py, &mut writes);
+        Ok(())
+    }
+
+    // -- deadlines --------------------------------------------------------------------
+
+    /// Advances the deadline wheel to now; returns ``(owner, reason)`` for each
+    /// connection that expired since the last sweep (each is reported once).
+    fn sweep<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyList>> {
+        let py = slf.py();
+        let (expired, followup) = {
+            let mut this = slf.try_borrow_mut()?;
+            let this = &mut *this;
+            let now = this.clock.now_ms();
+            let mut expired: Vec<(Py<PyAny>, u8)> = Vec::new();
+            this.core.sweep(now, |sink, reason| {
+                expired.push((sink.owner.clone_ref(py), reason.code()))
+            });
+            (expired, this.followup(py))
+        };
+        let expired = PyList::new(py, expired)?;
+        // Expired connections are reported once, so a failing schedule must not lose
+        // them; the queued pings go out with the next flush.
+        if let Err(err) = followup.run(slf) {
+            err.write_unraisable(py, Some(slf.as_any()));
+        }
+        Ok(expired)
+    }
+
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.core.stats();
+        let dict = PyDict::new(py);
+        dict.set_item(intern!(py, "connections"), s.connections)?;
+        dict.set_item(intern!(py, "authenticated"), s.authenticated)?;
+        dict.set_item(intern!(py, "rooms"), s.rooms)?;
+        dict.set_item(intern!(py, "users"), s.users)?;
+        dict.set_item(intern!(py, "memberships"), s.memberships)?;
+        dict.set_item(intern!(py, "skipped"), s.skipped)?;
+        dict.set_item(intern!(py, "pending_bytes"), s.pending_bytes)?;
+        dict.set_item(intern!(py, "wheel_entries"), s.wheel_entries)?;
+        Ok(dict)
+    }
+
+    // -- garbage collection -----------------------------------------------------------
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.schedule)?;
+        visit.call(&self.on_overflow)?;
+        for sink in self.core.sinks() {
+            visit.call(&sink.write)?;
+            visit.call(&sink.owner)?;
+        }
+        for (write, bytes) in &self.writes {
+            visit.call(write)?;
+            visit.call(bytes)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&mut self) {
+        self.schedule = None;
+        self.on_overflow = None;
+        self.writes.clear();
+        drop(self.core.drain_sinks());
+    }
+}

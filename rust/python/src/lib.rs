@@ -1,0 +1,17 @@
+//! `roomcast._core`: the PyO3 binding of `roomcast-core`. This file only registers.
+
+use pyo3::prelude::*;
+use roomcast_core::Expiry;
+
+mod frame;
+mod hub;
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<hub::Hub>()?;
+    m.add_function(wrap_pyfunction!(frame::frame_text, m)?)?;
+    m.add("EXPIRED_AUTH", Expiry::Auth.code())?;
+    m.add("EXPIRED_HEARTBEAT", Expiry::Heartbeat.code())?;
+    m.add("EXPIRED_IDLE", Expiry::Idle.code())?;
+    Ok(())
+}
