@@ -116,8 +116,9 @@ def emit(row: dict[str, Any]) -> None:
 # -- scenarios ---------------------------------------------------------------------------------
 
 
-def fanout(clients: int, rounds: int, size: int) -> list[dict[str, Any]]:
-    """One broadcast to every client, timed inside the server: Rust fan-out vs a Python loop."""
+def fanout(clients: int, rounds: int, size: int, burst: int = 1) -> list[dict[str, Any]]:
+    """`burst` broadcasts to every client, timed inside the server: Rust fan-out (coalesced
+    into one write per client) vs a plain Python loop calling transport.send per message."""
     rows = []
     with bench_server() as (port, _):
         gens = start_clients(port, clients)
@@ -126,9 +127,9 @@ def fanout(clients: int, rounds: int, size: int) -> list[dict[str, Any]]:
             expected = 0
             for _ in range(rounds):
                 for mode in ("rust", "python"):
-                    result = http_json(port, f"/broadcast?mode={mode}&size={size}")
-                    assert result["count"] == clients, result
-                    expected += clients
+                    result = http_json(port, f"/broadcast?mode={mode}&size={size}&burst={burst}")
+                    assert result["count"] == clients * burst, result
+                    expected += clients * burst
                     got = wait_received(gens, expected)
                     if got != expected:
                         raise RuntimeError(f"lost messages: {expected - got} of {clients}")
@@ -140,11 +141,12 @@ def fanout(clients: int, rounds: int, size: int) -> list[dict[str, Any]]:
                     "scenario": "fanout",
                     "mode": mode,
                     "clients": clients,
+                    "burst": burst,
                     "size": size,
                     "rounds": rounds,
                     "median_wall_s": statistics.median(walls),
-                    "deliveries_per_s": clients / statistics.median(walls),
-                    "cpu_ns_per_delivery": statistics.median(cpus) / clients * 1e9,
+                    "deliveries_per_s": clients * burst / statistics.median(walls),
+                    "cpu_ns_per_delivery": statistics.median(cpus) / (clients * burst) * 1e9,
                     "lost": 0,
                 }
                 emit(row)
@@ -200,6 +202,7 @@ def main() -> None:
     parser.add_argument("--clients", default="1000,10000")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--size", type=int, default=100)
+    parser.add_argument("--burst", default="1,10", help="broadcasts per measurement")
     parser.add_argument("--idle", type=int, default=10000)
     parser.add_argument("--heartbeat-timeout", type=float, default=3.0)
     args = parser.parse_args()
@@ -207,7 +210,8 @@ def main() -> None:
     table = []
     if "fanout" in args.scenarios:
         for clients in (int(c) for c in args.clients.split(",")):
-            table += fanout(clients, args.rounds, args.size)
+            for burst in (int(b) for b in args.burst.split(",")):
+                table += fanout(clients, args.rounds, args.size, burst)
     if "deadline" in args.scenarios:
         table.append(deadline(args.idle, args.rounds, args.heartbeat_timeout))
 
@@ -215,7 +219,7 @@ def main() -> None:
     for row in table:
         if row["scenario"] == "fanout":
             print(
-                f"fanout  C={row['clients']:>6}  {row['mode']:<6}  "
+                f"fanout  C={row['clients']:>6} x{row['burst']:<3} {row['mode']:<6}  "
                 f"{row['deliveries_per_s']:>12,.0f} deliveries/s  "
                 f"{row['cpu_ns_per_delivery']:>7,.0f} ns CPU/delivery"
             )

@@ -1,8 +1,10 @@
 """Load generator: many picows WebSocket clients in one process, driven over stdin/stdout.
 
-Run as `python -m benches.loadgen URL COUNT [--heartbeat S] [--rooms a,b] [--token-prefix P]`.
-It connects COUNT clients, authenticates each, prints one JSON line `{"ready": COUNT}`, then
-answers each stdin line: `count` -> `{"received": n, "by_client_min": m, ...}`, `quit` -> exits.
+`python -m benches.loadgen URL COUNT [--heartbeat S] [--rooms a,b] [--token-prefix P] [--latency]`
+connects COUNT clients, authenticates each, prints one JSON line `{"ready": COUNT}`, then
+answers each stdin line: `count` -> `{"received", "min", "max", "closed", ...}`; `quit` exits.
+With --latency, messages whose data carries `t` (the sender's time.perf_counter(), same host)
+are timed, and `count` also reports p50/p99 since the last `count`.
 """
 
 from __future__ import annotations
@@ -18,13 +20,11 @@ from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 
 class BenchClient(WSListener):
-    __slots__ = ("closed", "connected", "index", "latencies", "received", "transport")
-
     def __init__(self, index: int) -> None:
         self.index = index
         self.received = 0
         self.transport: WSTransport | None = None
-        self.connected = asyncio.get_running_loop().create_future()
+        self.connected: asyncio.Future[dict] = asyncio.get_running_loop().create_future()
         self.closed: int | None = None
         self.latencies: list[float] | None = None
 
@@ -45,49 +45,62 @@ class BenchClient(WSListener):
             return
         self.received += 1
         if self.latencies is not None:
-            # Timed messages carry the send time (perf_counter on the same host) in "t".
-            payload = frame.get_payload_as_memoryview()
-            message = orjson.loads(payload)
-            sent = (
-                message.get("data", {}).get("t") if isinstance(message.get("data"), dict) else None
-            )
-            if sent is not None:
-                self.latencies.append(time.perf_counter() - sent)
+            data = orjson.loads(frame.get_payload_as_memoryview()).get("data")
+            if isinstance(data, dict) and "t" in data:
+                self.latencies.append(time.perf_counter() - data["t"])
 
 
 async def connect_many(
-    url: str, count: int, token_prefix: str, concurrency: int = 200
-) -> list[BenchClient]:
-    clients: list[BenchClient] = []
+    url: str, count: int, token_prefix: str, clients: list[BenchClient], concurrency: int = 200
+) -> None:
+    """Connect and authenticate `count` clients, appending each to `clients` once connected."""
     semaphore = asyncio.Semaphore(concurrency)
 
     async def one(i: int) -> None:
         async with semaphore:
-            client_holder: list[BenchClient] = []
-
-            def factory() -> BenchClient:
-                client = BenchClient(i)
-                client_holder.append(client)
-                return client
-
+            client = BenchClient(i)
             transport, _ = await ws_connect(
-                factory, url, use_aiofastnet=False, enable_auto_pong=True
+                lambda: client, url, use_aiofastnet=False, enable_auto_pong=True
             )
-            client = client_holder[0]
-            transport.send(
-                WSMsgType.TEXT,
-                orjson.dumps(
-                    {
-                        "event": "authenticate",
-                        "data": {"type": "Bearer", "token": f"{token_prefix}{i}"},
-                    }
-                ),
-            )
+            auth = {
+                "event": "authenticate",
+                "data": {"type": "Bearer", "token": f"{token_prefix}{i}"},
+            }
+            transport.send(WSMsgType.TEXT, orjson.dumps(auth))
             await asyncio.wait_for(client.connected, 30)
             clients.append(client)
 
     await asyncio.gather(*(one(i) for i in range(count)))
-    return clients
+
+
+async def heartbeats(clients: list[BenchClient], interval: float) -> None:
+    """Every connected client sends a heartbeat every `interval`, from its connection on."""
+    message = orjson.dumps({"event": "heartbeat"})
+    while True:
+        started = time.monotonic()
+        for client in list(clients):
+            if client.transport is not None and client.closed is None:
+                client.transport.send(WSMsgType.TEXT, message)
+        await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+
+
+def report(clients: list[BenchClient], latency: bool) -> dict[str, object]:
+    counts = [c.received for c in clients]
+    out: dict[str, object] = {
+        "received": sum(counts),
+        "min": min(counts, default=0),
+        "max": max(counts, default=0),
+        "closed": sum(1 for c in clients if c.closed is not None),
+    }
+    if latency:
+        samples = sorted(x for c in clients for x in (c.latencies or ()))
+        out["latencies"] = len(samples)
+        if samples:
+            out["p50"] = samples[len(samples) // 2]
+            out["p99"] = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
+        for c in clients:
+            c.latencies = []
+    return out
 
 
 async def main() -> None:
@@ -100,7 +113,10 @@ async def main() -> None:
     parser.add_argument("--latency", action="store_true")
     args = parser.parse_args()
 
-    clients = await connect_many(args.url, args.count, args.token_prefix)
+    loop = asyncio.get_running_loop()
+    clients: list[BenchClient] = []
+    beat = loop.create_task(heartbeats(clients, args.heartbeat)) if args.heartbeat > 0 else None
+    await connect_many(args.url, args.count, args.token_prefix, clients)
     if args.rooms:
         join = orjson.dumps({"event": "join", "data": {"rooms": args.rooms.split(",")}})
         for client in clients:
@@ -109,48 +125,18 @@ async def main() -> None:
     if args.latency:
         for client in clients:
             client.latencies = []
-    heartbeat = orjson.dumps({"event": "heartbeat"})
-
-    async def heartbeats() -> None:
-        # Spread heartbeats evenly over the interval.
-        while True:
-            step = args.heartbeat / max(len(clients), 1)
-            for client in clients:
-                if client.transport is not None and client.closed is None:
-                    client.transport.send(WSMsgType.TEXT, heartbeat)
-                await asyncio.sleep(step) if step > 0.001 else None
-            if step <= 0.001:
-                await asyncio.sleep(args.heartbeat)
-
-    if args.heartbeat > 0:
-        asyncio.get_running_loop().create_task(heartbeats())
 
     print(orjson.dumps({"ready": len(clients)}).decode(), flush=True)
     reader = asyncio.StreamReader()
-    await asyncio.get_running_loop().connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(reader), sys.stdin
-    )
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     while True:
         line = (await reader.readline()).decode().strip()
         if not line or line == "quit":
             break
         if line == "count":
-            counts = [c.received for c in clients]
-            report: dict[str, object] = {
-                "received": sum(counts),
-                "min": min(counts, default=0),
-                "max": max(counts, default=0),
-                "closed": sum(1 for c in clients if c.closed is not None),
-            }
-            if args.latency:
-                lat = sorted(x for c in clients for x in (c.latencies or ()))
-                report["latencies"] = len(lat)
-                if lat:
-                    report["p50"] = lat[len(lat) // 2]
-                    report["p99"] = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
-                for c in clients:
-                    c.latencies = []
-            print(orjson.dumps(report).decode(), flush=True)
+            print(orjson.dumps(report(clients, args.latency)).decode(), flush=True)
+    if beat is not None:
+        beat.cancel()
     for client in clients:
         if client.transport is not None:
             client.transport.disconnect()

@@ -1,10 +1,10 @@
 """Bench server: roomcast with an HTTP control surface for the runner.
 
 `python -m benches.server PORT [--heartbeat-timeout S]`. Control endpoints (GET):
-- `/broadcast?size=N&mode=rust|python`: one broadcast of an N-byte payload to every
-  authenticated client, timed inside the server. `rust` is roomcast's fan-out (queued, then
-  flushed at once); `python` is the baseline: the same frame sent with a plain Python loop
-  calling picows' `transport.send` per client.
+- `/broadcast?size=N&mode=rust|python&burst=B`: B broadcasts (default 1) of an N-byte
+  payload to every authenticated client, back to back, timed inside the server. `rust` is
+  roomcast's fan-out (queued, then flushed at once); `python` is the baseline: the same
+  frame sent with a plain Python loop calling picows' `transport.send` per client.
 - `/stats`: the hub's counters.
 """
 
@@ -31,17 +31,20 @@ def make_handler(helper: WebSocketServerHelper):
         if request.path == "/broadcast":
             data = {"pad": "x" * int(query.get("size", "100"))}
             mode = query.get("mode", "rust")
+            burst = int(query.get("burst", "1"))
+            count = 0
             wall0, cpu0 = time.perf_counter(), time.process_time()
             if mode == "rust":
-                count = helper.broadcast("bench", data)
+                for _ in range(burst):
+                    count += helper.broadcast("bench", data)
                 helper._hub.flush()
             else:
-                frame = encode("bench", data)
-                count = 0
-                for client in helper._clients.values():
-                    if client.state is WebSocketClientStates.AUTHENTICATED:
-                        client.transport.send(WSMsgType.TEXT, frame)
-                        count += 1
+                for _ in range(burst):
+                    frame = encode("bench", data)
+                    for client in helper._clients.values():
+                        if client.state is WebSocketClientStates.AUTHENTICATED:
+                            client.transport.send(WSMsgType.TEXT, frame)
+                            count += 1
             wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
             return HttpResponse.json({"count": count, "wall": wall, "cpu": cpu})
         if request.path == "/stats":
