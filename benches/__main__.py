@@ -1,8 +1,19 @@
-"""Bench runner: `python -m benches [fanout] [deadline] [--clients 1000,10000] [--rounds 5]`.
+"""Bench runner: `python -m benches [SCENARIO ...] [--servers ...] [--rounds 5] [--quick]`.
 
-Starts the bench server and load-generator processes itself, prints a table and one JSON line
-per measurement. Every figure of a scenario comes from the same run, so ratios are fair on a
-noisy machine.
+Scenarios: fanout (C = 1,000 / 5,000 / 10,000 clients), rooms (1,000 clients in 10 rooms),
+latency (1,000 clients at 50 broadcasts/s), connect, heartbeat, memory, sweep, burst
+(one broadcast timed inside the server), deadline (4002 lateness with 10,000 idle clients).
+
+Servers, measured one after the other in the same invocation so every figure is also a ratio:
+- roomcast: the server with its Rust fan-out;
+- pyloop: baseline (a), the same server delivering with a plain Python loop (transport.send);
+- picows: baseline (b), a hand-optimised pure-Python picows server (benches/baseline.py);
+- ignis: baseline (c), the original on Bun, when `bun` and `@venizia/ignis-helpers` are
+  installed in benches/original/node_modules (see benches/README.md); skipped otherwise.
+
+Server CPU comes from /proc/<pid>/stat, so a figure stays honest when the load generator is
+the bottleneck; each row says which side was saturated. Prints one JSON line per measurement
+and a table at the end.
 """
 
 from __future__ import annotations
@@ -10,17 +21,27 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
 import time
 import urllib.request
-from contextlib import contextmanager
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Any
 
-ROOT_ARGS = [sys.executable, "-m"]
+HERE = Path(__file__).resolve().parent
 CLIENTS_PER_LOADGEN = 5000
+TICKS = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+SATURATED = 0.85  # share of one core above which a process counts as the bottleneck
+
+
+# -- processes -----------------------------------------------------------------------------
 
 
 def free_port() -> int:
@@ -29,39 +50,121 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def rss_bytes(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+
+
+def original_dir() -> Path | None:
+    """benches/original, when bun and the original package are installed there."""
+    root = HERE / "original"
+    modules = root / "node_modules"
+    if (modules / ".bin/bun").exists() and (modules / "@venizia/ignis-helpers").exists():
+        return root
+    return None
+
+
 @contextmanager
-def bench_server(*extra: str):
+def redis_server() -> Iterator[int]:
     port = free_port()
     proc = subprocess.Popen(
-        [*ROOT_ARGS, "benches.server", str(port), *extra], stdout=subprocess.PIPE, text=True
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
     )
     try:
-        assert proc.stdout is not None
-        if proc.stdout.readline().strip() != "ready":
-            raise RuntimeError("bench server did not start")
-        yield port, proc
+        for _ in range(100):
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        yield port
     finally:
         proc.terminate()
         proc.wait(timeout=10)
 
 
+@contextmanager
+def server(kind: str, heartbeat_timeout: float = 90.0) -> Iterator[tuple[int, int]]:
+    """Start a server of `kind`; yield (port, pid)."""
+    port = free_port()
+    with ExitStack() as stack:
+        if kind == "roomcast" or kind == "pyloop":
+            fanout = "rust" if kind == "roomcast" else "python"
+            command = [sys.executable, "-m", "benches.server", str(port), "--fanout", fanout]
+            command += ["--heartbeat-timeout", str(heartbeat_timeout)]
+        elif kind == "picows":
+            command = [sys.executable, "-m", "benches.baseline", str(port)]
+        elif kind == "ignis":
+            root = original_dir()
+            assert root is not None
+            redis_port = stack.enter_context(redis_server())
+            bun = str(root / "node_modules/.bin/bun")
+            command = [bun, str(root / "server.ts"), str(port), str(redis_port)]
+            command.append(str(int(heartbeat_timeout * 1000)))
+        else:
+            raise ValueError(f"unknown server: {kind}")
+        proc = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            cwd=HERE.parent,
+            env={**os.environ, "APP_ENV_LOGGER_LEVEL": "error"},
+        )
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            while line and line.strip() != "ready":
+                line = proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"{kind} server did not start")
+            yield port, proc.pid
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+
 class LoadGen:
-    """One load-generator process."""
+    """One load-generator process (benches/loadgen.py)."""
 
     def __init__(self, url: str, count: int, *args: str) -> None:
         self.proc = subprocess.Popen(
-            [*ROOT_ARGS, "benches.loadgen", url, str(count), *args],
+            [sys.executable, "-m", "benches.loadgen", url, str(count), *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
+            cwd=HERE.parent,
         )
 
     def ready(self) -> int:
+        """Wait until connected; returns how many clients connected (and keeps the time)."""
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line:
             raise RuntimeError("load generator died")
-        return json.loads(line)["ready"]
+        report = json.loads(line)
+        self.connect_seconds: float = report["seconds"]
+        return report["ready"]
 
     def ask(self, command: str) -> dict[str, Any]:
         assert self.proc.stdin is not None and self.proc.stdout is not None
@@ -73,26 +176,44 @@ class LoadGen:
         try:
             assert self.proc.stdin is not None
             self.proc.stdin.write("quit\n")
-            self.proc.stdin.flush()
+            self.proc.stdin.close()
             self.proc.wait(timeout=30)
         except Exception:
             self.proc.kill()
             self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
 
-def start_clients(port: int, count: int, *args: str) -> list[LoadGen]:
+@contextmanager
+def clients(port: int, count: int, *args: str) -> Iterator[list[LoadGen]]:
+    """`count` authenticated clients in processes of at most CLIENTS_PER_LOADGEN."""
     url = f"ws://127.0.0.1:{port}/ws"
     gens = []
-    left = count
-    index = 0
-    while left > 0:
-        n = min(CLIENTS_PER_LOADGEN, left)
-        gens.append(LoadGen(url, n, "--token-prefix", f"user:g{index}-", *args))
-        left -= n
-        index += 1
-    total = sum(gen.ready() for gen in gens)
-    assert total == count, (total, count)
-    return gens
+    try:
+        for index, start in enumerate(range(0, count, CLIENTS_PER_LOADGEN)):
+            n = min(CLIENTS_PER_LOADGEN, count - start)
+            gens.append(LoadGen(url, n, "--token-prefix", f"user:g{index}-", *args))
+        total = sum(gen.ready() for gen in gens)
+        if total != count:
+            raise RuntimeError(f"only {total} of {count} clients connected")
+        yield gens
+    finally:
+        for gen in gens:
+            gen.stop()
+
+
+def received(gens: list[LoadGen]) -> int:
+    return sum(gen.ask("count")["received"] for gen in gens)
+
+
+def wait_received(gens: list[LoadGen], expected: int, timeout: float = 60.0) -> int:
+    deadline = time.monotonic() + timeout
+    got = received(gens)
+    while got < expected and time.monotonic() < deadline:
+        time.sleep(0.02)
+        got = received(gens)
+    return got
 
 
 def http_json(port: int, path: str) -> dict[str, Any]:
@@ -100,70 +221,228 @@ def http_json(port: int, path: str) -> dict[str, Any]:
         return json.loads(response.read())
 
 
-def wait_received(gens: list[LoadGen], expected: int, timeout: float = 30.0) -> int:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = sum(gen.ask("count")["received"] for gen in gens)
-        if got >= expected or time.monotonic() > deadline:
-            return got
-        time.sleep(0.05)
-
-
-def emit(row: dict[str, Any]) -> None:
+def emit(row: dict[str, Any]) -> dict[str, Any]:
     print(json.dumps(row), flush=True)
+    return row
 
 
-# -- scenarios ---------------------------------------------------------------------------------
+def saturated_side(server_util: float, loadgen_utils: list[float]) -> str:
+    if server_util >= SATURATED:
+        return "server"
+    if loadgen_utils and max(loadgen_utils) >= SATURATED:
+        return "loadgen"
+    return "neither"
 
 
-def fanout(clients: int, rounds: int, size: int, burst: int = 1) -> list[dict[str, Any]]:
-    """`burst` broadcasts to every client, timed inside the server: Rust fan-out (coalesced
-    into one write per client) vs a plain Python loop calling transport.send per message."""
-    rows = []
-    with bench_server() as (port, _):
-        gens = start_clients(port, clients)
-        try:
-            samples: dict[str, list[dict[str, Any]]] = {"rust": [], "python": []}
-            expected = 0
-            for _ in range(rounds):
-                for mode in ("rust", "python"):
-                    result = http_json(port, f"/broadcast?mode={mode}&size={size}&burst={burst}")
-                    assert result["count"] == clients * burst, result
-                    expected += clients * burst
-                    got = wait_received(gens, expected)
-                    if got != expected:
-                        raise RuntimeError(f"lost messages: {expected - got} of {clients}")
-                    samples[mode].append(result)
-            for mode, runs in samples.items():
-                walls = [r["wall"] for r in runs]
-                cpus = [r["cpu"] for r in runs]
-                row = {
-                    "scenario": "fanout",
-                    "mode": mode,
-                    "clients": clients,
-                    "burst": burst,
-                    "size": size,
-                    "rounds": rounds,
-                    "median_wall_s": statistics.median(walls),
-                    "deliveries_per_s": clients * burst / statistics.median(walls),
-                    "cpu_ns_per_delivery": statistics.median(cpus) / (clients * burst) * 1e9,
-                    "lost": 0,
-                }
-                emit(row)
-                rows.append(row)
-        finally:
+# -- scenarios -----------------------------------------------------------------------------
+
+
+def delivery(
+    kind: str, scenario: str, count: int, messages: int, rounds: int, rooms: list[str] | None
+) -> dict[str, Any]:
+    """Publish `messages` as fast as the publisher can; measure until every copy arrived."""
+    room_arg = ",".join(rooms) if rooms else "-"
+    # Every client is in exactly one room and messages go to the rooms round-robin.
+    per_message = count // len(rooms) if rooms else count
+    samples = []
+    with server(kind) as (port, pid), clients(port, count) as gens:
+        if rooms:
             for gen in gens:
-                gen.stop()
+                gen.ask("join " + room_arg)
+            time.sleep(0.5)
+        baseline = received(gens)
+        for _ in range(rounds):
+            expected = baseline + messages * per_message
+            cpu0, lg0, wall0 = (
+                cpu_seconds(pid),
+                [cpu_seconds(g.proc.pid) for g in gens],
+                time.perf_counter(),
+            )
+            gens[0].ask(f"publish {messages} 0 100 {room_arg}")
+            got = wait_received(gens, expected)
+            wall = time.perf_counter() - wall0
+            cpu = cpu_seconds(pid) - cpu0
+            lg = [cpu_seconds(g.proc.pid) - c for g, c in zip(gens, lg0, strict=True)]
+            time.sleep(0.2)
+            final = received(gens)
+            if got != expected or final != expected:
+                raise RuntimeError(f"{kind}: expected {expected}, got {final} (lost or duplicated)")
+            baseline = final
+            delivered = messages * per_message
+            samples.append((delivered / wall, cpu / delivered, cpu / wall, [x / wall for x in lg]))
+    rate = statistics.median(s[0] for s in samples)
+    cpu_per = statistics.median(s[1] for s in samples)
+    util = statistics.median(s[2] for s in samples)
+    lg_util = [statistics.median(s[3][i] for s in samples) for i in range(len(samples[0][3]))]
+    return emit(
+        {
+            "scenario": scenario,
+            "server": kind,
+            "clients": count,
+            "messages": messages,
+            "rounds": rounds,
+            "delivered_per_s": rate,
+            "cpu_ns_per_delivery": cpu_per * 1e9,
+            "server_util": util,
+            "saturated": saturated_side(util, lg_util),
+            "lost": 0,
+        }
+    )
+
+
+def latency(kind: str, count: int, rate: int, seconds: float, rounds: int) -> dict[str, Any]:
+    p50s, p99s = [], []
+    with server(kind) as (port, _), clients(port, count, "--latency") as gens:
+        for _ in range(rounds):
+            for gen in gens:
+                gen.ask("latency")  # forgets earlier samples
+            messages = int(rate * seconds)
+            before = received(gens)
+            gens[0].ask(f"publish {messages} {rate} 100 -")
+            wait_received(gens, before + messages * count)
+            reports = [gen.ask("latency") for gen in gens]
+            p50s.append(statistics.median(r["p50"] for r in reports))
+            p99s.append(max(r["p99"] for r in reports))
+    return emit(
+        {
+            "scenario": "latency",
+            "server": kind,
+            "clients": count,
+            "rate": rate,
+            "rounds": rounds,
+            "p50_ms": statistics.median(p50s) * 1000,
+            "p99_ms": statistics.median(p99s) * 1000,
+        }
+    )
+
+
+def connect(kind: str, count: int, rounds: int) -> dict[str, Any]:
+    """Connect + authenticate rate (load generators connect in parallel, 200 in flight each)."""
+    rates = []
+    for _ in range(rounds):
+        with server(kind) as (port, _), clients(port, count) as gens:
+            rates.append(count / max(gen.connect_seconds for gen in gens))
+    return emit(
+        {
+            "scenario": "connect",
+            "server": kind,
+            "clients": count,
+            "rounds": rounds,
+            "connects_per_s": statistics.median(rates),
+        }
+    )
+
+
+def heartbeat_and_memory(
+    kind: str, count: int, seconds: float, rounds: int
+) -> list[dict[str, Any]]:
+    """Server CPU per heartbeat (one per client per second) and RSS per idle connection."""
+    with server(kind) as (port, pid):
+        time.sleep(0.5)
+        rss0 = rss_bytes(pid)
+        with clients(port, count, "--heartbeat", "1.0"):
+            time.sleep(2.0)
+            rss = rss_bytes(pid)
+            costs = []
+            for _ in range(rounds):
+                cpu0, wall0 = cpu_seconds(pid), time.perf_counter()
+                time.sleep(seconds)
+                beats = count * (time.perf_counter() - wall0)
+                costs.append((cpu_seconds(pid) - cpu0) / beats)
+    return [
+        emit(
+            {
+                "scenario": "heartbeat",
+                "server": kind,
+                "clients": count,
+                "rounds": rounds,
+                "cpu_us_per_heartbeat": statistics.median(costs) * 1e6,
+            }
+        ),
+        emit(
+            {
+                "scenario": "memory",
+                "server": kind,
+                "clients": count,
+                "rss_kb_per_connection": (rss - rss0) / count / 1024,
+            }
+        ),
+    ]
+
+
+def sweep(idle_counts: list[int], rounds: int) -> list[dict[str, Any]]:
+    """Cost of one deadline sweep with N idle, non-expired connections (in-process hub)."""
+    from roomcast import _core
+
+    rows = []
+    for idle in idle_counts:
+        hub = _core.Hub(lambda cb: None, heartbeat_timeout=3600.0)
+        for i in range(idle):
+            handle = hub.add(f"c{i}", len, None)
+            hub.authenticate(handle, None)
+        costs = []
+        for _ in range(rounds):
+            started = time.perf_counter()
+            for _ in range(1000):
+                hub.sweep()
+            costs.append((time.perf_counter() - started) / 1000)
+        rows.append(
+            emit(
+                {
+                    "scenario": "sweep",
+                    "idle": idle,
+                    "rounds": rounds,
+                    "ns_per_sweep": statistics.median(costs) * 1e9,
+                }
+            )
+        )
+    return rows
+
+
+def burst(clients_n: int, rounds: int, size: int, burst_n: int) -> list[dict[str, Any]]:
+    """`burst_n` broadcasts timed inside the roomcast server: Rust fan-out (coalesced) vs
+    a plain Python loop of transport.send on the same transports."""
+    rows = []
+    with server("roomcast") as (port, _), clients(port, clients_n) as gens:
+        samples: dict[str, list[dict[str, Any]]] = {"rust": [], "python": []}
+        expected = received(gens)
+        for _ in range(rounds):
+            for mode in ("rust", "python"):
+                result = http_json(port, f"/broadcast?mode={mode}&size={size}&burst={burst_n}")
+                expected += clients_n * burst_n
+                if (
+                    result["count"] != clients_n * burst_n
+                    or wait_received(gens, expected) != expected
+                ):
+                    raise RuntimeError(f"burst {mode}: lost messages")
+                samples[mode].append(result)
+        for mode, runs in samples.items():
+            wall = statistics.median(r["wall"] for r in runs)
+            cpu = statistics.median(r["cpu"] for r in runs)
+            rows.append(
+                emit(
+                    {
+                        "scenario": "burst",
+                        "mode": mode,
+                        "clients": clients_n,
+                        "burst": burst_n,
+                        "rounds": rounds,
+                        "deliveries_per_s": clients_n * burst_n / wall,
+                        "cpu_ns_per_delivery": cpu / (clients_n * burst_n) * 1e9,
+                        "lost": 0,
+                    }
+                )
+            )
     return rows
 
 
 def deadline(idle: int, rounds: int, timeout: float) -> dict[str, Any]:
     """How late a silent client's 4002 close comes, with `idle` heartbeating clients connected."""
-    from websockets.asyncio.client import connect
+    from websockets.asyncio.client import connect as ws_connect
     from websockets.exceptions import ConnectionClosed
 
     async def probe(url: str) -> float:
-        ws = await connect(url)
+        ws = await ws_connect(url)
         await ws.send(json.dumps({"event": "authenticate", "data": {"token": "probe"}}))
         await ws.recv()
         connected_at = time.monotonic()
@@ -174,60 +453,138 @@ def deadline(idle: int, rounds: int, timeout: float) -> dict[str, Any]:
             assert exc.rcvd is not None and exc.rcvd.code == 4002, exc
         return time.monotonic() - connected_at - timeout
 
-    with bench_server("--heartbeat-timeout", str(timeout)) as (port, _):
-        gens = start_clients(port, idle, "--heartbeat", str(timeout / 3))
-        try:
-            url = f"ws://127.0.0.1:{port}/ws"
-            lateness = [asyncio.run(probe(url)) for _ in range(rounds)]
-            closed = sum(gen.ask("count")["closed"] for gen in gens)
-        finally:
-            for gen in gens:
-                gen.stop()
-    row = {
-        "scenario": "deadline",
-        "idle_clients": idle,
-        "heartbeat_timeout_s": timeout,
-        "rounds": rounds,
-        "median_late_ms": statistics.median(lateness) * 1000,
-        "max_late_ms": max(lateness) * 1000,
-        "idle_clients_closed": closed,
+    with (
+        server("roomcast", heartbeat_timeout=timeout) as (port, _),
+        clients(port, idle, "--heartbeat", str(timeout / 3)) as gens,
+    ):
+        lateness = [asyncio.run(probe(f"ws://127.0.0.1:{port}/ws")) for _ in range(rounds)]
+        closed = sum(gen.ask("count")["closed"] for gen in gens)
+    return emit(
+        {
+            "scenario": "deadline",
+            "idle_clients": idle,
+            "heartbeat_timeout_s": timeout,
+            "rounds": rounds,
+            "median_late_ms": statistics.median(lateness) * 1000,
+            "max_late_ms": max(lateness) * 1000,
+            "idle_clients_closed": closed,
+        }
+    )
+
+
+# -- the table -------------------------------------------------------------------------------
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    by_key: dict[tuple[Any, ...], dict[str, dict[str, Any]]] = {}
+    for row in rows:
+        if "server" in row:
+            key = (row["scenario"], row.get("clients"))
+            by_key.setdefault(key, {})[row["server"]] = row
+    metric = {
+        "fanout": ("cpu_ns_per_delivery", "ns CPU/delivery"),
+        "rooms": ("cpu_ns_per_delivery", "ns CPU/delivery"),
+        "latency": ("p99_ms", "ms p99"),
+        "connect": ("connects_per_s", "connects/s"),
+        "heartbeat": ("cpu_us_per_heartbeat", "us CPU/heartbeat"),
+        "memory": ("rss_kb_per_connection", "KB RSS/connection"),
     }
-    emit(row)
-    return row
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m benches")
-    parser.add_argument("scenarios", nargs="*", default=["fanout", "deadline"])
-    parser.add_argument("--clients", default="1000,10000")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--size", type=int, default=100)
-    parser.add_argument("--burst", default="1,10", help="broadcasts per measurement")
-    parser.add_argument("--idle", type=int, default=10000)
-    parser.add_argument("--heartbeat-timeout", type=float, default=3.0)
-    args = parser.parse_args()
-
-    table = []
-    if "fanout" in args.scenarios:
-        for clients in (int(c) for c in args.clients.split(",")):
-            for burst in (int(b) for b in args.burst.split(",")):
-                table += fanout(clients, args.rounds, args.size, burst)
-    if "deadline" in args.scenarios:
-        table.append(deadline(args.idle, args.rounds, args.heartbeat_timeout))
-
     print()
-    for row in table:
-        if row["scenario"] == "fanout":
+    for (scenario, count), servers in by_key.items():
+        name, unit = metric[scenario]
+        base_b = servers.get("picows", {}).get(name)
+        base_c = servers.get("ignis", {}).get(name)
+        for kind, row in servers.items():
+            value = row[name]
+            extra = ""
+            if scenario in ("fanout", "rooms"):
+                extra = f"  {row['delivered_per_s']:>11,.0f} msg/s  saturated: {row['saturated']}"
+            if scenario == "latency":
+                extra = f"  (p50 {row['p50_ms']:.2f} ms)"
+            ratios = ""
+            if base_b and kind != "picows":
+                ratios += f"  {value / base_b:.2f}x (b)"
+            if base_c and kind != "ignis":
+                ratios += f"  {value / base_c:.2f}x (c)"
+            print(f"{scenario:<9} C={count!s:>6}  {kind:<8} {value:>12,.2f} {unit}{ratios}{extra}")
+    for row in rows:
+        if row["scenario"] == "sweep":
+            print(f"sweep     idle={row['idle']:>6}  {row['ns_per_sweep']:,.0f} ns per sweep")
+        elif row["scenario"] == "burst":
             print(
-                f"fanout  C={row['clients']:>6} x{row['burst']:<3} {row['mode']:<6}  "
+                f"burst     C={row['clients']:>6} x{row['burst']:<3} {row['mode']:<6} "
                 f"{row['deliveries_per_s']:>12,.0f} deliveries/s  "
                 f"{row['cpu_ns_per_delivery']:>7,.0f} ns CPU/delivery"
             )
-        else:
+        elif row["scenario"] == "deadline":
             print(
                 f"deadline  idle={row['idle_clients']}  timeout={row['heartbeat_timeout_s']} s  "
                 f"late median {row['median_late_ms']:.1f} ms, max {row['max_late_ms']:.1f} ms"
             )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benches", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "scenarios",
+        nargs="*",
+        default=["fanout", "rooms", "latency", "connect", "heartbeat", "sweep"],
+    )
+    parser.add_argument("--servers", default="roomcast,pyloop,picows,ignis")
+    parser.add_argument("--clients", default="1000,5000,10000")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
+    args = parser.parse_args()
+
+    servers = args.servers.split(",")
+    if "ignis" in servers and original_dir() is None:
+        print(
+            "note: skipping ignis (bun + @venizia/ignis-helpers not installed in "
+            "benches/original/node_modules)",
+            flush=True,
+        )
+        servers.remove("ignis")
+    if "ignis" in servers and shutil.which("redis-server") is None:
+        print("note: skipping ignis (it needs redis-server)", flush=True)
+        servers.remove("ignis")
+    counts = [int(c) for c in args.clients.split(",")]
+    rounds = args.rounds
+    if args.quick:
+        counts, rounds = [50], 1
+
+    rows: list[dict[str, Any]] = []
+    for scenario in args.scenarios:
+        for kind in servers if scenario not in ("sweep", "burst", "deadline") else [None]:
+            if scenario == "fanout":
+                for count in counts:
+                    messages = max(20, 500_000 // count) if not args.quick else 20
+                    rows.append(delivery(kind, "fanout", count, messages, rounds, None))
+            elif scenario == "rooms":
+                count = 1000 if not args.quick else 50
+                rooms = [f"room-{i}" for i in range(10)]
+                rows.append(
+                    delivery(kind, "rooms", count, 2000 if not args.quick else 20, rounds, rooms)
+                )
+            elif scenario == "latency":
+                count = 1000 if not args.quick else 50
+                rows.append(latency(kind, count, 50, 2.0 if not args.quick else 0.2, rounds))
+            elif scenario == "connect":
+                rows.append(connect(kind, 5000 if not args.quick else 50, rounds))
+            elif scenario in ("heartbeat", "memory"):
+                if not any(r["scenario"] == "heartbeat" and r["server"] == kind for r in rows):
+                    count = 5000 if not args.quick else 50
+                    rows += heartbeat_and_memory(
+                        kind, count, 2.0 if not args.quick else 0.2, rounds
+                    )
+            elif scenario == "sweep":
+                rows += sweep([10_000, 50_000] if not args.quick else [100], rounds)
+            elif scenario == "burst":
+                for count in counts:
+                    for n in (1, 10):
+                        rows += burst(count, rounds, 100, n)
+            elif scenario == "deadline":
+                rows.append(deadline(10_000 if not args.quick else 50, rounds, 3.0))
+    print_table(rows)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
 """Load generator: many picows WebSocket clients in one process, driven over stdin/stdout.
 
-`python -m benches.loadgen URL COUNT [--heartbeat S] [--rooms a,b] [--token-prefix P] [--latency]`
+`python -m benches.loadgen URL COUNT [--heartbeat S] [--token-prefix P] [--latency]`
 connects COUNT clients, authenticates each, prints one JSON line `{"ready": COUNT}`, then
-answers each stdin line: `count` -> `{"received", "min", "max", "closed", ...}`; `quit` exits.
-With --latency, messages whose data carries `t` (the sender's time.perf_counter(), same host)
-are timed, and `count` also reports p50/p99 since the last `count`.
+answers each stdin line: `count` -> `{"received", "min", "max", "closed"}`; `join R1,R2`
+puts client i in room R[i % n]; `publish N RATE SIZE ROOMS` makes the first client send N
+`publish` events (see `publish`); `latency` -> p50/p99 of the messages timed since the last
+`latency` (with --latency, messages whose data carries `t`, the sender's perf_counter on the
+same host, are timed); `quit` exits.
 """
 
 from __future__ import annotations
@@ -84,22 +86,47 @@ async def heartbeats(clients: list[BenchClient], interval: float) -> None:
         await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
 
 
-def report(clients: list[BenchClient], latency: bool) -> dict[str, object]:
+async def publish(client: BenchClient, count: str, rate: str, size: str, rooms: str) -> int:
+    """Send `count` publish events (rate per second, 0 = as fast as possible), each carrying
+    its send time for latency, to the rooms round-robin (`-` = broadcast)."""
+    assert client.transport is not None
+    send, pad = client.transport.send, "x" * int(size)
+    targets = rooms.split(",") if rooms != "-" else [None]
+    interval = 1 / float(rate) if float(rate) > 0 else 0.0
+    next_at = time.perf_counter()
+    for i in range(int(count)):
+        data: dict[str, object] = {"t": time.perf_counter(), "pad": pad}
+        room = targets[i % len(targets)]
+        if room is not None:
+            data["room"] = room
+        send(WSMsgType.TEXT, orjson.dumps({"event": "publish", "data": data}))
+        if interval:
+            next_at += interval
+            await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+        elif i % 64 == 63:
+            await asyncio.sleep(0)
+    return int(count)
+
+
+def report(clients: list[BenchClient]) -> dict[str, object]:
     counts = [c.received for c in clients]
-    out: dict[str, object] = {
+    return {
         "received": sum(counts),
         "min": min(counts, default=0),
         "max": max(counts, default=0),
         "closed": sum(1 for c in clients if c.closed is not None),
     }
-    if latency:
-        samples = sorted(x for c in clients for x in (c.latencies or ()))
-        out["latencies"] = len(samples)
-        if samples:
-            out["p50"] = samples[len(samples) // 2]
-            out["p99"] = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
-        for c in clients:
-            c.latencies = []
+
+
+def latency_report(clients: list[BenchClient]) -> dict[str, object]:
+    """p50/p99 of the latencies recorded since the last call, which it forgets."""
+    samples = sorted(x for c in clients for x in (c.latencies or ()))
+    for c in clients:
+        c.latencies = []
+    out: dict[str, object] = {"samples": len(samples)}
+    if samples:
+        out["p50"] = samples[len(samples) // 2]
+        out["p99"] = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
     return out
 
 
@@ -108,7 +135,6 @@ async def main() -> None:
     parser.add_argument("url")
     parser.add_argument("count", type=int)
     parser.add_argument("--heartbeat", type=float, default=0.0)
-    parser.add_argument("--rooms", default="")
     parser.add_argument("--token-prefix", default="user:u")
     parser.add_argument("--latency", action="store_true")
     args = parser.parse_args()
@@ -116,25 +142,35 @@ async def main() -> None:
     loop = asyncio.get_running_loop()
     clients: list[BenchClient] = []
     beat = loop.create_task(heartbeats(clients, args.heartbeat)) if args.heartbeat > 0 else None
+    started = time.perf_counter()
     await connect_many(args.url, args.count, args.token_prefix, clients)
-    if args.rooms:
-        join = orjson.dumps({"event": "join", "data": {"rooms": args.rooms.split(",")}})
-        for client in clients:
-            assert client.transport is not None
-            client.transport.send(WSMsgType.TEXT, join)
+    connect_seconds = time.perf_counter() - started
     if args.latency:
         for client in clients:
             client.latencies = []
 
-    print(orjson.dumps({"ready": len(clients)}).decode(), flush=True)
+    print(orjson.dumps({"ready": len(clients), "seconds": connect_seconds}).decode(), flush=True)
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     while True:
         line = (await reader.readline()).decode().strip()
         if not line or line == "quit":
             break
-        if line == "count":
-            print(orjson.dumps(report(clients, args.latency)).decode(), flush=True)
+        command, *params = line.split()
+        if command == "count":
+            print(orjson.dumps(report(clients)).decode(), flush=True)
+        elif command == "latency":
+            print(orjson.dumps(latency_report(clients)).decode(), flush=True)
+        elif command == "join":
+            rooms = params[0].split(",")
+            for client in clients:
+                join = {"event": "join", "data": {"rooms": [rooms[client.index % len(rooms)]]}}
+                assert client.transport is not None
+                client.transport.send(WSMsgType.TEXT, orjson.dumps(join))
+            print(orjson.dumps({"joined": len(clients)}).decode(), flush=True)
+        elif command == "publish":
+            sent = await publish(clients[0], *params)
+            print(orjson.dumps({"sent": sent}).decode(), flush=True)
     if beat is not None:
         beat.cancel()
     for client in clients:
