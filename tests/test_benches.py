@@ -1,0 +1,38 @@
+"""A smoke run of the bench harness: it completes and reports no loss (never a timing)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_bench_runner_smoke_completes_without_loss():
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benches",
+            "fanout",
+            "rooms",
+            "--quick",
+            "--servers",
+            "roomcast,picows",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert {(r["scenario"], r["server"]) for r in rows} == {
+        ("fanout", "roomcast"),
+        ("fanout", "picows"),
+        ("rooms", "roomcast"),
+        ("rooms", "picows"),
+    }
+    assert all(r["lost"] == 0 and r["delivered_per_s"] > 0 for r in rows)
