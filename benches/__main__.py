@@ -1,4 +1,5 @@
-"""Bench runner: `python -m benches [fanout] [deadline] [--clients 1000,10000] [--rounds 5]`.
+"""Bench runner: `python -m benches [fanout] [deadline] [encrypted] [--clients 1000,10000]
+[--rounds 5]`.
 
 Starts the bench server and load-generator processes itself, prints a table and one JSON line
 per measurement. Every figure of a scenario comes from the same run, so ratios are fair on a
@@ -194,6 +195,56 @@ def deadline(idle: int, rounds: int, timeout: float) -> dict[str, Any]:
     return row
 
 
+def encrypted(clients: int, rounds: int, size: int, count: int) -> list[dict[str, Any]]:
+    """`count` room messages to `clients` encrypted clients: throughput and event-loop stall,
+    for the built-in scheme sealing in the Rust core, in Python, and the naive inline loop."""
+    modes = ("rust", "python", "inline")
+    rows = []
+    with bench_server("--encryption") as (port, _):
+        gens = start_clients(port, clients, "--encrypted")
+        try:
+            samples: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
+            expected = 0
+            for _ in range(rounds):
+                for mode in modes:
+                    http_json(port, f"/encrypted?mode={mode}&size={size}&count={count}")
+                    while "pending" in (result := http_json(port, "/result")):
+                        time.sleep(0.02)
+                    assert result["recipients"] == clients * count, result
+                    expected += clients * count
+                    got = wait_received(gens, expected, timeout=120)
+                    if got != expected:
+                        raise RuntimeError(f"lost messages: {expected - got} in {mode}")
+                    samples[mode].append(result)
+            bad = sum(gen.ask("count")["bad"] for gen in gens)
+            if bad:
+                raise RuntimeError(f"{bad} messages did not decrypt")
+            for mode, runs in samples.items():
+                wall = statistics.median(r["wall"] for r in runs)
+                row = {
+                    "scenario": "encrypted",
+                    "mode": mode,
+                    "clients": clients,
+                    "size": size,
+                    "messages": count,
+                    "rounds": rounds,
+                    "median_wall_s": wall,
+                    "messages_per_s": count / wall,
+                    "deliveries_per_s": clients * count / wall,
+                    "cpu_us_per_delivery": statistics.median(r["cpu"] for r in runs)
+                    / (clients * count)
+                    * 1e6,
+                    "median_max_stall_ms": statistics.median(r["max_lag"] for r in runs) * 1000,
+                    "worst_stall_ms": max(r["max_lag"] for r in runs) * 1000,
+                }
+                emit(row)
+                rows.append(row)
+        finally:
+            for gen in gens:
+                gen.stop()
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benches")
     parser.add_argument("scenarios", nargs="*", default=["fanout", "deadline"])
@@ -202,6 +253,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=100)
     parser.add_argument("--idle", type=int, default=10000)
     parser.add_argument("--heartbeat-timeout", type=float, default=3.0)
+    parser.add_argument("--messages", type=int, default=20, help="per round (encrypted)")
     args = parser.parse_args()
 
     table = []
@@ -210,6 +262,9 @@ def main() -> None:
             table += fanout(clients, args.rounds, args.size)
     if "deadline" in args.scenarios:
         table.append(deadline(args.idle, args.rounds, args.heartbeat_timeout))
+    if "encrypted" in args.scenarios:
+        for clients in (int(c) for c in args.clients.split(",")):
+            table += encrypted(clients, args.rounds, args.size, args.messages)
 
     print()
     for row in table:
@@ -218,6 +273,14 @@ def main() -> None:
                 f"fanout  C={row['clients']:>6}  {row['mode']:<6}  "
                 f"{row['deliveries_per_s']:>12,.0f} deliveries/s  "
                 f"{row['cpu_ns_per_delivery']:>7,.0f} ns CPU/delivery"
+            )
+        elif row["scenario"] == "encrypted":
+            print(
+                f"encrypted C={row['clients']:>6}  {row['mode']:<6}  "
+                f"{row['messages_per_s']:>8,.0f} messages/s  "
+                f"{row['deliveries_per_s']:>10,.0f} deliveries/s  "
+                f"stall median {row['median_max_stall_ms']:.1f} ms, "
+                f"worst {row['worst_stall_ms']:.1f} ms"
             )
         else:
             print(

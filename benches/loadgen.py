@@ -1,6 +1,8 @@
 """Load generator: many picows WebSocket clients in one process, driven over stdin/stdout.
 
-Run as `python -m benches.loadgen URL COUNT [--heartbeat S] [--rooms a,b] [--token-prefix P]`.
+Run as `python -m benches.loadgen URL COUNT [--heartbeat S] [--rooms a,b] [--token-prefix P]
+[--encrypted]`. With `--encrypted` every client offers a public key (the built-in scheme) and
+client 0 decrypts what it receives (`count` reports failures as `bad`).
 It connects COUNT clients, authenticates each, prints one JSON line `{"ready": COUNT}`, then
 answers each stdin line: `count` -> `{"received": n, "by_client_min": m, ...}`, `quit` -> exits.
 """
@@ -15,13 +17,25 @@ import time
 import orjson
 import uvloop
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+from roomcast.crypto import EcdhClient
 
 
 class BenchClient(WSListener):
-    __slots__ = ("closed", "connected", "index", "latencies", "received", "transport")
+    __slots__ = (
+        "bad",
+        "closed",
+        "connected",
+        "crypto",
+        "index",
+        "latencies",
+        "received",
+        "transport",
+    )
 
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int, crypto: EcdhClient | None = None) -> None:
         self.index = index
+        self.crypto = crypto
+        self.bad = 0
         self.received = 0
         self.transport: WSTransport | None = None
         self.connected = asyncio.get_running_loop().create_future()
@@ -41,9 +55,16 @@ class BenchClient(WSListener):
         if not self.connected.done():
             message = orjson.loads(frame.get_payload_as_memoryview())
             if message.get("event") == "connected":
+                if self.crypto is not None:
+                    self.crypto.complete(message["data"])
                 self.connected.set_result(message["data"])
             return
         self.received += 1
+        if self.crypto is not None:
+            try:
+                self.crypto.decrypt(orjson.loads(frame.get_payload_as_memoryview()))
+            except Exception:
+                self.bad += 1
         if self.latencies is not None:
             # Timed messages carry the send time (perf_counter on the same host) in "t".
             payload = frame.get_payload_as_memoryview()
@@ -56,8 +77,11 @@ class BenchClient(WSListener):
 
 
 async def connect_many(
-    url: str, count: int, token_prefix: str, concurrency: int = 200
+    url: str, count: int, token_prefix: str, concurrency: int = 200, encrypted: bool = False
 ) -> list[BenchClient]:
+    # One key pair for every client (the server's salt still gives each its own key);
+    # only client 0 keeps the crypto to decrypt what it receives.
+    shared = EcdhClient() if encrypted else None
     clients: list[BenchClient] = []
     semaphore = asyncio.Semaphore(concurrency)
 
@@ -66,7 +90,10 @@ async def connect_many(
             client_holder: list[BenchClient] = []
 
             def factory() -> BenchClient:
-                client = BenchClient(i)
+                crypto = None
+                if shared is not None and i == 0:
+                    crypto = EcdhClient(private_key=shared._private_key)
+                client = BenchClient(i, crypto)
                 client_holder.append(client)
                 return client
 
@@ -74,15 +101,10 @@ async def connect_many(
                 factory, url, use_aiofastnet=False, enable_auto_pong=True
             )
             client = client_holder[0]
-            transport.send(
-                WSMsgType.TEXT,
-                orjson.dumps(
-                    {
-                        "event": "authenticate",
-                        "data": {"type": "Bearer", "token": f"{token_prefix}{i}"},
-                    }
-                ),
-            )
+            auth: dict[str, str] = {"type": "Bearer", "token": f"{token_prefix}{i}"}
+            if shared is not None:
+                auth["publicKey"] = shared.public_key
+            transport.send(WSMsgType.TEXT, orjson.dumps({"event": "authenticate", "data": auth}))
             await asyncio.wait_for(client.connected, 30)
             clients.append(client)
 
@@ -98,9 +120,10 @@ async def main() -> None:
     parser.add_argument("--rooms", default="")
     parser.add_argument("--token-prefix", default="user:u")
     parser.add_argument("--latency", action="store_true")
+    parser.add_argument("--encrypted", action="store_true")
     args = parser.parse_args()
 
-    clients = await connect_many(args.url, args.count, args.token_prefix)
+    clients = await connect_many(args.url, args.count, args.token_prefix, encrypted=args.encrypted)
     if args.rooms:
         join = orjson.dumps({"event": "join", "data": {"rooms": args.rooms.split(",")}})
         for client in clients:
@@ -141,6 +164,7 @@ async def main() -> None:
                 "min": min(counts, default=0),
                 "max": max(counts, default=0),
                 "closed": sum(1 for c in clients if c.closed is not None),
+                "bad": sum(c.bad for c in clients),
             }
             if args.latency:
                 lat = sorted(x for c in clients for x in (c.latencies or ()))

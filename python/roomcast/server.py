@@ -70,12 +70,13 @@ _ERR_DECRYPTION = error_payload(ErrorMessages.DECRYPTION_FAILED)
 
 # How often the deadline wheel is swept; bounds how late a timeout close can be.
 SWEEP_INTERVAL = 0.05
-# Encrypted delivery gives the event loop back after this much work (seconds), so a fan-out
-# to many encrypted clients never stalls other connections for longer.
+# Encrypted delivery gives the event loop back after this much work (seconds) or this many
+# recipients (whose writes the next flush makes), so a fan-out to many encrypted clients
+# never stalls other connections for long.
 ENCRYPTED_SLICE = 0.002
+ENCRYPTED_SLICE_CLIENTS = 128
 # Bytes of plaintext sealed per call of a scheme's `seal_batch` (many keys, one message).
 ENCRYPTED_CHUNK_BYTES = 256 * 1024
-ENCRYPTED_CHUNK_MAX = 256
 
 # server_options keys, with the original's camelCase names accepted as aliases.
 _OPTION_DEFAULTS: dict[str, Any] = {
@@ -669,15 +670,14 @@ class WebSocketServerHelper:
         event: str,
         data: Any,
     ) -> None:
-        """The scheme seals chunks of clients at once; the loop gets control between slices."""
+        """The scheme seals chunks of clients at once; the loop gets control between chunks
+        (and flushes what the previous chunk queued)."""
         size = len(encode(event, data))
-        chunk = max(1, min(ENCRYPTED_CHUNK_MAX, ENCRYPTED_CHUNK_BYTES // max(size, 1)))
+        chunk = max(1, min(ENCRYPTED_SLICE_CLIENTS, ENCRYPTED_CHUNK_BYTES // max(size, 1)))
         hub = self._hub
-        started = time.perf_counter()
         for first in range(0, len(clients), chunk):
-            if time.perf_counter() - started > ENCRYPTED_SLICE:
+            if first:
                 await asyncio.sleep(0)
-                started = time.perf_counter()
             part = [c for c in clients[first : first + chunk] if c.state is _AUTHENTICATED]
             try:
                 payloads = seal_batch(part, event, data)
@@ -699,11 +699,17 @@ class WebSocketServerHelper:
         """outbound_transformer per client, at most encrypted_batch_limit awaiting at once."""
         in_flight: set[asyncio.Future[None]] = set()
         started = time.perf_counter()
+        done = 0
         try:
             for client in clients:
-                if time.perf_counter() - started > ENCRYPTED_SLICE:
+                done += 1
+                if (
+                    done > ENCRYPTED_SLICE_CLIENTS
+                    or time.perf_counter() - started > ENCRYPTED_SLICE
+                ):
                     await asyncio.sleep(0)
                     started = time.perf_counter()
+                    done = 1
                 if client.state is not _AUTHENTICATED:
                     continue
                 try:
@@ -720,6 +726,7 @@ class WebSocketServerHelper:
                         in_flight, return_when=asyncio.FIRST_COMPLETED
                     )
                     started = time.perf_counter()
+                    done = 0
             if in_flight:
                 await asyncio.wait(in_flight)
         except asyncio.CancelledError:
