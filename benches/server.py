@@ -10,7 +10,7 @@
   to every encrypted client, in the background; `/result` answers `{"pending": true}` until
   they are all sealed and written to the sockets, then the timing. `rust` and `python` are
   roomcast's encrypted delivery with the built-in scheme sealing in the Rust core or in
-  Python (both give the loop back every 128 recipients); `inline` is the naive baseline: the
+  Python (both give the loop back every 32 recipients); `inline` is the naive baseline: the
   scheme's `outbound_transformer` called for every client of a message in one go. Meanwhile
   a 1 ms timer measures how late the event loop runs it (the stall other clients would see).
 """

@@ -237,6 +237,16 @@ def test_opt_in_encryption_only_for_clients_that_offer_a_public_key():
     run(body())
 
 
+def test_require_encryption_alone_starts_and_closes_every_client_4004_only():
+    async def body():
+        async with running(require_encryption=True) as node:
+            ws = await open_client(node.url)
+            await send(ws, {"event": "authenticate", "data": {"token": "user:a"}})
+            assert await closed_with(ws) == (4004, "Encryption required", [])
+
+    run(body())
+
+
 def test_encryption_configured_without_a_transformer_is_refused_at_start_up():
     async def body():
         with pytest.raises(ValueError, match="outbound_transformer is missing"):
