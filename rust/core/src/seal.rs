@@ -96,31 +96,53 @@ impl Sealer {
 
     /// The wire message carrying `plaintext` sealed under this key with `iv`.
     pub fn message(&self, iv: &[u8; IV_LEN], plaintext: &[u8]) -> Vec<u8> {
-        let ct_len = plaintext.len() + TAG_LEN;
-        let iv_b64 = base64_len(IV_LEN);
-        let ct_b64 = base64_len(ct_len);
-        let total = HEAD.len() + iv_b64 + MIDDLE.len() + ct_b64 + TAIL.len();
-        // Seal into the tail of the output buffer, then base64 it into place: one
-        // allocation for the message and one scratch buffer for the ciphertext.
-        let mut sealed = Vec::with_capacity(ct_len);
-        sealed.extend_from_slice(plaintext);
-        let tag = self.seal_in_place(iv, &mut sealed);
-        sealed.extend_from_slice(&tag);
-
-        let mut out = vec![0u8; total];
-        let mut at = 0;
-        put(&mut out, &mut at, HEAD);
-        at += STANDARD
-            .encode_slice(iv, &mut out[at..at + iv_b64])
-            .unwrap_or_else(|_| unreachable!("iv base64 sized exactly"));
-        put(&mut out, &mut at, MIDDLE);
-        at += STANDARD
-            .encode_slice(&sealed, &mut out[at..at + ct_b64])
-            .unwrap_or_else(|_| unreachable!("ct base64 sized exactly"));
-        put(&mut out, &mut at, TAIL);
-        debug_assert_eq!(at, total);
+        let mut out = vec![0u8; message_len(plaintext.len())];
+        self.message_into(iv, plaintext, &mut Vec::new(), &mut out);
         out
     }
+
+    /// Writes the wire message into `out`, which must be exactly
+    /// [`message_len`]`(plaintext.len())` bytes long; `scratch` is reused between calls.
+    pub fn message_into(
+        &self,
+        iv: &[u8; IV_LEN],
+        plaintext: &[u8],
+        scratch: &mut Vec<u8>,
+        out: &mut [u8],
+    ) {
+        assert_eq!(
+            out.len(),
+            message_len(plaintext.len()),
+            "message buffer size"
+        );
+        scratch.clear();
+        scratch.extend_from_slice(plaintext);
+        let tag = self.seal_in_place(iv, scratch);
+        scratch.extend_from_slice(&tag);
+        let mut at = 0;
+        put(out, &mut at, HEAD);
+        at += encode_base64(iv, &mut out[at..]);
+        put(out, &mut at, MIDDLE);
+        at += encode_base64(scratch, &mut out[at..]);
+        put(out, &mut at, TAIL);
+        debug_assert_eq!(at, out.len());
+    }
+}
+
+/// Length of the wire message carrying a `plaintext_len`-byte plaintext.
+pub fn message_len(plaintext_len: usize) -> usize {
+    HEAD.len()
+        + base64_len(IV_LEN)
+        + MIDDLE.len()
+        + base64_len(plaintext_len + TAG_LEN)
+        + TAIL.len()
+}
+
+fn encode_base64(bytes: &[u8], out: &mut [u8]) -> usize {
+    let len = base64_len(bytes.len());
+    STANDARD
+        .encode_slice(bytes, &mut out[..len])
+        .unwrap_or_else(|_| unreachable!("base64 output sized exactly"))
 }
 
 fn put(out: &mut [u8], at: &mut usize, bytes: &[u8]) {
@@ -147,6 +169,34 @@ pub fn open(
     Sealer::new(key).open(iv, ciphertext)
 }
 
+/// Number of (key, IV) pairs in a batch: `keys` holds n concatenated 32-byte keys and `ivs`
+/// n concatenated 12-byte IVs.
+pub fn batch_len(keys: &[u8], ivs: &[u8]) -> Result<usize, BatchMismatch> {
+    let n = keys.len() / KEY_LEN;
+    if !keys.len().is_multiple_of(KEY_LEN) || ivs.len() != n * IV_LEN {
+        return Err(BatchMismatch {
+            keys_len: keys.len(),
+            ivs_len: ivs.len(),
+        });
+    }
+    Ok(n)
+}
+
+/// The i-th key and IV of a batch checked with [`batch_len`].
+pub fn batch_item<'a>(
+    keys: &'a [u8],
+    ivs: &'a [u8],
+    i: usize,
+) -> (&'a [u8; KEY_LEN], &'a [u8; IV_LEN]) {
+    let key = keys[i * KEY_LEN..(i + 1) * KEY_LEN]
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("32-byte slice"));
+    let iv = ivs[i * IV_LEN..(i + 1) * IV_LEN]
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("12-byte slice"));
+    (key, iv)
+}
+
 /// `plaintext` sealed once per key: `keys` holds n concatenated 32-byte keys and `ivs` n
 /// concatenated 12-byte IVs; the i-th result is the wire message for the i-th key and IV.
 pub fn seal_messages(
@@ -154,23 +204,14 @@ pub fn seal_messages(
     ivs: &[u8],
     plaintext: &[u8],
 ) -> Result<Vec<Vec<u8>>, BatchMismatch> {
-    let mismatch = BatchMismatch {
-        keys_len: keys.len(),
-        ivs_len: ivs.len(),
-    };
-    if !keys.len().is_multiple_of(KEY_LEN) || !ivs.len().is_multiple_of(IV_LEN) {
-        return Err(mismatch);
-    }
-    if keys.len() / KEY_LEN != ivs.len() / IV_LEN {
-        return Err(mismatch);
-    }
-    Ok(keys
-        .chunks_exact(KEY_LEN)
-        .zip(ivs.chunks_exact(IV_LEN))
-        .map(|(key, iv)| {
-            let key: &[u8; KEY_LEN] = key.try_into().unwrap_or_else(|_| unreachable!());
-            let iv: &[u8; IV_LEN] = iv.try_into().unwrap_or_else(|_| unreachable!());
-            Sealer::new(key).message(iv, plaintext)
+    let n = batch_len(keys, ivs)?;
+    let mut scratch = Vec::with_capacity(plaintext.len() + TAG_LEN);
+    Ok((0..n)
+        .map(|i| {
+            let (key, iv) = batch_item(keys, ivs, i);
+            let mut out = vec![0u8; message_len(plaintext.len())];
+            Sealer::new(key).message_into(iv, plaintext, &mut scratch, &mut out);
+            out
         })
         .collect())
 }

@@ -3,7 +3,8 @@
 //! message built around it.
 
 use roomcast_core::seal::{
-    base64_len, open, seal, seal_messages, BatchMismatch, OpenFailed, Sealer, IV_LEN, KEY_LEN,
+    base64_len, message_len, open, seal, seal_messages, BatchMismatch, OpenFailed, Sealer, IV_LEN,
+    KEY_LEN,
 };
 
 fn hex(text: &str) -> Vec<u8> {
@@ -130,4 +131,16 @@ fn base64_len_counts_padding() {
     assert_eq!(base64_len(1), 4);
     assert_eq!(base64_len(12), 16);
     assert_eq!(base64_len(32), 44);
+}
+
+#[test]
+fn message_into_reuses_scratch_and_fills_exactly_message_len_bytes() {
+    let sealer = Sealer::new(&key(TC15_KEY));
+    let mut scratch = Vec::new();
+    for len in [0, 1, 2, 3, 100, 4096] {
+        let plaintext = vec![b'a'; len];
+        let mut out = vec![0u8; message_len(len)];
+        sealer.message_into(&iv(TC15_IV), &plaintext, &mut scratch, &mut out);
+        assert_eq!(out, sealer.message(&iv(TC15_IV), &plaintext));
+    }
 }

@@ -17,8 +17,19 @@ pub fn seal_messages<'py>(
     ivs: &[u8],
     plaintext: &[u8],
 ) -> PyResult<Bound<'py, PyList>> {
-    let sealed = py
-        .detach(|| seal::seal_messages(keys, ivs, plaintext))
-        .map_err(|err| PyValueError::new_err(err.to_string()))?;
-    PyList::new(py, sealed.iter().map(|m| PyBytes::new(py, m)))
+    let n = seal::batch_len(keys, ivs).map_err(|err| PyValueError::new_err(err.to_string()))?;
+    let len = seal::message_len(plaintext.len());
+    let mut scratch = Vec::with_capacity(plaintext.len() + seal::TAG_LEN);
+    let list = PyList::empty(py);
+    for i in 0..n {
+        let (key, iv) = seal::batch_item(keys, ivs, i);
+        // Sealed straight into the new bytes object, which nothing else can see yet, so the
+        // GIL can be released while it is filled.
+        let message = PyBytes::new_with(py, len, |out| {
+            py.detach(|| seal::Sealer::new(key).message_into(iv, plaintext, &mut scratch, out));
+            Ok(())
+        })?;
+        list.append(message)?;
+    }
+    Ok(list)
 }
