@@ -393,6 +393,58 @@ def test_sealing_a_large_fan_out_gives_the_event_loop_back():
     run(body(), timeout=60)
 
 
+def test_a_room_of_a_thousand_encrypted_clients_does_not_freeze_the_loop():
+    """While one message is sealed for 1,000 clients, the loop keeps turning and a plaintext
+    client's request is answered before the fan-out is over."""
+    finished: list[float] = []
+    helper_box = []
+
+    def on_message(client_id, user_id, message):
+        if message["event"] == "ping":
+            helper_box[0].send_to_client(client_id, "pong", message["data"])
+
+    async def body():
+        async with running(encryption=EcdhScheme(), message_handler=on_message) as node:
+            helper_box.append(node.helper)
+            clients = await asyncio.gather(
+                *(encrypted_client(node.url, f"user:e{i}") for i in range(1000))
+            )
+            probe, _ = await authed(node.url, "user:probe")
+            loop = asyncio.get_running_loop()
+            ticks: list[float] = []
+
+            def tick():
+                ticks.append(time.perf_counter())
+                if not finished:
+                    loop.call_soon(tick)
+
+            async def watch():
+                while node.helper._sealer_running:
+                    await asyncio.sleep(0.001)
+                finished.append(time.perf_counter())
+
+            pad = "x" * 32_000
+            started = time.perf_counter()
+            assert node.helper.send_to_room("ws-default", "big", {"pad": pad}) == 1001
+            loop.call_soon(tick)
+            watcher = asyncio.ensure_future(watch())
+            await send(probe, {"event": "ping", "data": 1})
+            assert await recv(probe) == {"event": "big", "data": {"pad": pad}}
+            assert await recv(probe) == {"event": "pong", "data": 1}
+            ponged = time.perf_counter()
+            await watcher
+            # Sealing 1,000 x 32 kB and writing it takes ~100 ms; in one go it would block
+            # the loop all that time.
+            assert ponged < finished[0], (ponged - started, finished[0] - started)
+            gaps = [b - a for a, b in zip([started, *ticks], ticks, strict=False)]
+            assert max(gaps) < 0.04, (max(gaps), finished[0] - started)
+            for ws, _, crypto in clients:
+                assert crypto.open(await recv(ws, 20)) == {"event": "big", "data": {"pad": pad}}
+            await asyncio.gather(*(ws.close() for ws, *_ in clients), probe.close())
+
+    run(body(), timeout=120)
+
+
 # -- inbound encrypted events ----------------------------------------------------------------------
 
 
