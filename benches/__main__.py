@@ -2,7 +2,8 @@
 
 Scenarios: fanout (C = 1,000 / 5,000 / 10,000 clients), rooms (1,000 clients in 10 rooms),
 latency (1,000 clients at 50 broadcasts/s), connect, heartbeat, memory, sweep, burst
-(one broadcast timed inside the server), deadline (4002 lateness with 10,000 idle clients).
+(one broadcast timed inside the server), deadline (4002 lateness with 10,000 idle clients),
+encrypted (room messages to 1,000 encrypted clients: Rust vs Python sealing, loop stall).
 
 Servers, measured one after the other in the same invocation so every figure is also a ratio:
 - roomcast: the server with its Rust fan-out;
@@ -105,14 +106,15 @@ def redis_server() -> Iterator[int]:
 
 
 @contextmanager
-def server(kind: str, heartbeat_timeout: float = 90.0) -> Iterator[tuple[int, int]]:
-    """Start a server of `kind`; yield (port, pid)."""
+def server(kind: str, heartbeat_timeout: float = 90.0, *extra: str) -> Iterator[tuple[int, int]]:
+    """Start a server of `kind` (extra arguments go to roomcast's bench server); yield
+    (port, pid)."""
     port = free_port()
     with ExitStack() as stack:
         if kind == "roomcast" or kind == "pyloop":
             fanout = "rust" if kind == "roomcast" else "python"
             command = [sys.executable, "-m", "benches.server", str(port), "--fanout", fanout]
-            command += ["--heartbeat-timeout", str(heartbeat_timeout)]
+            command += ["--heartbeat-timeout", str(heartbeat_timeout), *extra]
         elif kind == "picows":
             command = [sys.executable, "-m", "benches.baseline", str(port)]
         elif kind == "ignis":
@@ -488,6 +490,55 @@ def deadline(idle: int, rounds: int, timeout: float) -> dict[str, Any]:
     )
 
 
+def encrypted(clients_n: int, rounds: int, size: int, count: int) -> list[dict[str, Any]]:
+    """`count` room messages to `clients_n` encrypted clients: throughput and event-loop stall,
+    for the built-in scheme sealing in the Rust core, in Python, and the naive inline loop."""
+    modes = ("rust", "python", "inline")
+    rows = []
+    with (
+        server("roomcast", 90.0, "--encryption") as (port, _),
+        clients(port, clients_n, "--encrypted") as gens,
+    ):
+        samples: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
+        expected = received(gens)
+        for _ in range(rounds):
+            for mode in modes:
+                http_json(port, f"/encrypted?mode={mode}&size={size}&count={count}")
+                while "pending" in (result := http_json(port, "/result")):
+                    time.sleep(0.02)
+                assert result["recipients"] == clients_n * count, result
+                expected += clients_n * count
+                if wait_received(gens, expected, timeout=120) != expected:
+                    raise RuntimeError(f"encrypted {mode}: lost messages")
+                samples[mode].append(result)
+        bad = sum(gen.ask("count")["bad"] for gen in gens)
+        if bad:
+            raise RuntimeError(f"{bad} messages did not decrypt")
+        for mode, runs in samples.items():
+            wall = statistics.median(r["wall"] for r in runs)
+            cpu = statistics.median(r["cpu"] for r in runs)
+            rows.append(
+                emit(
+                    {
+                        "scenario": "encrypted",
+                        "mode": mode,
+                        "clients": clients_n,
+                        "size": size,
+                        "messages": count,
+                        "rounds": rounds,
+                        "messages_per_s": count / wall,
+                        "deliveries_per_s": clients_n * count / wall,
+                        "cpu_us_per_delivery": cpu / (clients_n * count) * 1e6,
+                        "median_p99_stall_ms": statistics.median(r["p99_lag"] for r in runs) * 1000,
+                        "median_max_stall_ms": statistics.median(r["max_lag"] for r in runs) * 1000,
+                        "worst_stall_ms": max(r["max_lag"] for r in runs) * 1000,
+                        "lost": 0,
+                    }
+                )
+            )
+    return rows
+
+
 # -- the table -------------------------------------------------------------------------------
 
 
@@ -534,6 +585,14 @@ def print_table(rows: list[dict[str, Any]]) -> None:
                 f"{row['deliveries_per_s']:>12,.0f} deliveries/s  "
                 f"{row['cpu_ns_per_delivery']:>7,.0f} ns CPU/delivery"
             )
+        elif row["scenario"] == "encrypted":
+            print(
+                f"encrypted C={row['clients']:>6} {row['size']:>5} B {row['mode']:<6} "
+                f"{row['messages_per_s']:>8,.1f} messages/s  "
+                f"{row['deliveries_per_s']:>10,.0f} deliveries/s  "
+                f"stall p99 {row['median_p99_stall_ms']:.1f} ms, "
+                f"max {row['median_max_stall_ms']:.1f} ms (worst {row['worst_stall_ms']:.1f})"
+            )
         elif row["scenario"] == "deadline":
             print(
                 f"deadline  idle={row['idle_clients']}  timeout={row['heartbeat_timeout_s']} s  "
@@ -572,7 +631,8 @@ def main() -> None:
 
     rows: list[dict[str, Any]] = []
     for scenario in args.scenarios:
-        for kind in servers if scenario not in ("sweep", "burst", "deadline") else [None]:
+        single = ("sweep", "burst", "deadline", "encrypted")
+        for kind in servers if scenario not in single else [None]:
             if scenario == "fanout":
                 for count in counts:
                     messages = max(20, 500_000 // count) if not args.quick else 20
@@ -602,6 +662,9 @@ def main() -> None:
                         rows += burst(count, rounds, 100, n)
             elif scenario == "deadline":
                 rows.append(deadline(10_000 if not args.quick else 50, rounds, 3.0))
+            elif scenario == "encrypted":
+                for size in (100, 4096):
+                    rows += encrypted(1000 if not args.quick else 20, rounds, size, 20)
     print_table(rows)
 
 

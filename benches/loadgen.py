@@ -6,7 +6,8 @@ answers each stdin line: `count` -> `{"received", "min", "max", "closed"}`; `joi
 puts client i in room R[i % n]; `publish N RATE SIZE ROOMS` makes the first client send N
 `publish` events (see `publish`); `latency` -> p50/p99 of the messages timed since the last
 `latency` (with --latency, messages whose data carries `t`, the sender's perf_counter on the
-same host, are timed); `quit` exits.
+same host, are timed); `quit` exits. With --encrypted every client offers a public key (the
+built-in scheme) and client 0 decrypts what it receives (`count` reports failures as `bad`).
 """
 
 from __future__ import annotations
@@ -19,11 +20,14 @@ import time
 import orjson
 import uvloop
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+from roomcast.crypto import EcdhClient
 
 
 class BenchClient(WSListener):
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int, crypto: EcdhClient | None = None) -> None:
         self.index = index
+        self.crypto = crypto
+        self.bad = 0
         self.received = 0
         self.transport: WSTransport | None = None
         self.connected: asyncio.Future[dict] = asyncio.get_running_loop().create_future()
@@ -43,9 +47,16 @@ class BenchClient(WSListener):
         if not self.connected.done():
             message = orjson.loads(frame.get_payload_as_memoryview())
             if message.get("event") == "connected":
+                if self.crypto is not None:
+                    self.crypto.complete(message["data"])
                 self.connected.set_result(message["data"])
             return
         self.received += 1
+        if self.crypto is not None:
+            try:
+                self.crypto.decrypt(orjson.loads(frame.get_payload_as_memoryview()))
+            except Exception:
+                self.bad += 1
         if self.latencies is not None:
             data = orjson.loads(frame.get_payload_as_memoryview()).get("data")
             if isinstance(data, dict) and "t" in data:
@@ -53,21 +64,32 @@ class BenchClient(WSListener):
 
 
 async def connect_many(
-    url: str, count: int, token_prefix: str, clients: list[BenchClient], concurrency: int = 200
+    url: str,
+    count: int,
+    token_prefix: str,
+    clients: list[BenchClient],
+    concurrency: int = 200,
+    encrypted: bool = False,
 ) -> None:
     """Connect and authenticate `count` clients, appending each to `clients` once connected."""
+    # One key pair for every client (the server's salt still gives each its own key);
+    # only client 0 keeps the crypto to decrypt what it receives.
+    shared = EcdhClient() if encrypted else None
     semaphore = asyncio.Semaphore(concurrency)
 
     async def one(i: int) -> None:
         async with semaphore:
-            client = BenchClient(i)
+            crypto = None
+            if shared is not None and i == 0:
+                crypto = EcdhClient(private_key=shared._private_key)
+            client = BenchClient(i, crypto)
             transport, _ = await ws_connect(
                 lambda: client, url, use_aiofastnet=False, enable_auto_pong=True
             )
-            auth = {
-                "event": "authenticate",
-                "data": {"type": "Bearer", "token": f"{token_prefix}{i}"},
-            }
+            data: dict[str, str] = {"type": "Bearer", "token": f"{token_prefix}{i}"}
+            if shared is not None:
+                data["publicKey"] = shared.public_key
+            auth = {"event": "authenticate", "data": data}
             transport.send(WSMsgType.TEXT, orjson.dumps(auth))
             await asyncio.wait_for(client.connected, 30)
             clients.append(client)
@@ -115,6 +137,7 @@ def report(clients: list[BenchClient]) -> dict[str, object]:
         "min": min(counts, default=0),
         "max": max(counts, default=0),
         "closed": sum(1 for c in clients if c.closed is not None),
+        "bad": sum(c.bad for c in clients),
     }
 
 
@@ -137,13 +160,14 @@ async def main() -> None:
     parser.add_argument("--heartbeat", type=float, default=0.0)
     parser.add_argument("--token-prefix", default="user:u")
     parser.add_argument("--latency", action="store_true")
+    parser.add_argument("--encrypted", action="store_true")
     args = parser.parse_args()
 
     loop = asyncio.get_running_loop()
     clients: list[BenchClient] = []
     beat = loop.create_task(heartbeats(clients, args.heartbeat)) if args.heartbeat > 0 else None
     started = time.perf_counter()
-    await connect_many(args.url, args.count, args.token_prefix, clients)
+    await connect_many(args.url, args.count, args.token_prefix, clients, encrypted=args.encrypted)
     connect_seconds = time.perf_counter() - started
     if args.latency:
         for client in clients:

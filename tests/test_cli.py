@@ -200,3 +200,16 @@ def test_flags_map_onto_the_config_with_milliseconds_as_seconds():
     assert config.port == 81
     assert config.default_rooms == []
     assert config.require_encryption is True
+
+
+def test_require_encryption_without_an_app_scheme_binds_the_built_in_one():
+    from roomcast.cli import ServeConfig, build_helper
+    from roomcast.crypto import EcdhScheme
+
+    lines = []
+    helper = build_helper(ServeConfig(require_encryption=True, jwt_secret="s"), out=lines.append)
+    assert isinstance(helper.encryption, EcdhScheme)
+    assert helper.handshake_fn == helper.encryption.handshake_fn
+    assert any("built-in ECDH" in line for line in lines)
+    plain = build_helper(ServeConfig(jwt_secret="s"), out=lines.append)
+    assert plain.encryption is None and plain.handshake_fn is None

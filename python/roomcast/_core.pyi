@@ -16,6 +16,14 @@ EXPIRED_IDLE: int  # nothing at all received for idle_timeout -> close (idle)
 def frame_text(payload: bytes) -> bytes:
     """One unmasked, final server-to-client text frame carrying ``payload``."""
 
+def seal_messages(keys: bytes, ivs: bytes, plaintext: bytes) -> list[bytes]:
+    """``plaintext`` sealed with AES-256-GCM once per key, each as the wire message
+    ``{"event":"encrypted","data":{"iv":<b64>,"ct":<b64>}}`` (ct ends with the 16-byte tag).
+
+    ``keys``: n concatenated 32-byte keys; ``ivs``: n concatenated fresh 12-byte IVs.
+    Runs with the GIL released; raises ValueError when the counts do not match.
+    """
+
 class Hub:
     """Connection registry, room and user indices, fan-out and deadlines.
 

@@ -34,6 +34,7 @@ CALLBACKS = (
     "message_handler",
     "outbound_transformer",
     "handshake_fn",
+    "encryption",
 )
 
 
@@ -140,7 +141,12 @@ _SERVE_FLAGS: list[tuple[str, Callable[[str], Any] | None, str]] = [
     ),
     ("--heartbeat-timeout-ms", _positive_int, "ms of silence before close 4002 (default 90000)"),
     ("--default-rooms", _rooms, "comma-separated rooms joined after authentication ('' for none)"),
-    ("--require-encryption", None, "refuse clients without an encrypted session"),
+    (
+        "--require-encryption",
+        None,
+        "refuse clients without an encrypted session (the built-in ECDH scheme unless --app "
+        "gives handshake_fn or encryption)",
+    ),
     ("--max-payload-length", _positive_int, "largest accepted message in bytes (default 131072)"),
     ("--jwt-secret", str, "HS256 secret of the built-in authenticator"),
     ("--allow-rooms", str, "glob of room names clients may join (default '*')"),
@@ -236,6 +242,15 @@ def build_helper(config: ServeConfig, app: Any = None, out: Callable[[str], None
             return [room for room in rooms if fnmatch.fnmatchcase(room, pattern)]
 
         callbacks["validate_room_fn"] = validate_room_fn
+    if (
+        config.require_encryption
+        and callbacks["handshake_fn"] is None
+        and (callbacks["encryption"] is None)
+    ):
+        from .crypto import EcdhScheme
+
+        callbacks["encryption"] = EcdhScheme()
+        out("roomcast: --require-encryption: clients use the built-in ECDH P-256 scheme")
     return WebSocketServerHelper(
         "roomcast",
         config.path,

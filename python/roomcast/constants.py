@@ -131,6 +131,8 @@ class ErrorMessages:
     AUTH_FAILED = "Authentication failed"
     AUTH_ERROR = "Authentication error"
     HANDSHAKE_FAILED = "Encryption handshake failed"
+    # Ours (the original has no inbound decryption): an `encrypted` event that cannot be opened.
+    DECRYPTION_FAILED = "Decryption failed"
     INVALID_REDIS = "Invalid redis connection!"
     UPGRADE_FAILED = "WebSocket upgrade failed"
 

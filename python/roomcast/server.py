@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol
 
 from . import _core
 from .broker import Broker, create_broker
@@ -64,9 +66,17 @@ _ERR_NOT_AUTH = error_payload(ErrorMessages.NOT_AUTHENTICATED)
 _ERR_AUTH_FAILED = error_payload(ErrorMessages.AUTH_FAILED)
 _ERR_AUTH_ERROR = error_payload(ErrorMessages.AUTH_ERROR)
 _ERR_HANDSHAKE = error_payload(ErrorMessages.HANDSHAKE_FAILED)
+_ERR_DECRYPTION = error_payload(ErrorMessages.DECRYPTION_FAILED)
 
 # How often the deadline wheel is swept; bounds how late a timeout close can be.
 SWEEP_INTERVAL = 0.05
+# Encrypted delivery gives the event loop back after this much work (seconds) or this many
+# recipients (whose writes the next flush makes), so a fan-out to many encrypted clients
+# never stalls other connections for long.
+ENCRYPTED_SLICE = 0.002
+ENCRYPTED_SLICE_CLIENTS = 32
+# Bytes of plaintext sealed per call of a scheme's `seal_batch` (many keys, one message).
+ENCRYPTED_CHUNK_BYTES = 256 * 1024
 
 # server_options keys, with the original's camelCase names accepted as aliases.
 _OPTION_DEFAULTS: dict[str, Any] = {
@@ -89,6 +99,30 @@ _OPTION_ALIASES = {
     "publishToSelf": "publish_to_self",
     "perMessageDeflate": "per_message_deflate",
 }
+
+
+class EncryptionScheme(Protocol):
+    """What `encryption=` takes (`roomcast.crypto.EcdhScheme` is one).
+
+    Besides the two hooks: `open_inbound(client_id, data) -> bytes` opens the `data` of an
+    `encrypted` event from a client (raising ValueError when it cannot), `forget(client_id)`
+    drops the client's key when it is gone. An optional `seal_batch(clients, event, data) ->
+    list[bytes | None]` seals one message for many clients at once (used for fan-out when the
+    scheme's own `outbound_transformer` is the one bound).
+    """
+
+    def handshake_fn(self, client_id: str, user_id: str | None, data: Any) -> Any: ...
+    def outbound_transformer(self, client: Any, event: str, data: Any) -> Any: ...
+    def open_inbound(self, client_id: str, data: Any) -> bytes: ...
+    def forget(self, client_id: str) -> None: ...
+
+
+def _scheme_of(hook: Any) -> Any:
+    """The scheme object a bound hook method belongs to, if it is one."""
+    owner = getattr(hook, "__self__", None)
+    if callable(getattr(owner, "open_inbound", None)) and callable(getattr(owner, "forget", None)):
+        return owner
+    return None
 
 
 def _refused(result: Any) -> bool:
@@ -136,6 +170,7 @@ class WebSocketServerHelper:
         message_handler: Callable[..., Any] | None = None,
         outbound_transformer: Callable[..., Any] | None = None,
         handshake_fn: Callable[..., Any] | None = None,
+        encryption: EncryptionScheme | None = None,
         default_rooms: Iterable[str] | None = None,
         auth_timeout: float = WebSocketDefaults.AUTH_TIMEOUT,
         heartbeat_interval: float = WebSocketDefaults.HEARTBEAT_INTERVAL,
@@ -164,6 +199,14 @@ class WebSocketServerHelper:
         self.client_connected_fn = client_connected_fn
         self.client_disconnected_fn = client_disconnected_fn
         self.message_handler = message_handler
+        # A scheme supplies the hooks not given explicitly, opens inbound `encrypted` events
+        # and drops client keys at disconnect; bound methods of one bring it along.
+        if encryption is None:
+            encryption = _scheme_of(handshake_fn) or _scheme_of(outbound_transformer)
+        if encryption is not None:
+            handshake_fn = handshake_fn or encryption.handshake_fn
+            outbound_transformer = outbound_transformer or encryption.outbound_transformer
+        self.encryption = encryption
         self.outbound_transformer = outbound_transformer
         self.handshake_fn = handshake_fn
 
@@ -195,6 +238,10 @@ class WebSocketServerHelper:
         )
         self._clients: dict[str, Client] = {}
         self._encrypted = 0
+        # Encrypted deliveries (clients, event, data), run one after another so every client
+        # gets its messages in order; `_sealer` drains them.
+        self._sealing: deque[tuple[list[Client], str, Any]] = deque()
+        self._sealer_running = False
         self._tasks: set[asyncio.Future[Any]] = set()
         self._sweep_handle: asyncio.TimerHandle | None = None
         self._accepting = False
@@ -207,9 +254,9 @@ class WebSocketServerHelper:
         """Connect the broker, subscribe and start the deadline sweep. Call once, in the loop."""
         if self._configured:
             return
-        if (self.handshake_fn is not None or self.require_encryption) and (
-            self.outbound_transformer is None
-        ):
+        # require_encryption without handshake_fn is not refused here: it is the seed's
+        # "4004 only" row (no client can become encrypted, so none is left without delivery).
+        if self.handshake_fn is not None and self.outbound_transformer is None:
             raise ValueError(
                 "encryption is configured but outbound_transformer is missing: "
                 "encrypted clients could receive nothing"
@@ -255,6 +302,7 @@ class WebSocketServerHelper:
         for client in clients:
             self._on_disconnect(client)
         self._clients.clear()
+        self._sealing.clear()
         await self._broker.close()
         for task in list(self._tasks):
             task.cancel()
@@ -294,6 +342,7 @@ class WebSocketServerHelper:
         self._clients.pop(client.id, None)
         if client.encrypted:
             self._encrypted -= 1
+        self._forget_keys(client)
         logger.debug("disconnected %s (user %s)", client.id, client.user_id)
         if was_connected and self.client_disconnected_fn is not None:
             self._invoke(
@@ -325,6 +374,10 @@ class WebSocketServerHelper:
         except InvalidText:
             client.close(CloseCode.INVALID_TEXT, CloseCode.REASONS[CloseCode.INVALID_TEXT])
             return
+        self._dispatch(client, message)
+
+    def _dispatch(self, client: Client, message: dict[str, Any], sealed: bool = False) -> None:
+        """Act on one decoded message; `sealed` when it came inside an `encrypted` event."""
         event = message.get("event")
         if type(event) is not str or not event:
             logger.info("message without event from %s dropped", client.id)
@@ -353,7 +406,10 @@ class WebSocketServerHelper:
         elif event in _SERVER_ONLY:
             logger.debug("server event %r from %s dropped", event, client.id)
         elif event == _ENCRYPTED:
-            self._on_encrypted_inbound(client, message)
+            if sealed:
+                logger.info("nested encrypted event from %s dropped", client.id)
+            else:
+                self._on_encrypted_inbound(client, message)
         elif self.message_handler is not None:
             self._invoke(
                 "message_handler",
@@ -408,8 +464,11 @@ class WebSocketServerHelper:
             connected["userId"] = client.user_id
         connected["time"] = iso_now()
         if client.encrypted:
-            connected["serverPublicKey"] = client.server_public_key
-            connected["salt"] = client.salt
+            # In clear, never through the transformer: the client needs them to derive its key.
+            if client.server_public_key is not None:
+                connected["serverPublicKey"] = client.server_public_key
+            if client.salt is not None:
+                connected["salt"] = client.salt
         hub.send(client.handle, encode(WebSocketEvents.CONNECTED, connected))
         logger.debug(
             "authenticated %s (user %s, encrypted %s)", client.id, client.user_id, client.encrypted
@@ -440,9 +499,11 @@ class WebSocketServerHelper:
             outcome = None
         if client.state is not _AUTHENTICATING or client.closing:
             logger.info("%s left during the handshake", client.id)
+            self._forget_keys(client)  # the handshake may have stored a key after it left
             return False
         if _refused(outcome) or not isinstance(outcome, Mapping):
             logger.info("handshake refused for %s", client.id)
+            self._forget_keys(client)
             self._hub.send(client.handle, _ERR_HANDSHAKE)
             client.close(
                 CloseCode.ENCRYPTION_REQUIRED, CloseCode.REASONS[CloseCode.ENCRYPTION_REQUIRED]
@@ -520,6 +581,11 @@ class WebSocketServerHelper:
 
     def enable_client_encryption(self, client_id: str) -> None:
         """From now on the client gets only what outbound_transformer makes of each message."""
+        if self.outbound_transformer is None:
+            raise ValueError(
+                "enable_client_encryption needs an outbound_transformer: "
+                "the client could receive nothing"
+            )
         client = self._clients.get(client_id)
         if client is None or client.encrypted:
             return
@@ -527,45 +593,154 @@ class WebSocketServerHelper:
         self._encrypted += 1
         self._hub.set_encrypted(client.handle, True)
 
+    def _forget_keys(self, client: Client) -> None:
+        if self.encryption is None:
+            return
+        try:
+            self.encryption.forget(client.id)
+        except Exception:
+            logger.exception("encryption scheme failed to forget %s", client.id)
+
     def _on_encrypted_inbound(self, client: Client, message: dict[str, Any]) -> None:
-        logger.debug("encrypted event from %s dropped: no inbound decryption configured", client.id)
+        """An `encrypted` event from a client: opened and handled as if sent in clear.
+
+        Without a scheme that opens it, it goes to message_handler as is (as in the original),
+        so an application with its own scheme can open it there.
+        """
+        scheme = self.encryption
+        if scheme is None:
+            if self.message_handler is not None:
+                self._invoke(
+                    "message_handler",
+                    self.message_handler,
+                    client_id=client.id,
+                    user_id=client.user_id,
+                    message=message,
+                )
+            return
+        try:
+            plaintext = scheme.open_inbound(client.id, message.get("data"))
+            inner = decode(plaintext, False)
+        except InvalidMessage:
+            logger.info("encrypted event from %s holds no JSON object", client.id)
+            self._hub.send(client.handle, _ERR_FORMAT)
+            return
+        except Exception as exc:  # the scheme's ValueError, or a bug in a custom scheme
+            logger.info("encrypted event from %s not opened: %s", client.id, exc)
+            self._hub.send(client.handle, _ERR_DECRYPTION)
+            return
+        self._dispatch(client, inner, sealed=True)
 
     def _deliver_encrypted(self, clients: Iterable[Client], event: str, data: Any) -> None:
-        transformer = self.outbound_transformer
-        if transformer is None:
+        """Queue one message for encrypted clients; deliveries run in order, in a task."""
+        if self.outbound_transformer is None:
             logger.warning("encrypted clients skipped for %r: no outbound_transformer", event)
             return
-        pending: list[tuple[Client, Awaitable[Any]]] = []
-        for client in clients:
-            try:
-                result = transformer(client=client, event=event, data=data)
-            except Exception:
-                logger.exception("outbound_transformer raised for %s", client.id)
-                continue
-            if inspect.isawaitable(result):
-                pending.append((client, result))
-            else:
-                self._send_transformed(client, event, result)
-        if pending:
-            self._spawn(self._deliver_limited(pending, event))
+        clients = list(clients)
+        if not clients:
+            return
+        self._sealing.append((clients, event, data))
+        if not self._sealer_running:
+            self._sealer_running = True
+            self._spawn(self._sealer())
 
-    async def _deliver_limited(
-        self, pending: list[tuple[Client, Awaitable[Any]]], event: str
-    ) -> None:
-        items = iter(pending)
-
-        async def worker() -> None:
-            for client, awaitable in items:
+    async def _sealer(self) -> None:
+        try:
+            while self._sealing:
+                clients, event, data = self._sealing.popleft()
+                transformer = self.outbound_transformer
+                scheme = self.encryption
+                seal_batch = getattr(scheme, "seal_batch", None)
+                # The batch path only stands in for the scheme's own transformer.
+                batched = seal_batch is not None and transformer == scheme.outbound_transformer
                 try:
-                    result = await awaitable
+                    if batched:
+                        await self._seal_batched(seal_batch, clients, event, data)
+                    elif transformer is not None:
+                        await self._transform_each(transformer, clients, event, data)
+                except Exception:
+                    logger.exception("encrypted delivery of %r failed", event)
+        finally:
+            self._sealer_running = False
+
+    async def _seal_batched(
+        self,
+        seal_batch: Callable[[Sequence[Client], str, Any], list[bytes | None]],
+        clients: list[Client],
+        event: str,
+        data: Any,
+    ) -> None:
+        """The scheme seals chunks of clients at once; the loop gets control between chunks
+        (and flushes what the previous chunk queued)."""
+        size = len(encode(event, data))
+        chunk = max(1, min(ENCRYPTED_SLICE_CLIENTS, ENCRYPTED_CHUNK_BYTES // max(size, 1)))
+        hub = self._hub
+        for first in range(0, len(clients), chunk):
+            if first:
+                await asyncio.sleep(0)
+            part = [c for c in clients[first : first + chunk] if c.state is _AUTHENTICATED]
+            try:
+                payloads = seal_batch(part, event, data)
+            except Exception:
+                logger.exception("seal_batch raised for %r", event)
+                continue
+            if len(payloads) != len(part):
+                logger.error("seal_batch gave %d messages for %d clients", len(payloads), len(part))
+                continue
+            for client, payload in zip(part, payloads, strict=True):
+                if payload is not None:
+                    hub.send(client.handle, payload)
+                else:
+                    logger.debug("no key for %s: %r dropped", client.id, event)
+
+    async def _transform_each(
+        self, transformer: Callable[..., Any], clients: list[Client], event: str, data: Any
+    ) -> None:
+        """outbound_transformer per client, at most encrypted_batch_limit awaiting at once."""
+        in_flight: set[asyncio.Future[None]] = set()
+        started = time.perf_counter()
+        done = 0
+        try:
+            for client in clients:
+                done += 1
+                if (
+                    done > ENCRYPTED_SLICE_CLIENTS
+                    or time.perf_counter() - started > ENCRYPTED_SLICE
+                ):
+                    await asyncio.sleep(0)
+                    started = time.perf_counter()
+                    done = 1
+                if client.state is not _AUTHENTICATED:
+                    continue
+                try:
+                    result = transformer(client=client, event=event, data=data)
                 except Exception:
                     logger.exception("outbound_transformer raised for %s", client.id)
                     continue
-                self._send_transformed(client, event, result)
+                if not inspect.isawaitable(result):
+                    self._send_transformed(client, event, result)
+                    continue
+                in_flight.add(asyncio.ensure_future(self._finish_transform(client, event, result)))
+                if len(in_flight) >= self.encrypted_batch_limit:
+                    _, in_flight = await asyncio.wait(
+                        in_flight, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    started = time.perf_counter()
+                    done = 0
+            if in_flight:
+                await asyncio.wait(in_flight)
+        except asyncio.CancelledError:
+            for task in in_flight:
+                task.cancel()
+            raise
 
-        await asyncio.gather(
-            *(worker() for _ in range(min(self.encrypted_batch_limit, len(pending))))
-        )
+    async def _finish_transform(self, client: Client, event: str, result: Awaitable[Any]) -> None:
+        try:
+            transformed = await result
+        except Exception:
+            logger.exception("outbound_transformer raised for %s", client.id)
+            return
+        self._send_transformed(client, event, transformed)
 
     def _send_transformed(self, client: Client, event: str, result: Any) -> None:
         if not isinstance(result, Mapping) or "event" not in result:
@@ -574,7 +749,8 @@ class WebSocketServerHelper:
                 "outbound_transformer gave nothing for %s (%r): dropped", client.id, event
             )
             return
-        self._hub.send(client.handle, encode(result["event"], result.get("data", MISSING)))
+        if client.state is _AUTHENTICATED:
+            self._hub.send(client.handle, encode(result["event"], result.get("data", MISSING)))
 
     # -- local delivery ------------------------------------------------------------------
 

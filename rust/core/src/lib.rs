@@ -10,7 +10,10 @@
 //! calls out: it hands sinks and byte batches to closures and reports what the caller
 //! must do next (schedule a flush, close an overflowing connection).
 //!
-//! Threading: a [`Hub`] belongs to one thread (frames are `Rc`-shared).
+//! [`seal`] seals one message under many AES-256-GCM keys for encrypted fan-out.
+//!
+//! Threading: a [`Hub`] belongs to one thread (frames are `Rc`-shared); [`seal`] is
+//! plain data in, data out and may run on any thread.
 
 mod deadline;
 mod exclude;
@@ -18,6 +21,7 @@ pub mod frame;
 mod hub;
 mod ids;
 mod rooms;
+pub mod seal;
 mod users;
 mod wheel;
 

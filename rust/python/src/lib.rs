@@ -5,11 +5,13 @@ use roomcast_core::Expiry;
 
 mod frame;
 mod hub;
+mod seal;
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<hub::Hub>()?;
     m.add_function(wrap_pyfunction!(frame::frame_text, m)?)?;
+    m.add_function(wrap_pyfunction!(seal::seal_messages, m)?)?;
     m.add("EXPIRED_AUTH", Expiry::Auth.code())?;
     m.add("EXPIRED_HEARTBEAT", Expiry::Heartbeat.code())?;
     m.add("EXPIRED_IDLE", Expiry::Idle.code())?;
