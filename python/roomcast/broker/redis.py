@@ -384,9 +384,11 @@ class RedisBroker:
         return self._state == _UP
 
     def stats(self) -> dict[str, int]:
-        """Counters: published, received, dropped, reconnects, watchdog_rebuilds,
-        subscriptions (exact channels now subscribed), queued (publishes not yet sent)."""
+        """Counters: connected (1 or 0), published, received, dropped, reconnects,
+        watchdog_rebuilds, subscriptions (exact channels now subscribed, probes included)
+        and queued (publishes not yet written)."""
         stats = dict(self._stats)
+        stats["connected"] = int(self._state == _UP)
         session = self._session
         stats["subscriptions"] = sum(len(s.subscribed) for s in session.shards) if session else 0
         stats["queued"] = sum(len(s.queue) for s in session.shards) if session else 0
