@@ -63,6 +63,7 @@ WRITE_BATCH = 2048
 SUBSCRIBE_CHUNK = 512
 """Channels per SUBSCRIBE/UNSUBSCRIBE command."""
 _UP, _DOWN, _CLOSED = "up", "down", "closed"
+_PING = b"*1\r\n$4\r\nPING\r\n"
 
 
 def _pack(*args: bytes) -> bytes:
@@ -433,7 +434,7 @@ class RedisBroker:
         self._state = _UP
         if self._dirty:
             self._schedule_flush()
-        if self.watchdog_interval > 0 and not self.publisher_only and self._loop is not None:
+        if self.watchdog_interval > 0 and self._loop is not None:
             if self._watchdog_handle is None:
                 self._watchdog_handle = self._loop.call_later(
                     self.watchdog_interval, self._watchdog
@@ -831,11 +832,20 @@ class RedisBroker:
 
     def _watchdog(self) -> None:
         """Every interval: a probe sent last time must have come back through the
-        subscriber; if not, that connection stopped receiving and the session is rebuilt."""
+        subscriber; if not, that connection stopped receiving and the session is rebuilt.
+        A publisher alone (the emitter) is only PINGed, so a lost connection is noticed
+        while idle."""
         assert self._loop is not None
         self._watchdog_handle = self._loop.call_later(self.watchdog_interval, self._watchdog)
         session = self._session
         if session is None:
+            return
+        if self.publisher_only:
+            for shard in session.shards:
+                if not shard.queue:
+                    shard.queue.append((_PING, None))
+                    shard.queued_bytes += len(_PING)
+                    shard.wake.set()
             return
         now = self._loop.time()
         for shard in session.shards:
