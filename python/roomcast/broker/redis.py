@@ -112,8 +112,10 @@ class _Shard:
         self.address = f"{host}:{port}"
         self.sub: Connection | None = None
         self.pub: Connection | None = None
-        # Exact channels (S)SUBSCRIBEd on `sub`, updated when the command is queued.
+        # Exact channels (S)SUBSCRIBEd on `sub`, updated when the command is queued, and
+        # SUNSUBSCRIBEs sent whose confirmation has not come back yet.
         self.subscribed: set[str] = set()
+        self.unsubscribing: dict[str, int] = {}
         self.probe = ""
         self.probe_bytes = b""
         self.probe_sent: float | None = None  # loop time of the unanswered probe's ack
@@ -121,6 +123,7 @@ class _Shard:
         # Publisher queue: packed command, optional future for the reply.
         self.queue: deque[tuple[bytes, asyncio.Future[Any] | None]] = deque()
         self.queued_bytes = 0
+        self.in_flight = 0  # commands written whose replies are awaited
         self.wake = asyncio.Event()
         # Subscriber commands (packed) waiting to be written.
         self.sub_out: deque[bytes] = deque()
@@ -173,7 +176,8 @@ class _Session:
             shard.queued_bytes = 0
             for barrier in shard.barriers.values():
                 if not barrier.done():
-                    barrier.cancel()
+                    barrier.set_exception(BrokerUnavailable("redis connection lost"))
+                    barrier.exception()
             shard.barriers.clear()
         return lost
 
@@ -612,6 +616,10 @@ class RedisBroker:
             shard.subscribed.update(channels)
         else:
             shard.subscribed.difference_update(channels)
+            if self.sharded:
+                pending = shard.unsubscribing
+                for channel in channels:
+                    pending[channel] = pending.get(channel, 0) + 1
         if self.sharded:
             # Every channel of one SSUBSCRIBE must hash to the same slot.
             by_slot: dict[int, list[bytes]] = {}
@@ -684,8 +692,13 @@ class RedisBroker:
                 barrier.set_result(None)
         elif kind == b"sunsubscribe":
             channel = reply[1].decode()
-            if channel in shard.subscribed:
-                # Redis dropped a shard channel we still want: its slot moved.
+            pending = shard.unsubscribing.get(channel, 0)
+            if pending > 1:
+                shard.unsubscribing[channel] = pending - 1
+            elif pending == 1:
+                del shard.unsubscribing[channel]
+            elif channel in shard.subscribed:
+                # Redis dropped a shard channel we still want, unasked: its slot moved.
                 session.fail(f"slot of {channel} moved away from {shard.address}")
 
     async def _write_sub(self, session: _Session, shard: _Shard) -> None:
@@ -724,6 +737,7 @@ class RedisBroker:
                 for command, _ in batch:
                     size += len(command)
                 shard.queued_bytes -= size
+                shard.in_flight = len(batch)
                 try:
                     async with asyncio.timeout(self.command_timeout):
                         await conn.send_packed_command(
@@ -739,6 +753,7 @@ class RedisBroker:
                                 continue
                             if future is not None and not future.done():
                                 future.set_result(reply)
+                    shard.in_flight = 0
                 except BaseException:
                     # What was in flight is lost with the connection.
                     self._stats["dropped"] += len(batch)
@@ -766,14 +781,12 @@ class RedisBroker:
         """Give queued publishes a moment to go out before closing."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while any(shard.queue for shard in session.shards) and not session.failed.done():
+        while not session.failed.done() and any(
+            shard.queue or shard.in_flight for shard in session.shards
+        ):
             if loop.time() > deadline:
                 break
-            await asyncio.sleep(0.005)
-        # Let the batch in flight get its replies.
-        futures = [f for shard in session.shards for _, f in shard.queue if f is not None]
-        if futures:
-            await asyncio.wait(futures, timeout=max(0.0, deadline - loop.time()))
+            await asyncio.sleep(0.002)
 
     # -- interest bookkeeping ----------------------------------------------------------------
 
