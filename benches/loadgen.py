@@ -2,7 +2,10 @@
 
 Run as `python -m benches.loadgen URL COUNT [--heartbeat S] [--rooms a,b] [--token-prefix P]`.
 It connects COUNT clients, authenticates each, prints one JSON line `{"ready": COUNT}`, then
-answers each stdin line: `count` -> `{"received": n, "by_client_min": m, ...}`, `quit` -> exits.
+answers each stdin line: `count` -> `{"received": n, "min": m, "max": m, "closed": n,
+"last": t}` (`last`: perf_counter of the latest message, comparable across processes on one
+host), `latency` -> `{"latencies": n, "p50": s, "p99": s}` of the timed messages received
+since the last `latency` (with `--latency`), `quit` -> exits.
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ import time
 import orjson
 import uvloop
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+
+# perf_counter of the latest message any client received.
+last_received = [0.0]
 
 
 class BenchClient(WSListener):
@@ -44,6 +50,7 @@ class BenchClient(WSListener):
                 self.connected.set_result(message["data"])
             return
         self.received += 1
+        last_received[0] = time.perf_counter()
         if self.latencies is not None:
             # Timed messages carry the send time (perf_counter on the same host) in "t".
             payload = frame.get_payload_as_memoryview()
@@ -141,15 +148,17 @@ async def main() -> None:
                 "min": min(counts, default=0),
                 "max": max(counts, default=0),
                 "closed": sum(1 for c in clients if c.closed is not None),
+                "last": last_received[0],
             }
-            if args.latency:
-                lat = sorted(x for c in clients for x in (c.latencies or ()))
-                report["latencies"] = len(lat)
-                if lat:
-                    report["p50"] = lat[len(lat) // 2]
-                    report["p99"] = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
-                for c in clients:
-                    c.latencies = []
+            print(orjson.dumps(report).decode(), flush=True)
+        elif line == "latency":
+            lat = sorted(x for c in clients for x in (c.latencies or ()))
+            report = {"latencies": len(lat)}
+            if lat:
+                report["p50"] = lat[len(lat) // 2]
+                report["p99"] = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+            for c in clients:
+                c.latencies = [] if args.latency else None
             print(orjson.dumps(report).decode(), flush=True)
     for client in clients:
         if client.transport is not None:
