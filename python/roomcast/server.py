@@ -642,7 +642,7 @@ class WebSocketServerHelper:
         room. Anything else: published as a room envelope, which reaches a room of that name
         or a client of that id on any node.
         """
-        if not isinstance(payload, Mapping):
+        if type(payload) is not dict and not isinstance(payload, Mapping):
             return
         topic = payload.get("topic")
         if not topic or "data" not in payload:

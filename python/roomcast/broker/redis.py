@@ -110,6 +110,10 @@ class _Replies:
         return await self.conn.read_response(disconnect_on_error=False)
 
 
+def _publish_prefix(command: bytes) -> bytes:
+    return b"*3\r\n$%d\r\n%b\r\n" % (len(command), command)
+
+
 def _pack(*args: bytes) -> bytes:
     """One command in RESP (what redis-py's pack_command makes, without the per-call cost)."""
     out = [b"*%d\r\n" % len(args)]
@@ -269,6 +273,7 @@ class RedisBroker:
         self.publish_buffer_limit = int(publish_buffer_limit)
         self.publisher_only = publisher_only
         self._publish_command = b"SPUBLISH" if sharded else b"PUBLISH"
+        self._publish_head = _publish_prefix(self._publish_command)
         self._subscribe_command = b"SSUBSCRIBE" if sharded else b"SUBSCRIBE"
         self._unsubscribe_command = b"SUNSUBSCRIBE" if sharded else b"UNSUBSCRIBE"
         self._probe_id = uuid.uuid4().hex
@@ -346,7 +351,14 @@ class RedisBroker:
             self._stats["dropped"] += 1
             return
         shard = session.shard_for(channel)
-        command = _pack(self._publish_command, channel.encode(), message)
+        name = channel.encode()
+        command = b"%b$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
+            self._publish_head,
+            len(name),
+            name,
+            len(message),
+            message,
+        )
         if shard.queued_bytes + len(command) > self.publish_buffer_limit:
             self._overflow(shard)
             return
