@@ -4,11 +4,15 @@ pub/sub (SSUBSCRIBE/SPUBLISH, roomcast nodes only)."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 
 import pytest
 from redis_support import node, raw_redis, settle
 from roomcast import RedisClusterHelper, WebSocketEmitter
+from roomcast.jwt import sign
 from support import authed, eventually, nothing_more, recv, run, send
+from test_cli import stop, wait_listening
 
 
 def cluster_helper(cluster, **kwargs) -> RedisClusterHelper:
@@ -144,3 +148,45 @@ def test_cluster_helper_configure_and_application_client(redis_cluster):
         await helper.close()
 
     run(body())
+
+
+def test_roomcast_serve_takes_a_cluster_url(redis_cluster):
+    url = redis_cluster.url + "?sharded=yes"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "roomcast",
+            "serve",
+            "--port",
+            "0",
+            "--jwt-secret",
+            "k",
+            "--redis-url",
+            url,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        port, _ = wait_listening(proc)
+
+        async def body():
+            ws, data = await authed(f"ws://127.0.0.1:{port}/ws", sign({"sub": "ann"}, "k"))
+            emitter = WebSocketEmitter(cluster_helper(redis_cluster, sharded=True))
+            await emitter.configure()
+            try:
+                async with asyncio.timeout(5):
+                    while not await emitter.to_client(data["id"], "dm", 1):
+                        await asyncio.sleep(0.01)  # until the node's SSUBSCRIBE is in place
+                assert await recv(ws) == {"event": "dm", "data": 1}
+            finally:
+                await emitter.shutdown()
+            await ws.close()
+
+        run(body())
+        assert stop(proc) == 0
+    finally:
+        proc.kill()
+        proc.communicate()
