@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from redis.asyncio import Redis
-from roomcast import WebSocketServerHelper
+from roomcast import BrokerUnavailable, WebSocketServerHelper
 from support import RECV_TIMEOUT, Node, token_auth
 
 START_TIMEOUT = 10.0
@@ -211,10 +211,17 @@ async def wait_numsub(
             await asyncio.sleep(0.01)
 
 
-async def settle(*nodes: Node) -> None:
-    """Wait until every node's subscription changes so far are in effect in Redis."""
-    for n in nodes:
-        await n.helper._broker.sync()
+async def settle(*nodes: Node, timeout: float = 15.0) -> None:
+    """Wait until every node is connected and its subscription changes so far are in
+    effect in Redis."""
+    async with asyncio.timeout(timeout):
+        for n in nodes:
+            while True:
+                try:
+                    await n.helper._broker.sync()
+                    break
+                except BrokerUnavailable:
+                    await asyncio.sleep(0.05)  # reconnecting
 
 
 # -- a proxy that can stop forwarding to subscribers -------------------------------------------
