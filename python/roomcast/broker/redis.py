@@ -339,6 +339,9 @@ class RedisBroker:
                 logger.debug("redis at %s not ready yet: %s", self.target.describe(), exc)
                 await asyncio.sleep(min(self._backoff(attempt), left))
                 attempt += 1
+        if self._state == _CLOSED:  # closed while connecting
+            await session.close()
+            raise BrokerUnavailable("redis broker closed while connecting")
         self._up(session)
         logger.info("connected to redis at %s (%s)", self.target.describe(), self._mode())
         self._supervisor = loop.create_task(self._supervise())
