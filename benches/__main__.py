@@ -3,7 +3,9 @@
 Scenarios: fanout (C = 1,000 / 5,000 / 10,000 clients), rooms (1,000 clients in 10 rooms),
 latency (1,000 clients at 50 broadcasts/s), connect, heartbeat, memory, sweep, burst
 (one broadcast timed inside the server), deadline (4002 lateness with 10,000 idle clients),
-encrypted (room messages to 1,000 encrypted clients: Rust vs Python sealing, loop stall).
+encrypted (room messages to 1,000 encrypted clients: Rust vs Python sealing, loop stall),
+crossnode (published on one node, delivered on another through Redis), redishop (the latency
+the Redis hop adds), interest (4 nodes on disjoint rooms: envelopes each node receives).
 
 Servers, measured one after the other in the same invocation so every figure is also a ratio:
 - roomcast: the server with its Rust fan-out;
@@ -77,35 +79,6 @@ def original_dir() -> Path | None:
 
 
 @contextmanager
-def redis_server() -> Iterator[int]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        for _ in range(100):
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.05)
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-@contextmanager
 def server(kind: str, heartbeat_timeout: float = 90.0, *extra: str) -> Iterator[tuple[int, int]]:
     """Start a server of `kind` (extra arguments go to roomcast's bench server); yield
     (port, pid)."""
@@ -120,7 +93,7 @@ def server(kind: str, heartbeat_timeout: float = 90.0, *extra: str) -> Iterator[
         elif kind == "ignis":
             root = original_dir()
             assert root is not None
-            redis_port = stack.enter_context(redis_server())
+            redis_port = stack.enter_context(redis_server()).rsplit(":", 1)[1]
             bun = str(root / "node_modules/.bin/bun")
             command = [bun, str(root / "server.ts"), str(port), str(redis_port)]
             command.append(str(int(heartbeat_timeout * 1000)))
@@ -245,6 +218,93 @@ def saturated_side(server_util: float, loadgen_utils: list[float]) -> str:
     if loadgen_utils and max(loadgen_utils) >= SATURATED:
         return "loadgen"
     return "neither"
+
+
+@contextmanager
+def redis_server():
+    """A throw-away redis-server on a free port; yields its redis:// URL."""
+    port = free_port()
+    with tempfile.TemporaryDirectory() as workdir:
+        proc = subprocess.Popen(
+            [
+                shutil.which("redis-server") or "redis-server",
+                *("--port", str(port), "--bind", "127.0.0.1", "--save", ""),
+                *("--appendonly", "no", "--dir", workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 10
+            while not _redis_answers(port):
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("redis-server did not start")
+                time.sleep(0.01)
+            yield f"redis://127.0.0.1:{port}"
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+def _redis_answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def wait_subscribed(url: str, channels: dict[str, int], timeout: float = 30.0) -> None:
+    """Wait until each channel has the given number of Redis subscribers."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            counts = dict(client.pubsub_numsub(*channels))
+            if all(counts.get(c.encode()) == n for c, n in channels.items()):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"subscriptions not in place: {counts}")
+            time.sleep(0.02)
+    finally:
+        client.close()
+
+
+def wait_last(gens: list[LoadGen], expected: int, timeout: float = 60.0) -> tuple[int, float]:
+    """Poll until `expected` messages arrived in total; (received, time of the last one)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        reports = [gen.ask("count") for gen in gens]
+        got = sum(r["received"] for r in reports)
+        if got >= expected or time.monotonic() > deadline:
+            return got, max(r["last"] for r in reports)
+        time.sleep(0.01)
+
+
+def wait_published(port: int, timeout: float = 120.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = http_json(port, "/stats")
+        if not stats["bench_publishing"] or time.monotonic() > deadline:
+            return stats
+        time.sleep(0.01)
+
+
+@contextmanager
+def node(redis_url: str) -> Iterator[tuple[int, int]]:
+    """A roomcast bench server on `redis_url`; yields (port, pid)."""
+    with server("roomcast", 90.0, "--redis-url", redis_url) as started:
+        yield started
+
+
+def joined(stack: ExitStack, port: int, count: int, room: str, *args: str) -> list[LoadGen]:
+    """`count` clients (kept open by `stack`), every one in `room`."""
+    gens = stack.enter_context(clients(port, count, *args))
+    for gen in gens:
+        gen.ask("join " + room)
+    return gens
 
 
 # -- scenarios -----------------------------------------------------------------------------
@@ -539,6 +599,148 @@ def encrypted(clients_n: int, rounds: int, size: int, count: int) -> list[dict[s
     return rows
 
 
+def crossnode(messages: int, rounds: int, size: int) -> dict[str, Any]:
+    """Messages per second published on node A (`helper.send` to a room it has no members
+    in) and delivered to a client of that room on node B, through one Redis."""
+    with ExitStack() as stack:
+        url = stack.enter_context(redis_server())
+        port_a, _ = stack.enter_context(node(url))
+        port_b, _ = stack.enter_context(node(url))
+        gens = joined(stack, port_b, 1, "bench")
+        wait_subscribed(url, {"ws:room:bench": 1})
+        rates, lost = [], 0
+        expected = 0
+        for _ in range(rounds):
+            expected += messages
+            started = time.perf_counter()
+            http_json(port_a, f"/publish?room=bench&count={messages}&size={size}")
+            got, last = wait_last(gens, expected)
+            lost += expected - got
+            expected = got
+            rates.append(messages / (last - started))
+        dropped = http_json(port_a, "/stats")["broker_dropped"]
+    row = {
+        "scenario": "crossnode",
+        "messages": messages,
+        "size": size,
+        "rounds": rounds,
+        "median_msgs_per_s": statistics.median(rates),
+        "min_msgs_per_s": min(rates),
+        "max_msgs_per_s": max(rates),
+        "lost": lost,
+        "dropped": dropped,
+    }
+    emit(row)
+    return row
+
+
+def redis_hop(clients: int, rate: float, seconds: float, rounds: int, size: int) -> dict[str, Any]:
+    """Send-to-receive time of messages published on node A at a steady rate, for clients
+    on A (local delivery) and on B (through Redis): the difference is the Redis hop."""
+    count = int(rate * seconds)
+    with ExitStack() as stack:
+        url = stack.enter_context(redis_server())
+        port_a, _ = stack.enter_context(node(url))
+        port_b, _ = stack.enter_context(node(url))
+        local = joined(stack, port_a, clients, "bench", "--latency")
+        remote = joined(stack, port_b, clients, "bench", "--latency")
+        wait_subscribed(url, {"ws:room:bench": 2})
+        samples: dict[str, dict[str, list[float]]] = {
+            "local": {"p50": [], "p99": []},
+            "remote": {"p50": [], "p99": []},
+        }
+        expected = 0
+        for gen in local + remote:
+            gen.ask("latency")  # clears the latencies
+        for _ in range(rounds):
+            expected += count * clients
+            http_json(port_a, f"/publish?room=bench&count={count}&size={size}&rate={rate}")
+            wait_published(port_a)
+            for name, gens in (("local", local), ("remote", remote)):
+                got, _ = wait_last(gens, expected)
+                if got < expected:
+                    raise RuntimeError(f"{name}: lost {expected - got} messages")
+                # One load generator per side here, so its percentiles are the side's.
+                [report] = [gen.ask("latency") for gen in gens]
+                samples[name]["p50"].append(report["p50"])
+                samples[name]["p99"].append(report["p99"])
+    med = {
+        side: {q: statistics.median(v) * 1e3 for q, v in s.items()} for side, s in samples.items()
+    }
+    row = {
+        "scenario": "redishop",
+        "clients_per_node": clients,
+        "rate_per_s": rate,
+        "messages_per_round": count,
+        "rounds": rounds,
+        "local_p50_ms": med["local"]["p50"],
+        "local_p99_ms": med["local"]["p99"],
+        "remote_p50_ms": med["remote"]["p50"],
+        "remote_p99_ms": med["remote"]["p99"],
+        "added_p50_ms": med["remote"]["p50"] - med["local"]["p50"],
+        "added_p99_ms": med["remote"]["p99"] - med["local"]["p99"],
+    }
+    emit(row)
+    return row
+
+
+def interest(nodes: int, clients: int, messages: int) -> list[dict[str, Any]]:
+    """`nodes` nodes with clients in disjoint rooms (room-i on node i); an emitter sends
+    `messages` to every room. Counts the envelopes each node's broker received, for the
+    interest subscriptions (the default) and the original's pattern subscriptions."""
+    rows = []
+    for mode in ("interest", "pattern"):
+        with ExitStack() as stack:
+            url = stack.enter_context(redis_server())
+            ports = [stack.enter_context(node(f"{url}?subscribe={mode}"))[0] for _ in range(nodes)]
+            gens = [joined(stack, port, clients, f"room-{i}") for i, port in enumerate(ports)]
+            if mode == "interest":
+                wait_subscribed(url, {f"ws:room:room-{i}": 1 for i in range(nodes)})
+            else:
+                time.sleep(1.0)  # the joins need no subscription; let them land
+            before = [http_json(port, "/stats")["broker_received"] for port in ports]
+            asyncio.run(_emit_to_rooms(url, nodes, messages))
+            for node_gens in gens:
+                got, _ = wait_last(node_gens, messages * clients)
+                if got != messages * clients:
+                    raise RuntimeError(f"lost {messages * clients - got} messages")
+            received = [
+                http_json(port, "/stats")["broker_received"] - b
+                for port, b in zip(ports, before, strict=True)
+            ]
+        row = {
+            "scenario": "interest",
+            "mode": mode,
+            "nodes": nodes,
+            "clients_per_node": clients,
+            "messages_per_room": messages,
+            "published_total": messages * nodes,
+            "received_per_node": received,
+            "own_share": messages,
+        }
+        emit(row)
+        rows.append(row)
+    return rows
+
+
+async def _emit_to_rooms(url: str, rooms: int, messages: int) -> None:
+    from roomcast import RedisHelper, WebSocketEmitter
+
+    emitter = WebSocketEmitter(RedisHelper(url))
+    await emitter.configure()
+    try:
+        for first in range(0, messages, 100):
+            await asyncio.gather(
+                *(
+                    emitter.to_room(f"room-{r}", "bench", {"i": i})
+                    for i in range(first, min(messages, first + 100))
+                    for r in range(rooms)
+                )
+            )
+    finally:
+        await emitter.shutdown()
+
+
 # -- the table -------------------------------------------------------------------------------
 
 
@@ -598,6 +800,25 @@ def print_table(rows: list[dict[str, Any]]) -> None:
                 f"deadline  idle={row['idle_clients']}  timeout={row['heartbeat_timeout_s']} s  "
                 f"late median {row['median_late_ms']:.1f} ms, max {row['max_late_ms']:.1f} ms"
             )
+        elif row["scenario"] == "crossnode":
+            print(
+                f"crossnode  {row['size']} B  {row['median_msgs_per_s']:>10,.0f} msgs/s "
+                f"(median of {row['rounds']}; min {row['min_msgs_per_s']:,.0f}, "
+                f"max {row['max_msgs_per_s']:,.0f}; lost {row['lost']})"
+            )
+        elif row["scenario"] == "redishop":
+            print(
+                f"redishop  {row['rate_per_s']:.0f} msgs/s  local p50 {row['local_p50_ms']:.2f} "
+                f"p99 {row['local_p99_ms']:.2f} ms; remote p50 {row['remote_p50_ms']:.2f} "
+                f"p99 {row['remote_p99_ms']:.2f} ms; redis hop adds p50 "
+                f"{row['added_p50_ms']:.2f}, p99 {row['added_p99_ms']:.2f} ms"
+            )
+        elif row["scenario"] == "interest":
+            print(
+                f"interest  {row['mode']:<8}  {row['nodes']} nodes, {row['messages_per_room']} "
+                f"per room: envelopes received per node {row['received_per_node']} "
+                f"(own share {row['own_share']})"
+            )
 
 
 def main() -> None:
@@ -631,7 +852,7 @@ def main() -> None:
 
     rows: list[dict[str, Any]] = []
     for scenario in args.scenarios:
-        single = ("sweep", "burst", "deadline", "encrypted")
+        single = ("sweep", "burst", "deadline", "encrypted", "crossnode", "redishop", "interest")
         for kind in servers if scenario not in single else [None]:
             if scenario == "fanout":
                 for count in counts:
@@ -665,6 +886,12 @@ def main() -> None:
             elif scenario == "encrypted":
                 for size in (100, 4096):
                     rows += encrypted(1000 if not args.quick else 20, rounds, size, 20)
+            elif scenario == "crossnode":
+                rows.append(crossnode(20_000 if not args.quick else 200, rounds, 100))
+            elif scenario == "redishop":
+                rows.append(redis_hop(10, 500.0, 2.0 if not args.quick else 0.2, rounds, 100))
+            elif scenario == "interest":
+                rows += interest(4, 10 if not args.quick else 2, 2000 if not args.quick else 20)
     print_table(rows)
 
 

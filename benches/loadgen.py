@@ -2,7 +2,8 @@
 
 `python -m benches.loadgen URL COUNT [--heartbeat S] [--token-prefix P] [--latency]`
 connects COUNT clients, authenticates each, prints one JSON line `{"ready": COUNT}`, then
-answers each stdin line: `count` -> `{"received", "min", "max", "closed"}`; `join R1,R2`
+answers each stdin line: `count` -> `{"received", "min", "max", "closed", "bad", "last"}`
+(`last`: perf_counter of the latest message); `join R1,R2`
 puts client i in room R[i % n]; `publish N RATE SIZE ROOMS` makes the first client send N
 `publish` events (see `publish`); `latency` -> p50/p99 of the messages timed since the last
 `latency` (with --latency, messages whose data carries `t`, the sender's perf_counter on the
@@ -21,6 +22,9 @@ import orjson
 import uvloop
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 from roomcast.crypto import EcdhClient
+
+# perf_counter of the latest message any client received (comparable across processes).
+last_received = [0.0]
 
 
 class BenchClient(WSListener):
@@ -52,6 +56,7 @@ class BenchClient(WSListener):
                 self.connected.set_result(message["data"])
             return
         self.received += 1
+        last_received[0] = time.perf_counter()
         if self.crypto is not None:
             try:
                 self.crypto.decrypt(orjson.loads(frame.get_payload_as_memoryview()))
@@ -138,6 +143,7 @@ def report(clients: list[BenchClient]) -> dict[str, object]:
         "max": max(counts, default=0),
         "closed": sum(1 for c in clients if c.closed is not None),
         "bad": sum(c.bad for c in clients),
+        "last": last_received[0],
     }
 
 

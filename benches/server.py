@@ -1,6 +1,7 @@
 """Bench server: roomcast with the bench protocol and an HTTP control surface.
 
-`python -m benches.server PORT [--fanout rust|python] [--heartbeat-timeout S]`.
+`python -m benches.server PORT [--fanout rust|python] [--heartbeat-timeout S]
+[--redis-url URL] [--encryption]`.
 A custom `publish` event from a client is delivered as `bench` to `data.room`, or to
 everyone. `--fanout rust` (default) uses roomcast's fan-out; `--fanout python` is baseline (a):
 the same server delivering with a plain Python loop calling picows' `transport.send` per client.
@@ -8,7 +9,12 @@ the same server delivering with a plain Python loop calling picows' `transport.s
 Control endpoints (GET):
 - `/broadcast?size=N&mode=rust|python&burst=B`: B broadcasts (default 1) of an N-byte
   payload to every authenticated client, back to back, timed inside the server.
-- `/stats`: the hub's counters.
+- `/publish?room=R&count=N&size=S[&rate=RPS]`: starts sending N messages to room R with
+  `helper.send()` (local delivery plus a broker publish), each carrying its send time
+  (`perf_counter`) in `data.t`. Without `rate`, as fast as the broker takes them (the
+  publish buffer is kept short, so nothing is dropped); with `rate`, evenly paced. Returns
+  at once; `/stats` tells when it is done (`bench_publishing` 0).
+- `/stats`: the hub's and the broker's counters.
 - `/encrypted?mode=rust|python|inline&size=N&count=K` (with `--encryption`): K room messages
   to every encrypted client, in the background; `/result` answers `{"pending": true}` until
   they are all sealed and written to the sockets, then the timing. `rust` and `python` are
@@ -70,7 +76,38 @@ def make_message_handler(helper: WebSocketServerHelper, fanout: str):
     return on_message
 
 
+async def publish(
+    helper: WebSocketServerHelper, room: str, count: int, size: int, rate: float, state: dict
+) -> None:
+    broker: Any = helper._broker
+    pad = "x" * size
+    perf = time.perf_counter
+    batch = 256
+    state["publishing"] = 1
+    try:
+        if rate > 0:
+            start = perf()
+            for i in range(count):
+                delay = start + i / rate - perf()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                helper.send(room, {"topic": "bench", "data": {"i": i, "t": perf(), "pad": pad}})
+            return
+        stats = getattr(broker, "stats", None)
+        for first in range(0, count, batch):
+            for i in range(first, min(count, first + batch)):
+                helper.send(room, {"topic": "bench", "data": {"i": i, "t": perf(), "pad": pad}})
+            # Measure throughput, not drops: wait while the publish buffer is long.
+            while stats is not None and stats()["queued"] > 8 * batch:
+                await asyncio.sleep(0.0005)
+            await asyncio.sleep(0)
+    finally:
+        state["publishing"] = 0
+
+
 def make_http_handler(helper: WebSocketServerHelper):
+    state: dict[str, Any] = {"publishing": 0, "tasks": set()}
+
     def handler(request: HttpRequest) -> HttpResponse | None:
         query = {k: v[0] for k, v in parse_qs(request.query).items()}
         if request.path == "/broadcast":
@@ -87,8 +124,23 @@ def make_http_handler(helper: WebSocketServerHelper):
                     count += python_loop(helper._clients.values(), "bench", data)
             wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
             return HttpResponse.json({"count": count, "wall": wall, "cpu": cpu})
+        if request.path == "/publish":
+            task = asyncio.get_running_loop().create_task(
+                publish(
+                    helper,
+                    query.get("room", "bench"),
+                    int(query.get("count", "1000")),
+                    int(query.get("size", "100")),
+                    float(query.get("rate", "0")),
+                    state,
+                )
+            )
+            state["publishing"] = 1
+            state["tasks"].add(task)
+            task.add_done_callback(state["tasks"].discard)
+            return HttpResponse.json({"started": True})
         if request.path == "/stats":
-            return HttpResponse.json(helper.stats())
+            return HttpResponse.json({**helper.stats(), "bench_publishing": state["publishing"]})
         if request.path == "/encrypted":
             results.clear()
             task = asyncio.ensure_future(
@@ -166,11 +218,12 @@ async def main() -> None:
     parser.add_argument("--fanout", choices=("rust", "python"), default="rust")
     parser.add_argument("--heartbeat-timeout", type=float, default=90.0)
     parser.add_argument("--encryption", action="store_true", help="bind the built-in scheme")
+    parser.add_argument("--redis-url", default="memory://")
     args = parser.parse_args()
     helper = WebSocketServerHelper(
         "bench",
         "/ws",
-        "memory://",
+        args.redis_url,
         accept_any,
         validate_room_fn=lambda client_id, user_id, rooms: rooms,
         heartbeat_timeout=args.heartbeat_timeout,

@@ -1,6 +1,8 @@
 """roomcast: real-time WebSocket messaging at high connection counts."""
 
-from .broker import Broker, create_broker
+from typing import TYPE_CHECKING, Any
+
+from .broker import Broker, BrokerUnavailable, create_broker
 from .broker.memory import MemoryBroker
 from .connection import Client
 from .constants import (
@@ -12,28 +14,61 @@ from .constants import (
     WebSocketEvents,
     WebSocketMessageTypes,
 )
+from .emitter import WebSocketEmitter
 from .http import HttpHandler, HttpRequest, HttpResponse, WebServer
 from .protocol import MISSING
 from .server import WebSocketServerHelper
 
+if TYPE_CHECKING:
+    from .broker.redis import RedisBroker
+    from .redis import DefaultRedisHelper, RedisClusterHelper, RedisHelper, connection_from_url
+
 __version__ = "0.1.0"
+
+# The Redis names import redis-py, which a memory:// node never needs: loaded on first use.
+_LAZY = {
+    "DefaultRedisHelper": "redis",
+    "RedisHelper": "redis",
+    "RedisClusterHelper": "redis",
+    "connection_from_url": "redis",
+    "RedisBroker": "broker.redis",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'roomcast' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "MISSING",
     "Broker",
+    "BrokerUnavailable",
     "Client",
     "CloseCode",
+    "DefaultRedisHelper",
     "ErrorMessages",
     "HttpHandler",
     "HttpRequest",
     "HttpResponse",
     "MemoryBroker",
+    "RedisBroker",
+    "RedisClusterHelper",
+    "RedisHelper",
     "WebServer",
     "WebSocketChannels",
     "WebSocketClientStates",
     "WebSocketDefaults",
+    "WebSocketEmitter",
     "WebSocketEvents",
     "WebSocketMessageTypes",
     "WebSocketServerHelper",
+    "connection_from_url",
     "create_broker",
 ]

@@ -13,6 +13,11 @@ EXPIRED_AUTH: int  # auth deadline passed (initial or in-progress) -> close 4001
 EXPIRED_HEARTBEAT: int  # authenticated and silent for heartbeat_timeout -> close 4002
 EXPIRED_IDLE: int  # nothing at all received for idle_timeout -> close (idle)
 
+# Kinds returned by Hub.drain_interest().
+INTEREST_ROOM: int  # a room got its first member / lost its last
+INTEREST_USER: int  # a user got its first local session / lost its last
+INTEREST_CLIENT: int  # a client authenticated / an authenticated client went away
+
 def frame_text(payload: bytes) -> bytes:
     """One unmasked, final server-to-client text frame carrying ``payload``."""
 
@@ -30,7 +35,9 @@ class Hub:
     ``schedule`` is called with one zero-argument callable (``hub.flush``) the first time
     data is queued after a flush; pass ``loop.call_soon``. ``on_overflow`` is called with a
     connection's owner when its queued data passes ``backpressure_limit`` and
-    ``close_on_backpressure_limit`` is set.
+    ``close_on_backpressure_limit`` is set. ``on_interest`` (no arguments), when given,
+    turns interest tracking on: it is called once when the first change is recorded
+    after a ``drain_interest()``; pass something that schedules the drain.
     """
 
     def __init__(
@@ -43,6 +50,7 @@ class Hub:
         idle_timeout: float = 0.0,
         send_pings: bool = False,
         on_overflow: Callable[[Any], Any] | None = None,
+        on_interest: Callable[[], Any] | None = None,
     ) -> None: ...
     # -- registry ----------------------------------------------------------------
     def add(self, client_id: str, write: Callable[[bytes], Any], owner: Any) -> int: ...
@@ -66,6 +74,9 @@ class Hub:
     def room_members(self, room: str) -> list[str]: ...
     def user_members(self, user_id: str) -> list[str]: ...
     def room_names(self) -> list[str]: ...
+    def drain_interest(self) -> list[tuple[int, str, bool]]:
+        """``(kind, name, present)`` per change since the last drain, in order; the last
+        change of a name is its current state."""
     # -- delivery ----------------------------------------------------------------
     def send(self, handle: int, payload: bytes) -> bool: ...
     def send_room(self, room: str, payload: bytes, exclude: list[str] | None = None) -> int: ...

@@ -1,4 +1,7 @@
-"""`roomcast serve`: flags map one-to-one onto ServeConfig, ServeConfig onto a running server.
+"""`roomcast serve` and `roomcast emit`.
+
+`serve`: flags map one-to-one onto ServeConfig, ServeConfig onto a running server. `emit`: one
+message through the WebSocketEmitter, for shell scripts.
 
 Every flag can also come from an environment variable `ROOMCAST_<FLAG>` (dashes become
 underscores); a flag on the command line wins. Durations are in milliseconds on the command
@@ -24,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from . import jwt
+from .broker import REDIS_SCHEMES, BrokerUnavailable
 from .constants import WebSocketDefaults
 
 CALLBACKS = (
@@ -52,6 +56,7 @@ class ServeConfig:
     port: int = 8080
     path: str = WebSocketDefaults.PATH
     redis_url: str = "memory://"
+    redis_timeout: float = 30.0
     app: str | None = None
     auth_timeout: float = WebSocketDefaults.AUTH_TIMEOUT
     heartbeat_interval: float = WebSocketDefaults.HEARTBEAT_INTERVAL
@@ -109,11 +114,18 @@ def _flag(text: str) -> bool:
 
 
 def _redis_url(text: str) -> str:
-    schemes = ("memory://", "redis://", "rediss://", "redis+cluster://")
-    if text == "memory:" or text.startswith(schemes):
+    if text == "memory:" or text.startswith(("memory://", *REDIS_SCHEMES)):
         return text
     raise argparse.ArgumentTypeError(
         f"unsupported url {text!r} (use memory://, redis://, rediss:// or redis+cluster://)"
+    )
+
+
+def _emit_redis_url(text: str) -> str:
+    if text.startswith(REDIS_SCHEMES):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"unsupported url {text!r} (use redis://, rediss:// or redis+cluster://)"
     )
 
 
@@ -132,6 +144,7 @@ _SERVE_FLAGS: list[tuple[str, Callable[[str], Any] | None, str]] = [
         _redis_url,
         "memory:// (default, one node), redis://, rediss://, redis+cluster://",
     ),
+    ("--redis-timeout-ms", _positive_int, "ms to wait for redis at start (default 30000)"),
     ("--app", str, "MODULE:ATTR supplying callbacks (and optionally setup(helper))"),
     ("--auth-timeout-ms", _positive_int, "ms to send authenticate (default 5000)"),
     (
@@ -168,6 +181,29 @@ def build_parser() -> argparse.ArgumentParser:
             serve.add_argument(flag, action="store_true", default=None, help=help_text)
         else:
             serve.add_argument(flag, type=kind, default=None, help=help_text)
+    emit = commands.add_parser(
+        "emit", help="send one message to clients on every node (through redis)"
+    )
+    emit.add_argument(
+        "--redis-url",
+        type=_emit_redis_url,
+        default=None,
+        help="redis://, rediss://, redis+cluster:// [env ROOMCAST_REDIS_URL]",
+    )
+    to = emit.add_mutually_exclusive_group(required=True)
+    to.add_argument("--room", help="every member of this room")
+    to.add_argument("--user", help="every session of this user id")
+    to.add_argument("--client", help="this client id")
+    to.add_argument("--broadcast", action="store_true", help="every authenticated client")
+    emit.add_argument("--event", required=True, help="event name")
+    emit.add_argument("--data", default=None, help="JSON payload (absent: no data key)")
+    emit.add_argument("--exclude", type=_rooms, default=None, help="client ids to skip (a,b)")
+    emit.add_argument(
+        "--redis-timeout-ms",
+        type=_positive_int,
+        default=None,
+        help="ms to wait for redis (default 5000) [env ROOMCAST_REDIS_TIMEOUT_MS]",
+    )
     return parser
 
 
@@ -251,10 +287,15 @@ def build_helper(config: ServeConfig, app: Any = None, out: Callable[[str], None
 
         callbacks["encryption"] = EcdhScheme()
         out("roomcast: --require-encryption: clients use the built-in ECDH P-256 scheme")
+    redis_connection: Any = config.redis_url
+    if config.redis_url.startswith(REDIS_SCHEMES):
+        from .redis import connection_from_url
+
+        redis_connection = connection_from_url(config.redis_url, ready_timeout=config.redis_timeout)
     return WebSocketServerHelper(
         "roomcast",
         config.path,
-        config.redis_url,
+        redis_connection,
         default_rooms=config.default_rooms,
         auth_timeout=config.auth_timeout,
         heartbeat_interval=config.heartbeat_interval,
@@ -282,6 +323,9 @@ async def serve(
             await result
     try:
         server = await helper.serve(config.host, config.port, getattr(app, "http_handler", None))
+    except BrokerUnavailable as exc:
+        await helper.shutdown()
+        raise CliError(str(exc), 1) from None
     except OSError as exc:
         await helper.shutdown()
         if exc.errno == errno.EADDRINUSE:
@@ -307,9 +351,83 @@ async def serve(
         await helper.shutdown()
 
 
+# -- roomcast emit ---------------------------------------------------------------------------
+
+
+async def emit(
+    args: argparse.Namespace, environ: dict[str, str], out: Callable[[str], None]
+) -> None:
+    """Publish one envelope through a WebSocketEmitter; errors become CliError."""
+    from .emitter import WebSocketEmitter
+    from .redis import connection_from_url
+
+    url = args.redis_url
+    if url is None:
+        url = environ.get("ROOMCAST_REDIS_URL")
+        if not url:
+            raise CliError("emit needs --redis-url (or ROOMCAST_REDIS_URL)")
+        try:
+            url = _emit_redis_url(url)
+        except argparse.ArgumentTypeError as exc:
+            raise CliError(f"ROOMCAST_REDIS_URL: {exc}") from None
+    timeout_ms = args.redis_timeout_ms
+    if timeout_ms is None:
+        raw = environ.get("ROOMCAST_REDIS_TIMEOUT_MS")
+        try:
+            timeout_ms = _positive_int(raw) if raw else 5000
+        except argparse.ArgumentTypeError as exc:
+            raise CliError(f"ROOMCAST_REDIS_TIMEOUT_MS: {exc}") from None
+    from .protocol import MISSING
+
+    data: Any = MISSING
+    if args.data is not None:
+        import orjson
+
+        try:
+            data = orjson.loads(args.data)
+        except orjson.JSONDecodeError as exc:
+            raise CliError(f"--data is not valid JSON: {exc}") from None
+    try:
+        helper = connection_from_url(url, ready_timeout=timeout_ms / 1000)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    emitter = WebSocketEmitter(helper, "roomcast-emit")
+    try:
+        await emitter.configure()
+        if args.room is not None:
+            target = f"room {args.room}"
+            count = await emitter.to_room(args.room, args.event, data, args.exclude)
+        elif args.user is not None:
+            target = f"user {args.user}"
+            count = await emitter.to_user(args.user, args.event, data)
+        elif args.client is not None:
+            target = f"client {args.client}"
+            count = await emitter.to_client(args.client, args.event, data)
+        else:
+            target = "everyone"
+            count = await emitter.broadcast(args.event, data, args.exclude)
+    except BrokerUnavailable as exc:
+        raise CliError(str(exc), 1) from None
+    finally:
+        await emitter.shutdown()
+    out(f"roomcast: emitted {args.event!r} to {target} ({count} redis subscriptions got it)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "emit":
+        logging.basicConfig(
+            level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        try:
+            import uvloop
+
+            uvloop.run(emit(args, dict(os.environ), print))
+        except CliError as exc:
+            print(f"roomcast: error: {exc}", file=sys.stderr)
+            return exc.exit_code
+        return 0
     try:
         config = config_from_args(args, dict(os.environ))
         logging.basicConfig(

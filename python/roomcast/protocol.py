@@ -146,11 +146,12 @@ def decode_envelope(raw: bytes | str) -> Envelope | None:
     event = parsed.get("event")
     if type(server_id) is not str or type(event) is not str:
         return None
-    exclude = parsed.get("exclude")
-    if type(exclude) is list:
-        exclude = [x for x in exclude if type(x) is str] or None
-    else:
-        exclude = None
+    exclude = parsed.get("exclude")  # rare: most envelopes have none
+    if exclude is not None:
+        if type(exclude) is list:
+            exclude = [x for x in exclude if type(x) is str] or None
+        else:
+            exclude = None
     target = parsed.get("target")
     return Envelope(
         server_id,

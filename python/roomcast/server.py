@@ -68,6 +68,13 @@ _ERR_AUTH_ERROR = error_payload(ErrorMessages.AUTH_ERROR)
 _ERR_HANDSHAKE = error_payload(ErrorMessages.HANDSHAKE_FAILED)
 _ERR_DECRYPTION = error_payload(ErrorMessages.DECRYPTION_FAILED)
 
+# The channel of each kind of interest change the hub reports.
+_INTEREST_PREFIXES = {
+    _core.INTEREST_ROOM: WebSocketChannels.ROOM_PREFIX,
+    _core.INTEREST_USER: WebSocketChannels.USER_PREFIX,
+    _core.INTEREST_CLIENT: WebSocketChannels.CLIENT_PREFIX,
+}
+
 # How often the deadline wheel is swept; bounds how late a timeout close can be.
 SWEEP_INTERVAL = 0.05
 # Encrypted delivery gives the event loop back after this much work (seconds) or this many
@@ -227,6 +234,11 @@ class WebSocketServerHelper:
         self._close_on_backpressure = bool(self.server_options["close_on_backpressure_limit"])
 
         self._loop: asyncio.AbstractEventLoop | None = None
+        # A broker that subscribes by interest learns when local rooms, users and clients
+        # appear and disappear; the hub records those changes and we forward them once per
+        # loop iteration.
+        interest = getattr(self._broker, "interest", None)
+        self._interest: Callable[[str, bool], Any] | None = interest if callable(interest) else None
         self._hub = _core.Hub(
             self._schedule,
             backpressure_limit=self._backpressure_limit,
@@ -235,6 +247,7 @@ class WebSocketServerHelper:
             idle_timeout=float(self.server_options["idle_timeout"]),
             send_pings=bool(self.server_options["send_pings"]),
             on_overflow=self._on_overflow,
+            on_interest=self._on_interest if self._interest is not None else None,
         )
         self._clients: dict[str, Client] = {}
         self._encrypted = 0
@@ -805,7 +818,7 @@ class WebSocketServerHelper:
         room. Anything else: published as a room envelope, which reaches a room of that name
         or a client of that id on any node.
         """
-        if not isinstance(payload, Mapping):
+        if type(payload) is not dict and not isinstance(payload, Mapping):
             return
         topic = payload.get("topic")
         if not topic or "data" not in payload:
@@ -880,8 +893,14 @@ class WebSocketServerHelper:
         return [clients[i] for i in self._hub.room_members(room) if i in clients]
 
     def stats(self) -> dict[str, int]:
-        """Counters from the hub: connections, rooms, users, skipped messages, queued bytes."""
-        return self._hub.stats()
+        """Counters from the hub (connections, rooms, users, skipped messages, queued bytes)
+        and, prefixed `broker_`, from the broker when it keeps any."""
+        stats = self._hub.stats()
+        broker_stats = getattr(self._broker, "stats", None)
+        if callable(broker_stats):
+            for key, value in broker_stats().items():
+                stats[f"broker_{key}"] = value
+        return stats
 
     # -- internals -----------------------------------------------------------------------
 
@@ -906,6 +925,18 @@ class WebSocketServerHelper:
             else:
                 logger.info("closing %s: idle timeout", client.id)
                 client.close(CloseCode.GOING_AWAY, CloseCode.IDLE_REASON)
+
+    def _on_interest(self) -> None:
+        """The hub recorded the first interest change since the last drain."""
+        self._schedule(self._sync_interest)
+
+    def _sync_interest(self) -> None:
+        interest = self._interest
+        if interest is None:
+            return
+        prefixes = _INTEREST_PREFIXES
+        for kind, name, present in self._hub.drain_interest():
+            interest(prefixes[kind] + name, present)
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         assert self._loop is not None

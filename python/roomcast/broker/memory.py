@@ -22,15 +22,25 @@ class MemoryBroker:
         self._on_message: OnMessage | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def start(self, on_message: OnMessage) -> None:
+    async def start(self, on_message: OnMessage | None = None) -> None:
         self._on_message = on_message
         self._loop = asyncio.get_running_loop()
         _networks[self.name].add(self)
 
     def publish(self, channel: str, message: bytes) -> None:
+        self._publish(channel, message)
+
+    async def publish_wait(self, channel: str, message: bytes) -> int:
+        """Publish; returns how many brokers (subscribers) will get it."""
+        return self._publish(channel, message)
+
+    def _publish(self, channel: str, message: bytes) -> int:
+        count = 0
         for peer in _networks.get(self.name, ()):
             if peer._on_message is not None and peer._loop is not None:
                 peer._loop.call_soon_threadsafe(peer._on_message, channel, message)
+                count += 1
+        return count
 
     async def close(self) -> None:
         peers = _networks.get(self.name)

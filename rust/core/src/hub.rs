@@ -9,11 +9,13 @@
 use std::error::Error;
 use std::fmt;
 use std::mem;
+use std::rc::Rc;
 
 use crate::deadline::{Clocks, Due, Expiry, Timeouts};
 use crate::exclude::Exclude;
 use crate::frame::Frame;
 use crate::ids::{ClientId, Handle, RoomId};
+use crate::interest::{InterestKind, InterestLog};
 use crate::rooms::Rooms;
 use crate::users::{UserLink, Users};
 use crate::wheel::{Entry, Wheel, TICK_MS};
@@ -32,6 +34,8 @@ pub struct Config {
     pub idle_timeout_ms: u64,
     /// Queue a ping at half the idle timeout (needs `idle_timeout_ms > 0`).
     pub send_pings: bool,
+    /// Record interest changes for [`Hub::drain_interest`].
+    pub track_interest: bool,
 }
 
 impl Default for Config {
@@ -42,6 +46,7 @@ impl Default for Config {
             heartbeat_timeout_ms: 90_000,
             idle_timeout_ms: 0,
             send_pings: false,
+            track_interest: false,
         }
     }
 }
@@ -303,6 +308,7 @@ pub struct Hub<S> {
     /// Reused buffer of fired wheel entries.
     fired: Vec<Entry>,
     ping: Frame,
+    interest: InterestLog,
 }
 
 impl<S> Hub<S> {
@@ -333,6 +339,7 @@ impl<S> Hub<S> {
             wheel: Wheel::new(now / TICK_MS),
             fired: Vec::new(),
             ping: Frame::ping(),
+            interest: InterestLog::new(config.track_interest),
         }
     }
 
@@ -392,9 +399,13 @@ impl<S> Hub<S> {
             self.authenticated -= 1;
         }
         self.out.pending_bytes -= conn.pending.bytes;
-        self.rooms.leave_all(index, &conn.rooms);
+        self.rooms.leave_all(index, &conn.rooms, &mut self.interest);
         if let Some(link) = &conn.user {
             self.unlink_user(link);
+        }
+        if conn.authenticated && self.interest.enabled() {
+            let id: Rc<str> = Rc::from(conn.client.as_str());
+            self.interest.record(InterestKind::Client, &id, false);
         }
         Some(conn.sink)
     }
@@ -410,7 +421,7 @@ impl<S> Hub<S> {
     }
 
     fn unlink_user(&mut self, link: &UserLink) {
-        if let Some(moved) = self.users.remove(link) {
+        if let Some(moved) = self.users.remove(link, &mut self.interest) {
             if let Some(user) = member_mut(&mut self.slots, moved).and_then(|c| c.user.as_mut()) {
                 user.pos = link.pos;
             }
@@ -455,6 +466,10 @@ impl<S> Hub<S> {
         if !conn.authenticated {
             conn.authenticated = true;
             self.authenticated += 1;
+            if self.interest.enabled() {
+                let id: Rc<str> = Rc::from(conn.client.as_str());
+                self.interest.record(InterestKind::Client, &id, true);
+            }
         }
         conn.clocks.auth_deadline = None;
         conn.clocks.last_activity = now;
@@ -467,7 +482,7 @@ impl<S> Hub<S> {
             if let Some(old) = conn.user.take() {
                 self.unlink_user(&old);
             }
-            let link = user.map(|name| self.users.add(name, handle.slot()));
+            let link = user.map(|name| self.users.add(name, handle.slot(), &mut self.interest));
             if let Some(conn) = live_mut(&mut self.slots, handle) {
                 conn.user = link;
             }
@@ -542,7 +557,8 @@ impl<S> Hub<S> {
         let Some(conn) = live_mut(&mut self.slots, handle) else {
             return false;
         };
-        self.rooms.join(handle.slot(), &mut conn.rooms, room)
+        self.rooms
+            .join(handle.slot(), &mut conn.rooms, room, &mut self.interest)
     }
 
     /// True if the connection was in `room`; an emptied room is deleted.
@@ -550,7 +566,8 @@ impl<S> Hub<S> {
         let Some(conn) = live_mut(&mut self.slots, handle) else {
             return false;
         };
-        self.rooms.leave(handle.slot(), &mut conn.rooms, room)
+        self.rooms
+            .leave(handle.slot(), &mut conn.rooms, room, &mut self.interest)
     }
 
     pub fn rooms_of(&self, handle: Handle) -> impl Iterator<Item = &str> {
@@ -748,6 +765,34 @@ impl<S> Hub<S> {
     /// Bytes queued for one connection.
     pub fn pending_bytes(&self, handle: Handle) -> usize {
         live(&self.slots, handle).map_or(0, |c| c.pending.bytes)
+    }
+
+    // -- interest -------------------------------------------------------------------
+
+    /// True once after an interest change was recorded with no drain pending: the
+    /// caller must arrange for [`Hub::drain_interest`] to run. Always false unless
+    /// [`Config::track_interest`] is set.
+    #[inline]
+    pub fn take_interest_request(&mut self) -> bool {
+        self.interest.take_request()
+    }
+
+    /// The caller could not schedule the requested drain; the next change asks again.
+    pub fn cancel_interest(&mut self) {
+        self.interest.cancel();
+    }
+
+    /// Interest changes recorded and not yet drained.
+    pub fn pending_interest(&self) -> usize {
+        self.interest.len()
+    }
+
+    /// Calls `f(kind, name, present)` for every change since the last drain, in order:
+    /// a room's first join and last leave, a user's first and last local session, a
+    /// client's authentication and its removal once authenticated. A name may appear
+    /// several times; the last change is the current state.
+    pub fn drain_interest(&mut self, f: impl FnMut(InterestKind, &str, bool)) {
+        self.interest.drain(f);
     }
 
     // -- deadlines ------------------------------------------------------------------

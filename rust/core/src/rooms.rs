@@ -9,6 +9,7 @@ use std::rc::Rc;
 use rustc_hash::FxHashMap;
 
 use crate::ids::RoomId;
+use crate::interest::{InterestKind, InterestLog};
 
 struct Room {
     name: Rc<str>,
@@ -62,11 +63,18 @@ impl Rooms {
         self.links.contains_key(&(slot, id))
     }
 
-    /// Adds `slot` to `name`, creating the room; false if it already was a member.
-    pub fn join(&mut self, slot: u32, conn_rooms: &mut Vec<RoomId>, name: &str) -> bool {
+    /// Adds `slot` to `name`, creating the room (logged); false if it already was a
+    /// member.
+    pub fn join(
+        &mut self,
+        slot: u32,
+        conn_rooms: &mut Vec<RoomId>,
+        name: &str,
+        log: &mut InterestLog,
+    ) -> bool {
         let id = match self.by_name.get(name) {
             Some(&id) => id,
-            None => self.create(name),
+            None => self.create(name, log),
         };
         if self.links.contains_key(&(slot, id)) {
             return false;
@@ -84,11 +92,12 @@ impl Rooms {
         true
     }
 
-    fn create(&mut self, name: &str) -> RoomId {
+    fn create(&mut self, name: &str, log: &mut InterestLog) -> RoomId {
         let room = Room {
             name: Rc::from(name),
             members: Vec::new(),
         };
+        log.record(InterestKind::Room, &room.name, true);
         let key = room.name.clone();
         let id = match self.free.pop() {
             Some(i) => {
@@ -105,11 +114,17 @@ impl Rooms {
     }
 
     /// Removes `slot` from `name`; false if it was not a member.
-    pub fn leave(&mut self, slot: u32, conn_rooms: &mut Vec<RoomId>, name: &str) -> bool {
+    pub fn leave(
+        &mut self,
+        slot: u32,
+        conn_rooms: &mut Vec<RoomId>,
+        name: &str,
+        log: &mut InterestLog,
+    ) -> bool {
         let Some(id) = self.id(name) else {
             return false;
         };
-        let Some(link) = self.unlink_room_side(slot, id) else {
+        let Some(link) = self.unlink_room_side(slot, id, log) else {
             return false;
         };
         if link.conn_pos < conn_rooms.len() {
@@ -124,14 +139,15 @@ impl Rooms {
     }
 
     /// Removes `slot` from every room in `conn_rooms` (the connection is going away).
-    pub fn leave_all(&mut self, slot: u32, conn_rooms: &[RoomId]) {
+    pub fn leave_all(&mut self, slot: u32, conn_rooms: &[RoomId], log: &mut InterestLog) {
         for &id in conn_rooms {
-            self.unlink_room_side(slot, id);
+            self.unlink_room_side(slot, id, log);
         }
     }
 
-    /// Drops the link and the room-side entry; deletes the room when it empties.
-    fn unlink_room_side(&mut self, slot: u32, id: RoomId) -> Option<Link> {
+    /// Drops the link and the room-side entry; deletes the room (logged) when it
+    /// empties.
+    fn unlink_room_side(&mut self, slot: u32, id: RoomId, log: &mut InterestLog) -> Option<Link> {
         let link = self.links.remove(&(slot, id))?;
         let room = self.slab.get_mut(id.0).and_then(Option::as_mut)?;
         if link.room_pos < room.members.len() {
@@ -145,6 +161,7 @@ impl Rooms {
         if room.members.is_empty() {
             let name = room.name.clone();
             self.by_name.remove(&*name);
+            log.record(InterestKind::Room, &name, false);
             self.slab[id.0] = None;
             self.free.push(id.0);
         }

@@ -4,6 +4,8 @@ use std::rc::Rc;
 
 use rustc_hash::FxHashMap;
 
+use crate::interest::{InterestKind, InterestLog};
+
 /// Where a connection sits in its user's session list.
 #[derive(Clone, Debug)]
 pub(crate) struct UserLink {
@@ -30,7 +32,8 @@ impl Users {
         self.by_name.get(name).map_or(&[], |user| &user.slots)
     }
 
-    pub fn add(&mut self, name: &str, slot: u32) -> UserLink {
+    /// Indexes a session; a user's first session is logged.
+    pub fn add(&mut self, name: &str, slot: u32, log: &mut InterestLog) -> UserLink {
         if let Some(user) = self.by_name.get_mut(name) {
             user.slots.push(slot);
             return UserLink {
@@ -39,6 +42,7 @@ impl Users {
             };
         }
         let name: Rc<str> = Rc::from(name);
+        log.record(InterestKind::User, &name, true);
         let user = User {
             name: name.clone(),
             slots: vec![slot],
@@ -48,8 +52,9 @@ impl Users {
     }
 
     /// Removes the session at `link`; returns the slot that moved into its place, whose
-    /// link position the caller must update. Deletes users left without sessions.
-    pub fn remove(&mut self, link: &UserLink) -> Option<u32> {
+    /// link position the caller must update. Deletes (and logs) users left without
+    /// sessions.
+    pub fn remove(&mut self, link: &UserLink, log: &mut InterestLog) -> Option<u32> {
         let user = self.by_name.get_mut(&*link.name)?;
         if link.pos >= user.slots.len() {
             return None;
@@ -57,6 +62,7 @@ impl Users {
         user.slots.swap_remove(link.pos);
         if user.slots.is_empty() {
             self.by_name.remove(&*link.name);
+            log.record(InterestKind::User, &link.name, false);
             return None;
         }
         user.slots.get(link.pos).copied()

@@ -1,7 +1,7 @@
 //! Behaviour of the hub through its public API, with an injected clock.
 
 use roomcast_core::frame::text_frame;
-use roomcast_core::{Config, Exclude, Expiry, Frame, Handle, Hub, TICK_MS};
+use roomcast_core::{Config, Exclude, Expiry, Frame, Handle, Hub, InterestKind, TICK_MS};
 
 fn hub() -> Hub<u32> {
     Hub::new(Config::default(), 0)
@@ -682,4 +682,115 @@ fn long_gaps_between_sweeps_still_report_everything() {
     }
     got.sort();
     assert_eq!(got, (0..1_000).collect::<Vec<_>>());
+}
+
+// -- interest -------------------------------------------------------------------------
+
+fn tracking() -> Hub<u32> {
+    hub_with(Config {
+        track_interest: true,
+        ..Config::default()
+    })
+}
+
+fn drain_interest(hub: &mut Hub<u32>) -> Vec<(InterestKind, String, bool)> {
+    let mut out = Vec::new();
+    hub.drain_interest(|kind, name, present| out.push((kind, name.to_owned(), present)));
+    out
+}
+
+#[test]
+fn interest_is_not_recorded_unless_tracking_is_on() {
+    let mut hub = hub();
+    let a = hub.add("a", 1, 0).unwrap();
+    hub.authenticate(a, Some("u"), 0);
+    hub.join(a, "r");
+    hub.remove(a);
+    assert!(!hub.take_interest_request());
+    assert_eq!(hub.pending_interest(), 0);
+}
+
+#[test]
+fn interest_reports_first_and_last_member_of_rooms_users_and_clients() {
+    use InterestKind::{Client, Room, User};
+    let mut hub = tracking();
+    let a = hub.add("a", 1, 0).unwrap();
+    let b = hub.add("b", 2, 0).unwrap();
+    assert!(
+        !hub.take_interest_request(),
+        "unauthenticated connections are no interest"
+    );
+    hub.authenticate(a, Some("u"), 0);
+    hub.authenticate(b, Some("u"), 0);
+    hub.join(a, "r");
+    hub.join(b, "r");
+    assert!(hub.take_interest_request());
+    assert!(!hub.take_interest_request(), "one request until drained");
+    assert_eq!(
+        drain_interest(&mut hub),
+        vec![
+            (Client, "a".into(), true),
+            (User, "u".into(), true),
+            (Client, "b".into(), true),
+            (Room, "r".into(), true),
+        ]
+    );
+    hub.leave(a, "r");
+    assert!(!hub.take_interest_request(), "b still holds r");
+    hub.remove(a);
+    assert_eq!(
+        drain_interest(&mut hub),
+        vec![(Client, "a".into(), false)],
+        "b still holds r and u"
+    );
+    hub.remove(b);
+    assert!(hub.take_interest_request());
+    let mut last = drain_interest(&mut hub);
+    last.sort_by(|x, y| x.1.cmp(&y.1));
+    assert_eq!(
+        last,
+        vec![
+            (Client, "b".into(), false),
+            (Room, "r".into(), false),
+            (User, "u".into(), false)
+        ]
+    );
+}
+
+#[test]
+fn interest_keeps_churn_in_order_so_the_last_change_wins() {
+    let mut hub = tracking();
+    let a = authed(&mut hub, 1, 0);
+    drain_interest(&mut hub);
+    hub.join(a, "r");
+    hub.leave(a, "r");
+    hub.join(a, "r");
+    let changes: Vec<bool> = drain_interest(&mut hub).into_iter().map(|c| c.2).collect();
+    assert_eq!(changes, vec![true, false, true]);
+    assert!(hub.has_room("r"));
+}
+
+#[test]
+fn interest_follows_a_user_change_on_reauthentication() {
+    use InterestKind::User;
+    let mut hub = tracking();
+    let a = hub.add("a", 1, 0).unwrap();
+    hub.authenticate(a, Some("u"), 0);
+    drain_interest(&mut hub);
+    hub.authenticate(a, Some("v"), 0);
+    assert_eq!(
+        drain_interest(&mut hub),
+        vec![(User, "u".into(), false), (User, "v".into(), true)]
+    );
+}
+
+#[test]
+fn a_cancelled_interest_request_is_made_again_on_the_next_change() {
+    let mut hub = tracking();
+    let a = authed(&mut hub, 1, 0);
+    assert!(hub.take_interest_request());
+    hub.cancel_interest();
+    hub.join(a, "r");
+    assert!(hub.take_interest_request());
+    assert_eq!(hub.pending_interest(), 2);
 }

@@ -1,6 +1,6 @@
 //! `roomcast._core.Hub`: the Python face of `roomcast_core::Hub`.
 //!
-//! Re-entrancy: `write`, `schedule` and `on_overflow` may call straight back into the
+//! Re-entrancy: `write`, `schedule`, `on_overflow` and `on_interest` may call straight back into the
 //! hub (uvloop calls `pause_writing` from inside `write`, which calls
 //! `set_backpressured`; an error path may call `remove`). So every call into Python is
 //! made with no borrow of the hub outstanding: methods that call out take
@@ -196,13 +196,16 @@ fn call_writes(py: Python<'_>, writes: &mut Vec<(Py<PyAny>, Py<PyBytes>)>) {
 /// ``schedule`` is called with one zero-argument callable (``hub.flush``) the first time
 /// data is queued after a flush; pass ``loop.call_soon``. ``on_overflow`` is called with a
 /// connection's owner when its queued data passes ``backpressure_limit`` and
-/// ``close_on_backpressure_limit`` is set.
+/// ``close_on_backpressure_limit`` is set. ``on_interest`` (zero arguments), when given,
+/// turns interest tracking on and is called the first time a change is recorded after
+/// ``drain_interest``.
 #[pyclass(unsendable, module = "roomcast._core")]
 pub struct Hub {
     core: rc::Hub<Sink>,
     clock: Clock,
     schedule: Option<Py<PyAny>>,
     on_overflow: Option<Py<PyAny>>,
+    on_interest: Option<Py<PyAny>>,
     /// Reused between flushes; empty outside `flush`.
     writes: Vec<(Py<PyAny>, Py<PyBytes>)>,
 }
@@ -228,6 +231,35 @@ impl Hub {
         }
         followup
     }
+
+    /// The `on_interest` call a change owes (under the borrow), if any.
+    fn interest_followup(&mut self, py: Python<'_>) -> Option<Py<PyAny>> {
+        if !self.core.take_interest_request() {
+            return None;
+        }
+        match &self.on_interest {
+            Some(callback) => Some(callback.clone_ref(py)),
+            None => {
+                self.core.cancel_interest();
+                None
+            }
+        }
+    }
+}
+
+/// Calls `on_interest()` with no borrow outstanding; on failure the next change asks
+/// again and the error propagates.
+fn run_interest(slf: &Bound<'_, Hub>, callback: Option<Py<PyAny>>) -> PyResult<()> {
+    let Some(callback) = callback else {
+        return Ok(());
+    };
+    if let Err(err) = callback.bind(slf.py()).call0() {
+        if let Ok(mut this) = slf.try_borrow_mut() {
+            this.core.cancel_interest();
+        }
+        return Err(err);
+    }
+    Ok(())
 }
 
 #[pymethods]
@@ -242,7 +274,10 @@ impl Hub {
         idle_timeout = 0.0,
         send_pings = false,
         on_overflow = None,
+        on_interest = None,
     ))]
+    // One parameter per Python keyword argument.
+    #[allow(clippy::too_many_arguments)]
     fn new(
         schedule: &Bound<'_, PyAny>,
         backpressure_limit: usize,
@@ -251,6 +286,7 @@ impl Hub {
         idle_timeout: f64,
         send_pings: bool,
         on_overflow: Option<&Bound<'_, PyAny>>,
+        on_interest: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         if !schedule.is_callable() {
             return Err(PyTypeError::new_err("schedule must be callable"));
@@ -259,12 +295,17 @@ impl Hub {
         if on_overflow.is_some_and(|cb| !cb.is_callable()) {
             return Err(PyTypeError::new_err("on_overflow must be callable or None"));
         }
+        let on_interest = on_interest.filter(|cb| !cb.is_none());
+        if on_interest.is_some_and(|cb| !cb.is_callable()) {
+            return Err(PyTypeError::new_err("on_interest must be callable or None"));
+        }
         let config = rc::Config {
             backpressure_limit,
             close_on_backpressure_limit,
             heartbeat_timeout_ms: millis("heartbeat_timeout", heartbeat_timeout)?,
             idle_timeout_ms: millis("idle_timeout", idle_timeout)?,
             send_pings,
+            track_interest: on_interest.is_some(),
         };
         let clock = Clock::new();
         Ok(Hub {
@@ -272,6 +313,7 @@ impl Hub {
             clock,
             schedule: Some(schedule.clone().unbind()),
             on_overflow: on_overflow.map(|cb| cb.clone().unbind()),
+            on_interest: on_interest.map(|cb| cb.clone().unbind()),
             writes: Vec::new(),
         })
     }
@@ -296,10 +338,14 @@ impl Hub {
     }
 
     fn remove(slf: &Bound<'_, Self>, handle: u64) -> PyResult<()> {
-        let sink = slf.try_borrow_mut()?.core.remove(Handle::from_raw(handle));
+        let (sink, interest) = {
+            let mut this = slf.try_borrow_mut()?;
+            let sink = this.core.remove(Handle::from_raw(handle));
+            (sink, this.interest_followup(slf.py()))
+        };
         // Dropped here, after the borrow: the owner's finalizer may use the hub.
         drop(sink);
-        Ok(())
+        run_interest(slf, interest)
     }
 
     fn __len__(&self) -> usize {
@@ -307,10 +353,15 @@ impl Hub {
     }
 
     #[pyo3(signature = (handle, user_id))]
-    fn authenticate(&mut self, handle: u64, user_id: Option<&str>) {
-        let now = self.clock.now_ms();
-        self.core
-            .authenticate(Handle::from_raw(handle), user_id, now);
+    fn authenticate(slf: &Bound<'_, Self>, handle: u64, user_id: Option<&str>) -> PyResult<()> {
+        let interest = {
+            let mut this = slf.try_borrow_mut()?;
+            let now = this.clock.now_ms();
+            this.core
+                .authenticate(Handle::from_raw(handle), user_id, now);
+            this.interest_followup(slf.py())
+        };
+        run_interest(slf, interest)
     }
 
     #[pyo3(signature = (handle, timeout))]
@@ -358,12 +409,35 @@ impl Hub {
 
     // -- rooms and users --------------------------------------------------------------
 
-    fn join(&mut self, handle: u64, room: &str) -> bool {
-        self.core.join(Handle::from_raw(handle), room)
+    fn join(slf: &Bound<'_, Self>, handle: u64, room: &str) -> PyResult<bool> {
+        let (joined, interest) = {
+            let mut this = slf.try_borrow_mut()?;
+            let joined = this.core.join(Handle::from_raw(handle), room);
+            (joined, this.interest_followup(slf.py()))
+        };
+        run_interest(slf, interest)?;
+        Ok(joined)
     }
 
-    fn leave(&mut self, handle: u64, room: &str) -> bool {
-        self.core.leave(Handle::from_raw(handle), room)
+    fn leave(slf: &Bound<'_, Self>, handle: u64, room: &str) -> PyResult<bool> {
+        let (left, interest) = {
+            let mut this = slf.try_borrow_mut()?;
+            let left = this.core.leave(Handle::from_raw(handle), room);
+            (left, this.interest_followup(slf.py()))
+        };
+        run_interest(slf, interest)?;
+        Ok(left)
+    }
+
+    /// ``(kind, name, present)`` for every interest change since the last drain, in
+    /// order; kind is ``INTEREST_ROOM``, ``INTEREST_USER`` or ``INTEREST_CLIENT``.
+    fn drain_interest<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let mut changes: Vec<(u8, Bound<'py, PyString>, bool)> =
+            Vec::with_capacity(self.core.pending_interest());
+        self.core.drain_interest(|kind, name, present| {
+            changes.push((kind.code(), PyString::new(py, name), present))
+        });
+        PyList::new(py, changes)
     }
 
     fn rooms_of<'py>(&self, py: Python<'py>, handle: u64) -> PyResult<Bound<'py, PyList>> {
@@ -552,6 +626,7 @@ impl Hub {
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.schedule)?;
         visit.call(&self.on_overflow)?;
+        visit.call(&self.on_interest)?;
         for sink in self.core.sinks() {
             visit.call(&sink.write)?;
             visit.call(&sink.owner)?;
@@ -566,6 +641,7 @@ impl Hub {
     fn __clear__(&mut self) {
         self.schedule = None;
         self.on_overflow = None;
+        self.on_interest = None;
         self.writes.clear();
         drop(self.core.drain_sinks());
     }

@@ -1,7 +1,7 @@
 //! `roomcast._core`: the PyO3 binding of `roomcast-core`. This file only registers.
 
 use pyo3::prelude::*;
-use roomcast_core::Expiry;
+use roomcast_core::{Expiry, InterestKind};
 
 mod frame;
 mod hub;
@@ -15,5 +15,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("EXPIRED_AUTH", Expiry::Auth.code())?;
     m.add("EXPIRED_HEARTBEAT", Expiry::Heartbeat.code())?;
     m.add("EXPIRED_IDLE", Expiry::Idle.code())?;
+    m.add("INTEREST_ROOM", InterestKind::Room.code())?;
+    m.add("INTEREST_USER", InterestKind::User.code())?;
+    m.add("INTEREST_CLIENT", InterestKind::Client.code())?;
     Ok(())
 }

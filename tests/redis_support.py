@@ -1,0 +1,306 @@
+"""Real redis-server processes for the tests: one server, a three-master cluster, and a TCP
+proxy that can silently stop forwarding to subscribers (a half-dead pub/sub connection)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+from roomcast import BrokerUnavailable, WebSocketServerHelper
+from support import RECV_TIMEOUT, Node, token_auth
+
+START_TIMEOUT = 10.0
+
+
+def free_port(below: int = 65535) -> int:
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port < below:
+            return port
+
+
+def answers(port: int, timeout: float = 0.2) -> bool:
+    """True if something on 127.0.0.1:port answers PING with PONG."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class RedisServer:
+    """One redis-server on 127.0.0.1, no persistence; can be killed and started again."""
+
+    def __init__(self, workdir: Path, port: int | None = None, *extra: str) -> None:
+        self.port = port or free_port()
+        self.workdir = workdir
+        self.extra = extra
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def start(self) -> RedisServer:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [
+                shutil.which("redis-server") or "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+                *self.extra,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + START_TIMEOUT
+        while not answers(self.port):
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"redis-server on port {self.port} exited: {self.proc.returncode}"
+                )
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server on port {self.port} did not start")
+            time.sleep(0.01)
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def cli(self, *args: str) -> str:
+        return subprocess.run(
+            ["redis-cli", "-p", str(self.port), *args],
+            capture_output=True,
+            text=True,
+            timeout=START_TIMEOUT,
+            check=True,
+        ).stdout
+
+
+class RedisCluster:
+    """Three masters (no replicas), created with `redis-cli --cluster create`."""
+
+    def __init__(self, workdir: Path, masters: int = 3) -> None:
+        # The cluster bus listens on port + 10000.
+        ports: list[int] = []
+        while len(ports) < masters:
+            port = free_port(below=55000)
+            if port not in ports and _free(port + 10000):
+                ports.append(port)
+        self.servers = [
+            RedisServer(
+                workdir / str(port),
+                port,
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                f"nodes-{port}.conf",
+                "--cluster-node-timeout",
+                "2000",
+            )
+            for port in ports
+        ]
+
+    @property
+    def ports(self) -> list[int]:
+        return [server.port for server in self.servers]
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in self.ports)
+
+    def start(self) -> RedisCluster:
+        for server in self.servers:
+            server.start()
+        subprocess.run(
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{port}" for port in self.ports),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            capture_output=True,
+            timeout=30,
+            check=True,
+        )
+        deadline = time.monotonic() + 30
+        while not all("cluster_state:ok" in s.cli("cluster", "info") for s in self.servers):
+            if time.monotonic() > deadline:
+                raise RuntimeError("redis cluster did not become ready")
+            time.sleep(0.05)
+        return self
+
+    def kill(self) -> None:
+        for server in self.servers:
+            server.kill()
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+# -- in-process nodes and raw Redis clients ----------------------------------------------------
+
+
+@asynccontextmanager
+async def node(redis_connection: Any, **kwargs: Any) -> AsyncIterator[Node]:
+    """A configured helper on a Redis broker, listening on a free port."""
+    kwargs.setdefault("authenticate_fn", token_auth)
+    kwargs.setdefault("validate_room_fn", lambda client_id, user_id, rooms: rooms)
+    helper = WebSocketServerHelper("test", redis_connection=redis_connection, **kwargs)
+    server = None
+    try:
+        server = await helper.serve("127.0.0.1", 0)
+        yield Node(helper, server)
+    finally:
+        if server is not None:
+            await server.stop()
+        await helper.shutdown()
+
+
+@asynccontextmanager
+async def raw_redis(port: int) -> AsyncIterator[Redis]:
+    client = Redis(host="127.0.0.1", port=port)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+async def numsub(client: Redis, channel: str) -> int:
+    [(_, count)] = await client.pubsub_numsub(channel)
+    return int(count)
+
+
+async def wait_numsub(
+    client: Redis, channel: str, count: int, timeout: float = RECV_TIMEOUT
+) -> None:
+    """Wait until exactly `count` connections are subscribed to `channel`."""
+    async with asyncio.timeout(timeout):
+        while await numsub(client, channel) != count:
+            await asyncio.sleep(0.01)
+
+
+async def settle(*nodes: Node, timeout: float = 15.0) -> None:
+    """Wait until every node is connected and its subscription changes so far are in
+    effect in Redis."""
+    async with asyncio.timeout(timeout):
+        for n in nodes:
+            while True:
+                try:
+                    await n.helper._broker.sync()
+                    break
+                except BrokerUnavailable:
+                    await asyncio.sleep(0.05)  # reconnecting
+
+
+# -- a proxy that can stop forwarding to subscribers -------------------------------------------
+
+
+class FreezingProxy:
+    """Forwards 127.0.0.1:port to a Redis port. `freeze_subscribers()` makes every current
+    connection that has sent a SUBSCRIBE stop receiving anything, while staying open: the
+    half-dead subscriber that pub/sub clients are known to end up with."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._pipes: list[_Pipe] = []
+
+    async def start(self) -> FreezingProxy:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    def freeze_subscribers(self) -> int:
+        frozen = 0
+        for pipe in self._pipes:
+            if pipe.subscriber and not pipe.closed:
+                pipe.frozen = True
+                frozen += 1
+        return frozen
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        for pipe in self._pipes:
+            await pipe.close()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        pipe = _Pipe(writer, up_writer)
+        self._pipes.append(pipe)
+        await asyncio.gather(
+            pipe.pump(reader, up_writer, upstream=True),
+            pipe.pump(up_reader, writer, upstream=False),
+        )
+        await pipe.close()
+
+
+class _Pipe:
+    def __init__(self, client: asyncio.StreamWriter, upstream: asyncio.StreamWriter) -> None:
+        self.client = client
+        self.upstream = upstream
+        self.subscriber = False
+        self.frozen = False
+        self.closed = False
+
+    async def pump(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, upstream: bool
+    ) -> None:
+        try:
+            while data := await reader.read(65536):
+                if upstream and b"SUBSCRIBE" in data.upper():
+                    self.subscriber = True
+                if self.frozen:
+                    continue  # swallowed: the connection looks alive but carries nothing
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for writer in (self.client, self.upstream):
+            writer.close()
+        for writer in (self.client, self.upstream):
+            try:
+                await writer.wait_closed()
+            except (ConnectionError, OSError):
+                pass
