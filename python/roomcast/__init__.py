@@ -2,8 +2,10 @@
 
 from typing import TYPE_CHECKING, Any
 
+from .app import Application, ApplicationError, Binding
 from .broker import Broker, BrokerUnavailable, create_broker
 from .broker.memory import MemoryBroker
+from .component import LazyWebSocket, WebSocketBindingKeys, WebSocketComponent
 from .connection import Client
 from .constants import (
     CloseCode,
@@ -48,6 +50,9 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "MISSING",
+    "Application",
+    "ApplicationError",
+    "Binding",
     "Broker",
     "BrokerUnavailable",
     "Client",
@@ -57,13 +62,16 @@ __all__ = [
     "HttpHandler",
     "HttpRequest",
     "HttpResponse",
+    "LazyWebSocket",
     "MemoryBroker",
     "RedisBroker",
     "RedisClusterHelper",
     "RedisHelper",
     "WebServer",
+    "WebSocketBindingKeys",
     "WebSocketChannels",
     "WebSocketClientStates",
+    "WebSocketComponent",
     "WebSocketDefaults",
     "WebSocketEmitter",
     "WebSocketEvents",
