@@ -423,7 +423,11 @@ class WebSocketServerHelper:
                 logger.info("nested encrypted event from %s dropped", client.id)
             else:
                 self._on_encrypted_inbound(client, message)
-        elif self.message_handler is not None:
+        else:
+            self._to_message_handler(client, message)
+
+    def _to_message_handler(self, client: Client, message: dict[str, Any]) -> None:
+        if self.message_handler is not None:
             self._invoke(
                 "message_handler",
                 self.message_handler,
@@ -622,14 +626,7 @@ class WebSocketServerHelper:
         """
         scheme = self.encryption
         if scheme is None:
-            if self.message_handler is not None:
-                self._invoke(
-                    "message_handler",
-                    self.message_handler,
-                    client_id=client.id,
-                    user_id=client.user_id,
-                    message=message,
-                )
+            self._to_message_handler(client, message)
             return
         try:
             plaintext = scheme.open_inbound(client.id, message.get("data"))
