@@ -9,14 +9,13 @@
 use std::error::Error;
 use std::fmt;
 use std::mem;
-use std::rc::Rc;
 
 use crate::deadline::{Clocks, Due, Expiry, Timeouts};
 use crate::exclude::Exclude;
 use crate::frame::Frame;
-use crate::ids::{ClientId, Handle, RoomId};
+use crate::ids::{ClientId, Handle};
 use crate::interest::{InterestKind, InterestLog};
-use crate::rooms::Rooms;
+use crate::rooms::{ConnRooms, Moved, Rooms};
 use crate::users::{UserLink, Users};
 use crate::wheel::{Entry, Wheel, TICK_MS};
 
@@ -143,7 +142,7 @@ struct Conn<S> {
     skipped: u64,
     client: ClientId,
     user: Option<UserLink>,
-    rooms: Vec<RoomId>,
+    rooms: ConnRooms,
     clocks: Clocks,
     sink: S,
 }
@@ -190,6 +189,13 @@ fn member_mut<S>(slots: &mut [Slot<S>], slot: u32) -> Option<&mut Conn<S>> {
 
 fn member<S>(slots: &[Slot<S>], slot: u32) -> Option<&Conn<S>> {
     slots.get(slot as usize).and_then(|s| s.conn.as_ref())
+}
+
+/// Points a moved room member's room list entry at its new position.
+fn fix_moved<S>(slots: &mut [Slot<S>], moved: Moved) {
+    if let Some(conn) = member_mut(slots, moved.slot) {
+        moved.apply(&mut conn.rooms);
+    }
 }
 
 /// Queueing state shared by every delivery path.
@@ -371,7 +377,7 @@ impl<S> Hub<S> {
             skipped: 0,
             client: ClientId::new(client_id),
             user: None,
-            rooms: Vec::new(),
+            rooms: ConnRooms::new(),
             clocks: Clocks::new(now),
             sink,
         });
@@ -399,13 +405,17 @@ impl<S> Hub<S> {
             self.authenticated -= 1;
         }
         self.out.pending_bytes -= conn.pending.bytes;
-        self.rooms.leave_all(index, &conn.rooms, &mut self.interest);
+        let slots = &mut self.slots;
+        self.rooms
+            .leave_all(&conn.rooms, &mut self.interest, |moved| {
+                fix_moved(slots, moved);
+            });
         if let Some(link) = &conn.user {
             self.unlink_user(link);
         }
         if conn.authenticated && self.interest.enabled() {
-            let id: Rc<str> = Rc::from(conn.client.as_str());
-            self.interest.record(InterestKind::Client, &id, false);
+            self.interest
+                .record(InterestKind::Client, conn.client.shared(), false);
         }
         Some(conn.sink)
     }
@@ -467,8 +477,8 @@ impl<S> Hub<S> {
             conn.authenticated = true;
             self.authenticated += 1;
             if self.interest.enabled() {
-                let id: Rc<str> = Rc::from(conn.client.as_str());
-                self.interest.record(InterestKind::Client, &id, true);
+                self.interest
+                    .record(InterestKind::Client, conn.client.shared(), true);
             }
         }
         conn.clocks.auth_deadline = None;
@@ -557,8 +567,14 @@ impl<S> Hub<S> {
         let Some(conn) = live_mut(&mut self.slots, handle) else {
             return false;
         };
-        self.rooms
-            .join(handle.slot(), &mut conn.rooms, room, &mut self.interest)
+        let shared = Some(conn.client.shared()).filter(|id| ***id == *room);
+        self.rooms.join(
+            handle.slot(),
+            &mut conn.rooms,
+            room,
+            shared,
+            &mut self.interest,
+        )
     }
 
     /// True if the connection was in `room`; an emptied room is deleted.
@@ -566,22 +582,34 @@ impl<S> Hub<S> {
         let Some(conn) = live_mut(&mut self.slots, handle) else {
             return false;
         };
-        self.rooms
+        match self
+            .rooms
             .leave(handle.slot(), &mut conn.rooms, room, &mut self.interest)
+        {
+            None => false,
+            Some(moved) => {
+                if let Some(moved) = moved {
+                    fix_moved(&mut self.slots, moved);
+                }
+                true
+            }
+        }
     }
 
     pub fn rooms_of(&self, handle: Handle) -> impl Iterator<Item = &str> {
         live(&self.slots, handle)
             .into_iter()
-            .flat_map(|c| c.rooms.iter().map(|&id| self.rooms.name(id)))
+            .flat_map(|c| c.rooms.as_slice().iter().map(|e| self.rooms.name(e.room)))
     }
 
     pub fn in_room(&self, handle: Handle, room: &str) -> bool {
-        self.contains(handle)
-            && self
-                .rooms
-                .id(room)
-                .is_some_and(|id| self.rooms.contains(handle.slot(), id))
+        let Some(conn) = live(&self.slots, handle) else {
+            return false;
+        };
+        self.rooms.id(room).is_some_and(|id| {
+            self.rooms
+                .contains(handle.slot(), conn.rooms.as_slice(), id)
+        })
     }
 
     pub fn has_room(&self, room: &str) -> bool {
@@ -594,7 +622,7 @@ impl<S> Hub<S> {
             .id(room)
             .into_iter()
             .flat_map(|id| self.rooms.members(id))
-            .filter_map(|&slot| member(&self.slots, slot).map(|c| c.client.as_str()))
+            .filter_map(|m| member(&self.slots, m.slot).map(|c| c.client.as_str()))
     }
 
     /// Client ids of the user's sessions.
@@ -628,7 +656,7 @@ impl<S> Hub<S> {
         };
         let mut frame = LazyFrame::new(payload);
         let mut queued = 0;
-        for &slot in self.rooms.members(id) {
+        for &crate::rooms::Member { slot, .. } in self.rooms.members(id) {
             let Some(conn) = member_mut(&mut self.slots, slot) else {
                 continue;
             };
@@ -689,12 +717,15 @@ impl<S> Hub<S> {
         };
         match (room.map(|r| self.rooms.id(r)), user) {
             (Some(None), _) => {}
-            (Some(Some(id)), None) => self.rooms.members(id).iter().for_each(|&s| visit(s)),
+            (Some(Some(id)), None) => self.rooms.members(id).iter().for_each(|m| visit(m.slot)),
             (Some(Some(id)), Some(user)) => self
                 .users
                 .sessions(user)
                 .iter()
-                .filter(|&&s| self.rooms.contains(s, id))
+                .filter(|&&s| {
+                    member(&self.slots, s)
+                        .is_some_and(|c| self.rooms.contains(s, c.rooms.as_slice(), id))
+                })
                 .for_each(|&s| visit(s)),
             (None, Some(user)) => self.users.sessions(user).iter().for_each(|&s| visit(s)),
             (None, None) => {
@@ -844,5 +875,28 @@ impl<S> Hub<S> {
             pending_bytes: self.out.pending_bytes,
             wheel_entries: self.wheel.len(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Per-connection footprint: keep `Slot` small (every slot is paid for whether or
+    /// not it is in use). The sink here is two pointers, like the Python binding's.
+    #[test]
+    fn per_connection_structs_stay_small() {
+        type Sink = (Box<u8>, Box<u8>);
+        let sizes = [
+            ("Slot", mem::size_of::<Slot<Sink>>()),
+            ("Conn", mem::size_of::<Conn<Sink>>()),
+            ("Pending", mem::size_of::<Pending>()),
+            ("Clocks", mem::size_of::<crate::deadline::Clocks>()),
+            ("ConnRooms", mem::size_of::<ConnRooms>()),
+            ("Option<UserLink>", mem::size_of::<Option<UserLink>>()),
+            ("ClientId", mem::size_of::<ClientId>()),
+        ];
+        println!("{sizes:?}");
+        assert!(mem::size_of::<Slot<Sink>>() <= 256);
     }
 }
