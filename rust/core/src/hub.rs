@@ -115,7 +115,10 @@ impl<'a> Batch<'a> {
 #[derive(Default)]
 struct Pending {
     first: Option<Frame>,
-    rest: Vec<Frame>,
+    /// Boxed (16 bytes less per connection): most connections never queue a second
+    /// frame before a flush; once allocated, the box and its buffer are reused.
+    #[allow(clippy::box_collection)]
+    rest: Option<Box<Vec<Frame>>>,
     bytes: usize,
 }
 
@@ -125,7 +128,7 @@ impl Pending {
         if self.first.is_none() {
             self.first = Some(frame);
         } else {
-            self.rest.push(frame);
+            self.rest.get_or_insert_default().push(frame);
         }
     }
 }
@@ -160,35 +163,58 @@ impl<S> Conn<S> {
     }
 }
 
-struct Slot<S> {
-    generation: u32,
-    conn: Option<Conn<S>>,
+/// A free slot keeps the generation its next connection gets; a live one's generation
+/// is its connection's handle's (so it is not stored twice).
+enum Slot<S> {
+    Free { generation: u32 },
+    Live(Conn<S>),
+}
+
+impl<S> Slot<S> {
+    fn generation(&self) -> u32 {
+        match self {
+            Slot::Free { generation } => *generation,
+            Slot::Live(conn) => conn.handle.generation(),
+        }
+    }
+
+    #[inline]
+    fn conn(&self) -> Option<&Conn<S>> {
+        match self {
+            Slot::Live(conn) => Some(conn),
+            Slot::Free { .. } => None,
+        }
+    }
+
+    #[inline]
+    fn conn_mut(&mut self) -> Option<&mut Conn<S>> {
+        match self {
+            Slot::Live(conn) => Some(conn),
+            Slot::Free { .. } => None,
+        }
+    }
 }
 
 fn live<S>(slots: &[Slot<S>], handle: Handle) -> Option<&Conn<S>> {
     let slot = slots.get(handle.slot() as usize)?;
-    if slot.generation != handle.generation() {
-        return None;
-    }
-    slot.conn.as_ref()
+    let conn = slot.conn()?;
+    (conn.handle == handle).then_some(conn)
 }
 
 fn live_mut<S>(slots: &mut [Slot<S>], handle: Handle) -> Option<&mut Conn<S>> {
     let slot = slots.get_mut(handle.slot() as usize)?;
-    if slot.generation != handle.generation() {
-        return None;
-    }
-    slot.conn.as_mut()
+    let conn = slot.conn_mut()?;
+    (conn.handle == handle).then_some(conn)
 }
 
 /// Members of rooms and users are always live, so a slot index is enough.
 #[inline]
 fn member_mut<S>(slots: &mut [Slot<S>], slot: u32) -> Option<&mut Conn<S>> {
-    slots.get_mut(slot as usize).and_then(|s| s.conn.as_mut())
+    slots.get_mut(slot as usize).and_then(Slot::conn_mut)
 }
 
 fn member<S>(slots: &[Slot<S>], slot: u32) -> Option<&Conn<S>> {
-    slots.get(slot as usize).and_then(|s| s.conn.as_ref())
+    slots.get(slot as usize).and_then(Slot::conn)
 }
 
 /// Points a moved room member's room list entry at its new position.
@@ -256,11 +282,13 @@ fn drain<S>(conn: &mut Conn<S>, total: &mut usize, write: &mut impl FnMut(&S, Ba
         &conn.sink,
         Batch {
             first: &first,
-            rest: &conn.pending.rest,
+            rest: conn.pending.rest.as_deref().map_or(&[], Vec::as_slice),
             bytes,
         },
     );
-    conn.pending.rest.clear();
+    if let Some(rest) = &mut conn.pending.rest {
+        rest.clear();
+    }
     conn.pending.bytes = 0;
     *total -= bytes;
 }
@@ -272,10 +300,11 @@ fn arm<S>(wheel: &mut Wheel, timeouts: &Timeouts, conn: &mut Conn<S>) {
         return;
     };
     let tick = wheel.effective(deadline.div_ceil(TICK_MS));
-    if conn.clocks.wheel_due.is_some_and(|due| due <= tick) {
+    if conn.clocks.wheel_due().is_some_and(|due| due <= tick) {
         return;
     }
-    conn.clocks.wheel_due = Some(wheel.insert(conn.handle, tick));
+    conn.clocks
+        .set_wheel_due(Some(wheel.insert(conn.handle, tick)));
 }
 
 /// The frame for a fan-out, built on the first recipient only.
@@ -357,16 +386,13 @@ impl<S> Hub<S> {
             Some(slot) => slot,
             None => {
                 let slot = u32::try_from(self.slots.len()).map_err(|_| HubFull)?;
-                self.slots.push(Slot {
-                    generation: 1,
-                    conn: None,
-                });
+                self.slots.push(Slot::Free { generation: 1 });
                 slot
             }
         };
         let entry = &mut self.slots[slot as usize];
-        let handle = Handle::new(slot, entry.generation);
-        let conn = entry.conn.insert(Conn {
+        let handle = Handle::new(slot, entry.generation());
+        let mut conn = Conn {
             handle,
             authenticated: false,
             encrypted: false,
@@ -380,8 +406,9 @@ impl<S> Hub<S> {
             rooms: ConnRooms::new(),
             clocks: Clocks::new(now),
             sink,
-        });
-        arm(&mut self.wheel, &self.timeouts, conn);
+        };
+        arm(&mut self.wheel, &self.timeouts, &mut conn);
+        *entry = Slot::Live(conn);
         self.len += 1;
         Ok(handle)
     }
@@ -391,13 +418,19 @@ impl<S> Hub<S> {
     pub fn remove(&mut self, handle: Handle) -> Option<S> {
         let index = handle.slot();
         let slot = self.slots.get_mut(index as usize)?;
-        if slot.generation != handle.generation() {
+        if slot.conn()?.handle != handle {
             return None;
         }
-        let conn = slot.conn.take()?;
-        slot.generation = match slot.generation.wrapping_add(1) {
+        let generation = match handle.generation().wrapping_add(1) {
             0 => 1,
             generation => generation,
+        };
+        let conn = match mem::replace(slot, Slot::Free { generation }) {
+            Slot::Live(conn) => conn,
+            free @ Slot::Free { .. } => {
+                *slot = free;
+                return None;
+            }
         };
         self.free.push(index);
         self.len -= 1;
@@ -425,7 +458,7 @@ impl<S> Hub<S> {
         let handles: Vec<Handle> = self
             .slots
             .iter()
-            .filter_map(|s| s.conn.as_ref().map(|c| c.handle))
+            .filter_map(|s| s.conn().map(|c| c.handle))
             .collect();
         handles.into_iter().filter_map(|h| self.remove(h)).collect()
     }
@@ -456,10 +489,7 @@ impl<S> Hub<S> {
 
     /// Every live connection's sink (for the caller's garbage-collector traversal).
     pub fn sinks(&self) -> impl Iterator<Item = &S> {
-        self.slots
-            .iter()
-            .filter_map(|s| s.conn.as_ref())
-            .map(|c| &c.sink)
+        self.slots.iter().filter_map(Slot::conn).map(|c| &c.sink)
     }
 
     pub fn client_id(&self, handle: Handle) -> Option<&str> {
@@ -688,7 +718,7 @@ impl<S> Hub<S> {
         let mut frame = LazyFrame::new(payload);
         let mut queued = 0;
         for (index, slot) in self.slots.iter_mut().enumerate() {
-            let Some(conn) = slot.conn.as_mut() else {
+            let Some(conn) = slot.conn_mut() else {
                 continue;
             };
             if conn.takes_plain(exclude) && self.out.offer(index as u32, conn, frame.get()) {
@@ -730,7 +760,7 @@ impl<S> Hub<S> {
             (None, Some(user)) => self.users.sessions(user).iter().for_each(|&s| visit(s)),
             (None, None) => {
                 for (index, slot) in self.slots.iter().enumerate() {
-                    if slot.conn.is_some() {
+                    if slot.conn().is_some() {
                         visit(index as u32);
                     }
                 }
@@ -838,10 +868,10 @@ impl<S> Hub<S> {
             let Some(conn) = live_mut(&mut self.slots, entry.handle) else {
                 continue;
             };
-            if conn.clocks.wheel_due != Some(entry.due) {
+            if conn.clocks.wheel_due() != Some(entry.due) {
                 continue;
             }
-            conn.clocks.wheel_due = None;
+            conn.clocks.set_wheel_due(None);
             match conn.clocks.due(conn.authenticated, &self.timeouts, now) {
                 Due::Expired(reason) => {
                     conn.clocks.expired = true;
