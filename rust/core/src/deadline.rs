@@ -3,6 +3,8 @@
 //! Deadlines are lazy: activity only moves timestamps forward, and the single wheel
 //! entry a connection owns is re-inserted at the real deadline when it fires early.
 
+use std::num::NonZeroU64;
+
 /// Why a connection expired, in priority order (auth first).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -49,8 +51,8 @@ pub(crate) struct Clocks {
     pub ping_sent: bool,
     /// Reported by a sweep: every deadline is disarmed for good.
     pub expired: bool,
-    /// Tick of this connection's one live wheel entry.
-    pub wheel_due: Option<u64>,
+    /// Tick of this connection's one live wheel entry, plus one (no `Option` tag).
+    wheel_due: Option<NonZeroU64>,
 }
 
 impl Clocks {
@@ -63,6 +65,17 @@ impl Clocks {
             expired: false,
             wheel_due: None,
         }
+    }
+
+    /// Tick of this connection's one live wheel entry.
+    #[inline]
+    pub fn wheel_due(&self) -> Option<u64> {
+        self.wheel_due.map(|due| due.get() - 1)
+    }
+
+    /// Ticks stay far below `u64::MAX` (the wheel's horizon is 2^32 ticks ahead).
+    pub fn set_wheel_due(&mut self, due: Option<u64>) {
+        self.wheel_due = due.and_then(|due| NonZeroU64::new(due.saturating_add(1)));
     }
 
     fn heartbeat_deadline(&self, authenticated: bool, t: &Timeouts) -> Option<u64> {

@@ -9,14 +9,13 @@
 use std::error::Error;
 use std::fmt;
 use std::mem;
-use std::rc::Rc;
 
 use crate::deadline::{Clocks, Due, Expiry, Timeouts};
 use crate::exclude::Exclude;
 use crate::frame::Frame;
-use crate::ids::{ClientId, Handle, RoomId};
+use crate::ids::{ClientId, Handle};
 use crate::interest::{InterestKind, InterestLog};
-use crate::rooms::Rooms;
+use crate::rooms::{ConnRooms, Moved, Rooms};
 use crate::users::{UserLink, Users};
 use crate::wheel::{Entry, Wheel, TICK_MS};
 
@@ -116,7 +115,10 @@ impl<'a> Batch<'a> {
 #[derive(Default)]
 struct Pending {
     first: Option<Frame>,
-    rest: Vec<Frame>,
+    /// Boxed (16 bytes less per connection): most connections never queue a second
+    /// frame before a flush; once allocated, the box and its buffer are reused.
+    #[allow(clippy::box_collection)]
+    rest: Option<Box<Vec<Frame>>>,
     bytes: usize,
 }
 
@@ -126,7 +128,7 @@ impl Pending {
         if self.first.is_none() {
             self.first = Some(frame);
         } else {
-            self.rest.push(frame);
+            self.rest.get_or_insert_default().push(frame);
         }
     }
 }
@@ -143,7 +145,7 @@ struct Conn<S> {
     skipped: u64,
     client: ClientId,
     user: Option<UserLink>,
-    rooms: Vec<RoomId>,
+    rooms: ConnRooms,
     clocks: Clocks,
     sink: S,
 }
@@ -161,35 +163,65 @@ impl<S> Conn<S> {
     }
 }
 
-struct Slot<S> {
-    generation: u32,
-    conn: Option<Conn<S>>,
+/// A free slot keeps the generation its next connection gets; a live one's generation
+/// is its connection's handle's (so it is not stored twice).
+enum Slot<S> {
+    Free { generation: u32 },
+    Live(Conn<S>),
+}
+
+impl<S> Slot<S> {
+    fn generation(&self) -> u32 {
+        match self {
+            Slot::Free { generation } => *generation,
+            Slot::Live(conn) => conn.handle.generation(),
+        }
+    }
+
+    #[inline]
+    fn conn(&self) -> Option<&Conn<S>> {
+        match self {
+            Slot::Live(conn) => Some(conn),
+            Slot::Free { .. } => None,
+        }
+    }
+
+    #[inline]
+    fn conn_mut(&mut self) -> Option<&mut Conn<S>> {
+        match self {
+            Slot::Live(conn) => Some(conn),
+            Slot::Free { .. } => None,
+        }
+    }
 }
 
 fn live<S>(slots: &[Slot<S>], handle: Handle) -> Option<&Conn<S>> {
     let slot = slots.get(handle.slot() as usize)?;
-    if slot.generation != handle.generation() {
-        return None;
-    }
-    slot.conn.as_ref()
+    let conn = slot.conn()?;
+    (conn.handle == handle).then_some(conn)
 }
 
 fn live_mut<S>(slots: &mut [Slot<S>], handle: Handle) -> Option<&mut Conn<S>> {
     let slot = slots.get_mut(handle.slot() as usize)?;
-    if slot.generation != handle.generation() {
-        return None;
-    }
-    slot.conn.as_mut()
+    let conn = slot.conn_mut()?;
+    (conn.handle == handle).then_some(conn)
 }
 
 /// Members of rooms and users are always live, so a slot index is enough.
 #[inline]
 fn member_mut<S>(slots: &mut [Slot<S>], slot: u32) -> Option<&mut Conn<S>> {
-    slots.get_mut(slot as usize).and_then(|s| s.conn.as_mut())
+    slots.get_mut(slot as usize).and_then(Slot::conn_mut)
 }
 
 fn member<S>(slots: &[Slot<S>], slot: u32) -> Option<&Conn<S>> {
-    slots.get(slot as usize).and_then(|s| s.conn.as_ref())
+    slots.get(slot as usize).and_then(Slot::conn)
+}
+
+/// Points a moved room member's room list entry at its new position.
+fn fix_moved<S>(slots: &mut [Slot<S>], moved: Moved) {
+    if let Some(conn) = member_mut(slots, moved.slot) {
+        moved.apply(&mut conn.rooms);
+    }
 }
 
 /// Queueing state shared by every delivery path.
@@ -250,11 +282,13 @@ fn drain<S>(conn: &mut Conn<S>, total: &mut usize, write: &mut impl FnMut(&S, Ba
         &conn.sink,
         Batch {
             first: &first,
-            rest: &conn.pending.rest,
+            rest: conn.pending.rest.as_deref().map_or(&[], Vec::as_slice),
             bytes,
         },
     );
-    conn.pending.rest.clear();
+    if let Some(rest) = &mut conn.pending.rest {
+        rest.clear();
+    }
     conn.pending.bytes = 0;
     *total -= bytes;
 }
@@ -266,10 +300,11 @@ fn arm<S>(wheel: &mut Wheel, timeouts: &Timeouts, conn: &mut Conn<S>) {
         return;
     };
     let tick = wheel.effective(deadline.div_ceil(TICK_MS));
-    if conn.clocks.wheel_due.is_some_and(|due| due <= tick) {
+    if conn.clocks.wheel_due().is_some_and(|due| due <= tick) {
         return;
     }
-    conn.clocks.wheel_due = Some(wheel.insert(conn.handle, tick));
+    conn.clocks
+        .set_wheel_due(Some(wheel.insert(conn.handle, tick)));
 }
 
 /// The frame for a fan-out, built on the first recipient only.
@@ -351,16 +386,13 @@ impl<S> Hub<S> {
             Some(slot) => slot,
             None => {
                 let slot = u32::try_from(self.slots.len()).map_err(|_| HubFull)?;
-                self.slots.push(Slot {
-                    generation: 1,
-                    conn: None,
-                });
+                self.slots.push(Slot::Free { generation: 1 });
                 slot
             }
         };
         let entry = &mut self.slots[slot as usize];
-        let handle = Handle::new(slot, entry.generation);
-        let conn = entry.conn.insert(Conn {
+        let handle = Handle::new(slot, entry.generation());
+        let mut conn = Conn {
             handle,
             authenticated: false,
             encrypted: false,
@@ -371,11 +403,12 @@ impl<S> Hub<S> {
             skipped: 0,
             client: ClientId::new(client_id),
             user: None,
-            rooms: Vec::new(),
+            rooms: ConnRooms::new(),
             clocks: Clocks::new(now),
             sink,
-        });
-        arm(&mut self.wheel, &self.timeouts, conn);
+        };
+        arm(&mut self.wheel, &self.timeouts, &mut conn);
+        *entry = Slot::Live(conn);
         self.len += 1;
         Ok(handle)
     }
@@ -385,13 +418,19 @@ impl<S> Hub<S> {
     pub fn remove(&mut self, handle: Handle) -> Option<S> {
         let index = handle.slot();
         let slot = self.slots.get_mut(index as usize)?;
-        if slot.generation != handle.generation() {
+        if slot.conn()?.handle != handle {
             return None;
         }
-        let conn = slot.conn.take()?;
-        slot.generation = match slot.generation.wrapping_add(1) {
+        let generation = match handle.generation().wrapping_add(1) {
             0 => 1,
             generation => generation,
+        };
+        let conn = match mem::replace(slot, Slot::Free { generation }) {
+            Slot::Live(conn) => conn,
+            free @ Slot::Free { .. } => {
+                *slot = free;
+                return None;
+            }
         };
         self.free.push(index);
         self.len -= 1;
@@ -399,13 +438,17 @@ impl<S> Hub<S> {
             self.authenticated -= 1;
         }
         self.out.pending_bytes -= conn.pending.bytes;
-        self.rooms.leave_all(index, &conn.rooms, &mut self.interest);
+        let slots = &mut self.slots;
+        self.rooms
+            .leave_all(&conn.rooms, &mut self.interest, |moved| {
+                fix_moved(slots, moved);
+            });
         if let Some(link) = &conn.user {
             self.unlink_user(link);
         }
         if conn.authenticated && self.interest.enabled() {
-            let id: Rc<str> = Rc::from(conn.client.as_str());
-            self.interest.record(InterestKind::Client, &id, false);
+            self.interest
+                .record(InterestKind::Client, conn.client.shared(), false);
         }
         Some(conn.sink)
     }
@@ -415,7 +458,7 @@ impl<S> Hub<S> {
         let handles: Vec<Handle> = self
             .slots
             .iter()
-            .filter_map(|s| s.conn.as_ref().map(|c| c.handle))
+            .filter_map(|s| s.conn().map(|c| c.handle))
             .collect();
         handles.into_iter().filter_map(|h| self.remove(h)).collect()
     }
@@ -446,10 +489,7 @@ impl<S> Hub<S> {
 
     /// Every live connection's sink (for the caller's garbage-collector traversal).
     pub fn sinks(&self) -> impl Iterator<Item = &S> {
-        self.slots
-            .iter()
-            .filter_map(|s| s.conn.as_ref())
-            .map(|c| &c.sink)
+        self.slots.iter().filter_map(Slot::conn).map(|c| &c.sink)
     }
 
     pub fn client_id(&self, handle: Handle) -> Option<&str> {
@@ -467,8 +507,8 @@ impl<S> Hub<S> {
             conn.authenticated = true;
             self.authenticated += 1;
             if self.interest.enabled() {
-                let id: Rc<str> = Rc::from(conn.client.as_str());
-                self.interest.record(InterestKind::Client, &id, true);
+                self.interest
+                    .record(InterestKind::Client, conn.client.shared(), true);
             }
         }
         conn.clocks.auth_deadline = None;
@@ -557,8 +597,14 @@ impl<S> Hub<S> {
         let Some(conn) = live_mut(&mut self.slots, handle) else {
             return false;
         };
-        self.rooms
-            .join(handle.slot(), &mut conn.rooms, room, &mut self.interest)
+        let shared = Some(conn.client.shared()).filter(|id| ***id == *room);
+        self.rooms.join(
+            handle.slot(),
+            &mut conn.rooms,
+            room,
+            shared,
+            &mut self.interest,
+        )
     }
 
     /// True if the connection was in `room`; an emptied room is deleted.
@@ -566,22 +612,34 @@ impl<S> Hub<S> {
         let Some(conn) = live_mut(&mut self.slots, handle) else {
             return false;
         };
-        self.rooms
+        match self
+            .rooms
             .leave(handle.slot(), &mut conn.rooms, room, &mut self.interest)
+        {
+            None => false,
+            Some(moved) => {
+                if let Some(moved) = moved {
+                    fix_moved(&mut self.slots, moved);
+                }
+                true
+            }
+        }
     }
 
     pub fn rooms_of(&self, handle: Handle) -> impl Iterator<Item = &str> {
         live(&self.slots, handle)
             .into_iter()
-            .flat_map(|c| c.rooms.iter().map(|&id| self.rooms.name(id)))
+            .flat_map(|c| c.rooms.as_slice().iter().map(|e| self.rooms.name(e.room)))
     }
 
     pub fn in_room(&self, handle: Handle, room: &str) -> bool {
-        self.contains(handle)
-            && self
-                .rooms
-                .id(room)
-                .is_some_and(|id| self.rooms.contains(handle.slot(), id))
+        let Some(conn) = live(&self.slots, handle) else {
+            return false;
+        };
+        self.rooms.id(room).is_some_and(|id| {
+            self.rooms
+                .contains(handle.slot(), conn.rooms.as_slice(), id)
+        })
     }
 
     pub fn has_room(&self, room: &str) -> bool {
@@ -594,7 +652,7 @@ impl<S> Hub<S> {
             .id(room)
             .into_iter()
             .flat_map(|id| self.rooms.members(id))
-            .filter_map(|&slot| member(&self.slots, slot).map(|c| c.client.as_str()))
+            .filter_map(|m| member(&self.slots, m.slot).map(|c| c.client.as_str()))
     }
 
     /// Client ids of the user's sessions.
@@ -628,7 +686,7 @@ impl<S> Hub<S> {
         };
         let mut frame = LazyFrame::new(payload);
         let mut queued = 0;
-        for &slot in self.rooms.members(id) {
+        for &crate::rooms::Member { slot, .. } in self.rooms.members(id) {
             let Some(conn) = member_mut(&mut self.slots, slot) else {
                 continue;
             };
@@ -660,7 +718,7 @@ impl<S> Hub<S> {
         let mut frame = LazyFrame::new(payload);
         let mut queued = 0;
         for (index, slot) in self.slots.iter_mut().enumerate() {
-            let Some(conn) = slot.conn.as_mut() else {
+            let Some(conn) = slot.conn_mut() else {
                 continue;
             };
             if conn.takes_plain(exclude) && self.out.offer(index as u32, conn, frame.get()) {
@@ -689,17 +747,20 @@ impl<S> Hub<S> {
         };
         match (room.map(|r| self.rooms.id(r)), user) {
             (Some(None), _) => {}
-            (Some(Some(id)), None) => self.rooms.members(id).iter().for_each(|&s| visit(s)),
+            (Some(Some(id)), None) => self.rooms.members(id).iter().for_each(|m| visit(m.slot)),
             (Some(Some(id)), Some(user)) => self
                 .users
                 .sessions(user)
                 .iter()
-                .filter(|&&s| self.rooms.contains(s, id))
+                .filter(|&&s| {
+                    member(&self.slots, s)
+                        .is_some_and(|c| self.rooms.contains(s, c.rooms.as_slice(), id))
+                })
                 .for_each(|&s| visit(s)),
             (None, Some(user)) => self.users.sessions(user).iter().for_each(|&s| visit(s)),
             (None, None) => {
                 for (index, slot) in self.slots.iter().enumerate() {
-                    if slot.conn.is_some() {
+                    if slot.conn().is_some() {
                         visit(index as u32);
                     }
                 }
@@ -807,10 +868,10 @@ impl<S> Hub<S> {
             let Some(conn) = live_mut(&mut self.slots, entry.handle) else {
                 continue;
             };
-            if conn.clocks.wheel_due != Some(entry.due) {
+            if conn.clocks.wheel_due() != Some(entry.due) {
                 continue;
             }
-            conn.clocks.wheel_due = None;
+            conn.clocks.set_wheel_due(None);
             match conn.clocks.due(conn.authenticated, &self.timeouts, now) {
                 Due::Expired(reason) => {
                     conn.clocks.expired = true;
@@ -844,5 +905,28 @@ impl<S> Hub<S> {
             pending_bytes: self.out.pending_bytes,
             wheel_entries: self.wheel.len(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Per-connection footprint: keep `Slot` small (every slot is paid for whether or
+    /// not it is in use). The sink here is two pointers, like the Python binding's.
+    #[test]
+    fn per_connection_structs_stay_small() {
+        type Sink = (Box<u8>, Box<u8>);
+        let sizes = [
+            ("Slot", mem::size_of::<Slot<Sink>>()),
+            ("Conn", mem::size_of::<Conn<Sink>>()),
+            ("Pending", mem::size_of::<Pending>()),
+            ("Clocks", mem::size_of::<crate::deadline::Clocks>()),
+            ("ConnRooms", mem::size_of::<ConnRooms>()),
+            ("Option<UserLink>", mem::size_of::<Option<UserLink>>()),
+            ("ClientId", mem::size_of::<ClientId>()),
+        ];
+        println!("{sizes:?}");
+        assert!(mem::size_of::<Slot<Sink>>() <= 256);
     }
 }

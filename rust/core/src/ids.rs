@@ -1,6 +1,7 @@
 //! Identifier newtypes.
 
 use std::hash::BuildHasher;
+use std::rc::Rc;
 
 use rustc_hash::FxBuildHasher;
 
@@ -36,13 +37,14 @@ impl Handle {
 }
 
 /// Index of a room in the room slab; only valid while the room has members.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct RoomId(pub(crate) usize);
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub(crate) struct RoomId(pub(crate) u32);
 
-/// A client id with its hash cached, so exclude checks compare integers first.
+/// A client id with its hash cached, so exclude checks compare integers first. The
+/// string is shared with the client's own-id room, when it joins one.
 #[derive(Debug)]
 pub(crate) struct ClientId {
-    name: Box<str>,
+    name: Rc<str>,
     hash: u64,
 }
 
@@ -55,6 +57,10 @@ impl ClientId {
     }
 
     pub(crate) fn as_str(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn shared(&self) -> &Rc<str> {
         &self.name
     }
 

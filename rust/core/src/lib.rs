@@ -23,6 +23,7 @@ mod ids;
 mod interest;
 mod rooms;
 pub mod seal;
+mod small;
 mod users;
 mod wheel;
 

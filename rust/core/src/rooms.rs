@@ -1,8 +1,11 @@
 //! The room index: room name -> member slots, with O(1) join and leave.
 //!
-//! Members sit in a dense `Vec` per room (cache-friendly fan-out); every membership is
-//! a link keyed by (slot, room) holding its positions in the room's member list and in
-//! the connection's room list, so either side swap-removes in O(1).
+//! Members sit in a dense list per room (cache-friendly fan-out). Every membership is
+//! stored twice, each side holding its position in the other: a room's member is
+//! (slot, index in the connection's room list) and a connection's room is (room, index
+//! in the room's member list). Either side swap-removes in O(1) and fixes the back
+//! pointer of the entry that moved; there is no per-membership hash entry. Finding a
+//! membership scans the shorter of the two lists.
 
 use std::rc::Rc;
 
@@ -10,24 +13,57 @@ use rustc_hash::FxHashMap;
 
 use crate::ids::RoomId;
 use crate::interest::{InterestKind, InterestLog};
+use crate::small::SmallVec;
+
+/// A room's member: the slot and where the room sits in that connection's room list.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Member {
+    pub slot: u32,
+    pub conn_pos: u32,
+}
+
+/// A connection's room: the room and where the connection sits in its member list.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ConnRoom {
+    pub room: RoomId,
+    pub room_pos: u32,
+}
+
+/// A connection's rooms; a few are kept inline.
+pub(crate) type ConnRooms = SmallVec<ConnRoom, 4>;
+
+/// A room's members; a single member (a client's own-id room) is kept inline.
+type Members = SmallVec<Member, 1>;
 
 struct Room {
     name: Rc<str>,
-    members: Vec<u32>,
+    members: Members,
 }
 
-#[derive(Clone, Copy)]
-struct Link {
-    room_pos: usize,
-    conn_pos: usize,
+/// A member of another connection moved inside a room's member list: its connection's
+/// room list entry `conn_pos` must now say `room_pos`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Moved {
+    pub slot: u32,
+    pub conn_pos: u32,
+    pub room_pos: u32,
+}
+
+impl Moved {
+    /// Applies the fix-up to the moved member's room list.
+    pub fn apply(self, conn_rooms: &mut ConnRooms) {
+        if let Some(entry) = conn_rooms.as_mut_slice().get_mut(self.conn_pos as usize) {
+            entry.room_pos = self.room_pos;
+        }
+    }
 }
 
 #[derive(Default)]
 pub(crate) struct Rooms {
     by_name: FxHashMap<Rc<str>, RoomId>,
     slab: Vec<Option<Room>>,
-    free: Vec<usize>,
-    links: FxHashMap<(u32, RoomId), Link>,
+    free: Vec<u32>,
+    memberships: usize,
 }
 
 impl Rooms {
@@ -36,7 +72,7 @@ impl Rooms {
     }
 
     pub fn memberships(&self) -> usize {
-        self.links.len()
+        self.memberships
     }
 
     pub fn id(&self, name: &str) -> Option<RoomId> {
@@ -44,11 +80,16 @@ impl Rooms {
     }
 
     fn room(&self, id: RoomId) -> Option<&Room> {
-        self.slab.get(id.0).and_then(Option::as_ref)
+        self.slab.get(id.0 as usize).and_then(Option::as_ref)
     }
 
-    pub fn members(&self, id: RoomId) -> &[u32] {
-        self.room(id).map_or(&[], |room| &room.members)
+    fn room_mut(&mut self, id: RoomId) -> Option<&mut Room> {
+        self.slab.get_mut(id.0 as usize).and_then(Option::as_mut)
+    }
+
+    #[inline]
+    pub fn members(&self, id: RoomId) -> &[Member] {
+        self.room(id).map_or(&[], |room| room.members.as_slice())
     }
 
     pub fn name(&self, id: RoomId) -> &str {
@@ -59,112 +100,149 @@ impl Rooms {
         self.by_name.keys().map(|name| &**name)
     }
 
-    pub fn contains(&self, slot: u32, id: RoomId) -> bool {
-        self.links.contains_key(&(slot, id))
+    /// Position of room `id` in `conn_rooms` if `slot` is a member, scanning the
+    /// shorter side.
+    fn position(&self, slot: u32, conn_rooms: &[ConnRoom], id: RoomId) -> Option<usize> {
+        let members = self.members(id);
+        if conn_rooms.len() <= members.len() {
+            conn_rooms.iter().position(|entry| entry.room == id)
+        } else {
+            members
+                .iter()
+                .find(|member| member.slot == slot)
+                .map(|member| member.conn_pos as usize)
+        }
+    }
+
+    pub fn contains(&self, slot: u32, conn_rooms: &[ConnRoom], id: RoomId) -> bool {
+        self.position(slot, conn_rooms, id).is_some()
     }
 
     /// Adds `slot` to `name`, creating the room (logged); false if it already was a
-    /// member.
+    /// member. `shared` is an allocation of `name` the new room may reuse.
     pub fn join(
         &mut self,
         slot: u32,
-        conn_rooms: &mut Vec<RoomId>,
+        conn_rooms: &mut ConnRooms,
         name: &str,
+        shared: Option<&Rc<str>>,
         log: &mut InterestLog,
     ) -> bool {
         let id = match self.by_name.get(name) {
-            Some(&id) => id,
-            None => self.create(name, log),
+            Some(&id) => {
+                if self.position(slot, conn_rooms.as_slice(), id).is_some() {
+                    return false;
+                }
+                id
+            }
+            None => match self.create(name, shared, log) {
+                Some(id) => id,
+                None => return false,
+            },
         };
-        if self.links.contains_key(&(slot, id)) {
+        let (Ok(conn_pos), Some(room)) = (u32::try_from(conn_rooms.len()), self.room_mut(id))
+        else {
             return false;
-        }
-        let Some(room) = self.slab.get_mut(id.0).and_then(Option::as_mut) else {
+        };
+        let Ok(room_pos) = u32::try_from(room.members.len()) else {
             return false;
         };
-        let link = Link {
-            room_pos: room.members.len(),
-            conn_pos: conn_rooms.len(),
-        };
-        room.members.push(slot);
-        conn_rooms.push(id);
-        self.links.insert((slot, id), link);
+        room.members.push(Member { slot, conn_pos });
+        conn_rooms.push(ConnRoom { room: id, room_pos });
+        self.memberships += 1;
         true
     }
 
-    fn create(&mut self, name: &str, log: &mut InterestLog) -> RoomId {
-        let room = Room {
-            name: Rc::from(name),
-            members: Vec::new(),
+    fn create(
+        &mut self,
+        name: &str,
+        shared: Option<&Rc<str>>,
+        log: &mut InterestLog,
+    ) -> Option<RoomId> {
+        let name = match shared {
+            Some(rc) if **rc == *name => rc.clone(),
+            _ => Rc::from(name),
         };
-        log.record(InterestKind::Room, &room.name, true);
-        let key = room.name.clone();
         let id = match self.free.pop() {
-            Some(i) => {
-                self.slab[i] = Some(room);
-                RoomId(i)
-            }
-            None => {
-                self.slab.push(Some(room));
-                RoomId(self.slab.len() - 1)
-            }
+            Some(i) => RoomId(i),
+            None => RoomId(u32::try_from(self.slab.len()).ok()?),
         };
-        self.by_name.insert(key, id);
-        id
+        log.record(InterestKind::Room, &name, true);
+        let room = Room {
+            name: name.clone(),
+            members: Members::new(),
+        };
+        if id.0 as usize == self.slab.len() {
+            self.slab.push(Some(room));
+        } else {
+            self.slab[id.0 as usize] = Some(room);
+        }
+        self.by_name.insert(name, id);
+        Some(id)
     }
 
-    /// Removes `slot` from `name`; false if it was not a member.
+    /// Removes `slot` from `name`; `None` if it was not a member, else the member of
+    /// another connection that moved (its room list needs the fix-up).
     pub fn leave(
         &mut self,
         slot: u32,
-        conn_rooms: &mut Vec<RoomId>,
+        conn_rooms: &mut ConnRooms,
         name: &str,
         log: &mut InterestLog,
-    ) -> bool {
-        let Some(id) = self.id(name) else {
-            return false;
-        };
-        let Some(link) = self.unlink_room_side(slot, id, log) else {
-            return false;
-        };
-        if link.conn_pos < conn_rooms.len() {
-            conn_rooms.swap_remove(link.conn_pos);
-            if let Some(&moved) = conn_rooms.get(link.conn_pos) {
-                if let Some(l) = self.links.get_mut(&(slot, moved)) {
-                    l.conn_pos = link.conn_pos;
-                }
+    ) -> Option<Option<Moved>> {
+        let id = self.id(name)?;
+        let conn_pos = self.position(slot, conn_rooms.as_slice(), id)?;
+        let entry = conn_rooms.swap_remove(conn_pos);
+        if let Some(&moved) = conn_rooms.as_slice().get(conn_pos) {
+            if let Some(member) = self
+                .room_mut(moved.room)
+                .and_then(|room| room.members.as_mut_slice().get_mut(moved.room_pos as usize))
+            {
+                member.conn_pos = conn_pos as u32;
             }
         }
-        true
+        Some(self.unlink_room_side(entry, log))
     }
 
-    /// Removes `slot` from every room in `conn_rooms` (the connection is going away).
-    pub fn leave_all(&mut self, slot: u32, conn_rooms: &[RoomId], log: &mut InterestLog) {
-        for &id in conn_rooms {
-            self.unlink_room_side(slot, id, log);
-        }
-    }
-
-    /// Drops the link and the room-side entry; deletes the room (logged) when it
-    /// empties.
-    fn unlink_room_side(&mut self, slot: u32, id: RoomId, log: &mut InterestLog) -> Option<Link> {
-        let link = self.links.remove(&(slot, id))?;
-        let room = self.slab.get_mut(id.0).and_then(Option::as_mut)?;
-        if link.room_pos < room.members.len() {
-            room.members.swap_remove(link.room_pos);
-        }
-        if let Some(&moved) = room.members.get(link.room_pos) {
-            if let Some(l) = self.links.get_mut(&(moved, id)) {
-                l.room_pos = link.room_pos;
+    /// Removes the connection behind `conn_rooms` (it is going away) from every room;
+    /// `fix` receives each member of another connection that moved.
+    pub fn leave_all(
+        &mut self,
+        conn_rooms: &ConnRooms,
+        log: &mut InterestLog,
+        mut fix: impl FnMut(Moved),
+    ) {
+        for &entry in conn_rooms.as_slice() {
+            if let Some(moved) = self.unlink_room_side(entry, log) {
+                fix(moved);
             }
         }
+    }
+
+    /// Drops the room-side entry; deletes the room (logged) when it empties.
+    fn unlink_room_side(&mut self, entry: ConnRoom, log: &mut InterestLog) -> Option<Moved> {
+        let room = self
+            .slab
+            .get_mut(entry.room.0 as usize)
+            .and_then(Option::as_mut)?;
+        let pos = entry.room_pos as usize;
+        if pos >= room.members.len() {
+            return None;
+        }
+        room.members.swap_remove(pos);
+        self.memberships -= 1;
+        let moved = room.members.as_slice().get(pos).map(|member| Moved {
+            slot: member.slot,
+            conn_pos: member.conn_pos,
+            room_pos: entry.room_pos,
+        });
         if room.members.is_empty() {
             let name = room.name.clone();
             self.by_name.remove(&*name);
             log.record(InterestKind::Room, &name, false);
-            self.slab[id.0] = None;
-            self.free.push(id.0);
+            self.slab[entry.room.0 as usize] = None;
+            self.free.push(entry.room.0);
         }
-        Some(link)
+        moved
     }
 }

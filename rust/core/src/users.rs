@@ -5,22 +5,21 @@ use std::rc::Rc;
 use rustc_hash::FxHashMap;
 
 use crate::interest::{InterestKind, InterestLog};
+use crate::small::SmallVec;
 
 /// Where a connection sits in its user's session list.
 #[derive(Clone, Debug)]
 pub(crate) struct UserLink {
     pub name: Rc<str>,
-    pub pos: usize,
+    pub pos: u32,
 }
 
-struct User {
-    name: Rc<str>,
-    slots: Vec<u32>,
-}
+/// A user's session slots; the common single session is kept inline.
+type Sessions = SmallVec<u32, 3>;
 
 #[derive(Default)]
 pub(crate) struct Users {
-    by_name: FxHashMap<Rc<str>, User>,
+    by_name: FxHashMap<Rc<str>, Sessions>,
 }
 
 impl Users {
@@ -29,25 +28,22 @@ impl Users {
     }
 
     pub fn sessions(&self, name: &str) -> &[u32] {
-        self.by_name.get(name).map_or(&[], |user| &user.slots)
+        self.by_name.get(name).map_or(&[], |slots| slots.as_slice())
     }
 
     /// Indexes a session; a user's first session is logged.
     pub fn add(&mut self, name: &str, slot: u32, log: &mut InterestLog) -> UserLink {
-        if let Some(user) = self.by_name.get_mut(name) {
-            user.slots.push(slot);
-            return UserLink {
-                name: user.name.clone(),
-                pos: user.slots.len() - 1,
-            };
+        if let Some((key, slots)) = self.by_name.get_key_value(name) {
+            let key = key.clone();
+            let pos = slots.len() as u32;
+            if let Some(slots) = self.by_name.get_mut(name) {
+                slots.push(slot);
+            }
+            return UserLink { name: key, pos };
         }
         let name: Rc<str> = Rc::from(name);
         log.record(InterestKind::User, &name, true);
-        let user = User {
-            name: name.clone(),
-            slots: vec![slot],
-        };
-        self.by_name.insert(name.clone(), user);
+        self.by_name.insert(name.clone(), Sessions::one(slot));
         UserLink { name, pos: 0 }
     }
 
@@ -55,16 +51,17 @@ impl Users {
     /// link position the caller must update. Deletes (and logs) users left without
     /// sessions.
     pub fn remove(&mut self, link: &UserLink, log: &mut InterestLog) -> Option<u32> {
-        let user = self.by_name.get_mut(&*link.name)?;
-        if link.pos >= user.slots.len() {
+        let slots = self.by_name.get_mut(&*link.name)?;
+        let pos = link.pos as usize;
+        if pos >= slots.len() {
             return None;
         }
-        user.slots.swap_remove(link.pos);
-        if user.slots.is_empty() {
+        slots.swap_remove(pos);
+        if slots.is_empty() {
             self.by_name.remove(&*link.name);
             log.record(InterestKind::User, &link.name, false);
             return None;
         }
-        user.slots.get(link.pos).copied()
+        slots.as_slice().get(pos).copied()
     }
 }
