@@ -1,6 +1,7 @@
 """Bench runner: `python -m benches [SCENARIO ...] [--servers ...] [--rounds 5] [--quick]`.
 
-Scenarios: fanout (C = 1,000 / 5,000 / 10,000 clients), rooms (1,000 clients in 10 rooms),
+Scenarios: fanout (C = 1,000 / 5,000 / 10,000 clients), redisfanout (the same, published into
+Redis as broadcast envelopes; roomcast and the original), rooms (1,000 clients in 10 rooms),
 latency (1,000 clients at 50 broadcasts/s), connect, heartbeat, memory, sweep, burst
 (one broadcast timed inside the server), deadline (4002 lateness with 10,000 idle clients),
 encrypted (room messages to 1,000 encrypted clients: Rust vs Python sealing, loop stall),
@@ -79,21 +80,25 @@ def original_dir() -> Path | None:
 
 
 @contextmanager
-def server(kind: str, heartbeat_timeout: float = 90.0, *extra: str) -> Iterator[tuple[int, int]]:
-    """Start a server of `kind` (extra arguments go to roomcast's bench server); yield
-    (port, pid)."""
+def server(
+    kind: str, heartbeat_timeout: float = 90.0, *extra: str, redis_url: str | None = None
+) -> Iterator[tuple[int, int]]:
+    """Start a server of `kind` (extra arguments go to roomcast's bench server), on
+    `redis_url` when given; yield (port, pid)."""
     port = free_port()
     with ExitStack() as stack:
         if kind == "roomcast" or kind == "pyloop":
             fanout = "rust" if kind == "roomcast" else "python"
             command = [sys.executable, "-m", "benches.server", str(port), "--fanout", fanout]
             command += ["--heartbeat-timeout", str(heartbeat_timeout), *extra]
+            if redis_url is not None:
+                command += ["--redis-url", redis_url]
         elif kind == "picows":
             command = [sys.executable, "-m", "benches.baseline", str(port)]
         elif kind == "ignis":
             root = original_dir()
             assert root is not None
-            redis_port = stack.enter_context(redis_server()).rsplit(":", 1)[1]
+            redis_port = (redis_url or stack.enter_context(redis_server())).rsplit(":", 1)[1]
             bun = str(root / "node_modules/.bin/bun")
             command = [bun, str(root / "server.ts"), str(port), str(redis_port)]
             command.append(str(int(heartbeat_timeout * 1000)))
@@ -741,6 +746,56 @@ async def _emit_to_rooms(url: str, rooms: int, messages: int) -> None:
         await emitter.shutdown()
 
 
+def redis_fanout(kind: str, count: int, messages: int, rounds: int) -> dict[str, Any]:
+    """Broadcast envelopes published straight into Redis (as the emitter writes them) and
+    fanned out by the server to `count` clients: server CPU per delivered message."""
+    import redis
+
+    samples = []
+    with ExitStack() as stack:
+        url = stack.enter_context(redis_server())
+        port, pid = stack.enter_context(server(kind, 90.0, redis_url=url))
+        gens = stack.enter_context(clients(port, count))
+        publisher = redis.Redis.from_url(url)
+        stack.callback(publisher.close)
+        wait_subscribed(url, {"ws:broadcast": 1})
+        expected = received(gens)
+        pad = "x" * 100
+        for _ in range(rounds):
+            cpu0, wall0 = cpu_seconds(pid), time.perf_counter()
+            pipe = publisher.pipeline(transaction=False)
+            for i in range(messages):
+                envelope = {
+                    "serverId": "emitter",
+                    "type": "broadcast",
+                    "event": "bench",
+                    "data": {"i": i, "pad": pad},
+                }
+                pipe.publish("ws:broadcast", json.dumps(envelope, separators=(",", ":")))
+            pipe.execute()
+            expected += messages * count
+            got = wait_received(gens, expected)
+            wall, cpu = time.perf_counter() - wall0, cpu_seconds(pid) - cpu0
+            time.sleep(0.2)
+            if got != expected or received(gens) != expected:
+                raise RuntimeError(f"{kind}: expected {expected}, got {received(gens)}")
+            samples.append((messages * count / wall, cpu / (messages * count), cpu / wall))
+    return emit(
+        {
+            "scenario": "redisfanout",
+            "server": kind,
+            "clients": count,
+            "messages": messages,
+            "rounds": rounds,
+            "delivered_per_s": statistics.median(s[0] for s in samples),
+            "cpu_ns_per_delivery": statistics.median(s[1] for s in samples) * 1e9,
+            "server_util": statistics.median(s[2] for s in samples),
+            "saturated": "server" if statistics.median(s[2] for s in samples) >= SATURATED else "-",
+            "lost": 0,
+        }
+    )
+
+
 # -- the table -------------------------------------------------------------------------------
 
 
@@ -753,6 +808,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     metric = {
         "fanout": ("cpu_ns_per_delivery", "ns CPU/delivery"),
         "rooms": ("cpu_ns_per_delivery", "ns CPU/delivery"),
+        "redisfanout": ("cpu_ns_per_delivery", "ns CPU/delivery"),
         "latency": ("p99_ms", "ms p99"),
         "connect": ("cpu_us_per_connect", "us CPU/connect"),
         "heartbeat": ("cpu_us_per_heartbeat", "us CPU/heartbeat"),
@@ -766,7 +822,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         for kind, row in servers.items():
             value = row[name]
             extra = ""
-            if scenario in ("fanout", "rooms"):
+            if scenario in ("fanout", "rooms", "redisfanout"):
                 extra = f"  {row['delivered_per_s']:>11,.0f} msg/s  saturated: {row['saturated']}"
             if scenario == "latency":
                 extra = f"  (p50 {row['p50_ms']:.2f} ms)"
@@ -858,6 +914,11 @@ def main() -> None:
                 for count in counts:
                     messages = max(20, 500_000 // count) if not args.quick else 20
                     rows.append(delivery(kind, "fanout", count, messages, rounds, None))
+            elif scenario == "redisfanout":
+                if kind in ("roomcast", "ignis"):  # the servers that speak the Redis envelope
+                    for count in counts:
+                        messages = max(20, 500_000 // count) if not args.quick else 20
+                        rows.append(redis_fanout(kind, count, messages, rounds))
             elif scenario == "rooms":
                 count = 1000 if not args.quick else 50
                 rooms = [f"room-{i}" for i in range(10)]
