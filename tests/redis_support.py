@@ -230,10 +230,12 @@ async def settle(*nodes: Node, timeout: float = 15.0) -> None:
 class FreezingProxy:
     """Forwards 127.0.0.1:port to a Redis port. `freeze_subscribers()` makes every current
     connection that has sent a SUBSCRIBE stop receiving anything, while staying open: the
-    half-dead subscriber that pub/sub clients are known to end up with."""
+    half-dead subscriber that pub/sub clients are known to end up with. `subscribe_delay`
+    holds every (S)SUBSCRIBE that long on its way to Redis, like a slow link."""
 
-    def __init__(self, target_port: int) -> None:
+    def __init__(self, target_port: int, subscribe_delay: float = 0.0) -> None:
         self.target_port = target_port
+        self.subscribe_delay = subscribe_delay
         self.port = 0
         self._server: asyncio.Server | None = None
         self._pipes: list[_Pipe] = []
@@ -260,7 +262,7 @@ class FreezingProxy:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        pipe = _Pipe(writer, up_writer)
+        pipe = _Pipe(writer, up_writer, self.subscribe_delay)
         self._pipes.append(pipe)
         await asyncio.gather(
             pipe.pump(reader, up_writer, upstream=True),
@@ -270,9 +272,12 @@ class FreezingProxy:
 
 
 class _Pipe:
-    def __init__(self, client: asyncio.StreamWriter, upstream: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, client: asyncio.StreamWriter, upstream: asyncio.StreamWriter, delay: float = 0.0
+    ) -> None:
         self.client = client
         self.upstream = upstream
+        self.delay = delay
         self.subscriber = False
         self.frozen = False
         self.closed = False
@@ -284,6 +289,8 @@ class _Pipe:
             while data := await reader.read(65536):
                 if upstream and b"SUBSCRIBE" in data.upper():
                     self.subscriber = True
+                    if self.delay:
+                        await asyncio.sleep(self.delay)
                 if self.frozen:
                     continue  # swallowed: the connection looks alive but carries nothing
                 writer.write(data)

@@ -8,7 +8,7 @@ import logging
 
 import orjson
 import pytest
-from redis_support import node, numsub, raw_redis, settle, wait_numsub
+from redis_support import FreezingProxy, node, numsub, raw_redis, settle, wait_numsub
 from roomcast import RedisHelper, WebSocketEmitter, WebSocketServerHelper
 from support import authed, eventually, nothing_more, recv, run, send
 
@@ -439,5 +439,29 @@ def test_exclude_from_another_node_is_honoured(redis_server, mode):
             await quiet(w1, w2)
             await w1.close()
             await w2.close()
+
+    run(body())
+
+
+def test_a_message_sent_through_redis_right_after_connected_arrives(redis_server):
+    # With subscriptions by interest, `connected` waits until Redis has confirmed the
+    # channels that reach the client, so nothing sent to it afterwards falls in a gap, even
+    # when the node's SUBSCRIBEs are slow to reach Redis.
+    async def body():
+        proxy = await FreezingProxy(redis_server.port, subscribe_delay=0.3).start()
+        emitter = WebSocketEmitter(redis_at(redis_server.port))
+        await emitter.configure()
+        try:
+            async with node(redis_at(proxy.port)) as b:
+                for i in range(3):
+                    ws, data = await authed(b.url, f"user:new{i}")
+                    await emitter.to_user(f"new{i}", "by-user", i)
+                    await emitter.to_client(data["id"], "by-id", i)
+                    assert await recv(ws) == {"event": "by-user", "data": i}
+                    assert await recv(ws) == {"event": "by-id", "data": i}
+                    await ws.close()
+        finally:
+            await emitter.shutdown()
+            await proxy.close()
 
     run(body())

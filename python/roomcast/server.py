@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from . import _core
-from .broker import Broker, create_broker
+from .broker import Broker, BrokerUnavailable, create_broker
 from .connection import Client
 from .constants import (
     CloseCode,
@@ -469,6 +469,8 @@ class WebSocketServerHelper:
         ):
             if not await self._handshake(client, data):
                 return
+        if not await self._subscribe_ahead(client):
+            return
 
         client.state = _AUTHENTICATED
         hub = self._hub
@@ -498,6 +500,39 @@ class WebSocketServerHelper:
                 user_id=client.user_id,
                 metadata=client.metadata,
             )
+
+    async def _subscribe_ahead(self, client: Client) -> bool:
+        """With subscriptions by interest, subscribe the channels that reach this client and
+        wait until Redis confirms them before it is told it is connected, so a message sent to
+        it from another node right after `connected` is not lost. False when it left meanwhile.
+        """
+        interest = self._interest
+        sync = getattr(self._broker, "sync", None)
+        if interest is None or sync is None:
+            return True
+        own = [WebSocketChannels.for_client(client.id), WebSocketChannels.for_room(client.id)]
+        shared = [WebSocketChannels.for_room(room) for room in self.default_rooms]
+        if client.user_id is not None:
+            shared.append(WebSocketChannels.for_user(client.user_id))
+        for channel in own + shared:
+            interest(channel, True)
+        try:
+            await sync()
+        except (BrokerUnavailable, TimeoutError):
+            # Redis is away: local delivery works, and the broker resubscribes on recovery.
+            logger.debug("subscriptions for %s not confirmed: redis unavailable", client.id)
+        if client.state is _AUTHENTICATING and not client.closing:
+            return True
+        # It left: give back what the hub does not hold for other clients.
+        for channel in own:
+            interest(channel, False)
+        for room in self.default_rooms:
+            if not self._hub.has_room(room):
+                interest(WebSocketChannels.for_room(room), False)
+        if client.user_id is not None and not self._hub.user_members(client.user_id):
+            interest(WebSocketChannels.for_user(client.user_id), False)
+        logger.info("%s left while its subscriptions were confirmed", client.id)
+        return False
 
     async def _handshake(self, client: Client, data: dict[str, Any]) -> bool:
         """Run handshake_fn; on refusal close the client and return False."""
