@@ -9,6 +9,7 @@ import orjson
 import pytest
 from support import (
     RawClient,
+    allow_all,
     authed,
     closed_with,
     eventually,
@@ -21,10 +22,6 @@ from support import (
 )
 
 ISO_MS_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
-
-
-def allow_all(client_id, user_id, rooms):
-    return rooms
 
 
 # -- connected ---------------------------------------------------------------------------

@@ -11,7 +11,6 @@ from .constants import (
     INTERNAL_ROOM_PREFIX,
     ROOM_NAME_MAX_LENGTH,
     WebSocketEvents,
-    WebSocketMessageTypes,
 )
 
 
@@ -161,6 +160,3 @@ def decode_envelope(raw: bytes | str) -> Envelope | None:
         parsed.get("data", MISSING),
         exclude,
     )
-
-
-MESSAGE_TYPES = WebSocketMessageTypes.SCHEME_SET

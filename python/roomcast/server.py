@@ -812,31 +812,35 @@ class WebSocketServerHelper:
     def send_to_user(self, user_id: str, event: str, data: Any = MISSING) -> int:
         """Deliver to every local session of a user; returns how many were queued."""
         count = self._hub.send_user(user_id, encode(event, data))
-        if self._encrypted:
-            owners = self._hub.encrypted_owners(None, user_id, None)
-            self._deliver_encrypted(owners, event, data)
-            count += len(owners)
-        return count
+        return count + self._to_encrypted(None, user_id, None, event, data)
 
     def send_to_room(
         self, room: str, event: str, data: Any = MISSING, exclude: list[str] | None = None
     ) -> int:
         """Deliver to every local authenticated member of `room` not in `exclude`."""
         count = self._hub.send_room(room, encode(event, data), exclude or None)
-        if self._encrypted:
-            owners = self._hub.encrypted_owners(room, None, exclude or None)
-            self._deliver_encrypted(owners, event, data)
-            count += len(owners)
-        return count
+        return count + self._to_encrypted(room, None, exclude, event, data)
 
     def broadcast(self, event: str, data: Any = MISSING, exclude: list[str] | None = None) -> int:
         """Deliver to every local authenticated client not in `exclude`."""
         count = self._hub.broadcast(encode(event, data), exclude or None)
-        if self._encrypted:
-            owners = self._hub.encrypted_owners(None, None, exclude or None)
-            self._deliver_encrypted(owners, event, data)
-            count += len(owners)
-        return count
+        return count + self._to_encrypted(None, None, exclude, event, data)
+
+    def _to_encrypted(
+        self,
+        room: str | None,
+        user_id: str | None,
+        exclude: list[str] | None,
+        event: str,
+        data: Any,
+    ) -> int:
+        """The encrypted recipients the hub's plaintext fan-out skipped (a room's, a user's or
+        everyone's): queued for sealing. Returns how many."""
+        if not self._encrypted:
+            return 0
+        owners = self._hub.encrypted_owners(room, user_id, exclude or None)
+        self._deliver_encrypted(owners, event, data)
+        return len(owners)
 
     # -- delivery across nodes -------------------------------------------------------------
 

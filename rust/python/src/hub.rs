@@ -247,6 +247,31 @@ impl Hub {
     }
 }
 
+/// Runs a queueing operation under a short borrow of the hub, then the Python calls it
+/// owes (`on_overflow`, `schedule`) with no borrow outstanding.
+fn queueing<T>(slf: &Bound<'_, Hub>, op: impl FnOnce(&mut Hub) -> T) -> PyResult<T> {
+    let (out, followup) = {
+        let mut this = slf.try_borrow_mut()?;
+        let out = op(&mut this);
+        (out, this.followup(slf.py()))
+    };
+    followup.run(slf)?;
+    Ok(out)
+}
+
+/// Runs an index operation (registry, rooms, users) under a short borrow of the hub, then
+/// `on_interest()` if the operation changed what the node is interested in. What the
+/// operation returns is dropped by the caller, after the borrow.
+fn indexing<T>(slf: &Bound<'_, Hub>, op: impl FnOnce(&mut Hub) -> T) -> PyResult<T> {
+    let (out, interest) = {
+        let mut this = slf.try_borrow_mut()?;
+        let out = op(&mut this);
+        (out, this.interest_followup(slf.py()))
+    };
+    run_interest(slf, interest)?;
+    Ok(out)
+}
+
 /// Calls `on_interest()` with no borrow outstanding; on failure the next change asks
 /// again and the error propagates.
 fn run_interest(slf: &Bound<'_, Hub>, callback: Option<Py<PyAny>>) -> PyResult<()> {
@@ -338,14 +363,10 @@ impl Hub {
     }
 
     fn remove(slf: &Bound<'_, Self>, handle: u64) -> PyResult<()> {
-        let (sink, interest) = {
-            let mut this = slf.try_borrow_mut()?;
-            let sink = this.core.remove(Handle::from_raw(handle));
-            (sink, this.interest_followup(slf.py()))
-        };
+        let sink = indexing(slf, |this| this.core.remove(Handle::from_raw(handle)))?;
         // Dropped here, after the borrow: the owner's finalizer may use the hub.
         drop(sink);
-        run_interest(slf, interest)
+        Ok(())
     }
 
     fn __len__(&self) -> usize {
@@ -354,14 +375,11 @@ impl Hub {
 
     #[pyo3(signature = (handle, user_id))]
     fn authenticate(slf: &Bound<'_, Self>, handle: u64, user_id: Option<&str>) -> PyResult<()> {
-        let interest = {
-            let mut this = slf.try_borrow_mut()?;
+        indexing(slf, |this| {
             let now = this.clock.now_ms();
             this.core
                 .authenticate(Handle::from_raw(handle), user_id, now);
-            this.interest_followup(slf.py())
-        };
-        run_interest(slf, interest)
+        })
     }
 
     #[pyo3(signature = (handle, timeout))]
@@ -410,23 +428,11 @@ impl Hub {
     // -- rooms and users --------------------------------------------------------------
 
     fn join(slf: &Bound<'_, Self>, handle: u64, room: &str) -> PyResult<bool> {
-        let (joined, interest) = {
-            let mut this = slf.try_borrow_mut()?;
-            let joined = this.core.join(Handle::from_raw(handle), room);
-            (joined, this.interest_followup(slf.py()))
-        };
-        run_interest(slf, interest)?;
-        Ok(joined)
+        indexing(slf, |this| this.core.join(Handle::from_raw(handle), room))
     }
 
     fn leave(slf: &Bound<'_, Self>, handle: u64, room: &str) -> PyResult<bool> {
-        let (left, interest) = {
-            let mut this = slf.try_borrow_mut()?;
-            let left = this.core.leave(Handle::from_raw(handle), room);
-            (left, this.interest_followup(slf.py()))
-        };
-        run_interest(slf, interest)?;
-        Ok(left)
+        indexing(slf, |this| this.core.leave(Handle::from_raw(handle), room))
     }
 
     /// ``(kind, name, present)`` for every interest change since the last drain, in
@@ -471,13 +477,9 @@ impl Hub {
     // -- delivery ---------------------------------------------------------------------
 
     fn send(slf: &Bound<'_, Self>, handle: u64, payload: &[u8]) -> PyResult<bool> {
-        let (queued, followup) = {
-            let mut this = slf.try_borrow_mut()?;
-            let queued = this.core.send(Handle::from_raw(handle), payload);
-            (queued, this.followup(slf.py()))
-        };
-        followup.run(slf)?;
-        Ok(queued)
+        queueing(slf, |this| {
+            this.core.send(Handle::from_raw(handle), payload)
+        })
     }
 
     #[pyo3(signature = (room, payload, exclude = None))]
@@ -489,23 +491,11 @@ impl Hub {
     ) -> PyResult<usize> {
         let ids = exclude_ids(exclude)?;
         let exclude = Exclude::new(as_strs(&ids)?);
-        let (queued, followup) = {
-            let mut this = slf.try_borrow_mut()?;
-            let queued = this.core.send_room(room, payload, &exclude);
-            (queued, this.followup(slf.py()))
-        };
-        followup.run(slf)?;
-        Ok(queued)
+        queueing(slf, |this| this.core.send_room(room, payload, &exclude))
     }
 
     fn send_user(slf: &Bound<'_, Self>, user_id: &str, payload: &[u8]) -> PyResult<usize> {
-        let (queued, followup) = {
-            let mut this = slf.try_borrow_mut()?;
-            let queued = this.core.send_user(user_id, payload);
-            (queued, this.followup(slf.py()))
-        };
-        followup.run(slf)?;
-        Ok(queued)
+        queueing(slf, |this| this.core.send_user(user_id, payload))
     }
 
     #[pyo3(signature = (payload, exclude = None))]
@@ -516,13 +506,7 @@ impl Hub {
     ) -> PyResult<usize> {
         let ids = exclude_ids(exclude)?;
         let exclude = Exclude::new(as_strs(&ids)?);
-        let (queued, followup) = {
-            let mut this = slf.try_borrow_mut()?;
-            let queued = this.core.broadcast(payload, &exclude);
-            (queued, this.followup(slf.py()))
-        };
-        followup.run(slf)?;
-        Ok(queued)
+        queueing(slf, |this| this.core.broadcast(payload, &exclude))
     }
 
     #[pyo3(signature = (room, user_id, exclude = None))]
