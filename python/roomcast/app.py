@@ -145,6 +145,16 @@ class Application:
             await self.stop()
             raise
 
+    async def run(self, shutdown_trigger: Awaitable[Any] | None = None) -> None:
+        """Start, wait for SIGINT/SIGTERM (or `shutdown_trigger`, or cancellation), stop."""
+        from .runner import until_signalled
+
+        await self.start()
+        try:
+            await (shutdown_trigger if shutdown_trigger is not None else until_signalled())
+        finally:
+            await self.stop()
+
     async def stop(self) -> None:
         """Stop the components first (they close their clients), then the server."""
         for component in reversed(self._components):

@@ -132,7 +132,8 @@ class JwtAuthenticator:
     - `jwks_url`: an identity provider's JWKS (http/https), fetched in a worker thread with a
       `jwks_timeout`, kept `jwks_lifespan` seconds (kept longer while the endpoint fails),
       refetched when a token names an unknown `kid` (at most once per
-      `jwks_refetch_interval`, so junk `kid`s cannot hammer the provider).
+      `jwks_refetch_interval`, so junk `kid`s cannot hammer the provider; after a failed
+      fetch, logins that need the set fail at once for that long too).
 
     `algorithms` narrows the pinned set. `audience`/`issuer` are required when given;
     `leeway` (seconds) applies to `exp`/`nbf`/`iat`. The user id is the `user_claim` claim
@@ -308,7 +309,8 @@ class _Jwks:
         self._client = jwt.PyJWKClient(url, cache_jwk_set=False, timeout=self.timeout)
         self._keys: dict[str | None, tuple[Any, tuple[str, ...]]] = {}
         self._loaded_at = -math.inf
-        self._tried_at = -math.inf
+        self._refetched_at = -math.inf
+        self._failed_at = -math.inf
         self._inflight: asyncio.Future[None] | None = None
 
     async def key(self, kid: str | None) -> tuple[Any, tuple[str, ...]] | None:
@@ -319,11 +321,17 @@ class _Jwks:
         fresh = now - self._loaded_at < self.lifespan
         if found is not None and fresh:
             return found
-        if found is None and fresh and now - self._tried_at < self.refetch_interval:
-            return None  # refetched moments ago: this kid is not there
+        if now - self._failed_at < self.refetch_interval and found is None:
+            raise JwksUnavailable(f"{self.url} failed {now - self._failed_at:.1f} s ago")
+        if found is None and fresh:
+            # An unknown kid: perhaps a rotated key; junk kids cannot hammer the provider.
+            if now - self._refetched_at < self.refetch_interval:
+                return None
+            self._refetched_at = now
         try:
             await self._refresh()
         except JwksUnavailable:
+            self._failed_at = time.monotonic()
             if found is not None:  # stale beats unavailable while the provider is down
                 return found
             raise
@@ -332,7 +340,6 @@ class _Jwks:
     async def _refresh(self) -> None:
         """One fetch at a time; concurrent logins wait for the same one."""
         if self._inflight is None:
-            self._tried_at = time.monotonic()
             loop = asyncio.get_running_loop()
             self._inflight = loop.run_in_executor(None, self._fetch)
             self._inflight.add_done_callback(self._fetched)
