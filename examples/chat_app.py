@@ -78,9 +78,8 @@ async def main() -> None:
     logging.basicConfig(level=logging.INFO)
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379")
     app, _ = build(redis_url, port=int(os.environ.get("PORT", "8080")))
-    app.register_post_start_hook(
-        "announce", lambda: logger.info("chat on ws://127.0.0.1:%d/chat", app.bound_port)
-    )
+    await app.start()
+    logger.info("chat on ws://127.0.0.1:%d/chat", app.bound_port)
     await app.run()  # until Ctrl-C or SIGTERM; then every client gets 1001
 
 

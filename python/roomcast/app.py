@@ -146,10 +146,12 @@ class Application:
             raise
 
     async def run(self, shutdown_trigger: Awaitable[Any] | None = None) -> None:
-        """Start, wait for SIGINT/SIGTERM (or `shutdown_trigger`, or cancellation), stop."""
+        """Start (unless started already), wait for SIGINT/SIGTERM (or `shutdown_trigger`, or
+        cancellation), then stop: every client gets 1001."""
         from .runner import until_signalled
 
-        await self.start()
+        if self._server is None:
+            await self.start()
         try:
             await (shutdown_trigger if shutdown_trigger is not None else until_signalled())
         finally:
