@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from roomcast import JwtAuthenticator
-from support import authed, closed_with, open_client, recv, run, running, send
+from support import authed, closed_with, eventually, open_client, recv, run, running, send
 
 SECRET = "s" * 64  # long enough for HS512
 
@@ -410,10 +410,11 @@ def test_a_slow_jwks_fetch_does_not_block_other_clients(jwks):
             new = jwt.encode({"sub": "eve"}, ED_KEY, algorithm="EdDSA", headers={"kid": "k3"})
             eve = await open_client(n.url)
             await send(eve, {"event": "authenticate", "data": {"token": new}})
-            for i in range(3):  # served while eve's fetch hangs
+            await eventually(lambda: jwks.requests == 2)  # eve's fetch is now held
+            for i in range(3):  # others are served while it hangs
                 await send(ws, {"event": "ping", "data": i})
                 assert await recv(ws) == {"event": "echo", "data": i}
-            assert jwks.requests == 2 and not jwks.hold.is_set()
+            assert not jwks.hold.is_set()
             jwks.hold.set()
             connected = await recv(eve)
             assert connected["event"] == "connected" and connected["data"]["userId"] == "eve"
