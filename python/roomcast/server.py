@@ -234,6 +234,9 @@ class WebSocketServerHelper:
             if default_rooms is not None
             else (WebSocketDefaults.ROOM, WebSocketDefaults.NOTIFICATION_ROOM)
         )
+        for room in self.default_rooms:
+            if not sanitize_rooms([room]):  # what a client could not join either
+                raise ValueError(f"invalid default room: {room!r}")
         self.auth_timeout = float(auth_timeout)
         self.heartbeat_interval = float(heartbeat_interval)
         self.heartbeat_timeout = float(heartbeat_timeout)
