@@ -264,9 +264,9 @@ class JwtAuthenticator:
                 return None
             key, pinned = found
             algorithms = [a for a in pinned if self._wanted is None or a in self._wanted]
-        return self.decode(token, key, algorithms)
+        return self._checked(token, key, algorithms)
 
-    def decode(self, token: str, key: Any, algorithms: list[str]) -> dict[str, Any] | None:
+    def _checked(self, token: str, key: Any, algorithms: list[str]) -> dict[str, Any] | None:
         try:
             if self._quiet:
                 with warnings.catch_warnings():  # short secrets were explicitly allowed
@@ -301,7 +301,10 @@ class _Jwks:
 
     def __init__(self, url: str, timeout: float, lifespan: float, refetch_interval: float) -> None:
         if timeout <= 0 or lifespan <= 0 or refetch_interval < 0:
-            raise ValueError("jwks_timeout and jwks_lifespan must be positive")
+            raise ValueError(
+                "jwks_timeout and jwks_lifespan must be positive, "
+                "jwks_refetch_interval must not be negative"
+            )
         self.url = url
         self.timeout = float(timeout)
         self.lifespan = float(lifespan)
