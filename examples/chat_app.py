@@ -1,7 +1,7 @@
 """A chat application wired through binding keys, the way an Ignis application wires its
 WebSocketComponent.
 
-    REDIS_URL=redis://127.0.0.1:6379 python examples/chat_app.py
+    REDIS_URL=redis://127.0.0.1:6379 python examples/chat_app.py     # PORT=8080 by default
 
 Clients authenticate with a token from TOKENS, may join rooms named `chat-*`, and send
 `{"event": "say", "data": {"room": "chat-1", "text": "hi"}}`, which everyone in that room
@@ -10,7 +10,6 @@ Clients authenticate with a token from TOKENS, may join rooms named `chat-*`, an
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from typing import Any
@@ -77,13 +76,11 @@ def build(
 
 async def main() -> None:
     logging.basicConfig(level=logging.INFO)
-    app, _ = build(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379"))
+    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379")
+    app, _ = build(redis_url, port=int(os.environ.get("PORT", "8080")))
     await app.start()
     logger.info("chat on ws://127.0.0.1:%d/chat", app.bound_port)
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await app.stop()
+    await app.run()  # until Ctrl-C or SIGTERM; then every client gets 1001
 
 
 if __name__ == "__main__":

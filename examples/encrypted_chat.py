@@ -9,12 +9,11 @@ Any non-empty token is accepted as the user id: a demo, not an authenticator.
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from pathlib import Path
 
 import uvloop
-from roomcast import HttpRequest, HttpResponse, WebSocketServerHelper
+from roomcast import HttpRequest, HttpResponse, WebServer, WebSocketServerHelper
 from roomcast.crypto import EcdhScheme
 
 PAGE = Path(__file__).with_name("encrypted_client.html")
@@ -52,14 +51,11 @@ def build_helper() -> WebSocketServerHelper:
 
 
 async def main(port: int) -> None:
-    helper = build_helper()
-    server = await helper.serve("127.0.0.1", port, page_handler)
-    print(f"open http://127.0.0.1:{server.bound_port}/?token=alice", flush=True)
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await server.stop()
-        await helper.shutdown()
+    def listening(server: WebServer) -> None:
+        print(f"open http://127.0.0.1:{server.bound_port}/?token=alice", flush=True)
+
+    # Until Ctrl-C or SIGTERM; then every client gets 1001 and this returns.
+    await build_helper().run("127.0.0.1", port, page_handler, on_listening=listening)
 
 
 if __name__ == "__main__":

@@ -9,10 +9,17 @@ import socket
 import subprocess
 import sys
 
-from roomcast.jwt import sign
+import jwt
 from support import authed, closed_with, eventually, recv, run, send
 
 STARTUP_TIMEOUT = 20
+# At least 32 bytes: shorter secrets are refused without --jwt-allow-short-secret.
+SECRET = "a-test-secret-of-at-least-32-bytes"
+
+
+def sign(claims: dict, secret: str = SECRET) -> str:
+    """A token made with PyJWT, independently of roomcast."""
+    return jwt.encode(claims, secret, algorithm="HS256")
 
 
 def roomcast(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
@@ -69,7 +76,7 @@ def test_serve_without_a_secret_prints_a_working_demo_token_and_stops_on_sigterm
 
 def test_serve_reads_flags_from_roomcast_environment_variables():
     env = {
-        "ROOMCAST_JWT_SECRET": "env-secret",
+        "ROOMCAST_JWT_SECRET": "env-" + SECRET,
         "ROOMCAST_PATH": "/live",
         "ROOMCAST_DEFAULT_ROOMS": "lobby,news",
         "ROOMCAST_AUTH_TIMEOUT_MS": "300",
@@ -81,7 +88,7 @@ def test_serve_reads_flags_from_roomcast_environment_variables():
 
         async def body():
             url = f"ws://127.0.0.1:{port}/live"
-            ws, data = await authed(url, sign({"sub": "u7"}, "env-secret"))
+            ws, data = await authed(url, sign({"sub": "u7"}, "env-" + SECRET))
             assert data["userId"] == "u7"
             await ws.close()
             from websockets.asyncio.client import connect
@@ -165,18 +172,18 @@ def test_port_in_use_gives_a_one_line_error():
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        code, line = _one_line_error("serve", "--port", str(port), "--jwt-secret", "s")
+        code, line = _one_line_error("serve", "--port", str(port), "--jwt-secret", SECRET)
     assert code == 1
     assert line == f"roomcast: error: cannot listen on 127.0.0.1:{port}: address already in use"
 
 
 def test_sigint_also_shuts_down_gracefully():
-    proc = roomcast("serve", "--port", "0", "--jwt-secret", "k")
+    proc = roomcast("serve", "--port", "0", "--jwt-secret", SECRET)
     try:
         port, _ = wait_listening(proc)
 
         async def body():
-            ws, _ = await authed(f"ws://127.0.0.1:{port}/ws", sign({"sub": "a"}, "k"))
+            ws, _ = await authed(f"ws://127.0.0.1:{port}/ws", sign({"sub": "a"}))
             proc.send_signal(signal.SIGINT)
             code, _, _ = await closed_with(ws, timeout=STARTUP_TIMEOUT)
             assert code == 1001
@@ -207,9 +214,9 @@ def test_require_encryption_without_an_app_scheme_binds_the_built_in_one():
     from roomcast.crypto import EcdhScheme
 
     lines = []
-    helper = build_helper(ServeConfig(require_encryption=True, jwt_secret="s"), out=lines.append)
+    helper = build_helper(ServeConfig(require_encryption=True, jwt_secret=SECRET), out=lines.append)
     assert isinstance(helper.encryption, EcdhScheme)
     assert helper.handshake_fn == helper.encryption.handshake_fn
     assert any("built-in ECDH" in line for line in lines)
-    plain = build_helper(ServeConfig(jwt_secret="s"), out=lines.append)
+    plain = build_helper(ServeConfig(jwt_secret=SECRET), out=lines.append)
     assert plain.encryption is None and plain.handshake_fn is None

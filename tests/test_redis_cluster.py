@@ -10,9 +10,8 @@ import sys
 import pytest
 from redis_support import node, raw_redis, settle
 from roomcast import RedisClusterHelper, WebSocketEmitter
-from roomcast.jwt import sign
 from support import authed, eventually, nothing_more, recv, run, send
-from test_cli import stop, wait_listening
+from test_cli import SECRET, sign, stop, wait_listening
 
 
 def cluster_helper(cluster, **kwargs) -> RedisClusterHelper:
@@ -161,7 +160,7 @@ def test_roomcast_serve_takes_a_cluster_url(redis_cluster):
             "--port",
             "0",
             "--jwt-secret",
-            "k",
+            SECRET,
             "--redis-url",
             url,
         ],
@@ -173,7 +172,7 @@ def test_roomcast_serve_takes_a_cluster_url(redis_cluster):
         port, _ = wait_listening(proc)
 
         async def body():
-            ws, data = await authed(f"ws://127.0.0.1:{port}/ws", sign({"sub": "ann"}, "k"))
+            ws, data = await authed(f"ws://127.0.0.1:{port}/ws", sign({"sub": "ann"}))
             emitter = WebSocketEmitter(cluster_helper(redis_cluster, sharded=True))
             await emitter.configure()
             try:

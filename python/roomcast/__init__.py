@@ -23,17 +23,21 @@ from .server import WebSocketServerHelper
 
 if TYPE_CHECKING:
     from .broker.redis import RedisBroker
+    from .jwt import JwtAuthenticator
     from .redis import DefaultRedisHelper, RedisClusterHelper, RedisHelper, connection_from_url
 
 __version__ = "0.1.0"
 
-# The Redis names import redis-py, which a memory:// node never needs: loaded on first use.
+# The Redis names import redis-py, which a memory:// node never needs, and JwtAuthenticator
+# imports PyJWT: loaded on first use.
 _LAZY = {
     "DefaultRedisHelper": "redis",
     "RedisHelper": "redis",
     "RedisClusterHelper": "redis",
     "connection_from_url": "redis",
     "RedisBroker": "broker.redis",
+    # PyJWT is needed only by applications that check tokens with it.
+    "JwtAuthenticator": "jwt",
 }
 
 
@@ -62,6 +66,7 @@ __all__ = [
     "HttpHandler",
     "HttpRequest",
     "HttpResponse",
+    "JwtAuthenticator",
     "LazyWebSocket",
     "MemoryBroker",
     "RedisBroker",

@@ -145,6 +145,18 @@ class Application:
             await self.stop()
             raise
 
+    async def run(self, shutdown_trigger: Awaitable[Any] | None = None) -> None:
+        """Start (unless started already), wait for SIGINT/SIGTERM (or `shutdown_trigger`, or
+        cancellation), then stop: every client gets 1001."""
+        from .runner import until_signalled
+
+        if self._server is None:
+            await self.start()
+        try:
+            await (shutdown_trigger if shutdown_trigger is not None else until_signalled())
+        finally:
+            await self.stop()
+
     async def stop(self) -> None:
         """Stop the components first (they close their clients), then the server."""
         for component in reversed(self._components):

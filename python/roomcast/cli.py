@@ -1,7 +1,7 @@
 """`roomcast serve` and `roomcast emit`.
 
 `serve`: flags map one-to-one onto ServeConfig, ServeConfig onto a running server. `emit`: one
-message through the WebSocketEmitter, for shell scripts.
+message through the WebSocketEmitter, for shell scripts. `token`: a JWT to try a server with.
 
 Every flag can also come from an environment variable `ROOMCAST_<FLAG>` (dashes become
 underscores); a flag on the command line wins. Durations are in milliseconds on the command
@@ -11,7 +11,6 @@ line, as in the original, and in seconds everywhere else.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import errno
 import fnmatch
 import importlib
@@ -19,16 +18,18 @@ import inspect
 import logging
 import os
 import secrets
-import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from . import jwt
+from . import __version__, jwt
 from .broker import REDIS_SCHEMES, BrokerUnavailable
 from .constants import WebSocketDefaults
+from .protocol import INTERNAL_ROOM_PREFIX, ROOM_NAME_MAX_LENGTH
+from .runner import until_signalled
+from .token import TokenError, add_token_parser, token_command
 
 CALLBACKS = (
     "authenticate_fn",
@@ -67,6 +68,13 @@ class ServeConfig:
     require_encryption: bool = False
     max_payload_length: int = WebSocketDefaults.MAX_PAYLOAD_LENGTH
     jwt_secret: str | None = None
+    jwt_allow_short_secret: bool = False
+    jwt_public_key: str | None = None
+    jwks_url: str | None = None
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    jwt_leeway: float = 0.0
+    jwt_user_claim: str = "sub"
     allow_rooms: str = "*"
     log_level: str = "info"
 
@@ -102,6 +110,35 @@ def _path(text: str) -> str:
 
 def _rooms(text: str) -> list[str]:
     return [room.strip() for room in text.split(",") if room.strip()]
+
+
+def _default_rooms(text: str) -> list[str]:
+    """Comma-separated room names a client could join itself; '' for none."""
+    if not text.strip():
+        return []
+    rooms = [room.strip() for room in text.split(",")]
+    for room in rooms:
+        if not room:
+            raise argparse.ArgumentTypeError(f"empty room name in {text!r}")
+        if room.startswith(INTERNAL_ROOM_PREFIX):
+            raise argparse.ArgumentTypeError(
+                f"room names may not start with {INTERNAL_ROOM_PREFIX!r}: {room!r}"
+            )
+        if len(room) > ROOM_NAME_MAX_LENGTH:
+            raise argparse.ArgumentTypeError(
+                f"room name longer than {ROOM_NAME_MAX_LENGTH} characters: {room[:20]!r}..."
+            )
+    return rooms
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text}")
+    return value
 
 
 def _flag(text: str) -> bool:
@@ -153,7 +190,11 @@ _SERVE_FLAGS: list[tuple[str, Callable[[str], Any] | None, str]] = [
         "expected client heartbeat interval (default 30000)",
     ),
     ("--heartbeat-timeout-ms", _positive_int, "ms of silence before close 4002 (default 90000)"),
-    ("--default-rooms", _rooms, "comma-separated rooms joined after authentication ('' for none)"),
+    (
+        "--default-rooms",
+        _default_rooms,
+        "comma-separated rooms joined after authentication ('' for none)",
+    ),
     (
         "--require-encryption",
         None,
@@ -161,7 +202,14 @@ _SERVE_FLAGS: list[tuple[str, Callable[[str], Any] | None, str]] = [
         "gives handshake_fn or encryption)",
     ),
     ("--max-payload-length", _positive_int, "largest accepted message in bytes (default 131072)"),
-    ("--jwt-secret", str, "HS256 secret of the built-in authenticator"),
+    ("--jwt-secret", str, "HS256/384/512 secret of the built-in authenticator (>= 32 bytes)"),
+    ("--jwt-allow-short-secret", None, "accept a --jwt-secret shorter than 32 bytes (insecure)"),
+    ("--jwt-public-key", str, "PEM public key or certificate file: RS*, PS*, ES*, EdDSA tokens"),
+    ("--jwks-url", str, "identity provider's JWKS (https://.../.well-known/jwks.json)"),
+    ("--jwt-audience", str, "required aud claim"),
+    ("--jwt-issuer", str, "required iss claim"),
+    ("--jwt-leeway-ms", _non_negative_int, "clock skew allowed on exp/nbf/iat (default 0)"),
+    ("--jwt-user-claim", str, "claim that becomes the user id (default sub)"),
     ("--allow-rooms", str, "glob of room names clients may join (default '*')"),
     ("--log-level", str, "debug, info, warning or error (default info)"),
 ]
@@ -173,6 +221,7 @@ def _env_name(flag: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="roomcast", description="Real-time WebSocket messaging server.")
+    parser.add_argument("--version", action="version", version=f"roomcast {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     serve = commands.add_parser("serve", help="run a server")
     for flag, kind, text in _SERVE_FLAGS:
@@ -204,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="ms to wait for redis (default 5000) [env ROOMCAST_REDIS_TIMEOUT_MS]",
     )
+    add_token_parser(commands)
     return parser
 
 
@@ -263,14 +313,7 @@ def build_helper(config: ServeConfig, app: Any = None, out: Callable[[str], None
 
     callbacks = {name: getattr(app, name, None) for name in CALLBACKS}
     if callbacks["authenticate_fn"] is None:
-        secret = config.jwt_secret
-        if not secret:
-            secret = secrets.token_urlsafe(32)
-            now = int(time.time())
-            token = jwt.sign({"sub": "demo", "iat": now, "exp": now + 86400}, secret)
-            out("roomcast: no --jwt-secret given: generated a secret for this run")
-            out(f"roomcast: demo token (sub=demo, valid 24 h): {token}")
-        callbacks["authenticate_fn"] = jwt.JwtAuthenticator(secret)
+        callbacks["authenticate_fn"] = jwt_authenticator(config, out)
     if callbacks["validate_room_fn"] is None:
         pattern = config.allow_rooms
 
@@ -292,6 +335,7 @@ def build_helper(config: ServeConfig, app: Any = None, out: Callable[[str], None
         from .redis import connection_from_url
 
         redis_connection = connection_from_url(config.redis_url, ready_timeout=config.redis_timeout)
+        out(f"roomcast: connecting to redis at {redis_connection.address}...")
     return WebSocketServerHelper(
         "roomcast",
         config.path,
@@ -304,6 +348,52 @@ def build_helper(config: ServeConfig, app: Any = None, out: Callable[[str], None
         server_options={"max_payload_length": config.max_payload_length},
         **callbacks,
     )
+
+
+def jwt_authenticator(config: ServeConfig, out: Callable[[str], None] = print) -> Any:
+    """The built-in authenticator from the --jwt-* flags; without a key, a secret for this run
+    and a demo token printed with `out`."""
+    given = [
+        flag
+        for flag, value in (
+            ("--jwt-secret", config.jwt_secret),
+            ("--jwt-public-key", config.jwt_public_key),
+            ("--jwks-url", config.jwks_url),
+        )
+        if value is not None
+    ]
+    if len(given) > 1:
+        raise CliError(f"give one of {', '.join(given)}, not several")
+    options: dict[str, Any] = {
+        "audience": config.jwt_audience,
+        "issuer": config.jwt_issuer,
+        "leeway": config.jwt_leeway,
+        "user_claim": config.jwt_user_claim,
+    }
+    flag = given[0] if given else "--jwt-secret"
+    try:
+        if config.jwt_public_key is not None:
+            key = jwt.load_key_file(config.jwt_public_key)
+            return jwt.JwtAuthenticator(public_key=key, **options)
+        if config.jwks_url is not None:
+            return jwt.JwtAuthenticator(jwks_url=config.jwks_url, **options)
+        secret = config.jwt_secret
+        if secret is None:
+            secret = secrets.token_urlsafe(32)
+            now = int(time.time())
+            claims: dict[str, Any] = {"sub": "demo", "iat": now, "exp": now + 86400}
+            if config.jwt_audience:
+                claims["aud"] = config.jwt_audience
+            if config.jwt_issuer:
+                claims["iss"] = config.jwt_issuer
+            token = jwt.mint(claims, secret, "HS256")
+            out("roomcast: no --jwt-secret given: generated a secret for this run")
+            out(f"roomcast: demo token (sub=demo, valid 24 h): {token}")
+        return jwt.JwtAuthenticator(
+            secret, allow_short_secret=config.jwt_allow_short_secret, **options
+        )
+    except ValueError as exc:
+        raise CliError(f"{flag}: {exc}") from None
 
 
 async def serve(
@@ -321,13 +411,33 @@ async def serve(
         result = setup(helper)
         if inspect.isawaitable(result):
             await result
+    listening = False
+
+    def on_listening(server: Any) -> None:
+        nonlocal listening
+        listening = True
+        url = f"ws://{config.host}:{server.bound_port}{config.path}"
+        out(f"roomcast: listening on {url} ({config.redis_url})")
+
+    async def until_stopped() -> None:
+        try:
+            await (shutdown_trigger if shutdown_trigger is not None else until_signalled())
+        finally:
+            out("roomcast: shutting down")
+
     try:
-        server = await helper.serve(config.host, config.port, getattr(app, "http_handler", None))
+        await helper.run(
+            config.host,
+            config.port,
+            getattr(app, "http_handler", None),
+            shutdown_trigger=until_stopped(),
+            on_listening=on_listening,
+        )
     except BrokerUnavailable as exc:
-        await helper.shutdown()
         raise CliError(str(exc), 1) from None
     except OSError as exc:
-        await helper.shutdown()
+        if listening:
+            raise
         if exc.errno == errno.EADDRINUSE:
             raise CliError(
                 f"cannot listen on {config.host}:{config.port}: address already in use", 1
@@ -335,20 +445,6 @@ async def serve(
         raise CliError(
             f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", 1
         ) from None
-    url = f"ws://{config.host}:{server.bound_port}{config.path}"
-    out(f"roomcast: listening on {url} ({config.redis_url})")
-    loop = asyncio.get_running_loop()
-    if shutdown_trigger is None:
-        stop = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        shutdown_trigger = stop.wait()
-    try:
-        await shutdown_trigger
-    finally:
-        out("roomcast: shutting down")
-        await server.stop()
-        await helper.shutdown()
 
 
 # -- roomcast emit ---------------------------------------------------------------------------
@@ -415,7 +511,19 @@ async def emit(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:
+        parser.print_usage(sys.stderr)
+        print("roomcast: error: a command is required: serve, emit or token", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
+    if args.command == "token":
+        try:
+            token_command(args, dict(os.environ), print)
+        except TokenError as exc:
+            print(f"roomcast: error: {exc}", file=sys.stderr)
+            return 2
+        return 0
     if args.command == "emit":
         logging.basicConfig(
             level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from . import _core
 from .broker import Broker, BrokerUnavailable, create_broker
+from .callbacks import check_callbacks
 from .connection import Client
 from .constants import (
     CloseCode,
@@ -216,12 +217,26 @@ class WebSocketServerHelper:
         self.encryption = encryption
         self.outbound_transformer = outbound_transformer
         self.handshake_fn = handshake_fn
+        check_callbacks(
+            {
+                "authenticate_fn": authenticate_fn,
+                "validate_room_fn": validate_room_fn,
+                "client_connected_fn": client_connected_fn,
+                "client_disconnected_fn": client_disconnected_fn,
+                "message_handler": message_handler,
+                "outbound_transformer": outbound_transformer,
+                "handshake_fn": handshake_fn,
+            }
+        )
 
         self.default_rooms = list(
             default_rooms
             if default_rooms is not None
             else (WebSocketDefaults.ROOM, WebSocketDefaults.NOTIFICATION_ROOM)
         )
+        for room in self.default_rooms:
+            if not sanitize_rooms([room]):  # what a client could not join either
+                raise ValueError(f"invalid default room: {room!r}")
         self.auth_timeout = float(auth_timeout)
         self.heartbeat_interval = float(heartbeat_interval)
         self.heartbeat_timeout = float(heartbeat_timeout)
@@ -295,6 +310,29 @@ class WebSocketServerHelper:
         server.route(self)
         await server.start()
         return server
+
+    async def run(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        http_handler: HttpHandler | None = None,
+        *,
+        shutdown_trigger: Awaitable[Any] | None = None,
+        on_listening: Callable[[WebServer], Any] | None = None,
+    ) -> None:
+        """Serve until SIGINT or SIGTERM (or until `shutdown_trigger` completes, or this
+        task is cancelled), then shut down gracefully (1001 to every client) and return.
+        `on_listening(server)` runs once the port is bound. See `roomcast.runner.run`."""
+        from .runner import run
+
+        await run(
+            self,
+            host,
+            port,
+            http_handler,
+            shutdown_trigger=shutdown_trigger,
+            on_listening=on_listening,
+        )
 
     async def shutdown(self) -> None:
         """Close every client with 1001, run the disconnect callbacks, clear all state and
@@ -440,7 +478,7 @@ class WebSocketServerHelper:
 
     async def _authenticate(self, client: Client, data: dict[str, Any]) -> None:
         try:
-            result = self.authenticate_fn(data)
+            result = self.authenticate_fn(data=data)
             if inspect.isawaitable(result):
                 result = await result
         except Exception:

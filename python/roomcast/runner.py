@@ -1,0 +1,85 @@
+"""Run a helper until it is told to stop: serve, wait for SIGINT/SIGTERM, shut down.
+
+The one way to run a server, used by `WebSocketServerHelper.run` and by `roomcast serve`:
+stop accepting, close every client with 1001 "Server shutting down" and run the disconnect
+callbacks, close the broker, then return.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from .http import HttpHandler, WebServer
+
+if TYPE_CHECKING:
+    from .server import WebSocketServerHelper
+
+logger = logging.getLogger("roomcast")
+
+SHUTDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+async def until_signalled(signals: tuple[signal.Signals, ...] = SHUTDOWN_SIGNALS) -> None:
+    """Return when one of `signals` arrives; their handlers are restored afterwards.
+
+    Outside the main thread (where Python cannot install handlers) it waits until cancelled.
+    """
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    installed = []
+    for sig in signals:
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (ValueError, RuntimeError, NotImplementedError):
+            logger.debug("cannot handle %s here: stop by cancelling", sig.name)
+            continue
+        installed.append(sig)
+    try:
+        await stop.wait()
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+async def run(
+    helper: WebSocketServerHelper,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    http_handler: HttpHandler | None = None,
+    *,
+    shutdown_trigger: Awaitable[Any] | None = None,
+    on_listening: Callable[[WebServer], Any] | None = None,
+) -> None:
+    """Serve `helper` on host:port until `shutdown_trigger` completes (default: SIGINT or
+    SIGTERM) or the calling task is cancelled; then shut down gracefully and return.
+
+    Errors of start-up (BrokerUnavailable, OSError for a port in use) propagate after the
+    helper was shut down.
+    """
+    try:
+        server = await helper.serve(host, port, http_handler)
+    except BaseException:
+        if inspect.iscoroutine(shutdown_trigger):
+            shutdown_trigger.close()  # never awaited: say so quietly
+        await helper.shutdown()
+        raise
+    try:
+        logger.info(
+            "%s listening on ws://%s:%d%s",
+            helper.identifier,
+            host,
+            server.bound_port,
+            helper.get_path(),
+        )
+        if on_listening is not None:
+            on_listening(server)
+        await (shutdown_trigger if shutdown_trigger is not None else until_signalled())
+    finally:
+        logger.info("%s shutting down", helper.identifier)
+        await server.stop()
+        await helper.shutdown()
