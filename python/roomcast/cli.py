@@ -69,6 +69,12 @@ class ServeConfig:
     jwt_secret: str | None = None
     allow_rooms: str = "*"
     log_level: str = "info"
+    workers: int = 1
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_keyfile_password: str | None = None
+    ssl_ca_certs: str | None = None
+    metrics_port: int | None = None
 
 
 # -- flag parsing ------------------------------------------------------------------------
@@ -81,6 +87,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive: {text}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text}")
     return value
 
 
@@ -164,6 +180,16 @@ _SERVE_FLAGS: list[tuple[str, Callable[[str], Any] | None, str]] = [
     ("--jwt-secret", str, "HS256 secret of the built-in authenticator"),
     ("--allow-rooms", str, "glob of room names clients may join (default '*')"),
     ("--log-level", str, "debug, info, warning or error (default info)"),
+    (
+        "--workers",
+        _count,
+        "worker processes sharing the port (default 1; 0: one per CPU); >1 needs --redis-url",
+    ),
+    ("--ssl-certfile", str, "PEM certificate (chain) file: serve wss:// and https://"),
+    ("--ssl-keyfile", str, "PEM private key file (default: in --ssl-certfile)"),
+    ("--ssl-keyfile-password", str, "password of an encrypted --ssl-keyfile"),
+    ("--ssl-ca-certs", str, "PEM CA file: require client certificates signed by these CAs"),
+    ("--metrics-port", _port, "serve /metrics (and /health) on this port, not the main one"),
 ]
 
 
@@ -227,6 +253,17 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> Serve
             setattr(config, dest, value)
     if config.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise CliError(f"unknown log level: {config.log_level}")
+    from .workers import cpu_count
+
+    if config.workers == 0:
+        config.workers = cpu_count()
+    if config.workers > 1 and not config.redis_url.startswith(REDIS_SCHEMES):
+        raise CliError(
+            f"--workers {config.workers} needs a shared broker: give --redis-url "
+            f"(redis://, rediss:// or redis+cluster://); {config.redis_url} is one process"
+        )
+    if (config.ssl_keyfile or config.ssl_ca_certs) and not config.ssl_certfile:
+        raise CliError("--ssl-keyfile and --ssl-ca-certs need --ssl-certfile")
     return config
 
 
@@ -314,6 +351,13 @@ async def serve(
 ) -> None:
     """Run until `shutdown_trigger` completes (default: SIGINT or SIGTERM), then shut down:
     stop accepting, close every client with 1001, run the callbacks, close the broker."""
+    from .workers import connection_budget, raise_file_limit, worker_parent
+
+    files = raise_file_limit()
+    logging.getLogger("roomcast").info(
+        "open file limit %d: room for about %d connections", files, connection_budget(files)
+    )
+    context = tls_context(config)
     app = load_app(config.app) if config.app else None
     helper = build_helper(config, app, out)
     setup = getattr(app, "setup", None)
@@ -321,8 +365,10 @@ async def serve(
         result = setup(helper)
         if inspect.isawaitable(result):
             await result
+    parent = worker_parent()
+    extra_servers: list[Any] = []
     try:
-        server = await helper.serve(config.host, config.port, getattr(app, "http_handler", None))
+        server, extra_servers = await _listen(config, helper, app, context, parent is not None)
     except BrokerUnavailable as exc:
         await helper.shutdown()
         raise CliError(str(exc), 1) from None
@@ -335,20 +381,123 @@ async def serve(
         raise CliError(
             f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", 1
         ) from None
-    url = f"ws://{config.host}:{server.bound_port}{config.path}"
+    scheme = "wss" if context is not None else "ws"
+    url = f"{scheme}://{config.host}:{server.bound_port}{config.path}"
     out(f"roomcast: listening on {url} ({config.redis_url})")
     loop = asyncio.get_running_loop()
     if shutdown_trigger is None:
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        if parent is not None:
+            _stop_when_orphaned(loop, parent, stop)
         shutdown_trigger = stop.wait()
     try:
         await shutdown_trigger
     finally:
         out("roomcast: shutting down")
+        for extra in extra_servers:
+            await extra.stop()
         await server.stop()
         await helper.shutdown()
+
+
+def tls_context(config: ServeConfig) -> Any:
+    """The SSLContext the --ssl-* flags ask for, or None; CliError for unusable files."""
+    if not config.ssl_certfile:
+        return None
+    from .tls import TlsError, server_context
+
+    try:
+        return server_context(
+            config.ssl_certfile,
+            config.ssl_keyfile,
+            password=config.ssl_keyfile_password,
+            ca_certs=config.ssl_ca_certs,
+        )
+    except TlsError as exc:
+        raise CliError(str(exc)) from None
+
+
+async def _listen(
+    config: ServeConfig, helper: Any, app: Any, context: Any, worker: bool
+) -> tuple[Any, list[Any]]:
+    """Listen on the main port (SO_REUSEPORT for workers) with /health, and /metrics there
+    or on --metrics-port (which the supervisor serves for workers)."""
+    from .endpoints import Endpoints
+    from .http import WebServer
+    from .metrics import Exporter
+
+    await helper.configure()
+    separate = config.metrics_port is not None
+    handler = Endpoints(
+        helper, getattr(app, "http_handler", None), health=True, metrics=not separate
+    )
+    server = WebServer(config.host, config.port, handler, ssl=context, reuse_port=worker)
+    server.route(helper)
+    await server.start()
+    extra: list[Any] = []
+    if separate and worker:
+        Exporter(helper).start()  # the workers' figures, for the supervisor's metrics port
+    elif separate:
+        metrics = WebServer(config.host, config.metrics_port or 0, Endpoints(helper))
+        await metrics.start()
+        extra.append(metrics)
+    return server, extra
+
+
+def _stop_when_orphaned(loop: asyncio.AbstractEventLoop, parent: int, stop: asyncio.Event) -> None:
+    """A worker shuts down gracefully if its supervisor is gone."""
+
+    def check() -> None:
+        if os.getppid() != parent:
+            logging.getLogger("roomcast").error("supervisor %d is gone: shutting down", parent)
+            stop.set()
+        else:
+            loop.call_later(1.0, check)
+
+    loop.call_later(1.0, check)
+
+
+async def serve_workers(
+    config: ServeConfig, argv: Sequence[str], out: Callable[[str], None]
+) -> int:
+    """`--workers N`: supervise N worker processes (see roomcast.workers)."""
+    from .workers import supervise
+
+    tls_context(config)  # bad files fail here, once, not in every worker
+    extra_env: dict[str, str] = {}
+    if not config.jwt_secret:
+        secret = secrets.token_urlsafe(32)
+        extra_env["ROOMCAST_JWT_SECRET"] = secret
+        if not config.app:
+            now = int(time.time())
+            token = jwt.sign({"sub": "demo", "iat": now, "exp": now + 86400}, secret)
+            out("roomcast: no --jwt-secret given: generated a secret for this run")
+            out(f"roomcast: demo token (sub=demo, valid 24 h): {token}")
+    scheme = "wss" if config.ssl_certfile else "ws"
+
+    def describe(port: int) -> str:
+        return (
+            f"roomcast: listening on {scheme}://{config.host}:{port}{config.path} "
+            f"({config.workers} workers, {config.redis_url})"
+        )
+
+    try:
+        return await supervise(
+            config.workers,
+            argv,
+            config.host,
+            config.port,
+            extra_env,
+            out,
+            describe,
+            config.metrics_port,
+        )
+    except OSError as exc:
+        raise CliError(
+            f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", 1
+        ) from None
 
 
 # -- roomcast emit ---------------------------------------------------------------------------
@@ -415,6 +564,7 @@ async def emit(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     if args.command == "emit":
         logging.basicConfig(
@@ -440,6 +590,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         def printer(line: str) -> None:
             print(line, flush=True)
 
+        from .workers import worker_parent
+
+        if config.workers > 1 and worker_parent() is None:
+            return uvloop.run(serve_workers(config, argv, printer))
         uvloop.run(serve(config, out=printer))
     except CliError as exc:
         print(f"roomcast: error: {exc}", file=sys.stderr)
