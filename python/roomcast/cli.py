@@ -354,9 +354,6 @@ async def serve(
     from .workers import connection_budget, raise_file_limit, worker_parent
 
     files = raise_file_limit()
-    logging.getLogger("roomcast").info(
-        "open file limit %d: room for about %d connections", files, connection_budget(files)
-    )
     context = tls_context(config)
     app = load_app(config.app) if config.app else None
     helper = build_helper(config, app, out)
@@ -384,6 +381,9 @@ async def serve(
     scheme = "wss" if context is not None else "ws"
     url = f"{scheme}://{config.host}:{server.bound_port}{config.path}"
     out(f"roomcast: listening on {url} ({config.redis_url})")
+    logging.getLogger("roomcast").info(
+        "open file limit %d: room for about %d connections", files, connection_budget(files)
+    )
     loop = asyncio.get_running_loop()
     if shutdown_trigger is None:
         stop = asyncio.Event()
