@@ -31,9 +31,11 @@ def server_context(
     _readable("certificate file", certfile)
     if keyfile is not None:
         _readable("key file", keyfile)
+        _check_key(keyfile, password)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
-        context.load_cert_chain(certfile, keyfile, password)
+        # A callable, never None: OpenSSL would otherwise prompt on the terminal.
+        context.load_cert_chain(certfile, keyfile, lambda: password or "")
     except ssl.SSLError as exc:
         raise TlsError(
             f"cannot use certificate {certfile} with key {keyfile or certfile}: {exc.reason or exc}"
@@ -48,3 +50,24 @@ def server_context(
             raise TlsError(f"cannot load CA certificates {ca_certs}: {exc}") from None
         context.verify_mode = ssl.CERT_REQUIRED
     return context
+
+
+def _check_key(keyfile: str, password: str | None) -> None:
+    """Clear errors for the usual mistakes with a key file (OpenSSL only says "PEM lib")."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    with open(keyfile, "rb") as file:
+        data = file.read()
+    try:
+        load_pem_private_key(data, password.encode() if password else None)
+    except TypeError:
+        if password:  # a password for a key that needs none: harmless, OpenSSL ignores it
+            return
+        raise TlsError(f"key file is encrypted and no password was given: {keyfile}") from None
+    except ValueError:
+        if password and b"ENCRYPTED" in data:
+            raise TlsError(f"cannot decrypt key file (wrong password?): {keyfile}") from None
+        raise TlsError(f"key file holds no PEM private key: {keyfile}") from None
+    except UnsupportedAlgorithm as exc:
+        raise TlsError(f"unsupported key in {keyfile}: {exc}") from None
