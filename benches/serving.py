@@ -96,7 +96,7 @@ def workers(counts: list[int], rounds: int, quick: bool) -> list[dict[str, Any]]
     with redis_server() as url:
         redis_pid = _redis_pid(url)
         for count in counts:
-            messages = 20 if quick else max(20, 200_000 // count)
+            messages = 20 if quick else max(20, 4_000_000 // count)
             for n in (1, 2):
                 rows.append(_workers_once(url, redis_pid, n, count, messages, rounds))
     for count in counts:
@@ -187,7 +187,7 @@ def _get(url: str) -> bytes:
 
 
 def scrape(count: int, scrapes: int, rounds: int, quick: bool) -> list[dict[str, Any]]:
-    messages = 20 if quick else 50
+    messages = 20 if quick else 200
     rows: list[dict[str, Any]] = []
     with (
         redis_server() as url,

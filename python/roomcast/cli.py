@@ -585,6 +585,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
         logging.getLogger("roomcast.picows").setLevel(logging.WARNING)
+        # picows prefixes its logger names with "picows.": one line per connection otherwise.
+        logging.getLogger("picows").setLevel(logging.WARNING)
         import uvloop
 
         def printer(line: str) -> None:
