@@ -354,3 +354,54 @@ def test_a_worker_that_cannot_start_stops_the_supervisor_with_its_error(tmp_path
     )
     assert proc.returncode == 1
     assert "roomcast: error: cannot reach redis at" in proc.stderr
+
+
+SLOW_SHUTDOWN_APP = """
+import time
+
+class App:
+    def authenticate_fn(self, data):
+        return {"user_id": data.get("token")}
+
+    def client_disconnected_fn(self, client_id, user_id):
+        time.sleep(60)  # a worker that does not finish its graceful shutdown
+
+app = App()
+"""
+
+
+def test_a_second_signal_kills_workers_that_do_not_finish_shutting_down(redis_server, tmp_path):
+    (tmp_path / "slow_app.py").write_text(SLOW_SHUTDOWN_APP)
+    served = Served(
+        ["--port", "0", "--workers", "2", "--redis-url", redis_server.url, "--app", "slow_app:app"],
+        tmp_path,
+        tmp_path / "stderr.log",
+    )
+    try:
+        port = served.listening_port()
+        pids = [
+            int(served.wait_line(rf"^roomcast: worker {i} started \(pid (\d+)\)").group(1))
+            for i in range(2)
+        ]
+
+        async def body() -> None:
+            ws, _ = await authed(f"ws://127.0.0.1:{port}/ws", "ann", close_timeout=1)
+            mark = len(served.lines)
+            served.proc.send_signal(signal.SIGTERM)
+            served.wait_line(r"^roomcast: SIGTERM: stopping 2 workers", mark)
+            # The worker without clients stops; the other is stuck in client_disconnected_fn
+            # (after sending 1001), and the supervisor waits for it...
+            served.wait_line(r"^roomcast: worker \d \(pid \d+\) stopped \(0\)", mark)
+            stopped = [line for line in served.lines[mark:] if ") stopped (" in line]
+            assert len(stopped) == 1 and served.proc.poll() is None
+            served.proc.send_signal(signal.SIGTERM)  # ...until told again
+            ws.transport.abort()
+
+        run(body())
+        assert served.proc.wait(timeout=STARTUP_TIMEOUT) == 1
+        served.wait_line(r"^roomcast: killing workers")
+        for pid in pids:
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+    finally:
+        served.close()
