@@ -88,7 +88,7 @@ def _expected(
 def test_metrics_counters_move_by_what_a_scripted_run_causes_summed_over_workers(
     redis_server, tmp_path
 ):
-    served = serve_workers(tmp_path, redis_server.url, 3, "--auth-timeout-ms", "500")
+    served = serve_workers(tmp_path, redis_server.url, 3, "--auth-timeout-ms", "1500")
     try:
         port = served.listening_port()
         url = f"ws://127.0.0.1:{port}/ws"

@@ -46,6 +46,12 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def restart_delay(quick_deaths: int) -> float:
+    """Seconds before restarting a worker after `quick_deaths` deaths in a row, each within
+    STABLE_AFTER of its start (0 for the first): 0.5, 1, 2, 4, ... up to RESTART_MAX_DELAY."""
+    return min(RESTART_MAX_DELAY, RESTART_MIN_DELAY * 2 ** min(quick_deaths, 16))
+
+
 def worker_parent() -> int | None:
     """The supervisor's pid when this process is a worker, else None."""
     raw = os.environ.get(WORKER_ENV)
@@ -189,7 +195,7 @@ class Supervisor:
                 return
             if loop.time() - started >= STABLE_AFTER:
                 failures = 0
-            delay = min(RESTART_MAX_DELAY, RESTART_MIN_DELAY * 2**failures)
+            delay = restart_delay(failures)
             failures += 1
             logger.error(
                 "worker %d (pid %d) exited with %s: restarting in %.1f s",
