@@ -48,6 +48,8 @@ def test_health_turns_503_while_redis_is_down_and_200_when_it_is_back(redis_serv
         samples = scrape(metrics)
         assert value(samples, "roomcast_broker_connected") == 0
         assert value(samples, "roomcast_healthy") == 0
+        assert value(samples, "roomcast_broker_state", state="reconnecting") == 1
+        assert value(samples, "roomcast_broker_state", state="connected") == 0
         redis_server.start()
         run(wait_for(200, {"status": "ok"}), timeout=40)
         assert value(scrape(metrics), "roomcast_broker_reconnects_total") == 1

@@ -40,6 +40,8 @@ _KIND_OF_EVENT = {kind: kind for kind in RECEIVED_KINDS[:5]}
 for _name in ("connected", "error", "disconnect"):
     _KIND_OF_EVENT[_name] = "invalid"
 
+BROKER_STATES = ("connected", "connecting", "reconnecting", "closed")
+
 LAG_INTERVAL = 0.25
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 MIRROR_INTERVAL = 1.0
@@ -221,6 +223,16 @@ def samples(helper: WebSocketServerHelper) -> list[Sample]:
             [((), stats.get("broker_connected", 1))],
         ),
     ]
+    state = getattr(helper._broker, "state", "connected")
+    out.append(
+        Sample(
+            "roomcast_broker_state",
+            "gauge",
+            "1 for the broker's current state, 0 for the others.",
+            ("state",),
+            [((s,), int(s == state)) for s in BROKER_STATES],
+        )
+    )
     for key, (name, kind, doc) in _BROKER_METRICS.items():
         value = stats.get(f"broker_{key}")
         if value is not None:
