@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from .http import HttpHandler, HttpRequest, HttpResponse
+from .metrics import Exporter
 
 if TYPE_CHECKING:
     from .server import WebSocketServerHelper
@@ -43,10 +44,8 @@ class Endpoints:
         self.helper = helper
         self.fallback = fallback
         self.health = health
-        self.exporter = None
+        self.exporter: Exporter | None = None
         if metrics:
-            from .metrics import Exporter
-
             self.exporter = Exporter(helper)
             self.exporter.start()
 
