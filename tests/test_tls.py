@@ -158,3 +158,43 @@ def test_server_context_names_a_certificate_that_is_not_pem(tmp_path):
     junk.write_text("not a certificate")
     with pytest.raises(TlsError, match=f"cannot use certificate {junk}"):
         server_context(str(junk))
+
+
+def test_workers_serve_wss_on_one_port(redis_server, tmp_path):
+    files = make_certificates(tmp_path)
+    served = Served(
+        [
+            "--port",
+            "0",
+            "--workers",
+            "2",
+            "--redis-url",
+            redis_server.url,
+            "--jwt-secret",
+            "s",
+            "--ssl-certfile",
+            str(files["cert"]),
+            "--ssl-keyfile",
+            str(files["key"]),
+        ],
+        tmp_path,
+        tmp_path / "stderr.log",
+    )
+    try:
+        port = served.listening_port()
+        served.wait_line(rf"^roomcast: listening on wss://127\.0\.0\.1:{port}/ws \(2 workers, ")
+        context = client_context(files)
+        assert http_get(f"https://127.0.0.1:{port}/health", context) == (200, b'{"status":"ok"}')
+
+        async def body() -> None:
+            for i in range(10):
+                token = jwt.sign({"sub": f"u{i}"}, "s")
+                ws, data = await authed(f"wss://127.0.0.1:{port}/ws", token, ssl=context)
+                assert data["userId"] == f"u{i}"
+                await ws.close()
+
+        run(body())
+        served.proc.send_signal(signal.SIGTERM)
+        assert served.proc.wait(timeout=STARTUP_TIMEOUT) == 0
+    finally:
+        served.close()
