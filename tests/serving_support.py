@@ -52,7 +52,7 @@ app = App()
 class Served:
     """A `roomcast serve` process: its stdout lines collected by a thread."""
 
-    def __init__(self, args: list[str], cwd: Path, stderr: Path) -> None:
+    def __init__(self, args: list[str], cwd: Path, stderr: Path, new_session: bool = False) -> None:
         self.stderr_path = stderr
         self._stderr = stderr.open("w")
         self.proc = subprocess.Popen(
@@ -61,6 +61,7 @@ class Served:
             stderr=self._stderr,
             text=True,
             cwd=cwd,
+            start_new_session=new_session,  # its own process group, as under a terminal
         )
         self.lines: list[str] = []
         self._cond = threading.Condition()

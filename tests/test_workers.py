@@ -273,6 +273,41 @@ def test_a_worker_killed_with_sigkill_is_replaced_and_its_clients_reconnect(redi
         served.close()
 
 
+def test_ctrl_c_to_the_process_group_stops_every_worker_gracefully(redis_server, tmp_path):
+    (tmp_path / "relay_app.py").write_text(RELAY_APP)
+    served = Served(
+        [
+            "--port",
+            "0",
+            "--workers",
+            "2",
+            "--redis-url",
+            redis_server.url,
+            "--app",
+            "relay_app:app",
+        ],
+        tmp_path,
+        tmp_path / "stderr.log",
+        new_session=True,
+    )
+    try:
+        port = served.listening_port()
+
+        async def body() -> None:
+            members = await connect_many(f"ws://127.0.0.1:{port}/ws", [f"c{i}" for i in range(20)])
+            # SIGINT to the supervisor and every worker at once, as a terminal's Ctrl-C.
+            os.killpg(served.proc.pid, signal.SIGINT)
+            await asyncio.wait_for(asyncio.gather(*(m.reader for m in members)), WAIT)
+            assert {m.close for m in members} == {(1001, "Server shutting down")}
+
+        run(body())
+        assert served.proc.wait(timeout=STARTUP_TIMEOUT) == 0
+        for index in range(2):
+            served.wait_line(rf"^roomcast: worker {index} \(pid \d+\) stopped \(0\)")
+    finally:
+        served.close()
+
+
 def test_metrics_port_of_the_supervisor_sums_the_workers(redis_server, tmp_path):
     from redis_support import free_port
 

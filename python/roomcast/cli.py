@@ -353,6 +353,11 @@ async def serve(
     stop accepting, close every client with 1001, run the callbacks, close the broker."""
     from .workers import connection_budget, raise_file_limit, worker_parent
 
+    parent = worker_parent()
+    if parent is not None:
+        # Ctrl-C reaches the supervisor too, which sends SIGTERM: one signal, no race with
+        # a second one arriving after the loop has closed.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     files = raise_file_limit()
     context = tls_context(config)
     app = load_app(config.app) if config.app else None
@@ -362,7 +367,6 @@ async def serve(
         result = setup(helper)
         if inspect.isawaitable(result):
             await result
-    parent = worker_parent()
     extra_servers: list[Any] = []
     try:
         server, extra_servers = await _listen(config, helper, app, context, parent is not None)
@@ -387,10 +391,11 @@ async def serve(
     loop = asyncio.get_running_loop()
     if shutdown_trigger is None:
         stop = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        if parent is not None:
+        if parent is None:
+            loop.add_signal_handler(signal.SIGINT, stop.set)
+        else:
             _stop_when_orphaned(loop, parent, stop)
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
         shutdown_trigger = stop.wait()
     try:
         await shutdown_trigger
