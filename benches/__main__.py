@@ -6,7 +6,9 @@ latency (1,000 clients at 50 broadcasts/s), connect, heartbeat, memory, sweep, b
 (one broadcast timed inside the server), deadline (4002 lateness with 10,000 idle clients),
 encrypted (room messages to 1,000 encrypted clients: Rust vs Python sealing, loop stall),
 crossnode (published on one node, delivered on another through Redis), redishop (the latency
-the Redis hop adds), interest (4 nodes on disjoint rooms: envelopes each node receives).
+the Redis hop adds), interest (4 nodes on disjoint rooms: envelopes each node receives), workers
+(`roomcast serve --workers 1` vs `2`: connect and fan-out), scrape (cost of a /metrics scrape
+at 10,000 connections; fan-out CPU with and without scraping); the last two in serving.py.
 
 Servers, measured one after the other in the same invocation so every figure is also a ratio:
 - roomcast: the server with its Rust fan-out;
@@ -909,6 +911,7 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     for scenario in args.scenarios:
         single = ("sweep", "burst", "deadline", "encrypted", "crossnode", "redishop", "interest")
+        single += ("workers", "scrape")
         for kind in servers if scenario not in single else [None]:
             if scenario == "fanout":
                 for count in counts:
@@ -953,7 +956,18 @@ def main() -> None:
                 rows.append(redis_hop(10, 500.0, 2.0 if not args.quick else 0.2, rounds, 100))
             elif scenario == "interest":
                 rows += interest(4, 10 if not args.quick else 2, 2000 if not args.quick else 20)
+            elif scenario == "workers":
+                from .serving import workers
+
+                rows += workers([4000] if not args.quick else [50], rounds, args.quick)
+            elif scenario == "scrape":
+                from .serving import scrape
+
+                rows += scrape(10_000 if not args.quick else 50, 100, rounds, args.quick)
     print_table(rows)
+    from .serving import print_rows
+
+    print_rows(rows)
 
 
 if __name__ == "__main__":

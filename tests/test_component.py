@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
 
@@ -232,6 +233,31 @@ def test_plain_http_gets_health_json_and_404(redis_url):
             assert await raw.reader.read() == b'{"status":"ok"}'
             _, head = await RawClient.connect(app.bound_port, path="/nope", headers={})
             assert head.startswith(b"HTTP/1.1 404")
+        finally:
+            await app.stop()
+
+    run(body())
+
+
+def test_health_follows_the_helpers_broker(redis_server):
+    app = configured_app(redis_server.url)
+    app.component(WebSocketComponent)
+
+    async def status() -> bytes:
+        raw, head = await RawClient.connect(app.bound_port, path="/health", headers={})
+        return head.split(b"\r\n", 1)[0] + b" " + await raw.reader.read()
+
+    async def body():
+        await app.start()
+        try:
+            assert await status() == b'HTTP/1.1 200 OK {"status":"ok"}'
+            redis_server.kill()
+            degraded = (
+                b'HTTP/1.1 503 Service Unavailable {"status":"degraded","broker":"reconnecting"}'
+            )
+            async with asyncio.timeout(10):
+                while await status() != degraded:
+                    await asyncio.sleep(0.02)
         finally:
             await app.stop()
 

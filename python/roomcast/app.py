@@ -62,7 +62,7 @@ PostStartHook = Callable[[], Any]
 
 
 def health(request: HttpRequest) -> HttpResponse | None:
-    """The default HTTP handler: JSON on /health, 404 for everything else."""
+    """JSON on /health, 404 for everything else (an application without a WebSocket)."""
     if request.path == "/health":
         return HttpResponse.json({"status": "ok"})
     return None
@@ -76,7 +76,7 @@ class Application:
     ) -> None:
         self.host = host
         self.port = port
-        self.http_handler = http_handler or health
+        self.http_handler = http_handler or self._health
         self._bindings: dict[str, Binding] = {}
         self._components: list[Component] = []
         self._post_start_hooks: list[tuple[str, PostStartHook]] = []
@@ -167,6 +167,16 @@ class Application:
         if self._server is not None:
             await self._server.stop()
             self._server = None
+
+    def _health(self, request: HttpRequest) -> HttpResponse | None:
+        """The default HTTP handler: /health of the bound WebSocket helper (503 while its
+        broker is away, as `roomcast serve` answers), 404 for everything else."""
+        helper = self.get("@app/websocket/instance", is_optional=True)
+        if helper is None or request.path != "/health":
+            return health(request)
+        from .endpoints import health_response
+
+        return health_response(helper)
 
     def _handle_http(self, request: HttpRequest) -> HttpResponse | None:
         return self.http_handler(request)

@@ -11,6 +11,7 @@ line, as in the original, and in seconds everywhere else.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import errno
 import fnmatch
 import importlib
@@ -18,6 +19,7 @@ import inspect
 import logging
 import os
 import secrets
+import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -77,6 +79,12 @@ class ServeConfig:
     jwt_user_claim: str = "sub"
     allow_rooms: str = "*"
     log_level: str = "info"
+    workers: int = 1
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_keyfile_password: str | None = None
+    ssl_ca_certs: str | None = None
+    metrics_port: int | None = None
 
 
 # -- flag parsing ------------------------------------------------------------------------
@@ -89,6 +97,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive: {text}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text}")
     return value
 
 
@@ -212,6 +230,16 @@ _SERVE_FLAGS: list[tuple[str, Callable[[str], Any] | None, str]] = [
     ("--jwt-user-claim", str, "claim that becomes the user id (default sub)"),
     ("--allow-rooms", str, "glob of room names clients may join (default '*')"),
     ("--log-level", str, "debug, info, warning or error (default info)"),
+    (
+        "--workers",
+        _count,
+        "worker processes sharing the port (default 1; 0: one per CPU); >1 needs --redis-url",
+    ),
+    ("--ssl-certfile", str, "PEM certificate (chain) file: serve wss:// and https://"),
+    ("--ssl-keyfile", str, "PEM private key file (default: in --ssl-certfile)"),
+    ("--ssl-keyfile-password", str, "password of an encrypted --ssl-keyfile"),
+    ("--ssl-ca-certs", str, "PEM CA file: require client certificates signed by these CAs"),
+    ("--metrics-port", _port, "serve /metrics (and /health) on this port, not the main one"),
 ]
 
 
@@ -277,6 +305,17 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> Serve
             setattr(config, dest, value)
     if config.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise CliError(f"unknown log level: {config.log_level}")
+    from .workers import cpu_count
+
+    if config.workers == 0:
+        config.workers = cpu_count()
+    if config.workers > 1 and not config.redis_url.startswith(REDIS_SCHEMES):
+        raise CliError(
+            f"--workers {config.workers} needs a shared broker: give --redis-url "
+            f"(redis://, rediss:// or redis+cluster://); {config.redis_url} is one process"
+        )
+    if (config.ssl_keyfile or config.ssl_ca_certs) and not config.ssl_certfile:
+        raise CliError("--ssl-keyfile and --ssl-ca-certs need --ssl-certfile")
     return config
 
 
@@ -350,6 +389,21 @@ def build_helper(config: ServeConfig, app: Any = None, out: Callable[[str], None
     )
 
 
+def demo_secret(config: ServeConfig, out: Callable[[str], None]) -> str:
+    """A secret for this run; a demo token signed with it is printed with `out`."""
+    secret = secrets.token_urlsafe(32)
+    now = int(time.time())
+    claims: dict[str, Any] = {"sub": "demo", "iat": now, "exp": now + 86400}
+    if config.jwt_audience:
+        claims["aud"] = config.jwt_audience
+    if config.jwt_issuer:
+        claims["iss"] = config.jwt_issuer
+    token = jwt.mint(claims, secret, "HS256")
+    out("roomcast: no --jwt-secret given: generated a secret for this run")
+    out(f"roomcast: demo token (sub=demo, valid 24 h): {token}")
+    return secret
+
+
 def jwt_authenticator(config: ServeConfig, out: Callable[[str], None] = print) -> Any:
     """The built-in authenticator from the --jwt-* flags; without a key, a secret for this run
     and a demo token printed with `out`."""
@@ -379,16 +433,7 @@ def jwt_authenticator(config: ServeConfig, out: Callable[[str], None] = print) -
             return jwt.JwtAuthenticator(jwks_url=config.jwks_url, **options)
         secret = config.jwt_secret
         if secret is None:
-            secret = secrets.token_urlsafe(32)
-            now = int(time.time())
-            claims: dict[str, Any] = {"sub": "demo", "iat": now, "exp": now + 86400}
-            if config.jwt_audience:
-                claims["aud"] = config.jwt_audience
-            if config.jwt_issuer:
-                claims["iss"] = config.jwt_issuer
-            token = jwt.mint(claims, secret, "HS256")
-            out("roomcast: no --jwt-secret given: generated a secret for this run")
-            out(f"roomcast: demo token (sub=demo, valid 24 h): {token}")
+            secret = demo_secret(config, out)
         return jwt.JwtAuthenticator(
             secret, allow_short_secret=config.jwt_allow_short_secret, **options
         )
@@ -404,6 +449,15 @@ async def serve(
 ) -> None:
     """Run until `shutdown_trigger` completes (default: SIGINT or SIGTERM), then shut down:
     stop accepting, close every client with 1001, run the callbacks, close the broker."""
+    from .workers import connection_budget, raise_file_limit, worker_parent
+
+    parent = worker_parent()
+    if parent is not None:
+        # Ctrl-C reaches the supervisor too, which sends SIGTERM: one signal, no race with
+        # a second one arriving after the loop has closed.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    files = raise_file_limit()
+    context = tls_context(config)
     app = load_app(config.app) if config.app else None
     helper = build_helper(config, app, out)
     setup = getattr(app, "setup", None)
@@ -412,19 +466,35 @@ async def serve(
         if inspect.isawaitable(result):
             await result
     listening = False
+    extra_servers: list[Any] = []
 
-    def on_listening(server: Any) -> None:
+    async def on_listening(server: Any) -> None:
         nonlocal listening
         listening = True
-        url = f"ws://{config.host}:{server.bound_port}{config.path}"
-        out(f"roomcast: listening on {url} ({config.redis_url})")
+        extra_servers.extend(await _metrics_servers(config, helper, parent is not None))
+        scheme = "wss" if context is not None else "ws"
+        out(
+            f"roomcast: listening on {scheme}://{config.host}:{server.bound_port}{config.path}"
+            f" ({config.redis_url})"
+        )
+        logging.getLogger("roomcast").info(
+            "open file limit %d: room for about %d connections", files, connection_budget(files)
+        )
 
     async def until_stopped() -> None:
         try:
-            await (shutdown_trigger if shutdown_trigger is not None else until_signalled())
+            if shutdown_trigger is not None:
+                await shutdown_trigger
+            elif parent is None:
+                await until_signalled()
+            else:
+                await _until_terminated_or_orphaned(parent)
         finally:
             out("roomcast: shutting down")
+            for extra in extra_servers:
+                await extra.stop()
 
+    separate = config.metrics_port is not None
     try:
         await helper.run(
             config.host,
@@ -432,6 +502,10 @@ async def serve(
             getattr(app, "http_handler", None),
             shutdown_trigger=until_stopped(),
             on_listening=on_listening,
+            ssl=context,
+            health=True,
+            metrics=not separate,
+            reuse_port=parent is not None,
         )
     except BrokerUnavailable as exc:
         raise CliError(str(exc), 1) from None
@@ -442,6 +516,91 @@ async def serve(
             raise CliError(
                 f"cannot listen on {config.host}:{config.port}: address already in use", 1
             ) from None
+        raise CliError(
+            f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", 1
+        ) from None
+
+
+def tls_context(config: ServeConfig) -> Any:
+    """The SSLContext the --ssl-* flags ask for, or None; CliError for unusable files."""
+    if not config.ssl_certfile:
+        return None
+    from .tls import TlsError, server_context
+
+    try:
+        return server_context(
+            config.ssl_certfile,
+            config.ssl_keyfile,
+            password=config.ssl_keyfile_password,
+            ca_certs=config.ssl_ca_certs,
+        )
+    except TlsError as exc:
+        raise CliError(str(exc)) from None
+
+
+async def _metrics_servers(config: ServeConfig, helper: Any, worker: bool) -> list[Any]:
+    """With --metrics-port: a worker feeds the supervisor's metrics port (which serves the
+    sum); a single process listens there itself. Returns the servers to stop."""
+    if config.metrics_port is None:
+        return []
+    from .endpoints import Endpoints
+    from .http import WebServer
+    from .metrics import Exporter
+
+    if worker:
+        Exporter(helper).start()
+        return []
+    metrics = WebServer(config.host, config.metrics_port, Endpoints(helper))
+    await metrics.start()
+    return [metrics]
+
+
+async def _until_terminated_or_orphaned(parent: int) -> None:
+    """A worker stops on SIGTERM (its supervisor's word) or when its supervisor is gone."""
+    terminated = asyncio.ensure_future(until_signalled((signal.SIGTERM,)))
+    try:
+        while not terminated.done():
+            if os.getppid() != parent:
+                logging.getLogger("roomcast").error("supervisor %d is gone: shutting down", parent)
+                return
+            await asyncio.wait((terminated,), timeout=1.0)
+    finally:
+        terminated.cancel()
+
+
+async def serve_workers(
+    config: ServeConfig, argv: Sequence[str], out: Callable[[str], None]
+) -> int:
+    """`--workers N`: supervise N worker processes (see roomcast.workers)."""
+    from .workers import supervise
+
+    tls_context(config)  # bad files fail here, once, not in every worker
+    extra_env: dict[str, str] = {}
+    if config.jwt_secret is None and config.jwt_public_key is None and config.jwks_url is None:
+        # One secret for every worker, so a token is good on whichever worker takes it.
+        extra_env["ROOMCAST_JWT_SECRET"] = demo_secret(
+            config, (lambda _line: None) if config.app else out
+        )
+    scheme = "wss" if config.ssl_certfile else "ws"
+
+    def describe(port: int) -> str:
+        return (
+            f"roomcast: listening on {scheme}://{config.host}:{port}{config.path} "
+            f"({config.workers} workers, {config.redis_url})"
+        )
+
+    try:
+        return await supervise(
+            config.workers,
+            argv,
+            config.host,
+            config.port,
+            extra_env,
+            out,
+            describe,
+            config.metrics_port,
+        )
+    except OSError as exc:
         raise CliError(
             f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", 1
         ) from None
@@ -511,7 +670,7 @@ async def emit(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    argv = sys.argv[1:] if argv is None else list(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
         parser.print_usage(sys.stderr)
         print("roomcast: error: a command is required: serve, emit or token", file=sys.stderr)
@@ -543,11 +702,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
         logging.getLogger("roomcast.picows").setLevel(logging.WARNING)
+        # picows prefixes its logger names with "picows.": one line per connection otherwise.
+        logging.getLogger("picows").setLevel(logging.WARNING)
         import uvloop
 
         def printer(line: str) -> None:
             print(line, flush=True)
 
+        from .workers import worker_parent
+
+        if config.workers > 1 and worker_parent() is None:
+            return uvloop.run(serve_workers(config, argv, printer))
         uvloop.run(serve(config, out=printer))
     except CliError as exc:
         print(f"roomcast: error: {exc}", file=sys.stderr)

@@ -174,6 +174,7 @@ class Client(WSListener):
         if self._closing or transport is None:
             return
         self._closing = True
+        self._server.counters.close(code)
         self._server._hub.flush_one(self.handle)
         try:
             transport.send_close(code, reason.encode())  # type: ignore[arg-type]

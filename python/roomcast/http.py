@@ -10,6 +10,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from http import HTTPStatus
+from ssl import SSLContext
 from typing import TYPE_CHECKING, Any
 
 from picows import (
@@ -98,10 +99,15 @@ class WebServer:
         host: str = "127.0.0.1",
         port: int = 8080,
         http_handler: HttpHandler | None = None,
+        *,
+        ssl: SSLContext | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self.host = host
         self.port = port
         self.http_handler = http_handler or not_found
+        self.ssl = ssl  # wss:// and https:// when set
+        self.reuse_port = reuse_port  # SO_REUSEPORT: worker processes share one port
         self._routes: dict[str, WebSocketServerHelper] = {}
         self._server: asyncio.Server | None = None
 
@@ -129,6 +135,8 @@ class WebServer:
             read_buffer_init_size=READ_BUFFER_INIT_SIZE,
             websocket_handshake_timeout=5,
             logger_name="roomcast.picows",
+            ssl=self.ssl,
+            reuse_port=self.reuse_port or None,
         )
 
     async def stop(self) -> None:

@@ -54,15 +54,18 @@ async def run(
     *,
     shutdown_trigger: Awaitable[Any] | None = None,
     on_listening: Callable[[WebServer], Any] | None = None,
+    **serve_options: Any,
 ) -> None:
     """Serve `helper` on host:port until `shutdown_trigger` completes (default: SIGINT or
     SIGTERM) or the calling task is cancelled; then shut down gracefully and return.
+    `serve_options` go to `helper.serve` (`ssl`, `health`, `metrics`, `reuse_port`);
+    `on_listening(server)` runs once the port is bound (awaited if it is a coroutine).
 
     Errors of start-up (BrokerUnavailable, OSError for a port in use) propagate after the
     helper was shut down.
     """
     try:
-        server = await helper.serve(host, port, http_handler)
+        server = await helper.serve(host, port, http_handler, **serve_options)
     except BaseException:
         if inspect.iscoroutine(shutdown_trigger):
             shutdown_trigger.close()  # never awaited: say so quietly
@@ -77,7 +80,9 @@ async def run(
             helper.get_path(),
         )
         if on_listening is not None:
-            on_listening(server)
+            result = on_listening(server)
+            if inspect.isawaitable(result):
+                await result
         await (shutdown_trigger if shutdown_trigger is not None else until_signalled())
     finally:
         logger.info("%s shutting down", helper.identifier)

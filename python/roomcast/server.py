@@ -14,6 +14,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from ssl import SSLContext
 from typing import Any, Protocol
 
 from . import _core
@@ -30,6 +31,7 @@ from .constants import (
     WebSocketMessageTypes,
 )
 from .http import HttpHandler, UpgradeRefused, WebServer
+from .metrics import Counters
 from .protocol import (
     MISSING,
     InvalidMessage,
@@ -266,6 +268,8 @@ class WebSocketServerHelper:
         )
         self._clients: dict[str, Client] = {}
         self._encrypted = 0
+        # Plain ints the protocol path bumps; `roomcast.metrics` reads them at scrape time.
+        self.counters = Counters()
         # Encrypted deliveries (clients, event, data), run one after another so every client
         # gets its messages in order; `_sealer` drains them.
         self._sealing: deque[tuple[list[Client], str, Any]] = deque()
@@ -303,10 +307,23 @@ class WebSocketServerHelper:
         host: str = "127.0.0.1",
         port: int = 8080,
         http_handler: HttpHandler | None = None,
+        *,
+        ssl: SSLContext | None = None,
+        health: bool = False,
+        metrics: bool = False,
+        reuse_port: bool = False,
     ) -> WebServer:
-        """Configure (if needed) and listen on host:port; returns the started WebServer."""
+        """Configure (if needed) and listen on host:port; returns the started WebServer.
+
+        `ssl` serves wss:// (and https:// for plain HTTP); `health` answers GET /health and
+        `metrics` GET /metrics (Prometheus text) before `http_handler` sees a request;
+        `reuse_port` lets several processes listen on one port (SO_REUSEPORT)."""
         await self.configure()
-        server = WebServer(host, port, http_handler)
+        if health or metrics:
+            from .endpoints import Endpoints
+
+            http_handler = Endpoints(self, http_handler, health=health, metrics=metrics)
+        server = WebServer(host, port, http_handler, ssl=ssl, reuse_port=reuse_port)
         server.route(self)
         await server.start()
         return server
@@ -319,10 +336,15 @@ class WebSocketServerHelper:
         *,
         shutdown_trigger: Awaitable[Any] | None = None,
         on_listening: Callable[[WebServer], Any] | None = None,
+        ssl: SSLContext | None = None,
+        health: bool = False,
+        metrics: bool = False,
+        reuse_port: bool = False,
     ) -> None:
         """Serve until SIGINT or SIGTERM (or until `shutdown_trigger` completes, or this
         task is cancelled), then shut down gracefully (1001 to every client) and return.
-        `on_listening(server)` runs once the port is bound. See `roomcast.runner.run`."""
+        `on_listening(server)` runs once the port is bound; the other options are `serve`'s.
+        See `roomcast.runner.run`."""
         from .runner import run
 
         await run(
@@ -332,6 +354,10 @@ class WebSocketServerHelper:
             http_handler,
             shutdown_trigger=shutdown_trigger,
             on_listening=on_listening,
+            ssl=ssl,
+            health=health,
+            metrics=metrics,
+            reuse_port=reuse_port,
         )
 
     async def shutdown(self) -> None:
@@ -379,6 +405,7 @@ class WebSocketServerHelper:
         )
         client.handle = self._hub.add(client.id, raw.write, client)
         self._clients[client.id] = client
+        self.counters.connects += 1
         self._hub.set_auth_deadline(client.handle, self.auth_timeout)
         logger.debug("connected %s (unauthorized)", client.id)
         if not self._accepting:
@@ -420,9 +447,11 @@ class WebSocketServerHelper:
         try:
             message = decode(payload, is_text)
         except InvalidMessage:
+            self.counters.received["invalid"] += 1
             self._hub.send(client.handle, _ERR_FORMAT)
             return
         except InvalidText:
+            self.counters.received["invalid"] += 1
             client.close(CloseCode.INVALID_TEXT, CloseCode.REASONS[CloseCode.INVALID_TEXT])
             return
         self._dispatch(client, message)
@@ -430,6 +459,8 @@ class WebSocketServerHelper:
     def _dispatch(self, client: Client, message: dict[str, Any], sealed: bool = False) -> None:
         """Act on one decoded message; `sealed` when it came inside an `encrypted` event."""
         event = message.get("event")
+        if not sealed:
+            self.counters.count_received(event)
         if type(event) is not str or not event:
             logger.info("message without event from %s dropped", client.id)
             return
@@ -483,6 +514,7 @@ class WebSocketServerHelper:
                 result = await result
         except Exception:
             logger.exception("authenticate_fn raised for %s", client.id)
+            self.counters.auth["error"] += 1
             if client.state is _AUTHENTICATING and not client.closing:
                 self._hub.send(client.handle, _ERR_AUTH_ERROR)
                 client.close(CloseCode.AUTH_FAILED, CloseCode.REASONS[CloseCode.AUTH_FAILED])
@@ -491,6 +523,7 @@ class WebSocketServerHelper:
             logger.info("%s left during authentication", client.id)
             return
         if _refused(result):
+            self.counters.auth["failed"] += 1
             logger.info("authentication rejected for %s", client.id)
             self._hub.send(client.handle, _ERR_AUTH_FAILED)
             client.close(CloseCode.AUTH_FAILED, CloseCode.REASONS[CloseCode.AUTH_FAILED])
@@ -527,6 +560,7 @@ class WebSocketServerHelper:
             if client.salt is not None:
                 connected["salt"] = client.salt
         hub.send(client.handle, encode(WebSocketEvents.CONNECTED, connected))
+        self.counters.auth["ok"] += 1
         logger.debug(
             "authenticated %s (user %s, encrypted %s)", client.id, client.user_id, client.encrypted
         )
@@ -976,6 +1010,19 @@ class WebSocketServerHelper:
                 stats[f"broker_{key}"] = value
         return stats
 
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """(ok, body) for a load balancer: ok while this node accepts connections and its
+        broker is connected; otherwise the body says what is wrong."""
+        broker = getattr(self._broker, "state", "connected")
+        if self._accepting and broker == "connected":
+            return True, {"status": "ok"}
+        body: dict[str, Any] = {"status": "degraded"}
+        if not self._accepting:
+            body["accepting"] = False
+        if broker != "connected":
+            body["broker"] = broker
+        return False, body
+
     # -- internals -----------------------------------------------------------------------
 
     def _schedule(self, callback: Callable[[], None]) -> None:
@@ -989,6 +1036,7 @@ class WebSocketServerHelper:
         self._sweep_handle = self._loop.call_later(SWEEP_INTERVAL, self._sweep)
         for client, reason in self._hub.sweep():
             if reason == _core.EXPIRED_AUTH:
+                self.counters.auth["timeout"] += 1
                 logger.info("closing %s: authentication timeout", client.id)
                 client.close(CloseCode.AUTH_TIMEOUT, CloseCode.REASONS[CloseCode.AUTH_TIMEOUT])
             elif reason == _core.EXPIRED_HEARTBEAT:

@@ -9,7 +9,8 @@ Implementations: `memory.MemoryBroker` (one process) and `redis.RedisBroker` (Re
 Cluster). A broker may also offer `interest(channel, on)`: the server then reports when a
 `ws:room:`, `ws:user:` or `ws:client:` channel gets its first local member (on) or loses its
 last (off), so the broker can subscribe only to what the node needs. Brokers that receive
-everything anyway need not have it.
+everything anyway need not have it. A broker may tell its `state` (`connected`, `connecting`,
+`reconnecting`, `closed`) and keep `stats()` counters; health checks and metrics read them.
 """
 
 from __future__ import annotations

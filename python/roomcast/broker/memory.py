@@ -42,6 +42,15 @@ class MemoryBroker:
                 count += 1
         return count
 
+    @property
+    def connected(self) -> bool:
+        return True
+
+    @property
+    def state(self) -> str:
+        """Always `connected`: there is nothing to lose a connection to."""
+        return "connected"
+
     async def close(self) -> None:
         peers = _networks.get(self.name)
         if peers is not None:

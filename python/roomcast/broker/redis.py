@@ -447,6 +447,16 @@ class RedisBroker:
     def connected(self) -> bool:
         return self._state == _UP
 
+    @property
+    def state(self) -> str:
+        """`connected`, `connecting` (never up yet), `reconnecting` (lost, retrying) or
+        `closed`."""
+        if self._state == _UP:
+            return "connected"
+        if self._state == _CLOSED:
+            return "closed"
+        return "connecting" if self._supervisor is None else "reconnecting"
+
     def stats(self) -> dict[str, int]:
         """Counters: connected (1 or 0), published, received, dropped, reconnects,
         watchdog_rebuilds, subscriptions (exact channels now subscribed, probes included)

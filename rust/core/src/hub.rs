@@ -72,6 +72,14 @@ pub struct Stats {
     pub memberships: usize,
     /// Messages skipped for backpressure since the hub was created.
     pub skipped: u64,
+    /// Messages queued for a connection (one per recipient) since the hub was created.
+    pub delivered: u64,
+    /// Frames handed to connections' writers by flushes (pings included).
+    pub frames_out: u64,
+    /// Bytes handed to connections' writers by flushes.
+    pub bytes_out: u64,
+    /// Connections marked backpressured now.
+    pub backpressured: usize,
     /// Bytes queued and not yet flushed.
     pub pending_bytes: usize,
     /// Wheel entries, stale ones included.
@@ -237,6 +245,9 @@ struct Outbox {
     /// The caller must schedule a flush.
     flush_requested: bool,
     skipped: u64,
+    delivered: u64,
+    frames_out: u64,
+    bytes_out: u64,
     pending_bytes: usize,
 }
 
@@ -253,6 +264,7 @@ impl Outbox {
             }
             return false;
         }
+        self.delivered += 1;
         self.queue(slot, conn, frame.clone());
         true
     }
@@ -273,24 +285,24 @@ impl Outbox {
 }
 
 /// Hands a connection's pending frames to `write` and empties its queue.
-fn drain<S>(conn: &mut Conn<S>, total: &mut usize, write: &mut impl FnMut(&S, Batch<'_>)) {
+fn drain<S>(conn: &mut Conn<S>, out: &mut Outbox, write: &mut impl FnMut(&S, Batch<'_>)) {
     let Some(first) = conn.pending.first.take() else {
         return;
     };
     let bytes = conn.pending.bytes;
-    write(
-        &conn.sink,
-        Batch {
-            first: &first,
-            rest: conn.pending.rest.as_deref().map_or(&[], Vec::as_slice),
-            bytes,
-        },
-    );
+    let batch = Batch {
+        first: &first,
+        rest: conn.pending.rest.as_deref().map_or(&[], Vec::as_slice),
+        bytes,
+    };
+    out.frames_out += batch.len() as u64;
+    write(&conn.sink, batch);
     if let Some(rest) = &mut conn.pending.rest {
         rest.clear();
     }
     conn.pending.bytes = 0;
-    *total -= bytes;
+    out.pending_bytes -= bytes;
+    out.bytes_out += bytes as u64;
 }
 
 /// Makes sure the connection's one live wheel entry is no later than its earliest
@@ -336,6 +348,7 @@ pub struct Hub<S> {
     free: Vec<u32>,
     len: usize,
     authenticated: usize,
+    backpressured: usize,
     rooms: Rooms,
     users: Users,
     out: Outbox,
@@ -359,6 +372,7 @@ impl<S> Hub<S> {
             free: Vec::new(),
             len: 0,
             authenticated: 0,
+            backpressured: 0,
             rooms: Rooms::default(),
             users: Users::default(),
             out: Outbox {
@@ -369,6 +383,9 @@ impl<S> Hub<S> {
                 flush_scheduled: false,
                 flush_requested: false,
                 skipped: 0,
+                delivered: 0,
+                frames_out: 0,
+                bytes_out: 0,
                 pending_bytes: 0,
             },
             wheel: Wheel::new(now / TICK_MS),
@@ -436,6 +453,9 @@ impl<S> Hub<S> {
         self.len -= 1;
         if conn.authenticated {
             self.authenticated -= 1;
+        }
+        if conn.backpressured {
+            self.backpressured -= 1;
         }
         self.out.pending_bytes -= conn.pending.bytes;
         let slots = &mut self.slots;
@@ -572,7 +592,14 @@ impl<S> Hub<S> {
 
     pub fn set_backpressured(&mut self, handle: Handle, backpressured: bool) {
         if let Some(conn) = live_mut(&mut self.slots, handle) {
-            conn.backpressured = backpressured;
+            if conn.backpressured != backpressured {
+                conn.backpressured = backpressured;
+                if backpressured {
+                    self.backpressured += 1;
+                } else {
+                    self.backpressured -= 1;
+                }
+            }
         }
     }
 
@@ -806,7 +833,7 @@ impl<S> Hub<S> {
         for &slot in &dirty {
             if let Some(conn) = member_mut(&mut self.slots, slot) {
                 if mem::take(&mut conn.dirty) {
-                    drain(conn, &mut self.out.pending_bytes, &mut write);
+                    drain(conn, &mut self.out, &mut write);
                 }
             }
         }
@@ -818,7 +845,7 @@ impl<S> Hub<S> {
     pub fn flush_one(&mut self, handle: Handle, mut write: impl FnMut(&S, Batch<'_>)) {
         if let Some(conn) = live_mut(&mut self.slots, handle) {
             if mem::take(&mut conn.dirty) {
-                drain(conn, &mut self.out.pending_bytes, &mut write);
+                drain(conn, &mut self.out, &mut write);
             }
         }
     }
@@ -902,6 +929,10 @@ impl<S> Hub<S> {
             users: self.users.len(),
             memberships: self.rooms.memberships(),
             skipped: self.out.skipped,
+            delivered: self.out.delivered,
+            frames_out: self.out.frames_out,
+            bytes_out: self.out.bytes_out,
+            backpressured: self.backpressured,
             pending_bytes: self.out.pending_bytes,
             wheel_entries: self.wheel.len(),
         }

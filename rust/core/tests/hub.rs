@@ -794,3 +794,45 @@ fn a_cancelled_interest_request_is_made_again_on_the_next_change() {
     assert!(hub.take_interest_request());
     assert_eq!(hub.pending_interest(), 2);
 }
+
+#[test]
+fn stats_count_deliveries_frames_and_bytes_out() {
+    let mut hub = hub();
+    let a = authed(&mut hub, 1, 0);
+    let b = authed(&mut hub, 2, 0);
+    hub.join(a, "r");
+    hub.join(b, "r");
+    assert_eq!(hub.send_room("r", b"hello", &Exclude::none()), 2);
+    assert!(hub.send(a, b"x"));
+    let s = hub.stats();
+    assert_eq!((s.delivered, s.frames_out, s.bytes_out), (3, 0, 0));
+    let written: usize = flush(&mut hub)
+        .iter()
+        .map(|(_, bytes, _)| bytes.len())
+        .sum();
+    let s = hub.stats();
+    assert_eq!(s.delivered, 3);
+    assert_eq!(s.frames_out, 3);
+    assert_eq!(s.bytes_out, written as u64);
+    assert_eq!(
+        written,
+        2 * text_frame(b"hello").len() + text_frame(b"x").len()
+    );
+}
+
+#[test]
+fn stats_count_backpressured_connections_once_each() {
+    let mut hub = hub();
+    let a = authed(&mut hub, 1, 0);
+    let b = authed(&mut hub, 2, 0);
+    hub.set_backpressured(a, true);
+    hub.set_backpressured(a, true);
+    hub.set_backpressured(b, true);
+    assert_eq!(hub.stats().backpressured, 2);
+    hub.set_backpressured(b, false);
+    assert_eq!(hub.stats().backpressured, 1);
+    assert!(!hub.send(a, b"x"));
+    assert_eq!(hub.stats().delivered, 0);
+    hub.remove(a);
+    assert_eq!(hub.stats().backpressured, 0);
+}

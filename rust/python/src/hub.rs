@@ -600,6 +600,10 @@ impl Hub {
         dict.set_item(intern!(py, "users"), s.users)?;
         dict.set_item(intern!(py, "memberships"), s.memberships)?;
         dict.set_item(intern!(py, "skipped"), s.skipped)?;
+        dict.set_item(intern!(py, "delivered"), s.delivered)?;
+        dict.set_item(intern!(py, "frames_out"), s.frames_out)?;
+        dict.set_item(intern!(py, "bytes_out"), s.bytes_out)?;
+        dict.set_item(intern!(py, "backpressured"), s.backpressured)?;
         dict.set_item(intern!(py, "pending_bytes"), s.pending_bytes)?;
         dict.set_item(intern!(py, "wheel_entries"), s.wheel_entries)?;
         Ok(dict)
