@@ -18,6 +18,7 @@ import importlib
 import inspect
 import logging
 import os
+import re
 import secrets
 import signal
 import sys
@@ -28,7 +29,7 @@ from typing import Any, NoReturn
 
 from . import jwt
 from .broker import REDIS_SCHEMES, BrokerUnavailable
-from .constants import WebSocketDefaults
+from .constants import INTERNAL_ROOM_PREFIX, WebSocketDefaults
 
 CALLBACKS = (
     "authenticate_fn",
@@ -69,6 +70,7 @@ class ServeConfig:
     jwt_secret: str | None = None
     allow_rooms: str = "*"
     log_level: str = "info"
+    log_format: str = "text"
 
 
 # -- flag parsing ------------------------------------------------------------------------
@@ -164,6 +166,7 @@ _SERVE_FLAGS: list[tuple[str, Callable[[str], Any] | None, str]] = [
     ("--jwt-secret", str, "HS256 secret of the built-in authenticator"),
     ("--allow-rooms", str, "glob of room names clients may join (default '*')"),
     ("--log-level", str, "debug, info, warning or error (default info)"),
+    ("--log-format", str, "text, or json for one JSON object per line (default text)"),
 ]
 
 
@@ -227,6 +230,8 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> Serve
             setattr(config, dest, value)
     if config.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise CliError(f"unknown log level: {config.log_level}")
+    if config.log_format.lower() not in ("text", "json"):
+        raise CliError(f"unknown log format: {config.log_format}")
     return config
 
 
@@ -272,12 +277,7 @@ def build_helper(config: ServeConfig, app: Any = None, out: Callable[[str], None
             out(f"roomcast: demo token (sub=demo, valid 24 h): {token}")
         callbacks["authenticate_fn"] = jwt.JwtAuthenticator(secret)
     if callbacks["validate_room_fn"] is None:
-        pattern = config.allow_rooms
-
-        def validate_room_fn(client_id: str, user_id: str | None, rooms: list[str]) -> list[str]:
-            return [room for room in rooms if fnmatch.fnmatchcase(room, pattern)]
-
-        callbacks["validate_room_fn"] = validate_room_fn
+        callbacks["validate_room_fn"] = room_policy(config.allow_rooms)
     if (
         config.require_encryption
         and callbacks["handshake_fn"] is None
@@ -304,6 +304,27 @@ def build_helper(config: ServeConfig, app: Any = None, out: Callable[[str], None
         server_options={"max_payload_length": config.max_payload_length},
         **callbacks,
     )
+
+
+# A client id (uuid4): its own-id room, on this node or any other, carries its messages.
+_CLIENT_ID_SHAPE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
+
+
+def room_policy(pattern: str) -> Callable[[str, str | None, list[str]], list[str]]:
+    """The built-in validate_room_fn: rooms matching the `--allow-rooms` glob, except names
+    starting with `ws:` and names shaped like a client id (any client's own room, on any
+    node, other than the joiner's own)."""
+
+    def validate_room_fn(client_id: str, user_id: str | None, rooms: list[str]) -> list[str]:
+        return [
+            room
+            for room in rooms
+            if fnmatch.fnmatchcase(room, pattern)
+            and not room.startswith(INTERNAL_ROOM_PREFIX)
+            and (room == client_id or not _CLIENT_ID_SHAPE.fullmatch(room))
+        ]
+
+    return validate_room_fn
 
 
 async def serve(
@@ -430,11 +451,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         config = config_from_args(args, dict(os.environ))
-        logging.basicConfig(
-            level=config.log_level.upper(),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
-        logging.getLogger("roomcast.picows").setLevel(logging.WARNING)
+        from . import log
+
+        log.configure(config.log_level, config.log_format.lower())
         import uvloop
 
         def printer(line: str) -> None:

@@ -1,0 +1,135 @@
+"""Logging policy: what a connection may write, and in which format.
+
+- Nothing per connection at INFO: connection life (connect, authenticate, close) is one DEBUG
+  line; finer steps and picows' own per-connection chatter are TRACE (below DEBUG).
+- A client's fault (oversized message, bad UTF-8, a protocol error, a malformed handshake) is
+  a WARNING at most, and `fault()` writes at most one line per kind every FAULT_INTERVAL
+  seconds, the next one saying how many were left out: a hostile client cannot flood the log.
+- Lines about a client carry `extra=client_extra(client)` (its id and user id), which the
+  JSON format writes as fields.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, MutableMapping
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from picows import PICOWS_DEBUG_LL
+
+# Below DEBUG: per-connection steps that DEBUG would repeat many times per client.
+TRACE = 5
+logging.addLevelName(TRACE, "TRACE")
+
+# At most one line per kind of client fault in this many seconds.
+FAULT_INTERVAL = 5.0
+
+logger = logging.getLogger("roomcast")
+
+
+def client_extra(client: Any) -> dict[str, Any]:
+    """`extra=` for a log line about one client: its id and user id."""
+    return {"client_id": client.id, "user_id": client.user_id}
+
+
+class FaultLog:
+    """Rate-limited WARNING lines for faults a client causes, one budget per kind."""
+
+    def __init__(self, target: logging.Logger, interval: float = FAULT_INTERVAL) -> None:
+        self._logger = target
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def __call__(
+        self, kind: str, msg: str, *args: Any, extra: Mapping[str, Any] | None = None
+    ) -> None:
+        if not self._logger.isEnabledFor(logging.WARNING):
+            return
+        now = time.monotonic()
+        last = self._last.get(kind)
+        if last is not None and now - last < self.interval:
+            self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
+            return
+        self._last[kind] = now
+        left_out = self._suppressed.pop(kind, 0)
+        if left_out:
+            msg += " (%d more %s since the last line)"
+            args = (*args, left_out, kind)
+        self._logger.warning("%s: " + msg, kind, *args, extra=extra)
+
+
+fault = FaultLog(logger)
+
+
+class PicowsLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """What picows logs, held to the policy above: its per-connection INFO lines ("New
+    connection accepted", "Disconnected", handshake timeouts) and write-buffer warnings become
+    TRACE, a frame parser error (a client fault) goes through `fault()`; the rest (exceptions
+    from our listener, which are our bugs) passes unchanged."""
+
+    def __init__(self, target: logging.Logger) -> None:
+        super().__init__(target, {})
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if level <= PICOWS_DEBUG_LL:
+            if self.logger.isEnabledFor(level):
+                self.logger.log(level, msg, *args, **kwargs)
+            return
+        text = str(msg)
+        if level == logging.INFO or text.startswith("Protocol writing"):
+            level = TRACE
+        elif text.startswith("WS parser error") and not kwargs.get("exc_info"):
+            fault("protocol error", "frame rejected: " + text, *args)
+            return
+        if self.logger.isEnabledFor(level):
+            self.logger.log(level, msg, *args, **kwargs)
+
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
+        return msg, kwargs
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time (ISO-8601 UTC), level, logger, message, and the client
+    id / user id when the line is about a client."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        client_id = getattr(record, "client_id", None)
+        if client_id is not None:
+            line["client_id"] = client_id
+        user_id = getattr(record, "user_id", None)
+        if user_id is not None:
+            line["user_id"] = user_id
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(line).decode()
+
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure(level: str = "info", fmt: str = "text") -> None:
+    """Root logging for the command line: `fmt` is "text" or "json", both on stderr."""
+    handler = logging.StreamHandler()
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
