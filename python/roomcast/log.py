@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from picows import PICOWS_DEBUG_LL
 
 # Below DEBUG: per-connection steps that DEBUG would repeat many times per client.
 TRACE = 5
@@ -66,22 +65,19 @@ fault = FaultLog(logger)
 
 
 class PicowsLog(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """What picows logs, held to the policy above: its per-connection INFO lines ("New
-    connection accepted", "Disconnected", handshake timeouts) and write-buffer warnings become
-    TRACE, a frame parser error (a client fault) goes through `fault()`; the rest (exceptions
-    from our listener, which are our bugs) passes unchanged."""
+    """What picows logs, held to the policy above: its per-connection INFO and DEBUG lines
+    ("New connection accepted", "Disconnected", handshake timeouts) and write-buffer warnings
+    become TRACE (its own debug level, 9, stays below DEBUG too); a frame parser error (a
+    client fault) goes through `fault()`; the rest (exceptions from our listener, which are
+    our bugs) passes unchanged."""
 
     def __init__(self, target: logging.Logger) -> None:
         super().__init__(target, {})
 
     def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
-        if level <= PICOWS_DEBUG_LL:
-            if self.logger.isEnabledFor(level):
-                self.logger.log(level, msg, *args, **kwargs)
-            return
         text = str(msg)
-        if level == logging.INFO or text.startswith("Protocol writing"):
-            level = TRACE
+        if level < logging.WARNING or text.startswith("Protocol writing"):
+            level = min(level, TRACE)
         elif text.startswith("WS parser error") and not kwargs.get("exc_info"):
             fault("protocol error", "frame rejected: " + text, *args)
             return
