@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import Callable, Mapping
+from functools import partial
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
@@ -113,7 +115,7 @@ class WebServer:
         self._server: asyncio.Server | None = None
         self._max_frame_size = DEFAULT_MAX_FRAME_SIZE
         self._handshake_timeout = DEFAULT_HANDSHAKE_TIMEOUT
-        self._picows_log = PicowsLog(logging.getLogger("roomcast.picows"))
+        self._picows_logger = logging.getLogger("roomcast.picows")
 
     def route(self, helper: WebSocketServerHelper) -> None:
         """Send upgrade requests for `helper.get_path()` to `helper`; connections accepted
@@ -138,12 +140,13 @@ class WebServer:
     def _new_protocol(self) -> asyncio.BufferedProtocol:
         """picows' protocol for one connection (what `ws_create_server` would make, with the
         limits of the routes as they are now), behind the first-bytes guard."""
+        log = PicowsLog(self._picows_logger)
         protocol = WSProtocol(
             host_port=None,
             ws_path=None,
             is_client_side=False,
-            ws_listener_factory=self._listener_factory,
-            logger=self._picows_log,
+            ws_listener_factory=partial(self._listener_factory, log),
+            logger=log,
             disconnect_on_exception=True,
             websocket_handshake_timeout=self._handshake_timeout,
             enable_auto_ping=False,  # deadlines and pings belong to the Rust timer wheel
@@ -163,7 +166,7 @@ class WebServer:
             self._server.close()
             self._server = None
 
-    def _listener_factory(self, request: WSUpgradeRequest) -> Any:
+    def _listener_factory(self, log: PicowsLog, request: WSUpgradeRequest) -> Any:
         path, _, query = request.path.decode("latin-1").partition("?")
         headers = request.headers
         helper = self._routes.get(path)
@@ -174,7 +177,9 @@ class WebServer:
                 fault("bad handshake", "upgrade refused on %s with %d: %s", path, status, body)
                 return _to_picows(HttpResponse(status, body, extra))
             try:
-                return helper.accept()
+                client = helper.accept()
+                log.client = weakref.ref(client)  # picows' lines about it carry its id
+                return client
             except UpgradeRefused as exc:
                 logger.warning("upgrade refused on %s: %s", path, exc)
             except Exception:

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, MutableMapping
+import weakref
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -64,30 +65,63 @@ class FaultLog:
 fault = FaultLog(logger)
 
 
-class PicowsLog(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """What picows logs, held to the policy above: its per-connection INFO and DEBUG lines
-    ("New connection accepted", "Disconnected", handshake timeouts) and write-buffer warnings
-    become TRACE (its own debug level, 9, stays below DEBUG too); a frame parser error (a
-    client fault) goes through `fault()`; the rest (exceptions from our listener, which are
-    our bugs) passes unchanged."""
+# picows lines that report a client's fault, by how they start, and the kind of fault.
+_PICOWS_FAULTS = (
+    ("WS parser error", "protocol error"),
+    ("Handshake timeout", "handshake timeout"),
+    ("Disconnect because HTTP request violated max_size", "bad handshake"),
+)
+
+
+class PicowsLog:
+    """The logger handed to picows for one connection, holding what picows logs to the policy
+    above: its per-connection INFO and DEBUG lines ("New connection accepted",
+    "Disconnected") and write-buffer warnings become TRACE (its own debug level, 9, stays
+    below DEBUG too); what reports a client's fault (a frame parser error, a handshake
+    timeout, an oversized head) goes through `fault()`, with the client's id once the upgrade
+    made one (`client`, a weak reference); the rest (exceptions from our listener, which are
+    our bugs) passes unchanged. It has the logger methods picows calls; one per connection."""
+
+    __slots__ = ("client", "logger")
 
     def __init__(self, target: logging.Logger) -> None:
-        super().__init__(target, {})
+        self.logger = target
+        # A weak reference: the client holds picows' transport, which holds this object.
+        self.client: weakref.ref[Any] | None = None
+
+    def isEnabledFor(self, level: int) -> bool:
+        return self.logger.isEnabledFor(level)
+
+    def debug(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        self.log(logging.DEBUG, msg, *args, **kwargs)
+
+    def info(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        self.log(logging.INFO, msg, *args, **kwargs)
+
+    def warning(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        self.log(logging.WARNING, msg, *args, **kwargs)
+
+    def error(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        self.log(logging.ERROR, msg, *args, **kwargs)
+
+    def exception(self, msg: object, *args: Any, exc_info: Any = True, **kwargs: Any) -> None:
+        self.log(logging.ERROR, msg, *args, exc_info=exc_info, **kwargs)
 
     def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
         text = str(msg)
+        client = self.client() if self.client is not None else None
+        extra = client_extra(client) if client is not None else None
+        for prefix, kind in _PICOWS_FAULTS:
+            if text.startswith(prefix) and not kwargs.get("exc_info"):
+                rendered = text % args if args else text
+                if "exceeding max allowed size" in rendered:
+                    kind = "oversized message"
+                fault(kind, "%s", rendered, extra=extra)
+                return
         if level < logging.WARNING or text.startswith("Protocol writing"):
             level = min(level, TRACE)
-        elif text.startswith("WS parser error") and not kwargs.get("exc_info"):
-            fault("protocol error", "frame rejected: " + text, *args)
-            return
         if self.logger.isEnabledFor(level):
-            self.logger.log(level, msg, *args, **kwargs)
-
-    def process(
-        self, msg: Any, kwargs: MutableMapping[str, Any]
-    ) -> tuple[Any, MutableMapping[str, Any]]:
-        return msg, kwargs
+            self.logger.log(level, msg, *args, extra=extra, **kwargs)
 
 
 class JsonFormatter(logging.Formatter):
