@@ -384,6 +384,11 @@ def test_valid_upgrade_and_plain_http_are_unchanged():
             await wire.upgrade()
             await wire.authenticate("user:alice")
             wire.close()
+            # A Connection list, as Firefox sends it, is a valid upgrade.
+            firefox = await Wire.open(node.port)
+            await firefox.send(request("/ws", _with("Connection", "keep-alive, Upgrade")))
+            assert (await firefox.read_head()).startswith(b"HTTP/1.1 101 ")
+            firefox.close()
             # No WebSocket headers at all: plain HTTP, for the HTTP handler (default 404).
             plain = await Wire.open(node.port)
             await plain.send(request("/ws", {}))

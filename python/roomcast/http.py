@@ -176,6 +176,9 @@ class WebServer:
                 status, body, extra = refused
                 fault("bad handshake", "upgrade refused on %s with %d: %s", path, status, body)
                 return _to_picows(HttpResponse(status, body, extra))
+            # picows 2.3 then wants exactly "Connection: Upgrade"; RFC 6455 allows a list
+            # ("keep-alive, Upgrade", as Firefox sends), which refusal() has accepted.
+            headers["Connection"] = "Upgrade"
             try:
                 client = helper.accept()
                 log.client = weakref.ref(client)  # picows' lines about it carry its id
