@@ -71,6 +71,7 @@ _PICOWS_FAULTS = (
     ("Handshake timeout", "handshake timeout"),
     ("Disconnect because HTTP request violated max_size", "bad handshake"),
 )
+_FAULT_PREFIXES = tuple(prefix for prefix, _ in _PICOWS_FAULTS)
 
 
 class PicowsLog:
@@ -95,8 +96,12 @@ class PicowsLog:
     def debug(self, msg: object, *args: Any, **kwargs: Any) -> None:
         self.log(logging.DEBUG, msg, *args, **kwargs)
 
-    def info(self, msg: object, *args: Any, **kwargs: Any) -> None:
-        self.log(logging.INFO, msg, *args, **kwargs)
+    def info(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        # Twice per connection ("New connection accepted", "Disconnected"): kept short.
+        if msg.startswith(_FAULT_PREFIXES):
+            self._fault(msg, args)
+        elif self.logger.isEnabledFor(TRACE):
+            self.logger.log(TRACE, msg, *args, extra=self._extra(), **kwargs)
 
     def warning(self, msg: object, *args: Any, **kwargs: Any) -> None:
         self.log(logging.WARNING, msg, *args, **kwargs)
@@ -109,19 +114,24 @@ class PicowsLog:
 
     def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
         text = str(msg)
-        client = self.client() if self.client is not None else None
-        extra = client_extra(client) if client is not None else None
-        for prefix, kind in _PICOWS_FAULTS:
-            if text.startswith(prefix) and not kwargs.get("exc_info"):
-                rendered = text % args if args else text
-                if "exceeding max allowed size" in rendered:
-                    kind = "oversized message"
-                fault(kind, "%s", rendered, extra=extra)
-                return
+        if text.startswith(_FAULT_PREFIXES) and not kwargs.get("exc_info"):
+            self._fault(text, args)
+            return
         if level < logging.WARNING or text.startswith("Protocol writing"):
             level = min(level, TRACE)
         if self.logger.isEnabledFor(level):
-            self.logger.log(level, msg, *args, extra=extra, **kwargs)
+            self.logger.log(level, msg, *args, extra=self._extra(), **kwargs)
+
+    def _extra(self) -> dict[str, Any] | None:
+        client = self.client() if self.client is not None else None
+        return client_extra(client) if client is not None else None
+
+    def _fault(self, text: str, args: tuple[Any, ...]) -> None:
+        rendered = text % args if args else text
+        kind = next(kind for prefix, kind in _PICOWS_FAULTS if text.startswith(prefix))
+        if "exceeding max allowed size" in rendered:
+            kind = "oversized message"
+        fault(kind, "%s", rendered, extra=self._extra())
 
 
 class JsonFormatter(logging.Formatter):

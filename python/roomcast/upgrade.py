@@ -50,6 +50,8 @@ def request_line_verdict(head: bytes) -> bool | None:
     """Whether the first bytes of a connection can start an HTTP/1.x request line: True (it
     does), False (it cannot), None (more bytes are needed to tell)."""
     end = head.find(b"\n")
+    if end > 0 and head.startswith(b"GET /") and head[end - 10 : end] == b" HTTP/1.1\r":
+        return True  # the usual upgrade request, decided in one look
     line = head if end < 0 else head[:end]
     method, space, rest = line.partition(b" ")
     if method.translate(None, _TCHAR) or len(method) > _METHOD_MAX:
@@ -142,7 +144,8 @@ def _tokens(value: str | None) -> set[str]:
 def is_handshake(headers: Mapping[str, str]) -> bool:
     """Whether a request on a WebSocket path asks for a WebSocket (else it is plain HTTP)."""
     return (
-        "websocket" in _tokens(headers.get("Upgrade"))
+        headers.get("Upgrade") == "websocket"
+        or "websocket" in _tokens(headers.get("Upgrade"))
         or "Sec-WebSocket-Key" in headers
         or "Sec-WebSocket-Version" in headers
     )
@@ -150,7 +153,15 @@ def is_handshake(headers: Mapping[str, str]) -> bool:
 
 def refusal(headers: Mapping[str, str]) -> tuple[int, str, dict[str, str]] | None:
     """(status, body, headers) for a handshake RFC 6455 does not allow; None when it may go
-    on. Call only when `is_handshake(headers)`."""
+    on. Call only when `is_handshake(headers)`. The key is checked here too, though picows
+    would answer a bad one with 400 as well."""
+    if (
+        headers.get("Upgrade") == "websocket"
+        and headers.get("Connection") == "Upgrade"
+        and headers.get("Sec-WebSocket-Version") == "13"
+    ):
+        # What clients send (browsers, websockets): only the key is left to check.
+        return None if _is_websocket_key(headers.get("Sec-WebSocket-Key")) else _bad_key(headers)
     if "websocket" not in _tokens(headers.get("Upgrade")):
         return 426, "missing Upgrade: websocket", {"Upgrade": "websocket"}
     if "upgrade" not in _tokens(headers.get("Connection")):
@@ -160,9 +171,11 @@ def refusal(headers: Mapping[str, str]) -> tuple[int, str, dict[str, str]] | Non
         return 400, "missing Sec-WebSocket-Version", {}
     if version.strip() != "13":
         return 426, f"unsupported Sec-WebSocket-Version: {version}", {"Sec-WebSocket-Version": "13"}
+    return None if _is_websocket_key(headers.get("Sec-WebSocket-Key")) else _bad_key(headers)
+
+
+def _bad_key(headers: Mapping[str, str]) -> tuple[int, str, dict[str, str]]:
     key = headers.get("Sec-WebSocket-Key")
     if key is None:
         return 400, "missing Sec-WebSocket-Key", {}
-    if not _is_websocket_key(key.strip()):
-        return 400, f"invalid Sec-WebSocket-Key: {key!r}", {}
-    return None
+    return 400, f"invalid Sec-WebSocket-Key: {key!r}", {}
