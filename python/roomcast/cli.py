@@ -165,7 +165,7 @@ _SERVE_FLAGS: list[tuple[str, Callable[[str], Any] | None, str]] = [
     ("--max-payload-length", _positive_int, "largest accepted message in bytes (default 131072)"),
     ("--jwt-secret", str, "HS256 secret of the built-in authenticator"),
     ("--allow-rooms", str, "glob of room names clients may join (default '*')"),
-    ("--log-level", str, "debug, info, warning or error (default info)"),
+    ("--log-level", str, "trace, debug, info, warning or error (default info)"),
     ("--log-format", str, "text, or json for one JSON object per line (default text)"),
 ]
 
@@ -228,7 +228,7 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> Serve
             setattr(config, dest.removesuffix("_ms"), value / 1000)
         else:
             setattr(config, dest, value)
-    if config.log_level.lower() not in ("debug", "info", "warning", "error"):
+    if config.log_level.lower() not in ("trace", "debug", "info", "warning", "error"):
         raise CliError(f"unknown log level: {config.log_level}")
     if config.log_format.lower() not in ("text", "json"):
         raise CliError(f"unknown log format: {config.log_format}")

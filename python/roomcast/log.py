@@ -127,11 +127,18 @@ class PicowsLog:
         return client_extra(client) if client is not None else None
 
     def _fault(self, text: str, args: tuple[Any, ...]) -> None:
-        rendered = text % args if args else text
         kind = next(kind for prefix, kind in _PICOWS_FAULTS if text.startswith(prefix))
-        if "exceeding max allowed size" in rendered:
+        if kind == "protocol error" and args and isinstance(args[0], tuple) and len(args[0]) == 2:
+            reason = str(args[0][1])  # WSProtocolError.args: (close code, reason)
+        else:
+            reason = text % args if args else text
+        if "exceeding max allowed size" in reason:
             kind = "oversized message"
-        fault(kind, "%s", rendered, extra=self._extra())
+        client = self.client() if self.client is not None else None
+        if client is None:
+            fault(kind, "%s", reason)
+        else:
+            fault(kind, "closing %s: %s", client.id, reason, extra=client_extra(client))
 
 
 class JsonFormatter(logging.Formatter):

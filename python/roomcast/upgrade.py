@@ -105,7 +105,7 @@ class FirstBytesGuard(asyncio.BufferedProtocol):
         verdict = request_line_verdict(self._head)
         if verdict is False:
             peer = self._transport.get_extra_info("peername")
-            fault("bad handshake", "not an HTTP request from %s: %r", peer, self._head[:16])
+            fault("not HTTP", "400 to %s, whose first bytes are %r", peer, self._head[:16])
             self._transport.write(BAD_REQUEST)
             self._transport.close()
             return
