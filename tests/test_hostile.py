@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import os
 import signal
 import socket
@@ -25,6 +26,7 @@ from roomcast.cli import room_policy
 from roomcast.component import LazyWebSocket, WebSocketBindingKeys, WebSocketComponent
 from roomcast.crypto import EcdhClient, EcdhScheme
 from roomcast.jwt import sign
+from roomcast.log import FaultLog
 from roomcast.redis import RedisHelper
 from roomcast.upgrade import request_line_verdict
 from support import authed, nothing_more, open_client, recv, run, running, send
@@ -688,3 +690,26 @@ def test_json_log_format_has_one_object_per_line_with_the_client_id():
     faults = [r for r in records if r.get("client_id") == seen[3]["id"] and r["level"] == "WARNING"]
     assert len(faults) == 1 and "oversized message" in faults[0]["message"], records
     assert not [r for r in records if "picows" in r["logger"] and r["level"] != "WARNING"]
+
+
+def test_fault_log_writes_one_line_per_kind_per_interval_and_counts_the_rest():
+    records: list[logging.LogRecord] = []
+    target = logging.getLogger("roomcast.test_fault_log")
+    target.propagate = False
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    target.addHandler(handler)
+    faults = FaultLog(target, interval=3600)
+    for i in range(5):
+        faults("oversized message", "closing %s", f"c{i}", extra={"client_id": f"c{i}"})
+    faults("invalid utf-8", "closing %s", "c9")
+    assert [r.getMessage() for r in records] == [
+        "oversized message: closing c0",
+        "invalid utf-8: closing c9",
+    ]
+    assert records[0].levelno == logging.WARNING and records[0].client_id == "c0"
+    faults.interval = 0
+    faults("oversized message", "closing %s", "c5")
+    assert records[-1].getMessage() == (
+        "oversized message: closing c5 (and 4 more since the last such line)"
+    )

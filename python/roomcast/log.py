@@ -57,8 +57,8 @@ class FaultLog:
         self._last[kind] = now
         left_out = self._suppressed.pop(kind, 0)
         if left_out:
-            msg += " (%d more %s since the last line)"
-            args = (*args, left_out, kind)
+            msg += " (and %d more since the last such line)"
+            args = (*args, left_out)
         self._logger.warning("%s: " + msg, kind, *args, extra=extra)
 
 
