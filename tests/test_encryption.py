@@ -480,7 +480,7 @@ def test_inner_system_events_are_handled_like_clear_ones():
         ) as node:
             ws, _, crypto = await encrypted_client(node.url)
             await send(ws, crypto.seal("authenticate", {"token": "user:x"}))
-            assert await recv(ws) == {
+            assert crypto.open(await recv(ws)) == {
                 "event": "error",
                 "data": {"message": "Already authenticated"},
             }
@@ -509,7 +509,7 @@ def test_encrypted_event_that_cannot_be_opened_gets_decryption_failed():
             tampered = {"iv": good["data"]["iv"], "ct": base64.b64encode(bytes(ct)).decode()}
             for data in (tampered, {"iv": "AAAA", "ct": "AAAA"}, "junk", None):
                 await send(ws, {"event": "encrypted", "data": data})
-                assert await recv(ws) == {
+                assert crypto.open(await recv(ws)) == {
                     "event": "error",
                     "data": {"message": "Decryption failed"},
                 }
@@ -524,7 +524,7 @@ def test_encrypted_event_that_cannot_be_opened_gets_decryption_failed():
                     "data": {"iv": b64(iv).decode(), "ct": b64(not_object).decode()},
                 },
             )
-            assert await recv(ws) == {
+            assert crypto.open(await recv(ws)) == {
                 "event": "error",
                 "data": {"message": "Invalid message format"},
             }

@@ -18,6 +18,7 @@ import importlib
 import inspect
 import logging
 import os
+import re
 import secrets
 import signal
 import sys
@@ -28,8 +29,7 @@ from typing import Any, NoReturn
 
 from . import __version__, jwt
 from .broker import REDIS_SCHEMES, BrokerUnavailable
-from .constants import WebSocketDefaults
-from .protocol import INTERNAL_ROOM_PREFIX, ROOM_NAME_MAX_LENGTH
+from .constants import INTERNAL_ROOM_PREFIX, ROOM_NAME_MAX_LENGTH, WebSocketDefaults
 from .runner import until_signalled
 from .token import TokenError, add_token_parser, token_command
 
@@ -85,6 +85,7 @@ class ServeConfig:
     ssl_keyfile_password: str | None = None
     ssl_ca_certs: str | None = None
     metrics_port: int | None = None
+    log_format: str = "text"
 
 
 # -- flag parsing ------------------------------------------------------------------------
@@ -229,7 +230,8 @@ _SERVE_FLAGS: list[tuple[str, Callable[[str], Any] | None, str]] = [
     ("--jwt-leeway-ms", _non_negative_int, "clock skew allowed on exp/nbf/iat (default 0)"),
     ("--jwt-user-claim", str, "claim that becomes the user id (default sub)"),
     ("--allow-rooms", str, "glob of room names clients may join (default '*')"),
-    ("--log-level", str, "debug, info, warning or error (default info)"),
+    ("--log-level", str, "trace, debug, info, warning or error (default info)"),
+    ("--log-format", str, "text, or json for one JSON object per line (default text)"),
     (
         "--workers",
         _count,
@@ -303,7 +305,7 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> Serve
             setattr(config, dest.removesuffix("_ms"), value / 1000)
         else:
             setattr(config, dest, value)
-    if config.log_level.lower() not in ("debug", "info", "warning", "error"):
+    if config.log_level.lower() not in ("trace", "debug", "info", "warning", "error"):
         raise CliError(f"unknown log level: {config.log_level}")
     from .workers import cpu_count
 
@@ -316,6 +318,8 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> Serve
         )
     if (config.ssl_keyfile or config.ssl_ca_certs) and not config.ssl_certfile:
         raise CliError("--ssl-keyfile and --ssl-ca-certs need --ssl-certfile")
+    if config.log_format.lower() not in ("text", "json"):
+        raise CliError(f"unknown log format: {config.log_format}")
     return config
 
 
@@ -354,12 +358,7 @@ def build_helper(config: ServeConfig, app: Any = None, out: Callable[[str], None
     if callbacks["authenticate_fn"] is None:
         callbacks["authenticate_fn"] = jwt_authenticator(config, out)
     if callbacks["validate_room_fn"] is None:
-        pattern = config.allow_rooms
-
-        def validate_room_fn(client_id: str, user_id: str | None, rooms: list[str]) -> list[str]:
-            return [room for room in rooms if fnmatch.fnmatchcase(room, pattern)]
-
-        callbacks["validate_room_fn"] = validate_room_fn
+        callbacks["validate_room_fn"] = room_policy(config.allow_rooms)
     if (
         config.require_encryption
         and callbacks["handshake_fn"] is None
@@ -439,6 +438,27 @@ def jwt_authenticator(config: ServeConfig, out: Callable[[str], None] = print) -
         )
     except ValueError as exc:
         raise CliError(f"{flag}: {exc}") from None
+
+
+# A client id (uuid4): its own-id room, on this node or any other, carries its messages.
+_CLIENT_ID_SHAPE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
+
+
+def room_policy(pattern: str) -> Callable[[str, str | None, list[str]], list[str]]:
+    """The built-in validate_room_fn: rooms matching the `--allow-rooms` glob, except names
+    starting with `ws:` and names shaped like a client id (any client's own room, on any
+    node, other than the joiner's own)."""
+
+    def validate_room_fn(client_id: str, user_id: str | None, rooms: list[str]) -> list[str]:
+        return [
+            room
+            for room in rooms
+            if fnmatch.fnmatchcase(room, pattern)
+            and not room.startswith(INTERNAL_ROOM_PREFIX)
+            and (room == client_id or not _CLIENT_ID_SHAPE.fullmatch(room))
+        ]
+
+    return validate_room_fn
 
 
 async def serve(
@@ -697,13 +717,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         config = config_from_args(args, dict(os.environ))
-        logging.basicConfig(
-            level=config.log_level.upper(),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
-        logging.getLogger("roomcast.picows").setLevel(logging.WARNING)
-        # picows prefixes its logger names with "picows.": one line per connection otherwise.
-        logging.getLogger("picows").setLevel(logging.WARNING)
+        from . import log
+
+        log.configure(config.log_level, config.log_format.lower())
         import uvloop
 
         def printer(line: str) -> None:

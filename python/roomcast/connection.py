@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
 from .constants import CloseCode, WebSocketClientStates
+from .log import client_extra, fault
 
 if TYPE_CHECKING:
     from .server import WebSocketServerHelper
@@ -101,12 +102,19 @@ class Client(WSListener):
             # The common case: a whole message in one frame.
             if self._closing:
                 return
+            if frame.payload_size > self._server._max_payload_length:
+                # picows already answered 1009 when the route's limit is the listener's, but it
+                # still hands over a frame whose bytes had arrived: never read it.
+                self._too_big(frame.payload_size)
+                return
             self._server._on_message(self, frame.get_payload_as_memoryview(), msg_type is _TEXT)
             return
         if msg_type is _CLOSE:
             self._on_close_frame(transport, frame)
         elif msg_type is _PONG:
             self._server._hub.touch_recv(self.handle)
+        elif self._closing:
+            return  # nothing a closing client sends reaches the application
         elif msg_type is _TEXT or msg_type is _BINARY or msg_type is _CONTINUATION:
             self._on_fragment(frame, msg_type)
 
@@ -139,7 +147,7 @@ class Client(WSListener):
         self._fragments_size += frame.payload_size
         if self._fragments_size > self._server._max_payload_length:
             self._fragments = None
-            self._fail(WSCloseCode.MESSAGE_TOO_BIG, CloseCode.REASONS[CloseCode.MESSAGE_TOO_BIG])
+            self._too_big(self._fragments_size)
             return
         self._fragments.append(frame.get_payload_as_bytes())
         if frame.fin:
@@ -157,8 +165,19 @@ class Client(WSListener):
         transport.disconnect()
 
     def _fail(self, code: WSCloseCode, reason: str) -> None:
-        logger.info("closing %s: %s", self.id, reason)
+        fault("protocol error", "closing %s: %s", self.id, reason, extra=client_extra(self))
         self.close(code.value, reason)
+
+    def _too_big(self, size: int) -> None:
+        fault(
+            "oversized message",
+            "closing %s: message of %d bytes or more over max_payload_length %d",
+            self.id,
+            size,
+            self._server._max_payload_length,
+            extra=client_extra(self),
+        )
+        self.close(WSCloseCode.MESSAGE_TOO_BIG.value, CloseCode.REASONS[CloseCode.MESSAGE_TOO_BIG])
 
     # -- closing ---------------------------------------------------------------------------
 

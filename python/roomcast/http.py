@@ -8,19 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import Callable, Mapping
+from functools import partial
 from http import HTTPStatus
 from ssl import SSLContext
 from typing import TYPE_CHECKING, Any
 
 from picows import (
+    WSAutoPingStrategy,
     WSUpgradeRequest,
     WSUpgradeResponse,
     WSUpgradeResponseWithListener,
-    ws_create_server,
 )
+from picows.picows import WSProtocol
 
 from .constants import ErrorMessages
+from .log import PicowsLog, fault
+from .upgrade import FirstBytesGuard, is_handshake, refusal
 
 if TYPE_CHECKING:
     from .server import WebSocketServerHelper
@@ -29,6 +34,10 @@ logger = logging.getLogger("roomcast")
 
 # picows grows the buffer on demand; a small start keeps idle connections cheap.
 READ_BUFFER_INIT_SIZE = 1024
+# Largest frame picows reads with no WebSocket route yet, and the default time a client has
+# to complete its upgrade request (server option `handshake_timeout`).
+DEFAULT_MAX_FRAME_SIZE = 1 << 20
+DEFAULT_HANDSHAKE_TIMEOUT = 5.0
 
 
 class UpgradeRefused(Exception):
@@ -110,10 +119,18 @@ class WebServer:
         self.reuse_port = reuse_port  # SO_REUSEPORT: worker processes share one port
         self._routes: dict[str, WebSocketServerHelper] = {}
         self._server: asyncio.Server | None = None
+        self._max_frame_size = DEFAULT_MAX_FRAME_SIZE
+        self._handshake_timeout = DEFAULT_HANDSHAKE_TIMEOUT
+        self._picows_logger = logging.getLogger("roomcast.picows")
 
     def route(self, helper: WebSocketServerHelper) -> None:
-        """Send upgrade requests for `helper.get_path()` to `helper`."""
+        """Send upgrade requests for `helper.get_path()` to `helper`; connections accepted
+        from now on read frames up to the largest `max_payload_length` of the routes (before
+        or after `start()`)."""
         self._routes[helper.get_path()] = helper
+        helpers = self._routes.values()
+        self._max_frame_size = max(h._max_payload_length for h in helpers)
+        self._handshake_timeout = min(h._handshake_timeout for h in helpers)
 
     @property
     def bound_port(self) -> int:
@@ -123,21 +140,37 @@ class WebServer:
         return self._server.sockets[0].getsockname()[1]
 
     async def start(self) -> None:
-        max_frame = max((h._max_payload_length for h in self._routes.values()), default=1 << 20)
-        self._server = await ws_create_server(
-            self._listener_factory,
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self._new_protocol,
             self.host,
             self.port,
-            use_aiofastnet=False,
-            enable_auto_ping=False,  # deadlines and pings belong to the Rust timer wheel
-            enable_auto_pong=True,
-            max_frame_size=max_frame,
-            read_buffer_init_size=READ_BUFFER_INIT_SIZE,
-            websocket_handshake_timeout=5,
-            logger_name="roomcast.picows",
             ssl=self.ssl,
             reuse_port=self.reuse_port or None,
         )
+
+    def _new_protocol(self) -> asyncio.BufferedProtocol:
+        """picows' protocol for one connection (what `ws_create_server` would make, with the
+        limits of the routes as they are now), behind the first-bytes guard."""
+        log = PicowsLog(self._picows_logger)
+        protocol = WSProtocol(
+            host_port=None,
+            ws_path=None,
+            is_client_side=False,
+            ws_listener_factory=partial(self._listener_factory, log),
+            logger=log,
+            disconnect_on_exception=True,
+            websocket_handshake_timeout=self._handshake_timeout,
+            enable_auto_ping=False,  # deadlines and pings belong to the Rust timer wheel
+            auto_ping_idle_timeout=20,
+            auto_ping_reply_timeout=20,
+            auto_ping_strategy=WSAutoPingStrategy.PING_WHEN_IDLE,
+            enable_auto_pong=True,
+            max_frame_size=self._max_frame_size,
+            extra_headers=None,
+            read_buffer_init_size=READ_BUFFER_INIT_SIZE,
+        )
+        return FirstBytesGuard(protocol)
 
     async def stop(self) -> None:
         """Stop accepting; connections already open are the helpers' to close."""
@@ -145,13 +178,23 @@ class WebServer:
             self._server.close()
             self._server = None
 
-    def _listener_factory(self, request: WSUpgradeRequest) -> Any:
+    def _listener_factory(self, log: PicowsLog, request: WSUpgradeRequest) -> Any:
         path, _, query = request.path.decode("latin-1").partition("?")
         headers = request.headers
         helper = self._routes.get(path)
-        if helper is not None and "websocket" in headers.get("Upgrade", "").lower():
+        if helper is not None and is_handshake(headers):
+            refused = refusal(headers)
+            if refused is not None:
+                status, body, extra = refused
+                fault("bad handshake", "upgrade refused on %s with %d: %s", path, status, body)
+                return _to_picows(HttpResponse(status, body, extra))
+            # picows 2.3 then wants exactly "Connection: Upgrade"; RFC 6455 allows a list
+            # ("keep-alive, Upgrade", as Firefox sends), which refusal() has accepted.
+            headers["Connection"] = "Upgrade"
             try:
-                return helper.accept()
+                client = helper.accept()
+                log.client = weakref.ref(client)  # picows' lines about it carry its id
+                return client
             except UpgradeRefused as exc:
                 logger.warning("upgrade refused on %s: %s", path, exc)
             except Exception:

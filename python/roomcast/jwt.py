@@ -24,7 +24,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
+from .log import fault
+
 logger = logging.getLogger("roomcast.jwt")
+# A refused token is one client's business (DEBUG); an identity provider that cannot be
+# reached is the operator's (WARNING, rate-limited: every login would repeat it).
 
 HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
 RSA_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
@@ -230,37 +234,37 @@ class JwtAuthenticator:
             return None
         user = claims.get(self.user_claim)
         if user is not None and (type(user) not in (str, int) or user == ""):
-            logger.info("token refused: claim %s is not a string or integer", self.user_claim)
+            logger.debug("token refused: claim %s is not a string or integer", self.user_claim)
             return None
         return {"user_id": None if user is None else str(user), "metadata": {"claims": claims}}
 
     async def verify(self, token: object) -> dict[str, Any] | None:
         """The claims of a valid token, else None (the reason is logged at info level)."""
         if not _well_formed(token):
-            logger.info("token refused: not a compact JWS in canonical base64url")
+            logger.debug("token refused: not a compact JWS in canonical base64url")
             return None
         assert isinstance(token, str)
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError as exc:
-            logger.info("token refused: %s", exc)
+            logger.debug("token refused: %s", exc)
             return None
         if "crit" in header:
-            logger.info("token refused: unsupported critical header %r", header["crit"])
+            logger.debug("token refused: unsupported critical header %r", header["crit"])
             return None
         key, algorithms = self._key, self._algorithms
         if self._jwks is not None:
             kid = header.get("kid")
             if kid is not None and type(kid) is not str:
-                logger.info("token refused: kid is not a string")
+                logger.debug("token refused: kid is not a string")
                 return None
             try:
                 found = await self._jwks.key(kid)
             except JwksUnavailable as exc:
-                logger.warning("token refused: jwks unavailable: %s", exc)
+                fault("jwks unavailable", "token refused: %s", exc)
                 return None
             if found is None:
-                logger.info("token refused: no key with kid %r in the jwks", kid)
+                logger.debug("token refused: no key with kid %r in the jwks", kid)
                 return None
             key, pinned = found
             algorithms = [a for a in pinned if self._wanted is None or a in self._wanted]
@@ -275,11 +279,11 @@ class JwtAuthenticator:
             else:
                 claims = self._decode(token, key, algorithms)
         except jwt.InvalidTokenError as exc:
-            logger.info("token refused: %s", exc)
+            logger.debug("token refused: %s", exc)
             return None
         for name in _NUMERIC_CLAIMS:
             if name in claims and not _is_number(claims[name]):
-                logger.info("token refused: %s is not a number", name)
+                logger.debug("token refused: %s is not a number", name)
                 return None
         return claims
 

@@ -31,6 +31,7 @@ from .constants import (
     WebSocketMessageTypes,
 )
 from .http import HttpHandler, UpgradeRefused, WebServer
+from .log import TRACE, client_extra, fault
 from .metrics import Counters
 from .protocol import (
     MISSING,
@@ -63,13 +64,19 @@ _SERVER_ONLY = frozenset(
     {WebSocketEvents.CONNECTED, WebSocketEvents.ERROR, WebSocketEvents.DISCONNECT}
 )
 
-_ERR_FORMAT = error_payload(ErrorMessages.INVALID_FORMAT)
-_ERR_ALREADY = error_payload(ErrorMessages.ALREADY_AUTHENTICATED)
-_ERR_NOT_AUTH = error_payload(ErrorMessages.NOT_AUTHENTICATED)
-_ERR_AUTH_FAILED = error_payload(ErrorMessages.AUTH_FAILED)
-_ERR_AUTH_ERROR = error_payload(ErrorMessages.AUTH_ERROR)
-_ERR_HANDSHAKE = error_payload(ErrorMessages.HANDSHAKE_FAILED)
-_ERR_DECRYPTION = error_payload(ErrorMessages.DECRYPTION_FAILED)
+# Error events in clear, by message (see `_send_error` for who gets them sealed).
+_ERRORS = {
+    message: error_payload(message)
+    for message in (
+        ErrorMessages.INVALID_FORMAT,
+        ErrorMessages.ALREADY_AUTHENTICATED,
+        ErrorMessages.NOT_AUTHENTICATED,
+        ErrorMessages.AUTH_FAILED,
+        ErrorMessages.AUTH_ERROR,
+        ErrorMessages.HANDSHAKE_FAILED,
+        ErrorMessages.DECRYPTION_FAILED,
+    )
+}
 
 # The channel of each kind of interest change the hub reports.
 _INTEREST_PREFIXES = {
@@ -98,6 +105,8 @@ _OPTION_DEFAULTS: dict[str, Any] = {
     "max_connections": None,
     "publish_to_self": WebSocketDefaults.PUBLISH_TO_SELF,
     "per_message_deflate": False,
+    # Seconds a new connection has to complete its upgrade request.
+    "handshake_timeout": 5.0,
 }
 _OPTION_ALIASES = {
     "maxPayloadLength": "max_payload_length",
@@ -108,6 +117,7 @@ _OPTION_ALIASES = {
     "maxConnections": "max_connections",
     "publishToSelf": "publish_to_self",
     "perMessageDeflate": "per_message_deflate",
+    "handshakeTimeout": "handshake_timeout",
 }
 
 
@@ -154,6 +164,8 @@ def resolve_server_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
         raise ValueError(f"max_payload_length must be positive: {resolved['max_payload_length']}")
     if int(resolved["backpressure_limit"]) <= 0:
         raise ValueError(f"backpressure_limit must be positive: {resolved['backpressure_limit']}")
+    if float(resolved["handshake_timeout"]) <= 0:
+        raise ValueError(f"handshake_timeout must be positive: {resolved['handshake_timeout']}")
     if float(resolved["idle_timeout"]) < 0:
         raise ValueError(f"idle_timeout must not be negative: {resolved['idle_timeout']}")
     return resolved
@@ -246,6 +258,7 @@ class WebSocketServerHelper:
         self.encrypted_batch_limit = int(encrypted_batch_limit)
         self.server_options = resolve_server_options(server_options)
         self._max_payload_length = int(self.server_options["max_payload_length"])
+        self._handshake_timeout = float(self.server_options["handshake_timeout"])
         self._max_connections = self.server_options["max_connections"]
         self._backpressure_limit = int(self.server_options["backpressure_limit"])
         self._close_on_backpressure = bool(self.server_options["close_on_backpressure_limit"])
@@ -407,7 +420,7 @@ class WebSocketServerHelper:
         self._clients[client.id] = client
         self.counters.connects += 1
         self._hub.set_auth_deadline(client.handle, self.auth_timeout)
-        logger.debug("connected %s (unauthorized)", client.id)
+        logger.log(TRACE, "connected %s (unauthorized)", client.id, extra=client_extra(client))
         if not self._accepting:
             client.close(CloseCode.GOING_AWAY, CloseCode.REASONS[CloseCode.GOING_AWAY])
 
@@ -421,7 +434,15 @@ class WebSocketServerHelper:
         if client.encrypted:
             self._encrypted -= 1
         self._forget_keys(client)
-        logger.debug("disconnected %s (user %s)", client.id, client.user_id)
+        # The one line per connection at DEBUG.
+        logger.debug(
+            "connection %s closed (user %s, %s, %.3f s)",
+            client.id,
+            client.user_id,
+            "authenticated" if was_connected else "never authenticated",
+            time.time() - client.connected_at,
+            extra=client_extra(client),
+        )
         if was_connected and self.client_disconnected_fn is not None:
             self._invoke(
                 "client_disconnected_fn",
@@ -432,12 +453,17 @@ class WebSocketServerHelper:
 
     def _on_pause_writing(self, client: Client) -> None:
         self._hub.set_backpressured(client.handle, True)
-        logger.debug("backpressure on %s", client.id)
+        logger.log(TRACE, "backpressure on %s", client.id, extra=client_extra(client))
         if self._close_on_backpressure:
             self._on_overflow(client)
 
     def _on_overflow(self, client: Client) -> None:
-        logger.warning("closing %s: backpressure limit exceeded", client.id)
+        fault(
+            "slow client",
+            "closing %s: backpressure limit exceeded",
+            client.id,
+            extra=client_extra(client),
+        )
         client.close(
             CloseCode.POLICY_VIOLATION, CloseCode.REASONS[CloseCode.POLICY_VIOLATION], abort=True
         )
@@ -448,13 +474,28 @@ class WebSocketServerHelper:
             message = decode(payload, is_text)
         except InvalidMessage:
             self.counters.received["invalid"] += 1
-            self._hub.send(client.handle, _ERR_FORMAT)
+            self._send_error(client, ErrorMessages.INVALID_FORMAT)
             return
         except InvalidText:
             self.counters.received["invalid"] += 1
+            fault(
+                "invalid utf-8",
+                "closing %s: text message is not valid UTF-8",
+                client.id,
+                extra=client_extra(client),
+            )
             client.close(CloseCode.INVALID_TEXT, CloseCode.REASONS[CloseCode.INVALID_TEXT])
             return
         self._dispatch(client, message)
+
+    def _send_error(self, client: Client, message: str) -> None:
+        """An error event: sealed like any other message once the client holds its key (it
+        got `connected`), in clear before that (during authentication or the handshake)."""
+        if client.encrypted and client.state is _AUTHENTICATED:
+            self._deliver_encrypted((client,), WebSocketEvents.ERROR, {"message": message})
+            return
+        payload = _ERRORS.get(message)
+        self._hub.send(client.handle, payload if payload is not None else error_payload(message))
 
     def _dispatch(self, client: Client, message: dict[str, Any], sealed: bool = False) -> None:
         """Act on one decoded message; `sealed` when it came inside an `encrypted` event."""
@@ -462,14 +503,16 @@ class WebSocketServerHelper:
         if not sealed:
             self.counters.count_received(event)
         if type(event) is not str or not event:
-            logger.info("message without event from %s dropped", client.id)
+            logger.debug(
+                "message without event from %s dropped", client.id, extra=client_extra(client)
+            )
             return
         if event == _HEARTBEAT:
             return
         state = client.state
         if event == _AUTHENTICATE:
             if state is not _UNAUTHORIZED:
-                self._hub.send(client.handle, _ERR_ALREADY)
+                self._send_error(client, ErrorMessages.ALREADY_AUTHENTICATED)
                 return
             # The state changes now, not when the task starts: a second authenticate in the
             # same read must already see it.
@@ -479,7 +522,7 @@ class WebSocketServerHelper:
             self._spawn(self._authenticate(client, data if type(data) is dict else {}))
             return
         if state is not _AUTHENTICATED:
-            self._hub.send(client.handle, _ERR_NOT_AUTH)
+            self._send_error(client, ErrorMessages.NOT_AUTHENTICATED)
             return
         if event == _JOIN:
             self._on_join(client, message.get("data"))
@@ -489,7 +532,9 @@ class WebSocketServerHelper:
             logger.debug("server event %r from %s dropped", event, client.id)
         elif event == _ENCRYPTED:
             if sealed:
-                logger.info("nested encrypted event from %s dropped", client.id)
+                logger.debug(
+                    "nested encrypted event from %s dropped", client.id, extra=client_extra(client)
+                )
             else:
                 self._on_encrypted_inbound(client, message)
         else:
@@ -513,19 +558,19 @@ class WebSocketServerHelper:
             if inspect.isawaitable(result):
                 result = await result
         except Exception:
-            logger.exception("authenticate_fn raised for %s", client.id)
+            logger.exception("authenticate_fn raised for %s", client.id, extra=client_extra(client))
             self.counters.auth["error"] += 1
             if client.state is _AUTHENTICATING and not client.closing:
-                self._hub.send(client.handle, _ERR_AUTH_ERROR)
+                self._send_error(client, ErrorMessages.AUTH_ERROR)
                 client.close(CloseCode.AUTH_FAILED, CloseCode.REASONS[CloseCode.AUTH_FAILED])
             return
         if client.state is not _AUTHENTICATING or client.closing:
-            logger.info("%s left during authentication", client.id)
+            logger.debug("%s left during authentication", client.id, extra=client_extra(client))
             return
         if _refused(result):
             self.counters.auth["failed"] += 1
-            logger.info("authentication rejected for %s", client.id)
-            self._hub.send(client.handle, _ERR_AUTH_FAILED)
+            logger.debug("authentication rejected for %s", client.id, extra=client_extra(client))
+            self._send_error(client, ErrorMessages.AUTH_FAILED)
             client.close(CloseCode.AUTH_FAILED, CloseCode.REASONS[CloseCode.AUTH_FAILED])
             return
         if not isinstance(result, Mapping):
@@ -561,8 +606,13 @@ class WebSocketServerHelper:
                 connected["salt"] = client.salt
         hub.send(client.handle, encode(WebSocketEvents.CONNECTED, connected))
         self.counters.auth["ok"] += 1
-        logger.debug(
-            "authenticated %s (user %s, encrypted %s)", client.id, client.user_id, client.encrypted
+        logger.log(
+            TRACE,
+            "authenticated %s (user %s, encrypted %s)",
+            client.id,
+            client.user_id,
+            client.encrypted,
+            extra=client_extra(client),
         )
         if self.client_connected_fn is not None:
             self._invoke(
@@ -603,7 +653,9 @@ class WebSocketServerHelper:
                 interest(WebSocketChannels.for_room(room), False)
         if client.user_id is not None and not self._hub.user_members(client.user_id):
             interest(WebSocketChannels.for_user(client.user_id), False)
-        logger.info("%s left while its subscriptions were confirmed", client.id)
+        logger.debug(
+            "%s left while its subscriptions were confirmed", client.id, extra=client_extra(client)
+        )
         return False
 
     async def _handshake(self, client: Client, data: dict[str, Any]) -> bool:
@@ -619,16 +671,16 @@ class WebSocketServerHelper:
             if inspect.isawaitable(outcome):
                 outcome = await outcome
         except Exception:
-            logger.exception("handshake_fn raised for %s", client.id)
+            logger.exception("handshake_fn raised for %s", client.id, extra=client_extra(client))
             outcome = None
         if client.state is not _AUTHENTICATING or client.closing:
-            logger.info("%s left during the handshake", client.id)
+            logger.debug("%s left during the handshake", client.id, extra=client_extra(client))
             self._forget_keys(client)  # the handshake may have stored a key after it left
             return False
         if _refused(outcome) or not isinstance(outcome, Mapping):
-            logger.info("handshake refused for %s", client.id)
+            logger.debug("handshake refused for %s", client.id, extra=client_extra(client))
             self._forget_keys(client)
-            self._hub.send(client.handle, _ERR_HANDSHAKE)
+            self._send_error(client, ErrorMessages.HANDSHAKE_FAILED)
             client.close(
                 CloseCode.ENCRYPTION_REQUIRED, CloseCode.REASONS[CloseCode.ENCRYPTION_REQUIRED]
             )
@@ -646,17 +698,30 @@ class WebSocketServerHelper:
             return
         rooms = sanitize_rooms(requested)
         if not rooms:
-            logger.warning("join refused for %s: no valid room names in %r", client.id, requested)
+            fault(
+                "invalid room",
+                "join refused for %s: no valid room names in %r",
+                client.id,
+                requested,
+                extra=client_extra(client),
+            )
             return
         if self.validate_room_fn is None:
-            logger.warning("join refused for %s: no validate_room_fn configured", client.id)
+            fault(
+                "join refused",
+                "join refused for %s: no validate_room_fn configured",
+                client.id,
+                extra=client_extra(client),
+            )
             return
         try:
             allowed = self.validate_room_fn(
                 client_id=client.id, user_id=client.user_id, rooms=rooms
             )
         except Exception:
-            logger.exception("validate_room_fn raised for %s", client.id)
+            logger.exception(
+                "validate_room_fn raised for %s", client.id, extra=client_extra(client)
+            )
             return
         if inspect.isawaitable(allowed):
             self._spawn(self._join_when_validated(client, rooms, allowed))
@@ -669,7 +734,9 @@ class WebSocketServerHelper:
         try:
             result = await allowed
         except Exception:
-            logger.exception("validate_room_fn raised for %s", client.id)
+            logger.exception(
+                "validate_room_fn raised for %s", client.id, extra=client_extra(client)
+            )
             return
         self._join_allowed(client, rooms, result)
 
@@ -677,7 +744,12 @@ class WebSocketServerHelper:
         if client.state is not _AUTHENTICATED:
             return
         if not allowed:
-            logger.info("join refused for %s: no room allowed of %r", client.id, rooms)
+            logger.debug(
+                "join refused for %s: no room allowed of %r",
+                client.id,
+                rooms,
+                extra=client_extra(client),
+            )
             return
         requested = set(rooms)
         # validate_room_fn returns a subset: anything else it returns is ignored.
@@ -723,7 +795,9 @@ class WebSocketServerHelper:
         try:
             self.encryption.forget(client.id)
         except Exception:
-            logger.exception("encryption scheme failed to forget %s", client.id)
+            logger.exception(
+                "encryption scheme failed to forget %s", client.id, extra=client_extra(client)
+            )
 
     def _on_encrypted_inbound(self, client: Client, message: dict[str, Any]) -> None:
         """An `encrypted` event from a client: opened and handled as if sent in clear.
@@ -739,12 +813,23 @@ class WebSocketServerHelper:
             plaintext = scheme.open_inbound(client.id, message.get("data"))
             inner = decode(plaintext, False)
         except InvalidMessage:
-            logger.info("encrypted event from %s holds no JSON object", client.id)
-            self._hub.send(client.handle, _ERR_FORMAT)
+            fault(
+                "undecryptable message",
+                "encrypted event from %s holds no JSON object",
+                client.id,
+                extra=client_extra(client),
+            )
+            self._send_error(client, ErrorMessages.INVALID_FORMAT)
             return
         except Exception as exc:  # the scheme's ValueError, or a bug in a custom scheme
-            logger.info("encrypted event from %s not opened: %s", client.id, exc)
-            self._hub.send(client.handle, _ERR_DECRYPTION)
+            fault(
+                "undecryptable message",
+                "encrypted event from %s not opened: %s",
+                client.id,
+                exc,
+                extra=client_extra(client),
+            )
+            self._send_error(client, ErrorMessages.DECRYPTION_FAILED)
             return
         self._dispatch(client, inner, sealed=True)
 
@@ -832,7 +917,9 @@ class WebSocketServerHelper:
                 try:
                     result = transformer(client=client, event=event, data=data)
                 except Exception:
-                    logger.exception("outbound_transformer raised for %s", client.id)
+                    logger.exception(
+                        "outbound_transformer raised for %s", client.id, extra=client_extra(client)
+                    )
                     continue
                 if not inspect.isawaitable(result):
                     self._send_transformed(client, event, result)
@@ -855,7 +942,9 @@ class WebSocketServerHelper:
         try:
             transformed = await result
         except Exception:
-            logger.exception("outbound_transformer raised for %s", client.id)
+            logger.exception(
+                "outbound_transformer raised for %s", client.id, extra=client_extra(client)
+            )
             return
         self._send_transformed(client, event, transformed)
 
@@ -1037,15 +1126,17 @@ class WebSocketServerHelper:
         for client, reason in self._hub.sweep():
             if reason == _core.EXPIRED_AUTH:
                 self.counters.auth["timeout"] += 1
-                logger.info("closing %s: authentication timeout", client.id)
+                logger.debug(
+                    "closing %s: authentication timeout", client.id, extra=client_extra(client)
+                )
                 client.close(CloseCode.AUTH_TIMEOUT, CloseCode.REASONS[CloseCode.AUTH_TIMEOUT])
             elif reason == _core.EXPIRED_HEARTBEAT:
-                logger.info("closing %s: heartbeat timeout", client.id)
+                logger.debug("closing %s: heartbeat timeout", client.id, extra=client_extra(client))
                 client.close(
                     CloseCode.HEARTBEAT_TIMEOUT, CloseCode.REASONS[CloseCode.HEARTBEAT_TIMEOUT]
                 )
             else:
-                logger.info("closing %s: idle timeout", client.id)
+                logger.debug("closing %s: idle timeout", client.id, extra=client_extra(client))
                 client.close(CloseCode.GOING_AWAY, CloseCode.IDLE_REASON)
 
     def _on_interest(self) -> None:

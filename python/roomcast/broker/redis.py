@@ -783,9 +783,10 @@ class RedisBroker:
                     continue
                 data = b"".join(out)
                 out.clear()
-                await asyncio.wait_for(
-                    conn.send_packed_command(data, check_health=False), self.command_timeout
-                )
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow the
+                # cancel of close() when the write completes at the same moment.
+                async with asyncio.timeout(self.command_timeout):
+                    await conn.send_packed_command(data, check_health=False)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
