@@ -32,6 +32,7 @@ from .broker import REDIS_SCHEMES, BrokerUnavailable
 from .constants import INTERNAL_ROOM_PREFIX, ROOM_NAME_MAX_LENGTH, WebSocketDefaults
 from .runner import until_signalled
 from .token import TokenError, add_token_parser, token_command
+from .token import non_negative_int as _non_negative_int
 
 CALLBACKS = (
     "authenticate_fn",
@@ -101,16 +102,6 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {text}")
-    return value
-
-
 def _port(text: str) -> int:
     try:
         value = int(text)
@@ -148,16 +139,6 @@ def _default_rooms(text: str) -> list[str]:
                 f"room name longer than {ROOM_NAME_MAX_LENGTH} characters: {room[:20]!r}..."
             )
     return rooms
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {text}")
-    return value
 
 
 def _flag(text: str) -> bool:
@@ -234,7 +215,7 @@ _SERVE_FLAGS: list[tuple[str, Callable[[str], Any] | None, str]] = [
     ("--log-format", str, "text, or json for one JSON object per line (default text)"),
     (
         "--workers",
-        _count,
+        _non_negative_int,
         "worker processes sharing the port (default 1; 0: one per CPU); >1 needs --redis-url",
     ),
     ("--ssl-certfile", str, "PEM certificate (chain) file: serve wss:// and https://"),

@@ -38,7 +38,8 @@ def _claim(text: str) -> tuple[str, Any]:
     return name, value
 
 
-def _non_negative(text: str) -> int:
+def non_negative_int(text: str) -> int:
+    """argparse type: a whole number >= 0."""
     try:
         value = int(text)
     except ValueError:
@@ -68,7 +69,7 @@ def add_token_parser(commands: Any) -> None:
     token.add_argument("--kid", help="key id header (to pick a key of a JWKS)")
     token.add_argument(
         "--exp-s",
-        type=_non_negative,
+        type=non_negative_int,
         default=3600,
         help="seconds until it expires (default 3600; 0: no exp claim)",
     )
