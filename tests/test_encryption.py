@@ -437,7 +437,9 @@ def test_a_room_of_a_thousand_encrypted_clients_does_not_freeze_the_loop():
             # the loop all that time.
             assert ponged < finished[0], (ponged - started, finished[0] - started)
             gaps = [b - a for a, b in zip([started, *ticks], ticks, strict=False)]
-            assert max(gaps) < 0.04, (max(gaps), finished[0] - started)
+            # Relative, so a loaded machine (which slows both) cannot flip it: sealed in one
+            # go, the longest stall would be the whole fan-out.
+            assert max(gaps) < (finished[0] - started) / 3, (max(gaps), finished[0] - started)
             for ws, _, crypto in clients:
                 assert crypto.open(await recv(ws, 20)) == {"event": "big", "data": {"pad": pad}}
             await asyncio.gather(*(ws.close() for ws, *_ in clients), probe.close())
