@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from . import _core
-from .broker import Broker, BrokerUnavailable, create_broker
+from .broker import Broker, create_broker
 from .connection import Client
 from .constants import (
     CloseCode,
@@ -75,6 +75,10 @@ _INTEREST_PREFIXES = {
     _core.INTEREST_CLIENT: WebSocketChannels.CLIENT_PREFIX,
 }
 
+_ROOM_PREFIX = WebSocketChannels.ROOM_PREFIX
+_USER_PREFIX = WebSocketChannels.USER_PREFIX
+_CLIENT_PREFIX = WebSocketChannels.CLIENT_PREFIX
+
 # How often the deadline wheel is swept; bounds how late a timeout close can be.
 SWEEP_INTERVAL = 0.05
 # Encrypted delivery gives the event loop back after this much work (seconds) or this many
@@ -84,6 +88,13 @@ ENCRYPTED_SLICE = 0.002
 ENCRYPTED_SLICE_CLIENTS = 32
 # Bytes of plaintext sealed per call of a scheme's `seal_batch` (many keys, one message).
 ENCRYPTED_CHUNK_BYTES = 256 * 1024
+
+# How long a login or join may wait for Redis to confirm its subscriptions before it goes
+# ahead anyway (the join barrier's bound).
+SUBSCRIBE_TIMEOUT = 1.0
+# Pending connections the listening socket queues (clamped to what the kernel allows): a
+# burst of connects beyond it waits for SYN retransmits, a second each.
+LISTEN_BACKLOG = 4096
 
 # server_options keys, with the original's camelCase names accepted as aliases.
 _OPTION_DEFAULTS: dict[str, Any] = {
@@ -95,6 +106,7 @@ _OPTION_DEFAULTS: dict[str, Any] = {
     "max_connections": None,
     "publish_to_self": WebSocketDefaults.PUBLISH_TO_SELF,
     "per_message_deflate": False,
+    "backlog": LISTEN_BACKLOG,
 }
 _OPTION_ALIASES = {
     "maxPayloadLength": "max_payload_length",
@@ -105,6 +117,7 @@ _OPTION_ALIASES = {
     "maxConnections": "max_connections",
     "publishToSelf": "publish_to_self",
     "perMessageDeflate": "per_message_deflate",
+    "backLog": "backlog",
 }
 
 
@@ -151,6 +164,8 @@ def resolve_server_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
         raise ValueError(f"max_payload_length must be positive: {resolved['max_payload_length']}")
     if int(resolved["backpressure_limit"]) <= 0:
         raise ValueError(f"backpressure_limit must be positive: {resolved['backpressure_limit']}")
+    if int(resolved["backlog"]) <= 0:
+        raise ValueError(f"backlog must be positive: {resolved['backlog']}")
     if float(resolved["idle_timeout"]) < 0:
         raise ValueError(f"idle_timeout must not be negative: {resolved['idle_timeout']}")
     return resolved
@@ -185,6 +200,7 @@ class WebSocketServerHelper:
         require_encryption: bool = False,
         encrypted_batch_limit: int = WebSocketDefaults.ENCRYPTED_BATCH_LIMIT,
         server_options: Mapping[str, Any] | None = None,
+        subscribe_timeout: float = SUBSCRIBE_TIMEOUT,
     ) -> None:
         if not redis_connection:
             raise ValueError(ErrorMessages.INVALID_REDIS)
@@ -194,6 +210,8 @@ class WebSocketServerHelper:
             raise ValueError(
                 "auth_timeout, heartbeat_interval and heartbeat_timeout must be positive"
             )
+        if subscribe_timeout <= 0:
+            raise ValueError(f"subscribe_timeout must be positive: {subscribe_timeout}")
         if encrypted_batch_limit < 1:
             raise ValueError(f"encrypted_batch_limit must be at least 1: {encrypted_batch_limit}")
         self.identifier = identifier
@@ -227,6 +245,7 @@ class WebSocketServerHelper:
         self.heartbeat_timeout = float(heartbeat_timeout)
         self.require_encryption = bool(require_encryption)
         self.encrypted_batch_limit = int(encrypted_batch_limit)
+        self.subscribe_timeout = float(subscribe_timeout)
         self.server_options = resolve_server_options(server_options)
         self._max_payload_length = int(self.server_options["max_payload_length"])
         self._max_connections = self.server_options["max_connections"]
@@ -239,6 +258,18 @@ class WebSocketServerHelper:
         # loop iteration.
         interest = getattr(self._broker, "interest", None)
         self._interest: Callable[[str, bool], Any] | None = interest if callable(interest) else None
+        # The join barrier (see `_barrier`): brokers that subscribe per channel tell when
+        # Redis has confirmed a subscription. Meanwhile the joining client's inbound messages
+        # wait in `_held` (id -> [barriers pending, messages]); channels subscribed ahead of
+        # the hub (before the join takes effect) are counted in `_ahead`.
+        confirmation = getattr(self._broker, "confirmation", None)
+        self._confirmation: Callable[[list[str]], asyncio.Future[Any] | None] | None = (
+            confirmation if callable(confirmation) and self._interest is not None else None
+        )
+        self._held: dict[str, list[Any]] = {}
+        self._ahead: dict[str, int] = {}
+        self._unconfirmed = 0
+        self._confirm_late = False
         self._hub = _core.Hub(
             self._schedule,
             backpressure_limit=self._backpressure_limit,
@@ -353,6 +384,7 @@ class WebSocketServerHelper:
         client.state = _DISCONNECTED
         self._hub.remove(client.handle)
         self._clients.pop(client.id, None)
+        self._held.pop(client.id, None)
         if client.encrypted:
             self._encrypted -= 1
         self._forget_keys(client)
@@ -379,6 +411,16 @@ class WebSocketServerHelper:
 
     def _on_message(self, client: Client, payload: Any, is_text: bool) -> None:
         self._hub.touch(client.handle)
+        if self._held:
+            held = self._held.get(client.id)
+            if held is not None:
+                # Behind a join barrier: handled in order once it is lifted. (The payload
+                # is only valid during this call.)
+                held[1].append((bytes(payload), is_text))
+                return
+        self._handle(client, payload, is_text)
+
+    def _handle(self, client: Client, payload: Any, is_text: bool) -> None:
         try:
             message = decode(payload, is_text)
         except InvalidMessage:
@@ -469,7 +511,8 @@ class WebSocketServerHelper:
         ):
             if not await self._handshake(client, data):
                 return
-        if not await self._subscribe_ahead(client):
+        ahead = await self._subscribe_ahead(client)
+        if ahead is None:
             return
 
         client.state = _AUTHENTICATED
@@ -478,6 +521,8 @@ class WebSocketServerHelper:
         hub.join(client.handle, client.id)
         for room in self.default_rooms:
             hub.join(client.handle, room)
+        if ahead:
+            self._release_early(ahead)
         connected: dict[str, Any] = {"id": client.id}
         if client.user_id is not None:
             connected["userId"] = client.user_id
@@ -501,38 +546,137 @@ class WebSocketServerHelper:
                 metadata=client.metadata,
             )
 
-    async def _subscribe_ahead(self, client: Client) -> bool:
+    async def _subscribe_ahead(self, client: Client) -> list[str] | None:
         """With subscriptions by interest, subscribe the channels that reach this client and
-        wait until Redis confirms them before it is told it is connected, so a message sent to
-        it from another node right after `connected` is not lost. False when it left meanwhile.
-        """
-        interest = self._interest
-        sync = getattr(self._broker, "sync", None)
-        if interest is None or sync is None:
-            return True
-        own = [WebSocketChannels.for_client(client.id), WebSocketChannels.for_room(client.id)]
-        shared = [WebSocketChannels.for_room(room) for room in self.default_rooms]
+        wait (at most `subscribe_timeout`) until Redis confirms them before it is told it is
+        connected, so a message sent to it from another node right after `connected` is not
+        lost. Returns the channels subscribed early (for `_release_early` once the client is
+        in the hub), None when it left meanwhile."""
+        if self._confirmation is None:
+            return []
+        channels = [WebSocketChannels.for_client(client.id), WebSocketChannels.for_room(client.id)]
         if client.user_id is not None:
-            shared.append(WebSocketChannels.for_user(client.user_id))
-        for channel in own + shared:
-            interest(channel, True)
-        try:
-            await sync()
-        except (BrokerUnavailable, TimeoutError):
-            # Redis is away: local delivery works, and the broker resubscribes on recovery.
-            logger.debug("subscriptions for %s not confirmed: redis unavailable", client.id)
+            channels.append(WebSocketChannels.for_user(client.user_id))
+        channels += [WebSocketChannels.for_room(room) for room in self.default_rooms]
+        ahead = self._subscribe_early(channels)
+        waiter = self._confirmation(channels)
+        if waiter is not None:
+            await self._barrier(waiter)
         if client.state is _AUTHENTICATING and not client.closing:
-            return True
-        # It left: give back what the hub does not hold for other clients.
-        for channel in own:
-            interest(channel, False)
-        for room in self.default_rooms:
-            if not self._hub.has_room(room):
-                interest(WebSocketChannels.for_room(room), False)
-        if client.user_id is not None and not self._hub.user_members(client.user_id):
-            interest(WebSocketChannels.for_user(client.user_id), False)
+            return ahead
+        self._release_early(ahead)
         logger.info("%s left while its subscriptions were confirmed", client.id)
-        return False
+        return None
+
+    # -- the join barrier ----------------------------------------------------------------
+
+    def _subscribe_early(self, channels: list[str]) -> list[str]:
+        """Subscribe channels the hub does not hold yet (a join that takes effect once Redis
+        confirms them); returns those, for `_release_early`."""
+        interest = self._interest
+        assert interest is not None
+        ahead = self._ahead
+        early = [c for c in channels if c in ahead or not self._hub_holds(c)]
+        for channel in early:
+            count = ahead.get(channel, 0)
+            ahead[channel] = count + 1
+            if not count:
+                interest(channel, True)
+        return early
+
+    def _release_early(self, channels: list[str]) -> None:
+        """The joins that subscribed `channels` early took effect (or never will): give back
+        what neither the hub nor another pending join holds."""
+        interest = self._interest
+        assert interest is not None
+        ahead = self._ahead
+        for channel in channels:
+            count = ahead.pop(channel, 1) - 1
+            if count:
+                ahead[channel] = count
+            elif not self._hub_holds(channel):
+                interest(channel, False)
+
+    def _hub_holds(self, channel: str) -> bool:
+        """Whether the hub has a local member of `channel` (it reports the channel itself)."""
+        hub = self._hub
+        if channel.startswith(_ROOM_PREFIX):
+            return hub.has_room(channel[len(_ROOM_PREFIX) :])
+        if channel.startswith(_USER_PREFIX):
+            return bool(hub.user_members(channel[len(_USER_PREFIX) :]))
+        client = self._clients.get(channel[len(_CLIENT_PREFIX) :])
+        return client is not None and client.state is _AUTHENTICATED
+
+    def _barrier(self, waiter: asyncio.Future[Any]) -> asyncio.Future[bool]:
+        """A future resolved True once `waiter` (a broker confirmation) is, or False after
+        `subscribe_timeout` or at once while Redis is unreachable: no one waits longer."""
+        loop = self._loop
+        assert loop is not None
+        lifted: asyncio.Future[bool] = loop.create_future()
+        if not getattr(self._broker, "connected", True):
+            self._unconfirmed_join("redis is unreachable")
+            lifted.set_result(False)
+            return lifted
+
+        def confirmed(_: Any) -> None:
+            if lifted.done():
+                return
+            timer.cancel()
+            if self._confirm_late:
+                self._confirm_late = False
+                logger.warning("redis confirms subscriptions again")
+            lifted.set_result(True)
+
+        def late() -> None:
+            if not lifted.done():
+                self._unconfirmed_join(f"no confirmation within {self.subscribe_timeout:g} s")
+                lifted.set_result(False)
+
+        timer = loop.call_later(self.subscribe_timeout, late)
+        waiter.add_done_callback(confirmed)
+        return lifted
+
+    def _unconfirmed_join(self, reason: str) -> None:
+        """A login or join goes ahead unconfirmed: counted, and logged once per outage."""
+        self._unconfirmed += 1
+        if not self._confirm_late:
+            self._confirm_late = True
+            logger.warning(
+                "redis subscriptions unconfirmed (%s): logins and joins go ahead without "
+                "waiting; messages from other nodes reach them once redis answers",
+                reason,
+            )
+
+    def _hold(self, client: Client, lifted: asyncio.Future[bool], then: Callable[[], Any]) -> None:
+        """Queue the client's inbound messages until `lifted`; then run `then` and handle
+        them in order (unless another barrier of the client is still pending)."""
+        held = self._held.get(client.id)
+        if held is None:
+            held = self._held[client.id] = [0, deque()]
+        held[0] += 1
+
+        def done(_: Any) -> None:
+            then()
+            self._lift(client, held)
+
+        lifted.add_done_callback(done)
+
+    def _lift(self, client: Client, held: list[Any]) -> None:
+        held[0] -= 1
+        if held[0] > 0 or self._held.get(client.id) is not held:
+            return  # another barrier pending, or the client is gone
+        del self._held[client.id]
+        messages: deque[tuple[bytes, bool]] = held[1]
+        while messages:
+            if client.state is _DISCONNECTED or client.closing:
+                return
+            payload, is_text = messages.popleft()
+            self._handle(client, payload, is_text)
+            again = self._held.get(client.id)
+            if again is not None:
+                # That message started a new barrier: the rest waits behind it too.
+                again[1].extendleft(reversed(messages))
+                return
 
     async def _handshake(self, client: Client, data: dict[str, Any]) -> bool:
         """Run handshake_fn; on refusal close the client and return False."""
@@ -587,19 +731,31 @@ class WebSocketServerHelper:
             logger.exception("validate_room_fn raised for %s", client.id)
             return
         if inspect.isawaitable(allowed):
-            self._spawn(self._join_when_validated(client, rooms, allowed))
+            # The client's next messages wait for the validation (and the join) too.
+            assert self._loop is not None
+            lifted: asyncio.Future[bool] = self._loop.create_future()
+            self._hold(client, lifted, lambda: None)
+            self._spawn(self._join_when_validated(client, rooms, allowed, lifted))
         else:
             self._join_allowed(client, rooms, allowed)
 
     async def _join_when_validated(
-        self, client: Client, rooms: list[str], allowed: Awaitable[Any]
+        self,
+        client: Client,
+        rooms: list[str],
+        allowed: Awaitable[Any],
+        lifted: asyncio.Future[bool],
     ) -> None:
         try:
             result = await allowed
         except Exception:
             logger.exception("validate_room_fn raised for %s", client.id)
-            return
-        self._join_allowed(client, rooms, result)
+            result = None
+        try:
+            if result is not None:
+                self._join_allowed(client, rooms, result)
+        finally:
+            lifted.set_result(True)
 
     def _join_allowed(self, client: Client, rooms: list[str], allowed: Any) -> None:
         if client.state is not _AUTHENTICATED:
@@ -609,8 +765,30 @@ class WebSocketServerHelper:
             return
         requested = set(rooms)
         # validate_room_fn returns a subset: anything else it returns is ignored.
-        joined = [r for r in allowed if r in requested and self._hub.join(client.handle, r)]
-        logger.debug("%s joined %r", client.id, joined)
+        rooms = [r for r in allowed if r in requested]
+        if self._confirmation is not None:
+            channels = [WebSocketChannels.for_room(r) for r in rooms]
+            ahead = self._subscribe_early(channels)
+            waiter = self._confirmation(channels)
+            if waiter is not None:
+                # The join takes effect once Redis confirms: the client's later messages
+                # are handled after it, and every message published from then on reaches it.
+                self._hold(
+                    client,
+                    self._barrier(waiter),
+                    lambda: self._join_now(client, rooms, ahead),
+                )
+                return
+            self._release_early(ahead)
+        self._join_now(client, rooms, [])
+
+    def _join_now(self, client: Client, rooms: list[str], ahead: list[str]) -> None:
+        if client.state is _AUTHENTICATED and not client.closing:
+            hub, handle = self._hub, client.handle
+            joined = [r for r in rooms if hub.join(handle, r)]
+            logger.debug("%s joined %r", client.id, joined)
+        if ahead:
+            self._release_early(ahead)
 
     def _on_leave(self, client: Client, data: Any) -> None:
         for room in requested_rooms(data):
@@ -618,9 +796,47 @@ class WebSocketServerHelper:
                 self._hub.leave(client.handle, room)
 
     def join_room(self, client_id: str, room: str) -> bool:
-        """Put a local client in `room` (no name rules: the server may use any name)."""
+        """Put a local client in `room` (no name rules: the server may use any name).
+
+        It is a member at once for local delivery; when the node must first subscribe to
+        the room in Redis, the client's next messages are handled only once Redis has
+        confirmed it (at most `subscribe_timeout` later). `join_room_confirmed` also waits.
+        """
+        return self._join_room(client_id, room) is not None
+
+    async def join_room_confirmed(self, client_id: str, room: str) -> bool:
+        """`join_room`, returning once the room is live cluster-wide: every message
+        published to it from then on, on any node or by the emitter, reaches the client
+        (unless Redis did not answer within `subscribe_timeout`; see `stats()`)."""
+        lifted = self._join_room(client_id, room)
+        if lifted is None:
+            return False
+        if not lifted.done():
+            await asyncio.shield(lifted)
+        return True
+
+    def _join_room(self, client_id: str, room: str) -> asyncio.Future[bool] | None:
+        """None if no such client or already a member; else the barrier (maybe done)."""
         client = self._clients.get(client_id)
-        return client is not None and self._hub.join(client.handle, room)
+        if client is None:
+            return None
+        hub = self._hub
+        waiter = None
+        if self._confirmation is not None:
+            channel = WebSocketChannels.for_room(room)
+            if not hub.has_room(room):
+                self._interest(channel, True)  # type: ignore[misc]
+            waiter = self._confirmation([channel])
+        if not hub.join(client.handle, room):
+            return None
+        if waiter is None:
+            assert self._loop is not None
+            lifted: asyncio.Future[bool] = self._loop.create_future()
+            lifted.set_result(True)
+            return lifted
+        lifted = self._barrier(waiter)
+        self._hold(client, lifted, lambda: None)
+        return lifted
 
     def leave_room(self, client_id: str, room: str) -> bool:
         """Take a local client out of `room`; its own-id room cannot be left."""
@@ -932,6 +1148,7 @@ class WebSocketServerHelper:
         """Counters from the hub (connections, rooms, users, skipped messages, queued bytes)
         and, prefixed `broker_`, from the broker when it keeps any."""
         stats = self._hub.stats()
+        stats["subscribe_unconfirmed"] = self._unconfirmed
         broker_stats = getattr(self._broker, "stats", None)
         if callable(broker_stats):
             for key, value in broker_stats().items():
@@ -971,8 +1188,12 @@ class WebSocketServerHelper:
         if interest is None:
             return
         prefixes = _INTEREST_PREFIXES
+        ahead = self._ahead
         for kind, name, present in self._hub.drain_interest():
-            interest(prefixes[kind] + name, present)
+            channel = prefixes[kind] + name
+            if not present and ahead and channel in ahead:
+                continue  # a pending join still needs it (released by `_release_early`)
+            interest(channel, present)
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         assert self._loop is not None

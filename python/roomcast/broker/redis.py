@@ -55,7 +55,9 @@ _PATTERNS = (
 _CLIENT_PREFIX = WebSocketChannels.CLIENT_PREFIX
 
 RECONNECT_MIN_DELAY = 0.1
-RECONNECT_MAX_DELAY = 3.0
+RECONNECT_MAX_DELAY = 0.25
+"""Cap of the reconnect backoff: a Redis that comes back is in use again within about this
+long, whatever the outage's length (an attempt on a refused port costs almost nothing)."""
 CONNECT_TIMEOUT = 5.0
 """Bound of one connection attempt (the ready bound caps it further)."""
 WRITE_BATCH = 2048
@@ -293,6 +295,10 @@ class RedisBroker:
         self._lingering: dict[str, float] = {}
         self._dirty: set[str] = set()
         self._flush_scheduled = False
+        # Subscription confirmations: the future of the next flush (for channels not sent
+        # yet), and channels sent whose confirmation (a PING behind them) is still due.
+        self._next_flush: asyncio.Future[None] | None = None
+        self._unconfirmed: dict[str, asyncio.Future[None]] = {}
         self._linger_handle: asyncio.TimerHandle | None = None
         self._watchdog_handle: asyncio.TimerHandle | None = None
         self._barrier_seq = 0
@@ -398,6 +404,8 @@ class RedisBroker:
         if self.subscribe_mode != INTEREST or self.publisher_only or self._state == _CLOSED:
             return
         if on:
+            if channel in self._wanted:
+                return  # subscribed, or on its way
             self._wanted.add(channel)
             if self._lingering.pop(channel, None) is not None:
                 return  # still subscribed
@@ -416,6 +424,38 @@ class RedisBroker:
         self._dirty.add(channel)
         self._schedule_flush()
 
+    def confirmation(self, channels: Iterable[str]) -> asyncio.Future[Any] | None:
+        """None when Redis has confirmed a subscription to every one of `channels` (the
+        fast path: nothing to wait for); otherwise a future resolved once it has. Call
+        `interest(channel, True)` first for channels nobody wanted yet. Channels sent in
+        the same event loop iteration share one command and one confirmation. While Redis
+        is unreachable the future resolves when a new session has subscribed again; callers
+        bound the wait themselves. Never fails; patterns (and the emitter) need no wait."""
+        if self.subscribe_mode != INTEREST or self.publisher_only or self._state == _CLOSED:
+            return None
+        session = self._session
+        unconfirmed = self._unconfirmed
+        waits: list[asyncio.Future[Any]] = []
+        unsent = False
+        for channel in channels:
+            if session is not None and channel in session.shard_for(channel).subscribed:
+                waiting = unconfirmed.get(channel)
+                if waiting is not None and waiting not in waits:
+                    waits.append(waiting)
+            else:
+                unsent = True
+        if unsent:
+            if self._next_flush is None:
+                assert self._loop is not None
+                self._next_flush = self._loop.create_future()
+            waits.append(self._next_flush)
+            self._schedule_flush()
+        if not waits:
+            return None
+        if len(waits) == 1:
+            return waits[0]
+        return asyncio.gather(*waits)
+
     async def close(self) -> None:
         """Flush what is queued (briefly), then disconnect; idempotent."""
         if self._state == _CLOSED:
@@ -433,6 +473,7 @@ class RedisBroker:
             except asyncio.CancelledError:
                 pass
             self._supervisor = None
+        self._confirm_all()
         session, self._session = self._session, None
         if session is not None:
             if was_up:
@@ -495,7 +536,26 @@ class RedisBroker:
     def _up(self, session: _Session) -> None:
         self._session = session
         self._state = _UP
-        if self._dirty:
+        # The new session subscribed to every channel wanted when it opened, confirmed.
+        # What the old one left unconfirmed is live now, or goes out with the next flush.
+        pending, self._unconfirmed = self._unconfirmed, {}
+        late: set[asyncio.Future[None]] = set()
+        for channel, waiting in pending.items():
+            if channel not in session.shard_for(channel).subscribed:
+                self._dirty.add(channel)
+                late.add(waiting)
+        for waiting in set(pending.values()):
+            if waiting.done():
+                continue
+            if waiting in late:
+                if self._next_flush is None:
+                    self._next_flush = session.failed.get_loop().create_future()
+                self._next_flush.add_done_callback(
+                    lambda _, waiting=waiting: waiting.done() or waiting.set_result(None)
+                )
+            else:
+                waiting.set_result(None)
+        if self._dirty or self._next_flush is not None:
             self._schedule_flush()
         if self.watchdog_interval > 0 and self._loop is not None:
             if self._watchdog_handle is None:
@@ -857,11 +917,17 @@ class RedisBroker:
             self._loop.call_soon(self._flush_interest)
 
     def _flush_interest(self) -> None:
-        """Send the subscription changes accumulated during this loop iteration."""
+        """Send the subscription changes accumulated during this loop iteration, then one
+        PING per shard written to: its answer confirms every SUBSCRIBE before it."""
         self._flush_scheduled = False
         session = self._session
-        if session is None or not self._dirty:
+        if session is None:
             return  # kept for the next session, which compares with what it subscribed
+        waiting, self._next_flush = self._next_flush, None
+        if not self._dirty:
+            if waiting is not None and not waiting.done():
+                waiting.set_result(None)
+            return
         subscribe: dict[int, list[str]] = {}
         unsubscribe: dict[int, list[str]] = {}
         shards = {id(shard): shard for shard in session.shards}
@@ -875,8 +941,48 @@ class RedisBroker:
         self._dirty.clear()
         for key, channels in unsubscribe.items():
             self._send_subscriptions(shards[key], channels, False)
+        if not subscribe:
+            if waiting is not None and not waiting.done():
+                waiting.set_result(None)
+            return
+        if waiting is None:
+            assert self._loop is not None
+            waiting = self._loop.create_future()
+        sent: list[str] = []
+        barriers = []
         for key, channels in subscribe.items():
             self._send_subscriptions(shards[key], channels, True)
+            barriers.append(self._barrier(shards[key]))
+            sent += channels
+        unconfirmed = self._unconfirmed
+        for channel in sent:
+            unconfirmed[channel] = waiting
+        confirmed = barriers[0] if len(barriers) == 1 else asyncio.gather(*barriers)
+        confirmed.add_done_callback(
+            lambda done: self._confirm(waiting, sent, done)  # type: ignore[arg-type]
+        )
+
+    def _confirm(
+        self, waiting: asyncio.Future[None], channels: list[str], done: asyncio.Future[Any]
+    ) -> None:
+        """A flush's PINGs came back: its channels are live. If the session failed first,
+        they stay unconfirmed until the next session has subscribed again (`_up`)."""
+        if done.cancelled() or done.exception() is not None:
+            return
+        unconfirmed = self._unconfirmed
+        for channel in channels:
+            if unconfirmed.get(channel) is waiting:
+                del unconfirmed[channel]
+        if not waiting.done():
+            waiting.set_result(None)
+
+    def _confirm_all(self) -> None:
+        """Closing: nobody may wait for a confirmation any more."""
+        for waiting in [*self._unconfirmed.values(), self._next_flush]:
+            if waiting is not None and not waiting.done():
+                waiting.set_result(None)
+        self._unconfirmed.clear()
+        self._next_flush = None
 
     def _expire_lingering(self) -> None:
         self._linger_handle = None
