@@ -28,7 +28,7 @@ from typing import Any, NoReturn
 
 from . import jwt
 from .broker import REDIS_SCHEMES, BrokerUnavailable
-from .constants import WebSocketDefaults
+from .constants import LISTEN_BACKLOG, SUBSCRIBE_TIMEOUT, WebSocketDefaults
 
 CALLBACKS = (
     "authenticate_fn",
@@ -66,6 +66,8 @@ class ServeConfig:
     )
     require_encryption: bool = False
     max_payload_length: int = WebSocketDefaults.MAX_PAYLOAD_LENGTH
+    subscribe_timeout: float = SUBSCRIBE_TIMEOUT
+    backlog: int = LISTEN_BACKLOG
     jwt_secret: str | None = None
     allow_rooms: str = "*"
     log_level: str = "info"
@@ -161,6 +163,16 @@ _SERVE_FLAGS: list[tuple[str, Callable[[str], Any] | None, str]] = [
         "gives handshake_fn or encryption)",
     ),
     ("--max-payload-length", _positive_int, "largest accepted message in bytes (default 131072)"),
+    (
+        "--subscribe-timeout-ms",
+        _positive_int,
+        "longest a login or join waits for redis to confirm its subscriptions (default 1000)",
+    ),
+    (
+        "--backlog",
+        _positive_int,
+        "connections waiting to be accepted (default 4096, capped by the kernel's somaxconn)",
+    ),
     ("--jwt-secret", str, "HS256 secret of the built-in authenticator"),
     ("--allow-rooms", str, "glob of room names clients may join (default '*')"),
     ("--log-level", str, "debug, info, warning or error (default info)"),
@@ -301,7 +313,8 @@ def build_helper(config: ServeConfig, app: Any = None, out: Callable[[str], None
         heartbeat_interval=config.heartbeat_interval,
         heartbeat_timeout=config.heartbeat_timeout,
         require_encryption=config.require_encryption,
-        server_options={"max_payload_length": config.max_payload_length},
+        server_options={"max_payload_length": config.max_payload_length, "backlog": config.backlog},
+        subscribe_timeout=config.subscribe_timeout,
         **callbacks,
     )
 

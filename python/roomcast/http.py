@@ -19,7 +19,7 @@ from picows import (
     ws_create_server,
 )
 
-from .constants import ErrorMessages
+from .constants import LISTEN_BACKLOG, ErrorMessages
 
 if TYPE_CHECKING:
     from .server import WebSocketServerHelper
@@ -118,6 +118,16 @@ class WebServer:
 
     async def start(self) -> None:
         max_frame = max((h._max_payload_length for h in self._routes.values()), default=1 << 20)
+        backlog = max(
+            (int(h.server_options["backlog"]) for h in self._routes.values()),
+            default=LISTEN_BACKLOG,
+        )
+        try:  # the kernel caps it there anyway; `backlog` tells what is in effect
+            with open("/proc/sys/net/core/somaxconn") as somaxconn:
+                backlog = min(backlog, int(somaxconn.read()))
+        except (OSError, ValueError):
+            pass  # not Linux
+        self.backlog = backlog
         self._server = await ws_create_server(
             self._listener_factory,
             self.host,
@@ -129,6 +139,7 @@ class WebServer:
             read_buffer_init_size=READ_BUFFER_INIT_SIZE,
             websocket_handshake_timeout=5,
             logger_name="roomcast.picows",
+            backlog=backlog,
         )
 
     async def stop(self) -> None:

@@ -20,6 +20,8 @@ from . import _core
 from .broker import Broker, create_broker
 from .connection import Client
 from .constants import (
+    LISTEN_BACKLOG,
+    SUBSCRIBE_TIMEOUT,
     CloseCode,
     ErrorMessages,
     WebSocketChannels,
@@ -89,13 +91,6 @@ ENCRYPTED_SLICE_CLIENTS = 32
 # Bytes of plaintext sealed per call of a scheme's `seal_batch` (many keys, one message).
 ENCRYPTED_CHUNK_BYTES = 256 * 1024
 
-# How long a login or join may wait for Redis to confirm its subscriptions before it goes
-# ahead anyway (the join barrier's bound).
-SUBSCRIBE_TIMEOUT = 1.0
-# Pending connections the listening socket queues (clamped to what the kernel allows): a
-# burst of connects beyond it waits for SYN retransmits, a second each.
-LISTEN_BACKLOG = 4096
-
 # server_options keys, with the original's camelCase names accepted as aliases.
 _OPTION_DEFAULTS: dict[str, Any] = {
     "max_payload_length": WebSocketDefaults.MAX_PAYLOAD_LENGTH,
@@ -143,6 +138,13 @@ def _scheme_of(hook: Any) -> Any:
     if callable(getattr(owner, "open_inbound", None)) and callable(getattr(owner, "forget", None)):
         return owner
     return None
+
+
+def _is_join(payload: Any, is_text: bool) -> bool:
+    try:
+        return decode(payload, is_text).get("event") == _JOIN
+    except (InvalidMessage, InvalidText):
+        return False
 
 
 def _refused(result: Any) -> bool:
@@ -268,6 +270,7 @@ class WebSocketServerHelper:
         )
         self._held: dict[str, list[Any]] = {}
         self._ahead: dict[str, int] = {}
+        self._waits = 0
         self._unconfirmed = 0
         self._confirm_late = False
         self._hub = _core.Hub(
@@ -413,11 +416,13 @@ class WebSocketServerHelper:
         self._hub.touch(client.handle)
         if self._held:
             held = self._held.get(client.id)
-            if held is not None:
+            if held is not None and (held[1] or not _is_join(payload, is_text)):
                 # Behind a join barrier: handled in order once it is lifted. (The payload
                 # is only valid during this call.)
                 held[1].append((bytes(payload), is_text))
                 return
+            # Joins right behind joins go ahead (each takes effect once confirmed), so a
+            # burst of them costs one Redis round trip, not one each.
         self._handle(client, payload, is_text)
 
     def _handle(self, client: Client, payload: Any, is_text: bool) -> None:
@@ -613,6 +618,7 @@ class WebSocketServerHelper:
         loop = self._loop
         assert loop is not None
         lifted: asyncio.Future[bool] = loop.create_future()
+        self._waits += 1
         if not getattr(self._broker, "connected", True):
             self._unconfirmed_join("redis is unreachable")
             lifted.set_result(False)
@@ -674,7 +680,10 @@ class WebSocketServerHelper:
             self._handle(client, payload, is_text)
             again = self._held.get(client.id)
             if again is not None:
-                # That message started a new barrier: the rest waits behind it too.
+                # That message started a new barrier: the rest waits behind it too, but
+                # for the joins right behind it (as in `_on_message`).
+                while messages and _is_join(*messages[0]):
+                    self._handle(client, *messages.popleft())
                 again[1].extendleft(reversed(messages))
                 return
 
@@ -1145,9 +1154,13 @@ class WebSocketServerHelper:
         return [clients[i] for i in self._hub.room_members(room) if i in clients]
 
     def stats(self) -> dict[str, int]:
-        """Counters from the hub (connections, rooms, users, skipped messages, queued bytes)
-        and, prefixed `broker_`, from the broker when it keeps any."""
+        """Counters from the hub (connections, rooms, users, skipped messages, queued bytes),
+        the join barrier's (`subscribe_waits`: logins and joins that waited for Redis to
+        confirm a subscription; `subscribe_unconfirmed`: those that went ahead without it,
+        Redis being unreachable or slower than `subscribe_timeout`) and, prefixed `broker_`,
+        the broker's when it keeps any."""
         stats = self._hub.stats()
+        stats["subscribe_waits"] = self._waits
         stats["subscribe_unconfirmed"] = self._unconfirmed
         broker_stats = getattr(self._broker, "stats", None)
         if callable(broker_stats):

@@ -295,6 +295,9 @@ class RedisBroker:
         self._lingering: dict[str, float] = {}
         self._dirty: set[str] = set()
         self._flush_scheduled = False
+        # A flush whose SUBSCRIBEs Redis has not confirmed yet: changes wait for it, so
+        # those of many clients arriving meanwhile go out together (one command, one PING).
+        self._flush_in_flight = False
         # Subscription confirmations: the future of the next flush (for channels not sent
         # yet), and channels sent whose confirmation (a PING behind them) is still due.
         self._next_flush: asyncio.Future[None] | None = None
@@ -512,7 +515,7 @@ class RedisBroker:
     async def sync(self, timeout: float | None = None) -> None:
         """Wait until Redis has processed every subscription change made so far (a PING
         through each subscriber connection). Raises BrokerUnavailable while disconnected."""
-        self._flush_interest()
+        self._flush_interest(force=True)
         session = self._session
         if session is None or self.publisher_only:
             raise BrokerUnavailable(f"redis at {self.target.describe()} is unavailable")
@@ -536,6 +539,7 @@ class RedisBroker:
     def _up(self, session: _Session) -> None:
         self._session = session
         self._state = _UP
+        self._flush_in_flight = False
         # The new session subscribed to every channel wanted when it opened, confirmed.
         # What the old one left unconfirmed is live now, or goes out with the next flush.
         pending, self._unconfirmed = self._unconfirmed, {}
@@ -916,13 +920,16 @@ class RedisBroker:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush_interest)
 
-    def _flush_interest(self) -> None:
-        """Send the subscription changes accumulated during this loop iteration, then one
-        PING per shard written to: its answer confirms every SUBSCRIBE before it."""
+    def _flush_interest(self, force: bool = False) -> None:
+        """Send the subscription changes accumulated since the last flush, then one PING per
+        shard written to: its answer confirms every SUBSCRIBE before it. While a flush is
+        unconfirmed, the next waits for it (unless forced)."""
         self._flush_scheduled = False
         session = self._session
         if session is None:
             return  # kept for the next session, which compares with what it subscribed
+        if self._flush_in_flight and not force:
+            return  # `_confirm` flushes again
         waiting, self._next_flush = self._next_flush, None
         if not self._dirty:
             if waiting is not None and not waiting.done():
@@ -958,6 +965,7 @@ class RedisBroker:
         for channel in sent:
             unconfirmed[channel] = waiting
         confirmed = barriers[0] if len(barriers) == 1 else asyncio.gather(*barriers)
+        self._flush_in_flight = True
         confirmed.add_done_callback(
             lambda done: self._confirm(waiting, sent, done)  # type: ignore[arg-type]
         )
@@ -969,6 +977,9 @@ class RedisBroker:
         they stay unconfirmed until the next session has subscribed again (`_up`)."""
         if done.cancelled() or done.exception() is not None:
             return
+        self._flush_in_flight = False
+        if self._dirty or self._next_flush is not None:
+            self._schedule_flush()
         unconfirmed = self._unconfirmed
         for channel in channels:
             if unconfirmed.get(channel) is waiting:
