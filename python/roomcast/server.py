@@ -265,6 +265,8 @@ class WebSocketServerHelper:
         # wait in `_held` (id -> [barriers pending, messages]); channels subscribed ahead of
         # the hub (before the join takes effect) are counted in `_ahead`.
         confirmation = getattr(self._broker, "confirmation", None)
+        if not getattr(self._broker, "confirms_subscriptions", False):
+            confirmation = None  # patterns (or no Redis): every channel is always live
         self._confirmation: Callable[[list[str]], asyncio.Future[Any] | None] | None = (
             confirmation if callable(confirmation) and self._interest is not None else None
         )
@@ -527,7 +529,7 @@ class WebSocketServerHelper:
         for room in self.default_rooms:
             hub.join(client.handle, room)
         if ahead:
-            self._release_early(ahead)
+            self._release_early(ahead, joined=True)
         connected: dict[str, Any] = {"id": client.id}
         if client.user_id is not None:
             connected["userId"] = client.user_id
@@ -563,35 +565,34 @@ class WebSocketServerHelper:
         if client.user_id is not None:
             channels.append(WebSocketChannels.for_user(client.user_id))
         channels += [WebSocketChannels.for_room(room) for room in self.default_rooms]
-        ahead = self._subscribe_early(channels)
         waiter = self._confirmation(channels)
-        if waiter is not None:
-            await self._barrier(waiter)
+        if waiter is None:
+            return []
+        self._subscribe_early(channels)
+        await self._barrier(waiter)
         if client.state is _AUTHENTICATING and not client.closing:
-            return ahead
-        self._release_early(ahead)
+            return channels
+        self._release_early(channels, joined=False)
         logger.info("%s left while its subscriptions were confirmed", client.id)
         return None
 
     # -- the join barrier ----------------------------------------------------------------
 
-    def _subscribe_early(self, channels: list[str]) -> list[str]:
-        """Subscribe channels the hub does not hold yet (a join that takes effect once Redis
-        confirms them); returns those, for `_release_early`."""
+    def _subscribe_early(self, channels: list[str]) -> None:
+        """Subscribe `channels` ahead of the hub, for a join that takes effect once Redis
+        confirms them; each is held until `_release_early`."""
         interest = self._interest
         assert interest is not None
         ahead = self._ahead
-        early = [c for c in channels if c in ahead or not self._hub_holds(c)]
-        for channel in early:
+        for channel in channels:
             count = ahead.get(channel, 0)
             ahead[channel] = count + 1
             if not count:
                 interest(channel, True)
-        return early
 
-    def _release_early(self, channels: list[str]) -> None:
-        """The joins that subscribed `channels` early took effect (or never will): give back
-        what neither the hub nor another pending join holds."""
+    def _release_early(self, channels: list[str], joined: bool) -> None:
+        """The join that subscribed `channels` early took effect (`joined`: the hub holds
+        them now) or never will: give back what neither the hub nor another join holds."""
         interest = self._interest
         assert interest is not None
         ahead = self._ahead
@@ -599,7 +600,7 @@ class WebSocketServerHelper:
             count = ahead.pop(channel, 1) - 1
             if count:
                 ahead[channel] = count
-            elif not self._hub_holds(channel):
+            elif not joined and not self._hub_holds(channel):
                 interest(channel, False)
 
     def _hub_holds(self, channel: str) -> bool:
@@ -777,27 +778,27 @@ class WebSocketServerHelper:
         rooms = [r for r in allowed if r in requested]
         if self._confirmation is not None:
             channels = [WebSocketChannels.for_room(r) for r in rooms]
-            ahead = self._subscribe_early(channels)
             waiter = self._confirmation(channels)
             if waiter is not None:
                 # The join takes effect once Redis confirms: the client's later messages
                 # are handled after it, and every message published from then on reaches it.
+                self._subscribe_early(channels)
                 self._hold(
                     client,
                     self._barrier(waiter),
-                    lambda: self._join_now(client, rooms, ahead),
+                    lambda: self._join_now(client, rooms, channels),
                 )
                 return
-            self._release_early(ahead)
         self._join_now(client, rooms, [])
 
     def _join_now(self, client: Client, rooms: list[str], ahead: list[str]) -> None:
-        if client.state is _AUTHENTICATED and not client.closing:
+        joined = client.state is _AUTHENTICATED and not client.closing
+        if joined:
             hub, handle = self._hub, client.handle
-            joined = [r for r in rooms if hub.join(handle, r)]
-            logger.debug("%s joined %r", client.id, joined)
+            added = [r for r in rooms if hub.join(handle, r)]
+            logger.debug("%s joined %r", client.id, added)
         if ahead:
-            self._release_early(ahead)
+            self._release_early(ahead, joined)
 
     def _on_leave(self, client: Client, data: Any) -> None:
         for room in requested_rooms(data):

@@ -427,6 +427,12 @@ class RedisBroker:
         self._dirty.add(channel)
         self._schedule_flush()
 
+    @property
+    def confirms_subscriptions(self) -> bool:
+        """Whether a channel needs a subscription of its own (interest and sharded modes),
+        whose confirmation `confirmation()` reports; with patterns every channel is live."""
+        return self.subscribe_mode == INTEREST and not self.publisher_only
+
     def confirmation(self, channels: Iterable[str]) -> asyncio.Future[Any] | None:
         """None when Redis has confirmed a subscription to every one of `channels` (the
         fast path: nothing to wait for); otherwise a future resolved once it has. Call
