@@ -271,6 +271,7 @@ class WebSocketServerHelper:
             confirmation if callable(confirmation) and self._interest is not None else None
         )
         self._held: dict[str, list[Any]] = {}
+        self._lifts: dict[asyncio.Future[Any], asyncio.Future[bool]] = {}
         self._ahead: dict[str, int] = {}
         self._waits = 0
         self._unconfirmed = 0
@@ -518,10 +519,22 @@ class WebSocketServerHelper:
         ):
             if not await self._handshake(client, data):
                 return
-        ahead = await self._subscribe_ahead(client)
-        if ahead is None:
-            return
+        ahead, lifted = self._subscribe_ahead(client)
+        if lifted is None:
+            self._login(client, ahead, None)
+        else:
+            # The rest runs when Redis confirms (or the bound passes), not in this task.
+            lifted.add_done_callback(lambda lifted: self._login(client, ahead, lifted))
 
+    def _login(self, client: Client, ahead: list[str], lifted: asyncio.Future[bool] | None) -> None:
+        """Authenticated (and subscribed): into the hub, `connected`, client_connected_fn."""
+        if lifted is not None:
+            self._count_unconfirmed(lifted)
+        if client.state is not _AUTHENTICATING or client.closing:
+            if ahead:
+                self._release_early(ahead, joined=False)
+            logger.info("%s left while its subscriptions were confirmed", client.id)
+            return
         client.state = _AUTHENTICATED
         hub = self._hub
         hub.authenticate(client.handle, client.user_id)
@@ -553,28 +566,22 @@ class WebSocketServerHelper:
                 metadata=client.metadata,
             )
 
-    async def _subscribe_ahead(self, client: Client) -> list[str] | None:
-        """With subscriptions by interest, subscribe the channels that reach this client and
-        wait (at most `subscribe_timeout`) until Redis confirms them before it is told it is
-        connected, so a message sent to it from another node right after `connected` is not
-        lost. Returns the channels subscribed early (for `_release_early` once the client is
-        in the hub), None when it left meanwhile."""
+    def _subscribe_ahead(self, client: Client) -> tuple[list[str], asyncio.Future[bool] | None]:
+        """With subscriptions by interest, subscribe the channels that reach this client, so
+        that `connected` can wait (at most `subscribe_timeout`) until Redis confirms them:
+        a message sent to it from another node right after `connected` is then not lost.
+        Returns the channels subscribed early (for `_release_early`) and the barrier."""
         if self._confirmation is None:
-            return []
+            return [], None
         channels = [WebSocketChannels.for_client(client.id), WebSocketChannels.for_room(client.id)]
         if client.user_id is not None:
             channels.append(WebSocketChannels.for_user(client.user_id))
         channels += [WebSocketChannels.for_room(room) for room in self.default_rooms]
         waiter = self._confirmation(channels)
         if waiter is None:
-            return []
+            return [], None
         self._subscribe_early(channels)
-        await self._barrier(waiter)
-        if client.state is _AUTHENTICATING and not client.closing:
-            return channels
-        self._release_early(channels, joined=False)
-        logger.info("%s left while its subscriptions were confirmed", client.id)
-        return None
+        return channels, self._barrier(waiter)
 
     # -- the join barrier ----------------------------------------------------------------
 
@@ -615,17 +622,23 @@ class WebSocketServerHelper:
 
     def _barrier(self, waiter: asyncio.Future[Any]) -> asyncio.Future[bool]:
         """A future resolved True once `waiter` (a broker confirmation) is, or False after
-        `subscribe_timeout` or at once while Redis is unreachable: no one waits longer."""
+        `subscribe_timeout` or at once while Redis is unreachable: no one waits longer.
+        Everyone waiting for one confirmation shares it (and its timer); do not cancel it."""
+        self._waits += 1
+        lifted = self._lifts.get(waiter)
+        if lifted is not None:
+            return lifted
         loop = self._loop
         assert loop is not None
-        lifted: asyncio.Future[bool] = loop.create_future()
-        self._waits += 1
+        lifted = loop.create_future()
         if not getattr(self._broker, "connected", True):
             self._unconfirmed_join("redis is unreachable")
             lifted.set_result(False)
             return lifted
+        self._lifts[waiter] = lifted
 
         def confirmed(_: Any) -> None:
+            self._lifts.pop(waiter, None)
             if lifted.done():
                 return
             timer.cancel()
@@ -635,6 +648,7 @@ class WebSocketServerHelper:
             lifted.set_result(True)
 
         def late() -> None:
+            self._lifts.pop(waiter, None)
             if not lifted.done():
                 self._unconfirmed_join(f"no confirmation within {self.subscribe_timeout:g} s")
                 lifted.set_result(False)
@@ -643,9 +657,12 @@ class WebSocketServerHelper:
         waiter.add_done_callback(confirmed)
         return lifted
 
+    def _count_unconfirmed(self, lifted: asyncio.Future[bool]) -> None:
+        if lifted.cancelled() or not lifted.result():
+            self._unconfirmed += 1
+
     def _unconfirmed_join(self, reason: str) -> None:
-        """A login or join goes ahead unconfirmed: counted, and logged once per outage."""
-        self._unconfirmed += 1
+        """Logins and joins go ahead unconfirmed: logged once per outage."""
         if not self._confirm_late:
             self._confirm_late = True
             logger.warning(
@@ -663,6 +680,7 @@ class WebSocketServerHelper:
         held[0] += 1
 
         def done(_: Any) -> None:
+            self._count_unconfirmed(lifted)
             then()
             self._lift(client, held)
 
