@@ -573,10 +573,10 @@ class WebSocketServerHelper:
         Returns the channels subscribed early (for `_release_early`) and the barrier."""
         if self._confirmation is None:
             return [], None
-        channels = [WebSocketChannels.for_client(client.id), WebSocketChannels.for_room(client.id)]
+        channels = [_CLIENT_PREFIX + client.id, _ROOM_PREFIX + client.id]
+        channels += [_ROOM_PREFIX + room for room in self.default_rooms]
         if client.user_id is not None:
-            channels.append(WebSocketChannels.for_user(client.user_id))
-        channels += [WebSocketChannels.for_room(room) for room in self.default_rooms]
+            channels.append(_USER_PREFIX + client.user_id)
         waiter = self._confirmation(channels)
         if waiter is None:
             return [], None

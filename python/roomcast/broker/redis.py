@@ -77,10 +77,14 @@ class _Replies:
     expects (another redis-py version or no hiredis), `read_response` is used instead.
     """
 
-    __slots__ = ("_feed", "_gets", "_more", "_read", "conn")
+    __slots__ = ("_feed", "_gets", "_more", "_read", "conn", "gets", "more")
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
+        # `gets()` returns the next reply already buffered, or `more` when there is none
+        # (then `fill()` reads); None on the slow path, where only `next()` works.
+        self.gets: Any = None
+        self.more: Any = None
         parser = getattr(conn, "_parser", None)
         reader = getattr(parser, "_reader", None)
         stream = getattr(parser, "_stream", None)
@@ -94,7 +98,8 @@ class _Replies:
         self._gets = reader.gets  # type: ignore[union-attr]
         self._feed = reader.feed  # type: ignore[union-attr]
         self._read = stream.read  # type: ignore[union-attr]
-        self._more = more
+        self._more = self.more = more
+        self.gets = self._gets
 
     async def next(self) -> Any:
         reply = self._gets()
@@ -107,6 +112,12 @@ class _Replies:
         if isinstance(reply, Exception):  # error replies come back as values
             raise reply
         return reply
+
+    async def fill(self) -> None:
+        data = await self._read(65536)
+        if not data:
+            raise ConnectionError(f"connection closed by {self.conn.host}:{self.conn.port}")
+        self._feed(data)
 
     async def _slow(self) -> Any:
         return await self.conn.read_response(disconnect_on_error=False)
@@ -446,13 +457,18 @@ class RedisBroker:
         unconfirmed = self._unconfirmed
         waits: list[asyncio.Future[Any]] = []
         unsent = False
+        one = session.shards[0].subscribed if session and session.slot_map is None else None
         for channel in channels:
-            if session is not None and channel in session.shard_for(channel).subscribed:
+            if one is not None:
+                sent = channel in one
+            else:
+                sent = session is not None and channel in session.shard_for(channel).subscribed
+            if not sent:
+                unsent = True
+            elif unconfirmed:
                 waiting = unconfirmed.get(channel)
                 if waiting is not None and waiting not in waits:
                     waits.append(waiting)
-            else:
-                unsent = True
         if unsent:
             if self._next_flush is None:
                 assert self._loop is not None
@@ -785,10 +801,20 @@ class RedisBroker:
         stats = self._stats
         probe = shard.probe_bytes
         replies = _Replies(conn)
+        gets, more = replies.gets, replies.more
         try:
             while True:
-                reply = await replies.next()
+                # Every reply already buffered is handled without a coroutine call each.
+                if gets is None:
+                    reply = await replies.next()
+                else:
+                    reply = gets()
+                    if reply is more:
+                        await replies.fill()
+                        continue
                 if type(reply) is not list:
+                    if isinstance(reply, Exception):
+                        raise reply
                     continue
                 kind = reply[0]
                 if kind == b"message" or kind == b"smessage":
@@ -796,7 +822,8 @@ class RedisBroker:
                 elif kind == b"pmessage":
                     channel, data = reply[2], reply[3]
                 else:
-                    self._on_control(session, shard, kind, reply)
+                    if kind == b"pong" or kind == b"sunsubscribe":
+                        self._on_control(session, shard, kind, reply)
                     continue
                 if channel == probe:
                     shard.probe_pending = False
