@@ -254,13 +254,23 @@ def test_a_frozen_redis_bounds_logins_and_catches_up_after_sigcont(redis_server,
 
 
 def test_delivery_resumes_within_a_second_of_redis_coming_back(tmp_path):
-    # Three Redis servers down together, back after 1 s, 3 s and 10 s: after each, a
-    # message published into it reaches the node's client within a second.
-    outages = (1.0, 3.0, 10.0)
+    # Four Redis servers go away together: three killed and started again after 1 s, 3 s
+    # and 10 s, one frozen (SIGSTOP) for 10 s. After each comes back, a message published
+    # into it reaches the node's client within a second.
+    outages = ((1.0, False), (3.0, False), (10.0, False), (10.0, True))
 
-    async def resumed(server: RedisServer, ws: ClientConnection, down: float) -> float:
+    async def resumed(server: RedisServer, ws: ClientConnection, down: float, frozen: bool):
+        assert server.proc is not None
+        pid = server.proc.pid
+        if frozen:
+            os.kill(pid, signal.SIGSTOP)
+        else:
+            server.kill()
         await asyncio.sleep(down)
-        await asyncio.to_thread(server.start)
+        if frozen:
+            os.kill(pid, signal.SIGCONT)
+        else:
+            await asyncio.to_thread(server.start)
         up = time.monotonic()
         async with raw_redis(server.port) as r:
             received = asyncio.ensure_future(recv(ws, timeout=10))
@@ -283,22 +293,20 @@ def test_delivery_resumes_within_a_second_of_redis_coming_back(tmp_path):
                 managers.append(manager)
                 ws, data = await authed(n.url, "user:x")
                 await send(ws, {"event": "join", "data": {"rooms": ["lobby"]}})
-                await eventually(
-                    lambda n=n, data=data: "lobby" in n.helper.get_clients(data["id"]).rooms
-                )
+                member = n.helper.get_clients(data["id"])
+                await eventually(lambda member=member: "lobby" in member.rooms)
                 clients.append(ws)
-            for server in servers:
-                server.kill()
+            outage = zip(servers, clients, outages, strict=True)
             delays = await asyncio.gather(
-                *(
-                    resumed(s, ws, down)
-                    for s, ws, down in zip(servers, clients, outages, strict=True)
-                )
+                *(resumed(server, ws, down, frozen) for server, ws, (down, frozen) in outage)
             )
             assert all(d < RESTART_BOUND for d in delays), delays
             for ws in clients:
                 await ws.close()
         finally:
+            for server in servers:
+                if server.proc is not None:
+                    os.kill(server.proc.pid, signal.SIGCONT)
             for manager in reversed(managers):
                 await manager.__aexit__(None, None, None)
             for server in servers:
