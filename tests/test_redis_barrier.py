@@ -13,8 +13,10 @@ import time
 from typing import Any
 
 import orjson
+import pytest
 from redis_support import FreezingProxy, RedisServer, node, raw_redis, settle
-from roomcast import RedisHelper, WebSocketEmitter
+from roomcast import RedisHelper, WebSocketEmitter, WebSocketServerHelper
+from roomcast.cli import build_helper, build_parser, config_from_args
 from support import authed, eventually, open_client, recv, run, send
 from websockets.asyncio.client import ClientConnection
 
@@ -342,3 +344,29 @@ def test_two_thousand_concurrent_connects_all_succeed(redis_server):
             await asyncio.gather(*(ws.close() for ws in results))  # type: ignore[union-attr]
 
     run(body(), timeout=60)
+
+
+def test_subscribe_timeout_and_backlog_come_from_flags_and_environment(redis_server):
+    args = build_parser().parse_args(["serve", "--subscribe-timeout-ms", "250"])
+    config = config_from_args(
+        args, {"ROOMCAST_BACKLOG": "1500", "ROOMCAST_SUBSCRIBE_TIMEOUT_MS": "9"}
+    )
+    assert config.subscribe_timeout == 0.25  # the flag wins over the environment
+    assert config.backlog == 1500
+    config.redis_url = redis_server.url
+    helper = build_helper(config, out=lambda line: None)
+    assert helper.subscribe_timeout == 0.25
+    assert helper.server_options["backlog"] == 1500
+
+    async def body():
+        server = await helper.serve("127.0.0.1", 0)
+        with open("/proc/sys/net/core/somaxconn") as f:
+            assert server.backlog == min(1500, int(f.read()))  # clamped to the kernel's
+        await server.stop()
+        await helper.shutdown()
+
+    run(body())
+    with pytest.raises(ValueError, match="subscribe_timeout must be positive: 0"):
+        WebSocketServerHelper("t", "/ws", "memory://", lambda d: {}, subscribe_timeout=0)
+    with pytest.raises(ValueError, match="backlog must be positive: -1"):
+        WebSocketServerHelper("t", "/ws", "memory://", lambda d: {}, server_options={"backlog": -1})
