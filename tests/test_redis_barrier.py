@@ -173,8 +173,8 @@ def test_a_join_waits_for_a_slow_subscribe_and_holds_only_that_client(redis_serv
         await emitter.configure()
         manager, b = await echoing_node(redis_at(proxy.port))
         try:
-            slow, _ = await authed(b.url, "user:slow")
-            other, _ = await authed(b.url, "user:other")
+            slow, data = await authed(b.url, "user:slow")
+            other, other_data = await authed(b.url, "user:other")
             waits = b.helper.stats()["subscribe_waits"]
             await send(slow, {"event": "join", "data": {"rooms": ["slow-room"]}})
             await send(slow, {"event": "echo", "data": "next"})
@@ -198,6 +198,19 @@ def test_a_join_waits_for_a_slow_subscribe_and_holds_only_that_client(redis_serv
             await emitter.to_room("slow-room", "both", 2)
             assert await recv(slow) == {"event": "both", "data": 2}
             assert await recv(other) == {"event": "both", "data": 2}
+            # Joins take effect in order: a live room joined right behind a room still being
+            # subscribed is joined only with it.
+            await send(slow, {"event": "join", "data": {"rooms": ["slow-again"]}})
+            live = other_data["id"]  # the other client's own-id room: subscribed and live
+            await send(slow, {"event": "join", "data": {"rooms": [live]}})
+            member = b.helper.get_clients(data["id"])
+            seen = []
+            async with asyncio.timeout(5):
+                while "slow-again" not in member.rooms:
+                    seen.append(member.rooms)
+                    await asyncio.sleep(0.005)
+            assert seen and all(live not in rooms for rooms in seen), seen
+            assert live in member.rooms
             assert b.helper.stats()["subscribe_unconfirmed"] == 0
             await slow.close()
             await other.close()

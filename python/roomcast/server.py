@@ -672,17 +672,30 @@ class WebSocketServerHelper:
             )
 
     def _hold(self, client: Client, lifted: asyncio.Future[bool], then: Callable[[], Any]) -> None:
-        """Queue the client's inbound messages until `lifted`; then run `then` and handle
-        them in order (unless another barrier of the client is still pending)."""
+        """Queue the client's inbound messages until `lifted`; then run `then` (after the
+        `then` of the client's earlier barriers: joins take effect in order) and handle the
+        queued messages in order, once no barrier of the client is pending."""
         held = self._held.get(client.id)
         if held is None:
-            held = self._held[client.id] = [0, deque()]
+            held = self._held[client.id] = [0, deque(), None]  # pending, queued, last `then`
         held[0] += 1
+        earlier: asyncio.Future[None] | None = held[2]
+        ran: asyncio.Future[None] = lifted.get_loop().create_future()
+        held[2] = ran
+
+        def run(_: Any = None) -> None:
+            try:
+                then()
+            finally:
+                ran.set_result(None)
+                self._lift(client, held)
 
         def done(_: Any) -> None:
             self._count_unconfirmed(lifted)
-            then()
-            self._lift(client, held)
+            if earlier is None or earlier.done():
+                run()
+            else:
+                earlier.add_done_callback(run)
 
         lifted.add_done_callback(done)
 
@@ -806,6 +819,13 @@ class WebSocketServerHelper:
                     self._barrier(waiter),
                     lambda: self._join_now(client, rooms, channels),
                 )
+                return
+            if client.id in self._held:
+                # Live already, but an earlier join of the client is not: after it.
+                assert self._loop is not None
+                ready: asyncio.Future[bool] = self._loop.create_future()
+                ready.set_result(True)
+                self._hold(client, ready, lambda: self._join_now(client, rooms, []))
                 return
         self._join_now(client, rooms, [])
 
