@@ -352,8 +352,8 @@ def test_two_thousand_concurrent_connects_all_succeed(redis_server):
             assert not errors, errors[:3]
             assert b.helper.stats()["authenticated"] == count
             after = (await r.info("commandstats"))["cmdstat_subscribe"]
-            # Logins of one loop iteration share one SUBSCRIBE.
-            assert after["calls"] - before["calls"] < count // 4
+            # Logins arriving while a SUBSCRIBE is unconfirmed share the next one.
+            assert after["calls"] - before["calls"] < count // 2
             await asyncio.gather(*(ws.close() for ws in results))  # type: ignore[union-attr]
 
     run(body(), timeout=60)

@@ -531,8 +531,10 @@ class WebSocketServerHelper:
         if lifted is not None:
             self._count_unconfirmed(lifted)
         if client.state is not _AUTHENTICATING or client.closing:
-            if ahead:
+            if lifted is not None:
                 self._release_early(ahead, joined=False)
+                self._interest(_CLIENT_PREFIX + client.id, False)  # type: ignore[misc]
+                self._interest(_ROOM_PREFIX + client.id, False)  # type: ignore[misc]
             logger.info("%s left while its subscriptions were confirmed", client.id)
             return
         client.state = _AUTHENTICATED
@@ -573,15 +575,20 @@ class WebSocketServerHelper:
         Returns the channels subscribed early (for `_release_early`) and the barrier."""
         if self._confirmation is None:
             return [], None
-        channels = [_CLIENT_PREFIX + client.id, _ROOM_PREFIX + client.id]
-        channels += [_ROOM_PREFIX + room for room in self.default_rooms]
+        own = [_CLIENT_PREFIX + client.id, _ROOM_PREFIX + client.id]
+        shared = [_ROOM_PREFIX + room for room in self.default_rooms]
         if client.user_id is not None:
-            channels.append(_USER_PREFIX + client.user_id)
-        waiter = self._confirmation(channels)
-        if waiter is None:
+            shared.append(_USER_PREFIX + client.user_id)
+        # Its own channels are new (nobody else can hold them): interest now, no counting.
+        interest = self._interest
+        assert interest is not None
+        for channel in own:
+            interest(channel, True)
+        waiter = self._confirmation(own + shared)
+        if waiter is None:  # the broker is closing
             return [], None
-        self._subscribe_early(channels)
-        return channels, self._barrier(waiter)
+        self._subscribe_early(shared)
+        return shared, self._barrier(waiter)
 
     # -- the join barrier ----------------------------------------------------------------
 

@@ -870,9 +870,8 @@ class RedisBroker:
                     continue
                 data = b"".join(out)
                 out.clear()
-                await asyncio.wait_for(
-                    conn.send_packed_command(data, check_health=False), self.command_timeout
-                )
+                async with asyncio.timeout(self.command_timeout):  # no task per write
+                    await conn.send_packed_command(data, check_health=False)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
