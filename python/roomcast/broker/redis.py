@@ -970,13 +970,26 @@ class RedisBroker:
         subscribe: dict[int, list[str]] = {}
         unsubscribe: dict[int, list[str]] = {}
         shards = {id(shard): shard for shard in session.shards}
-        for channel in self._dirty:
-            shard = session.shard_for(channel)
-            want = channel in self._wanted or channel in self._lingering
-            if want and channel not in shard.subscribed:
-                subscribe.setdefault(id(shard), []).append(channel)
-            elif not want and channel in shard.subscribed:
-                unsubscribe.setdefault(id(shard), []).append(channel)
+        wanted, lingering = self._wanted, self._lingering
+        if session.slot_map is None:  # one node: no slot look-up per channel
+            only = session.shards[0]
+            subscribed = only.subscribed
+            on = [c for c in self._dirty if c not in subscribed and (c in wanted or c in lingering)]
+            off = [
+                c for c in self._dirty if c in subscribed and c not in wanted and c not in lingering
+            ]
+            if on:
+                subscribe[id(only)] = on
+            if off:
+                unsubscribe[id(only)] = off
+        else:
+            for channel in self._dirty:
+                shard = session.shard_for(channel)
+                want = channel in wanted or channel in lingering
+                if want and channel not in shard.subscribed:
+                    subscribe.setdefault(id(shard), []).append(channel)
+                elif not want and channel in shard.subscribed:
+                    unsubscribe.setdefault(id(shard), []).append(channel)
         self._dirty.clear()
         for key, channels in unsubscribe.items():
             self._send_subscriptions(shards[key], channels, False)
