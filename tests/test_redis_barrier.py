@@ -383,3 +383,27 @@ def test_subscribe_timeout_and_backlog_come_from_flags_and_environment(redis_ser
         WebSocketServerHelper("t", "/ws", "memory://", lambda d: {}, subscribe_timeout=0)
     with pytest.raises(ValueError, match="backlog must be positive: -1"):
         WebSocketServerHelper("t", "/ws", "memory://", lambda d: {}, server_options={"backlog": -1})
+
+
+def test_a_client_flooding_behind_a_barrier_is_paused_and_served_in_order(redis_server):
+    async def body():
+        proxy = await FreezingProxy(redis_server.port, subscribe_delay=0.5).start()
+        manager, b = await echoing_node(redis_at(proxy.port))
+        try:
+            flood, _ = await authed(b.url, "user:flood")
+            other, _ = await authed(b.url, "user:calm")
+            await send(flood, {"event": "join", "data": {"rooms": ["flooded"]}})
+            for i in range(1000):
+                await send(flood, {"event": "echo", "data": i})
+            assert await echo(other, "unaffected") == {"data": "unaffected", "confirmed": True}
+            for i in range(1000):
+                reply = await recv(flood)
+                assert reply == {"event": "echo", "data": {"data": i, "confirmed": True}}
+            assert not b.helper._held
+            await flood.close()
+            await other.close()
+        finally:
+            await manager.__aexit__(None, None, None)
+            await proxy.close()
+
+    run(body())

@@ -77,6 +77,9 @@ _INTEREST_PREFIXES = {
     _core.INTEREST_CLIENT: WebSocketChannels.CLIENT_PREFIX,
 }
 
+# Messages a client may queue behind a join barrier before its socket stops being read.
+HELD_LIMIT = 256
+
 _ROOM_PREFIX = WebSocketChannels.ROOM_PREFIX
 _USER_PREFIX = WebSocketChannels.USER_PREFIX
 _CLIENT_PREFIX = WebSocketChannels.CLIENT_PREFIX
@@ -138,6 +141,19 @@ def _scheme_of(hook: Any) -> Any:
     if callable(getattr(owner, "open_inbound", None)) and callable(getattr(owner, "forget", None)):
         return owner
     return None
+
+
+def _reading(client: Client, on: bool) -> None:
+    """Resume or pause reading from a client's socket."""
+    transport = client.transport
+    raw = getattr(transport, "underlying_transport", None)
+    try:
+        if on and not raw.is_reading():  # type: ignore[union-attr]
+            raw.resume_reading()  # type: ignore[union-attr]
+        elif not on and raw.is_reading():  # type: ignore[union-attr]
+            raw.pause_reading()  # type: ignore[union-attr]
+    except (AttributeError, RuntimeError):  # closing, or not a socket transport
+        logger.debug("reading not %s for %s", "resumed" if on else "paused", client.id)
 
 
 def _is_join(payload: Any, is_text: bool) -> bool:
@@ -422,7 +438,10 @@ class WebSocketServerHelper:
             if held is not None and (held[1] or not _is_join(payload, is_text)):
                 # Behind a join barrier: handled in order once it is lifted. (The payload
                 # is only valid during this call.)
-                held[1].append((bytes(payload), is_text))
+                queued = held[1]
+                queued.append((bytes(payload), is_text))
+                if len(queued) == HELD_LIMIT:
+                    _reading(client, False)  # TCP pushes back on the client meanwhile
                 return
             # Joins right behind joins go ahead (each takes effect once confirmed), so a
             # burst of them costs one Redis round trip, not one each.
@@ -712,6 +731,8 @@ class WebSocketServerHelper:
             return  # another barrier pending, or the client is gone
         del self._held[client.id]
         messages: deque[tuple[bytes, bool]] = held[1]
+        if len(messages) >= HELD_LIMIT:
+            _reading(client, True)
         while messages:
             if client.state is _DISCONNECTED or client.closing:
                 return
@@ -724,6 +745,8 @@ class WebSocketServerHelper:
                 while messages and _is_join(*messages[0]):
                     self._handle(client, *messages.popleft())
                 again[1].extendleft(reversed(messages))
+                if len(again[1]) >= HELD_LIMIT:
+                    _reading(client, False)
                 return
 
     async def _handshake(self, client: Client, data: dict[str, Any]) -> bool:
