@@ -32,9 +32,11 @@ def redis_at(port: int, **kwargs: Any) -> RedisHelper:
 
 def echo_handler(holder: dict[str, Any]):
     """`echo` replies with whether Redis has confirmed the client's rooms at that moment;
-    `join-live` joins a room with join_room_confirmed, `join-plain` with join_room."""
+    `join-plain` joins a room with join_room; `join-live` with join_room_confirmed, then
+    replies `joined`. A plain function: it runs in the client's message order."""
+    tasks: set[asyncio.Task[None]] = set()
 
-    async def handler(client_id: str, user_id: str | None, message: dict[str, Any]) -> None:
+    def handler(client_id: str, user_id: str | None, message: dict[str, Any]) -> None:
         helper = holder["helper"]
         data = message.get("data")
         event = message["event"]
@@ -43,11 +45,17 @@ def echo_handler(holder: dict[str, Any]):
             channels = [f"ws:room:{room}" for room in client.rooms]
             confirmed = helper._broker.confirmation(channels) is None
             helper.send_to_client(client_id, "echo", {"data": data, "confirmed": confirmed})
-        elif event == "join-live":
-            await helper.join_room_confirmed(client_id, data)
-            helper.send_to_client(client_id, "joined", data)
         elif event == "join-plain":
             helper.join_room(client_id, data)
+        elif event == "join-live":
+
+            async def live() -> None:
+                await helper.join_room_confirmed(client_id, data)
+                helper.send_to_client(client_id, "joined", data)
+
+            task = asyncio.ensure_future(live())
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
 
     return handler
 

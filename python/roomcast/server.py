@@ -281,11 +281,13 @@ class WebSocketServerHelper:
         # wait in `_held` (id -> [barriers pending, messages]); channels subscribed ahead of
         # the hub (before the join takes effect) are counted in `_ahead`.
         confirmation = getattr(self._broker, "confirmation", None)
-        if not getattr(self._broker, "confirms_subscriptions", False):
+        subscribe_new = getattr(self._broker, "subscribe_new", None)
+        if not getattr(self._broker, "confirms_subscriptions", False) or self._interest is None:
             confirmation = None  # patterns (or no Redis): every channel is always live
         self._confirmation: Callable[[list[str]], asyncio.Future[Any] | None] | None = (
-            confirmation if callable(confirmation) and self._interest is not None else None
+            confirmation if callable(confirmation) and callable(subscribe_new) else None
         )
+        self._subscribe_new: Callable[[list[str]], asyncio.Future[Any] | None] = subscribe_new
         self._held: dict[str, list[Any]] = {}
         self._lifts: dict[asyncio.Future[Any], asyncio.Future[bool]] = {}
         self._ahead: dict[str, int] = {}
@@ -551,7 +553,8 @@ class WebSocketServerHelper:
             self._count_unconfirmed(lifted)
         if client.state is not _AUTHENTICATING or client.closing:
             if lifted is not None:
-                self._release_early(ahead, joined=False)
+                if ahead:
+                    self._release_early(ahead, joined=False)
                 self._interest(_CLIENT_PREFIX + client.id, False)  # type: ignore[misc]
                 self._interest(_ROOM_PREFIX + client.id, False)  # type: ignore[misc]
             logger.info("%s left while its subscriptions were confirmed", client.id)
@@ -594,19 +597,19 @@ class WebSocketServerHelper:
         Returns the channels subscribed early (for `_release_early`) and the barrier."""
         if self._confirmation is None:
             return [], None
-        own = [_CLIENT_PREFIX + client.id, _ROOM_PREFIX + client.id]
+        # Its own channels are new (no one else can hold them): no look-up, no counting.
+        waiter = self._subscribe_new([_CLIENT_PREFIX + client.id, _ROOM_PREFIX + client.id])
+        if waiter is None:  # the broker is closing
+            return [], None
         shared = [_ROOM_PREFIX + room for room in self.default_rooms]
         if client.user_id is not None:
             shared.append(_USER_PREFIX + client.user_id)
-        # Its own channels are new (nobody else can hold them): interest now, no counting.
-        interest = self._interest
-        assert interest is not None
-        for channel in own:
-            interest(channel, True)
-        waiter = self._confirmation(own + shared)
-        if waiter is None:  # the broker is closing
-            return [], None
+        late = self._confirmation(shared)  # usually None: live already
+        if late is None:
+            return [], self._barrier(waiter)
         self._subscribe_early(shared)
+        if late is not waiter:
+            waiter = asyncio.gather(waiter, late)
         return shared, self._barrier(waiter)
 
     # -- the join barrier ----------------------------------------------------------------

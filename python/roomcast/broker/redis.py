@@ -62,6 +62,9 @@ CONNECT_TIMEOUT = 5.0
 """Bound of one connection attempt (the ready bound caps it further)."""
 WRITE_BATCH = 2048
 """Commands written (and their replies awaited) together."""
+FLUSH_SPACING = 0.004
+"""Least time between two flushes of subscription changes: when busy, each SUBSCRIBE (and
+its confirmation) carries the changes of many clients; when idle, a change goes at once."""
 SUBSCRIBE_CHUNK = 512
 """Channels per SUBSCRIBE/UNSUBSCRIBE command."""
 _UP, _DOWN, _CLOSED = "up", "down", "closed"
@@ -309,6 +312,7 @@ class RedisBroker:
         # A flush whose SUBSCRIBEs Redis has not confirmed yet: changes wait for it, so
         # those of many clients arriving meanwhile go out together (one command, one PING).
         self._flush_in_flight = False
+        self._flushed_at = float("-inf")
         # Subscription confirmations: the future of the next flush (for channels not sent
         # yet), and channels sent whose confirmation (a PING behind them) is still due.
         self._next_flush: asyncio.Future[None] | None = None
@@ -415,11 +419,11 @@ class RedisBroker:
         """The node got its first local member of `channel` (on) or lost its last (off).
         Changes are sent once per event loop iteration; an emptied room or user channel is
         unsubscribed only `unsubscribe_delay` seconds later, if it stays empty."""
+        if on and channel in self._wanted:
+            return  # subscribed, or on its way (the common case: checked first)
         if self.subscribe_mode != INTEREST or self.publisher_only or self._state == _CLOSED:
             return
         if on:
-            if channel in self._wanted:
-                return  # subscribed, or on its way
             self._wanted.add(channel)
             if self._lingering.pop(channel, None) is not None:
                 return  # still subscribed
@@ -443,6 +447,20 @@ class RedisBroker:
         """Whether a channel needs a subscription of its own (interest and sharded modes),
         whose confirmation `confirmation()` reports; with patterns every channel is live."""
         return self.subscribe_mode == INTEREST and not self.publisher_only
+
+    def subscribe_new(self, channels: list[str]) -> asyncio.Future[Any] | None:
+        """Subscribe channels no one on this node has wanted before (a new client's own):
+        `interest(channel, True)` for each, and the future of the flush that will confirm
+        them, as `confirmation()` would return (None when there is nothing to wait for)."""
+        if not self.confirms_subscriptions or self._state == _CLOSED:
+            return None
+        self._wanted.update(channels)
+        self._dirty.update(channels)
+        if self._next_flush is None:
+            assert self._loop is not None
+            self._next_flush = self._loop.create_future()
+        self._schedule_flush()
+        return self._next_flush
 
     def confirmation(self, channels: Iterable[str]) -> asyncio.Future[Any] | None:
         """None when Redis has confirmed a subscription to every one of `channels` (the
@@ -962,6 +980,14 @@ class RedisBroker:
             return  # kept for the next session, which compares with what it subscribed
         if self._flush_in_flight and not force:
             return  # `_confirm` flushes again
+        if self._dirty and not force:
+            loop = self._loop
+            assert loop is not None
+            wait = self._flushed_at + FLUSH_SPACING - loop.time()
+            if wait > 0:  # busy: gather a few more clients' changes first
+                self._flush_scheduled = True
+                loop.call_later(wait, self._flush_interest)
+                return
         waiting, self._next_flush = self._next_flush, None
         if not self._dirty:
             if waiting is not None and not waiting.done():
@@ -1011,6 +1037,8 @@ class RedisBroker:
             unconfirmed[channel] = waiting
         confirmed = barriers[0] if len(barriers) == 1 else asyncio.gather(*barriers)
         self._flush_in_flight = True
+        assert self._loop is not None
+        self._flushed_at = self._loop.time()
         confirmed.add_done_callback(
             lambda done: self._confirm(waiting, sent, done)  # type: ignore[arg-type]
         )
