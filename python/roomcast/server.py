@@ -290,6 +290,7 @@ class WebSocketServerHelper:
         self._subscribe_new: Callable[[list[str]], asyncio.Future[Any] | None] = subscribe_new
         self._held: dict[str, list[Any]] = {}
         self._lifts: dict[asyncio.Future[Any], asyncio.Future[bool]] = {}
+        self._logins: dict[asyncio.Future[bool], list[tuple[Client, list[str]]]] = {}
         self._ahead: dict[str, int] = {}
         self._waits = 0
         self._unconfirmed = 0
@@ -544,8 +545,17 @@ class WebSocketServerHelper:
         if lifted is None:
             self._login(client, ahead, None)
         else:
-            # The rest runs when Redis confirms (or the bound passes), not in this task.
-            lifted.add_done_callback(lambda lifted: self._login(client, ahead, lifted))
+            # The rest runs when Redis confirms (or the bound passes), not in this task; the
+            # logins waiting for one confirmation complete together, in arrival order.
+            logins = self._logins.get(lifted)
+            if logins is None:
+                logins = self._logins[lifted] = []
+                lifted.add_done_callback(self._login_all)
+            logins.append((client, ahead))
+
+    def _login_all(self, lifted: asyncio.Future[bool]) -> None:
+        for client, ahead in self._logins.pop(lifted, ()):
+            self._login(client, ahead, lifted)
 
     def _login(self, client: Client, ahead: list[str], lifted: asyncio.Future[bool] | None) -> None:
         """Authenticated (and subscribed): into the hub, `connected`, client_connected_fn."""
