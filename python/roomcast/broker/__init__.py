@@ -9,7 +9,10 @@ Implementations: `memory.MemoryBroker` (one process) and `redis.RedisBroker` (Re
 Cluster). A broker may also offer `interest(channel, on)`: the server then reports when a
 `ws:room:`, `ws:user:` or `ws:client:` channel gets its first local member (on) or loses its
 last (off), so the broker can subscribe only to what the node needs. Brokers that receive
-everything anyway need not have it.
+everything anyway need not have it. Such a broker also offers `confirms_subscriptions` (True
+when a channel is live only once its own subscription is confirmed), `confirmation(channels)`
+(None when every channel is live, else a future resolved when they are) and
+`subscribe_new(channels)`: the server's join barrier waits on them.
 """
 
 from __future__ import annotations
