@@ -115,7 +115,6 @@ _OPTION_ALIASES = {
     "maxConnections": "max_connections",
     "publishToSelf": "publish_to_self",
     "perMessageDeflate": "per_message_deflate",
-    "backLog": "backlog",
 }
 
 
@@ -663,9 +662,9 @@ class WebSocketServerHelper:
         """A future resolved True once `waiter` (a broker confirmation) is, or False after
         `subscribe_timeout` or at once while Redis is unreachable: no one waits longer.
         Everyone waiting for one confirmation shares it (and its timer); do not cancel it."""
-        self._waits += 1
         lifted = self._lifts.get(waiter)
         if lifted is not None:
+            self._waits += 1
             return lifted
         loop = self._loop
         assert loop is not None
@@ -674,6 +673,7 @@ class WebSocketServerHelper:
             self._unconfirmed_join("redis is unreachable")
             lifted.set_result(False)
             return lifted
+        self._waits += 1
         self._lifts[waiter] = lifted
 
         def confirmed(_: Any) -> None:
