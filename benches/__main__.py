@@ -2,7 +2,9 @@
 
 Scenarios: fanout (C = 1,000 / 5,000 / 10,000 clients), redisfanout (the same, published into
 Redis as broadcast envelopes; roomcast and the original), rooms (1,000 clients in 10 rooms),
-latency (1,000 clients at 50 broadcasts/s), connect, heartbeat, memory, sweep, burst
+latency (1,000 clients at 50 broadcasts/s), connect, redisconnect (connect + authenticate on
+a node with Redis, roomcast by interest and by pattern, the server pinned to one core),
+heartbeat, memory, sweep, burst
 (one broadcast timed inside the server), deadline (4002 lateness with 10,000 idle clients),
 encrypted (room messages to 1,000 encrypted clients: Rust vs Python sealing, loop stall),
 crossnode (published on one node, delivered on another through Redis), redishop (the latency
@@ -83,10 +85,14 @@ def original_dir() -> Path | None:
 
 @contextmanager
 def server(
-    kind: str, heartbeat_timeout: float = 90.0, *extra: str, redis_url: str | None = None
+    kind: str,
+    heartbeat_timeout: float = 90.0,
+    *extra: str,
+    redis_url: str | None = None,
+    cpu: int | None = None,
 ) -> Iterator[tuple[int, int]]:
     """Start a server of `kind` (extra arguments go to roomcast's bench server), on
-    `redis_url` when given; yield (port, pid)."""
+    `redis_url` when given, pinned to core `cpu` when given; yield (port, pid)."""
     port = free_port()
     with ExitStack() as stack:
         if kind == "roomcast" or kind == "pyloop":
@@ -106,6 +112,8 @@ def server(
             command.append(str(int(heartbeat_timeout * 1000)))
         else:
             raise ValueError(f"unknown server: {kind}")
+        if cpu is not None and shutil.which("taskset"):
+            command = ["taskset", "-c", str(cpu), *command]
         # The original writes log files into its working directory: give it a scratch one.
         workdir = (
             stack.enter_context(tempfile.TemporaryDirectory()) if kind == "ignis" else HERE.parent
@@ -157,6 +165,7 @@ class LoadGen:
             raise RuntimeError("load generator died")
         report = json.loads(line)
         self.connect_seconds: float = report["seconds"]
+        self.connect_p99: float = report.get("p99", 0.0)
         return report["ready"]
 
     def ask(self, command: str) -> dict[str, Any]:
@@ -416,6 +425,46 @@ def connect(kind: str, count: int, rounds: int) -> dict[str, Any]:
             "cpu_us_per_connect": statistics.median(costs) * 1e6,
         }
     )
+
+
+def redis_connect(variants: list[tuple[str, str]], count: int, rounds: int) -> list[dict[str, Any]]:
+    """Connect + authenticate `count` clients (200 in flight) on a server using its own
+    redis-server, pinned to the last core: rate, p99 time to `connected`, server CPU per
+    connect. `variants` are (server, mode) pairs, mode being roomcast's subscription mode
+    (interest or pattern); rounds alternate between them, so a change in the machine's
+    background load hits every variant alike."""
+    cpu = (os.cpu_count() or 1) - 1
+    samples: dict[tuple[str, str], list[tuple[float, float, float]]] = {v: [] for v in variants}
+    for _ in range(rounds):
+        for kind, mode in variants:
+            with ExitStack() as stack:
+                url = stack.enter_context(redis_server())
+                if kind == "roomcast":
+                    url += f"?subscribe={mode}"
+                port, pid = stack.enter_context(server(kind, 90.0, redis_url=url, cpu=cpu))
+                cpu0 = cpu_seconds(pid)
+                with clients(port, count) as gens:
+                    cost = (cpu_seconds(pid) - cpu0) / count
+                    rate = count / max(gen.connect_seconds for gen in gens)
+                    p99 = max(gen.connect_p99 for gen in gens)
+            samples[(kind, mode)].append((cost, rate, p99))
+    rows = []
+    for (kind, mode), runs in samples.items():
+        rows.append(
+            emit(
+                {
+                    "scenario": "redisconnect",
+                    "server": kind if kind != "roomcast" else mode,
+                    "clients": count,
+                    "rounds": rounds,
+                    "connects_per_s": statistics.median(r[1] for r in runs),
+                    "cpu_us_per_connect": statistics.median(r[0] for r in runs) * 1e6,
+                    "p99_connect_ms": statistics.median(r[2] for r in runs) * 1000,
+                    "cpu_us_per_round": [round(r[0] * 1e6, 1) for r in runs],
+                }
+            )
+        )
+    return rows
 
 
 def heartbeat_and_memory(
@@ -813,6 +862,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         "redisfanout": ("cpu_ns_per_delivery", "ns CPU/delivery"),
         "latency": ("p99_ms", "ms p99"),
         "connect": ("cpu_us_per_connect", "us CPU/connect"),
+        "redisconnect": ("cpu_us_per_connect", "us CPU/connect"),
         "heartbeat": ("cpu_us_per_heartbeat", "us CPU/heartbeat"),
         "memory": ("rss_kb_per_connection", "KB RSS/connection"),
     }
@@ -830,11 +880,19 @@ def print_table(rows: list[dict[str, Any]]) -> None:
                 extra = f"  (p50 {row['p50_ms']:.2f} ms)"
             if scenario == "connect":
                 extra = f"  {row['connects_per_s']:>8,.0f} connects/s"
+            if scenario == "redisconnect":
+                extra = (
+                    f"  {row['connects_per_s']:>8,.0f} connects/s  "
+                    f"p99 {row['p99_connect_ms']:,.0f} ms"
+                )
             ratios = ""
             if base_b and kind != "picows":
                 ratios += f"  {value / base_b:.2f}x (b)"
             if base_c and kind != "ignis":
                 ratios += f"  {value / base_c:.2f}x (c)"
+            base_pattern = servers.get("pattern", {}).get(name)
+            if base_pattern and kind == "interest":
+                ratios += f"  {value / base_pattern:.2f}x pattern"
             print(f"{scenario:<9} C={count!s:>6}  {kind:<8} {value:>12,.2f} {unit}{ratios}{extra}")
     for row in rows:
         if row["scenario"] == "sweep":
@@ -911,7 +969,7 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     for scenario in args.scenarios:
         single = ("sweep", "burst", "deadline", "encrypted", "crossnode", "redishop", "interest")
-        single += ("workers", "scrape")
+        single += ("workers", "scrape", "redisconnect")
         for kind in servers if scenario not in single else [None]:
             if scenario == "fanout":
                 for count in counts:
@@ -933,6 +991,13 @@ def main() -> None:
                 rows.append(latency(kind, count, 50, 2.0 if not args.quick else 0.2, rounds))
             elif scenario == "connect":
                 rows.append(connect(kind, 5000 if not args.quick else 50, rounds))
+            elif scenario == "redisconnect":
+                variants = []
+                if "roomcast" in servers:
+                    variants += [("roomcast", "interest"), ("roomcast", "pattern")]
+                if "ignis" in servers:
+                    variants.append(("ignis", "pattern"))  # the original subscribes by pattern
+                rows += redis_connect(variants, 5000 if not args.quick else 50, rounds)
             elif scenario in ("heartbeat", "memory"):
                 if not any(r["scenario"] == "heartbeat" and r["server"] == kind for r in rows):
                     count = 5000 if not args.quick else 50

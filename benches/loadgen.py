@@ -75,8 +75,10 @@ async def connect_many(
     clients: list[BenchClient],
     concurrency: int = 200,
     encrypted: bool = False,
+    times: list[float] | None = None,
 ) -> None:
-    """Connect and authenticate `count` clients, appending each to `clients` once connected."""
+    """Connect and authenticate `count` clients, appending each to `clients` once connected
+    (and to `times` how long each took, from opening its socket to `connected`)."""
     # One key pair for every client (the server's salt still gives each its own key);
     # only client 0 keeps the crypto to decrypt what it receives.
     shared = EcdhClient() if encrypted else None
@@ -84,6 +86,7 @@ async def connect_many(
 
     async def one(i: int) -> None:
         async with semaphore:
+            started = time.perf_counter()
             crypto = None
             if shared is not None and i == 0:
                 crypto = EcdhClient(private_key=shared._private_key)
@@ -98,6 +101,8 @@ async def connect_many(
             transport.send(WSMsgType.TEXT, orjson.dumps(auth))
             await asyncio.wait_for(client.connected, 30)
             clients.append(client)
+            if times is not None:
+                times.append(time.perf_counter() - started)
 
     await asyncio.gather(*(one(i) for i in range(count)))
 
@@ -173,13 +178,23 @@ async def main() -> None:
     clients: list[BenchClient] = []
     beat = loop.create_task(heartbeats(clients, args.heartbeat)) if args.heartbeat > 0 else None
     started = time.perf_counter()
-    await connect_many(args.url, args.count, args.token_prefix, clients, encrypted=args.encrypted)
+    times: list[float] = []
+    await connect_many(
+        args.url, args.count, args.token_prefix, clients, encrypted=args.encrypted, times=times
+    )
     connect_seconds = time.perf_counter() - started
+    times.sort()
     if args.latency:
         for client in clients:
             client.latencies = []
 
-    print(orjson.dumps({"ready": len(clients), "seconds": connect_seconds}).decode(), flush=True)
+    ready = {
+        "ready": len(clients),
+        "seconds": connect_seconds,
+        "p50": times[len(times) // 2] if times else 0.0,
+        "p99": times[min(len(times) - 1, len(times) * 99 // 100)] if times else 0.0,
+    }
+    print(orjson.dumps(ready).decode(), flush=True)
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     while True:

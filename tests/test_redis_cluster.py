@@ -189,3 +189,37 @@ def test_roomcast_serve_takes_a_cluster_url(redis_cluster):
     finally:
         proc.kill()
         proc.communicate()
+
+
+def test_sharded_join_then_publish_never_loses_a_message(redis_cluster):
+    # SSUBSCRIBE has the same gap as SUBSCRIBE: the join barrier waits for every shard's
+    # confirmation, so a message SPUBLISHed right after the join is observed arrives.
+    async def body():
+        helper = cluster_helper(redis_cluster, sharded=True)
+        emitter = WebSocketEmitter(helper)
+        await emitter.configure()
+        helpers = []
+
+        def echo(client_id, user_id, message):
+            helpers[-1].send_to_client(client_id, "echo", message.get("data"))
+
+        async with node(helper) as a, node(helper, message_handler=echo) as b:
+            helpers.append(b.helper)
+            ws, _ = await authed(b.url, "user:sharded")
+            for i in range(40):
+                rooms = [f"s{i}-{k}" for k in range(3)]  # likely on several shards
+                await send(ws, {"event": "join", "data": {"rooms": rooms}})
+                # Observed: the client's next message was handled ...
+                await send(ws, {"event": "echo", "data": i})
+                assert await recv(ws) == {"event": "echo", "data": i}
+                # ... so publishes from now on reach it.
+                a.helper.send(rooms[i % 3], {"topic": "hit", "data": i})
+                await emitter.to_room(rooms[(i + 1) % 3], "hit", i)
+                assert await recv(ws) == {"event": "hit", "data": i}
+                assert await recv(ws) == {"event": "hit", "data": i}
+            stats = b.helper.stats()
+            assert stats["subscribe_waits"] >= 40 and stats["subscribe_unconfirmed"] == 0
+            await ws.close()
+        await emitter.shutdown()
+
+    run(body())

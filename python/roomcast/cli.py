@@ -29,7 +29,13 @@ from typing import Any, NoReturn
 
 from . import __version__, jwt
 from .broker import REDIS_SCHEMES, BrokerUnavailable
-from .constants import INTERNAL_ROOM_PREFIX, ROOM_NAME_MAX_LENGTH, WebSocketDefaults
+from .constants import (
+    INTERNAL_ROOM_PREFIX,
+    LISTEN_BACKLOG,
+    ROOM_NAME_MAX_LENGTH,
+    SUBSCRIBE_TIMEOUT,
+    WebSocketDefaults,
+)
 from .runner import until_signalled
 from .token import TokenError, add_token_parser, token_command
 from .token import non_negative_int as _non_negative_int
@@ -70,6 +76,8 @@ class ServeConfig:
     )
     require_encryption: bool = False
     max_payload_length: int = WebSocketDefaults.MAX_PAYLOAD_LENGTH
+    subscribe_timeout: float = SUBSCRIBE_TIMEOUT
+    backlog: int = LISTEN_BACKLOG
     jwt_secret: str | None = None
     jwt_allow_short_secret: bool = False
     jwt_public_key: str | None = None
@@ -202,6 +210,16 @@ _SERVE_FLAGS: list[tuple[str, Callable[[str], Any] | None, str]] = [
         "gives handshake_fn or encryption)",
     ),
     ("--max-payload-length", _positive_int, "largest accepted message in bytes (default 131072)"),
+    (
+        "--subscribe-timeout-ms",
+        _positive_int,
+        "longest a login or join waits for redis to confirm its subscriptions (default 1000)",
+    ),
+    (
+        "--backlog",
+        _positive_int,
+        "connections waiting to be accepted (default 4096, capped by the kernel's somaxconn)",
+    ),
     ("--jwt-secret", str, "HS256/384/512 secret of the built-in authenticator (>= 32 bytes)"),
     ("--jwt-allow-short-secret", None, "accept a --jwt-secret shorter than 32 bytes (insecure)"),
     ("--jwt-public-key", str, "PEM public key or certificate file: RS*, PS*, ES*, EdDSA tokens"),
@@ -364,7 +382,8 @@ def build_helper(config: ServeConfig, app: Any = None, out: Callable[[str], None
         heartbeat_interval=config.heartbeat_interval,
         heartbeat_timeout=config.heartbeat_timeout,
         require_encryption=config.require_encryption,
-        server_options={"max_payload_length": config.max_payload_length},
+        server_options={"max_payload_length": config.max_payload_length, "backlog": config.backlog},
+        subscribe_timeout=config.subscribe_timeout,
         **callbacks,
     )
 

@@ -71,6 +71,15 @@ class WebSocketDefaults:
     ENCRYPTED_BATCH_LIMIT = 10
 
 
+# Ours, beyond the original's defaults:
+SUBSCRIBE_TIMEOUT = 1.0
+"""Seconds a login or join may wait for Redis to confirm its subscriptions before it goes
+ahead anyway (the join barrier's bound)."""
+LISTEN_BACKLOG = 4096
+"""Connections the listening socket queues before accepting (capped by the kernel): a burst
+beyond it waits for SYN retransmits, a second each."""
+
+
 class WebSocketMessageTypes:
     CLIENT = "client"
     USER = "user"

@@ -23,7 +23,7 @@ from picows import (
 )
 from picows.picows import WSProtocol
 
-from .constants import ErrorMessages
+from .constants import LISTEN_BACKLOG, ErrorMessages
 from .log import PicowsLog, fault
 from .upgrade import FirstBytesGuard, is_handshake, refusal
 
@@ -140,6 +140,16 @@ class WebServer:
         return self._server.sockets[0].getsockname()[1]
 
     async def start(self) -> None:
+        backlog = max(
+            (int(h.server_options["backlog"]) for h in self._routes.values()),
+            default=LISTEN_BACKLOG,
+        )
+        try:  # the kernel caps it there anyway; `backlog` tells what is in effect
+            with open("/proc/sys/net/core/somaxconn") as somaxconn:
+                backlog = min(backlog, int(somaxconn.read()))
+        except (OSError, ValueError):
+            pass  # not Linux
+        self.backlog = backlog
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             self._new_protocol,
@@ -147,6 +157,7 @@ class WebServer:
             self.port,
             ssl=self.ssl,
             reuse_port=self.reuse_port or None,
+            backlog=backlog,
         )
 
     def _new_protocol(self) -> asyncio.BufferedProtocol:

@@ -18,10 +18,12 @@ from ssl import SSLContext
 from typing import Any, Protocol
 
 from . import _core
-from .broker import Broker, BrokerUnavailable, create_broker
+from .broker import Broker, create_broker
 from .callbacks import check_callbacks
 from .connection import Client
 from .constants import (
+    LISTEN_BACKLOG,
+    SUBSCRIBE_TIMEOUT,
     CloseCode,
     ErrorMessages,
     WebSocketChannels,
@@ -85,6 +87,13 @@ _INTEREST_PREFIXES = {
     _core.INTEREST_CLIENT: WebSocketChannels.CLIENT_PREFIX,
 }
 
+# Messages a client may queue behind a join barrier before its socket stops being read.
+HELD_LIMIT = 256
+
+_ROOM_PREFIX = WebSocketChannels.ROOM_PREFIX
+_USER_PREFIX = WebSocketChannels.USER_PREFIX
+_CLIENT_PREFIX = WebSocketChannels.CLIENT_PREFIX
+
 # How often the deadline wheel is swept; bounds how late a timeout close can be.
 SWEEP_INTERVAL = 0.05
 # Encrypted delivery gives the event loop back after this much work (seconds) or this many
@@ -107,6 +116,7 @@ _OPTION_DEFAULTS: dict[str, Any] = {
     "per_message_deflate": False,
     # Seconds a new connection has to complete its upgrade request.
     "handshake_timeout": 5.0,
+    "backlog": LISTEN_BACKLOG,
 }
 _OPTION_ALIASES = {
     "maxPayloadLength": "max_payload_length",
@@ -145,6 +155,26 @@ def _scheme_of(hook: Any) -> Any:
     return None
 
 
+def _reading(client: Client, on: bool) -> None:
+    """Resume or pause reading from a client's socket."""
+    transport = client.transport
+    raw = getattr(transport, "underlying_transport", None)
+    try:
+        if on and not raw.is_reading():  # type: ignore[union-attr]
+            raw.resume_reading()  # type: ignore[union-attr]
+        elif not on and raw.is_reading():  # type: ignore[union-attr]
+            raw.pause_reading()  # type: ignore[union-attr]
+    except (AttributeError, RuntimeError):  # closing, or not a socket transport
+        logger.debug("reading not %s for %s", "resumed" if on else "paused", client.id)
+
+
+def _is_join(payload: Any, is_text: bool) -> bool:
+    try:
+        return decode(payload, is_text).get("event") == _JOIN
+    except (InvalidMessage, InvalidText):
+        return False
+
+
 def _refused(result: Any) -> bool:
     """None, False (and other falsy non-mappings) refuse; any mapping, even `{}`, accepts."""
     return result is None or result is False or (not result and not isinstance(result, Mapping))
@@ -166,6 +196,8 @@ def resolve_server_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
         raise ValueError(f"backpressure_limit must be positive: {resolved['backpressure_limit']}")
     if float(resolved["handshake_timeout"]) <= 0:
         raise ValueError(f"handshake_timeout must be positive: {resolved['handshake_timeout']}")
+    if int(resolved["backlog"]) <= 0:
+        raise ValueError(f"backlog must be positive: {resolved['backlog']}")
     if float(resolved["idle_timeout"]) < 0:
         raise ValueError(f"idle_timeout must not be negative: {resolved['idle_timeout']}")
     return resolved
@@ -200,6 +232,7 @@ class WebSocketServerHelper:
         require_encryption: bool = False,
         encrypted_batch_limit: int = WebSocketDefaults.ENCRYPTED_BATCH_LIMIT,
         server_options: Mapping[str, Any] | None = None,
+        subscribe_timeout: float = SUBSCRIBE_TIMEOUT,
     ) -> None:
         if not redis_connection:
             raise ValueError(ErrorMessages.INVALID_REDIS)
@@ -209,6 +242,8 @@ class WebSocketServerHelper:
             raise ValueError(
                 "auth_timeout, heartbeat_interval and heartbeat_timeout must be positive"
             )
+        if subscribe_timeout <= 0:
+            raise ValueError(f"subscribe_timeout must be positive: {subscribe_timeout}")
         if encrypted_batch_limit < 1:
             raise ValueError(f"encrypted_batch_limit must be at least 1: {encrypted_batch_limit}")
         self.identifier = identifier
@@ -256,6 +291,7 @@ class WebSocketServerHelper:
         self.heartbeat_timeout = float(heartbeat_timeout)
         self.require_encryption = bool(require_encryption)
         self.encrypted_batch_limit = int(encrypted_batch_limit)
+        self.subscribe_timeout = float(subscribe_timeout)
         self.server_options = resolve_server_options(server_options)
         self._max_payload_length = int(self.server_options["max_payload_length"])
         self._handshake_timeout = float(self.server_options["handshake_timeout"])
@@ -269,6 +305,25 @@ class WebSocketServerHelper:
         # loop iteration.
         interest = getattr(self._broker, "interest", None)
         self._interest: Callable[[str, bool], Any] | None = interest if callable(interest) else None
+        # The join barrier (see `_barrier`): brokers that subscribe per channel tell when
+        # Redis has confirmed a subscription. Meanwhile the joining client's inbound messages
+        # wait in `_held` (id -> [barriers pending, messages]); channels subscribed ahead of
+        # the hub (before the join takes effect) are counted in `_ahead`.
+        confirmation = getattr(self._broker, "confirmation", None)
+        subscribe_new = getattr(self._broker, "subscribe_new", None)
+        if not getattr(self._broker, "confirms_subscriptions", False) or self._interest is None:
+            confirmation = None  # patterns (or no Redis): every channel is always live
+        self._confirmation: Callable[[list[str]], asyncio.Future[Any] | None] | None = (
+            confirmation if callable(confirmation) and callable(subscribe_new) else None
+        )
+        self._subscribe_new: Callable[[list[str]], asyncio.Future[Any] | None] = subscribe_new
+        self._held: dict[str, list[Any]] = {}
+        self._lifts: dict[asyncio.Future[Any], asyncio.Future[bool]] = {}
+        self._logins: dict[asyncio.Future[bool], list[tuple[Client, list[str]]]] = {}
+        self._ahead: dict[str, int] = {}
+        self._waits = 0
+        self._unconfirmed = 0
+        self._confirm_late = False
         self._hub = _core.Hub(
             self._schedule,
             backpressure_limit=self._backpressure_limit,
@@ -431,6 +486,7 @@ class WebSocketServerHelper:
         client.state = _DISCONNECTED
         self._hub.remove(client.handle)
         self._clients.pop(client.id, None)
+        self._held.pop(client.id, None)
         if client.encrypted:
             self._encrypted -= 1
         self._forget_keys(client)
@@ -470,6 +526,21 @@ class WebSocketServerHelper:
 
     def _on_message(self, client: Client, payload: Any, is_text: bool) -> None:
         self._hub.touch(client.handle)
+        if self._held:
+            held = self._held.get(client.id)
+            if held is not None and (held[1] or not _is_join(payload, is_text)):
+                # Behind a join barrier: handled in order once it is lifted. (The payload
+                # is only valid during this call.)
+                queued = held[1]
+                queued.append((bytes(payload), is_text))
+                if len(queued) == HELD_LIMIT:
+                    _reading(client, False)  # TCP pushes back on the client meanwhile
+                return
+            # Joins right behind joins go ahead (each takes effect once confirmed), so a
+            # burst of them costs one Redis round trip, not one each.
+        self._handle(client, payload, is_text)
+
+    def _handle(self, client: Client, payload: Any, is_text: bool) -> None:
         try:
             message = decode(payload, is_text)
         except InvalidMessage:
@@ -585,15 +656,42 @@ class WebSocketServerHelper:
         ):
             if not await self._handshake(client, data):
                 return
-        if not await self._subscribe_ahead(client):
-            return
+        ahead, lifted = self._subscribe_ahead(client)
+        if lifted is None:
+            self._login(client, ahead, None)
+        else:
+            # The rest runs when Redis confirms (or the bound passes), not in this task; the
+            # logins waiting for one confirmation complete together, in arrival order.
+            logins = self._logins.get(lifted)
+            if logins is None:
+                logins = self._logins[lifted] = []
+                lifted.add_done_callback(self._login_all)
+            logins.append((client, ahead))
 
+    def _login_all(self, lifted: asyncio.Future[bool]) -> None:
+        for client, ahead in self._logins.pop(lifted, ()):
+            self._login(client, ahead, lifted)
+
+    def _login(self, client: Client, ahead: list[str], lifted: asyncio.Future[bool] | None) -> None:
+        """Authenticated (and subscribed): into the hub, `connected`, client_connected_fn."""
+        if lifted is not None:
+            self._count_unconfirmed(lifted)
+        if client.state is not _AUTHENTICATING or client.closing:
+            if lifted is not None:
+                if ahead:
+                    self._release_early(ahead, joined=False)
+                self._interest(_CLIENT_PREFIX + client.id, False)  # type: ignore[misc]
+                self._interest(_ROOM_PREFIX + client.id, False)  # type: ignore[misc]
+            logger.info("%s left while its subscriptions were confirmed", client.id)
+            return
         client.state = _AUTHENTICATED
         hub = self._hub
         hub.authenticate(client.handle, client.user_id)
         hub.join(client.handle, client.id)
         for room in self.default_rooms:
             hub.join(client.handle, room)
+        if ahead:
+            self._release_early(ahead, joined=True)
         connected: dict[str, Any] = {"id": client.id}
         if client.user_id is not None:
             connected["userId"] = client.user_id
@@ -623,40 +721,168 @@ class WebSocketServerHelper:
                 metadata=client.metadata,
             )
 
-    async def _subscribe_ahead(self, client: Client) -> bool:
-        """With subscriptions by interest, subscribe the channels that reach this client and
-        wait until Redis confirms them before it is told it is connected, so a message sent to
-        it from another node right after `connected` is not lost. False when it left meanwhile.
-        """
-        interest = self._interest
-        sync = getattr(self._broker, "sync", None)
-        if interest is None or sync is None:
-            return True
-        own = [WebSocketChannels.for_client(client.id), WebSocketChannels.for_room(client.id)]
-        shared = [WebSocketChannels.for_room(room) for room in self.default_rooms]
+    def _subscribe_ahead(self, client: Client) -> tuple[list[str], asyncio.Future[bool] | None]:
+        """With subscriptions by interest, subscribe the channels that reach this client, so
+        that `connected` can wait (at most `subscribe_timeout`) until Redis confirms them:
+        a message sent to it from another node right after `connected` is then not lost.
+        Returns the channels subscribed early (for `_release_early`) and the barrier."""
+        if self._confirmation is None:
+            return [], None
+        # Its own channels are new (no one else can hold them): no look-up, no counting.
+        waiter = self._subscribe_new([_CLIENT_PREFIX + client.id, _ROOM_PREFIX + client.id])
+        if waiter is None:  # the broker is closing
+            return [], None
+        shared = [_ROOM_PREFIX + room for room in self.default_rooms]
         if client.user_id is not None:
-            shared.append(WebSocketChannels.for_user(client.user_id))
-        for channel in own + shared:
-            interest(channel, True)
-        try:
-            await sync()
-        except (BrokerUnavailable, TimeoutError):
-            # Redis is away: local delivery works, and the broker resubscribes on recovery.
-            logger.debug("subscriptions for %s not confirmed: redis unavailable", client.id)
-        if client.state is _AUTHENTICATING and not client.closing:
-            return True
-        # It left: give back what the hub does not hold for other clients.
-        for channel in own:
-            interest(channel, False)
-        for room in self.default_rooms:
-            if not self._hub.has_room(room):
-                interest(WebSocketChannels.for_room(room), False)
-        if client.user_id is not None and not self._hub.user_members(client.user_id):
-            interest(WebSocketChannels.for_user(client.user_id), False)
-        logger.debug(
-            "%s left while its subscriptions were confirmed", client.id, extra=client_extra(client)
-        )
-        return False
+            shared.append(_USER_PREFIX + client.user_id)
+        late = self._confirmation(shared)  # usually None: live already
+        if late is None:
+            return [], self._barrier(waiter)
+        self._subscribe_early(shared)
+        if late is not waiter:
+            waiter = asyncio.gather(waiter, late)
+        return shared, self._barrier(waiter)
+
+    # -- the join barrier ----------------------------------------------------------------
+
+    def _subscribe_early(self, channels: list[str]) -> None:
+        """Subscribe `channels` ahead of the hub, for a join that takes effect once Redis
+        confirms them; each is held until `_release_early`."""
+        interest = self._interest
+        assert interest is not None
+        ahead = self._ahead
+        for channel in channels:
+            count = ahead.get(channel, 0)
+            ahead[channel] = count + 1
+            if not count:
+                interest(channel, True)
+
+    def _release_early(self, channels: list[str], joined: bool) -> None:
+        """The join that subscribed `channels` early took effect (`joined`: the hub holds
+        them now) or never will: give back what neither the hub nor another join holds."""
+        interest = self._interest
+        assert interest is not None
+        ahead = self._ahead
+        for channel in channels:
+            count = ahead.pop(channel, 1) - 1
+            if count:
+                ahead[channel] = count
+            elif not joined and not self._hub_holds(channel):
+                interest(channel, False)
+
+    def _hub_holds(self, channel: str) -> bool:
+        """Whether the hub has a local member of `channel` (it reports the channel itself)."""
+        hub = self._hub
+        if channel.startswith(_ROOM_PREFIX):
+            return hub.has_room(channel[len(_ROOM_PREFIX) :])
+        if channel.startswith(_USER_PREFIX):
+            return bool(hub.user_members(channel[len(_USER_PREFIX) :]))
+        client = self._clients.get(channel[len(_CLIENT_PREFIX) :])
+        return client is not None and client.state is _AUTHENTICATED
+
+    def _barrier(self, waiter: asyncio.Future[Any]) -> asyncio.Future[bool]:
+        """A future resolved True once `waiter` (a broker confirmation) is, or False after
+        `subscribe_timeout` or at once while Redis is unreachable: no one waits longer.
+        Everyone waiting for one confirmation shares it (and its timer); do not cancel it."""
+        lifted = self._lifts.get(waiter)
+        if lifted is not None:
+            self._waits += 1
+            return lifted
+        loop = self._loop
+        assert loop is not None
+        lifted = loop.create_future()
+        if not getattr(self._broker, "connected", True):
+            self._unconfirmed_join("redis is unreachable")
+            lifted.set_result(False)
+            return lifted
+        self._waits += 1
+        self._lifts[waiter] = lifted
+
+        def confirmed(_: Any) -> None:
+            self._lifts.pop(waiter, None)
+            if lifted.done():
+                return
+            timer.cancel()
+            if self._confirm_late:
+                self._confirm_late = False
+                logger.warning("redis confirms subscriptions again")
+            lifted.set_result(True)
+
+        def late() -> None:
+            self._lifts.pop(waiter, None)
+            if not lifted.done():
+                self._unconfirmed_join(f"no confirmation within {self.subscribe_timeout:g} s")
+                lifted.set_result(False)
+
+        timer = loop.call_later(self.subscribe_timeout, late)
+        waiter.add_done_callback(confirmed)
+        return lifted
+
+    def _count_unconfirmed(self, lifted: asyncio.Future[bool]) -> None:
+        if lifted.cancelled() or not lifted.result():
+            self._unconfirmed += 1
+
+    def _unconfirmed_join(self, reason: str) -> None:
+        """Logins and joins go ahead unconfirmed: logged once per outage."""
+        if not self._confirm_late:
+            self._confirm_late = True
+            logger.warning(
+                "redis subscriptions unconfirmed (%s): logins and joins go ahead without "
+                "waiting; messages from other nodes reach them once redis answers",
+                reason,
+            )
+
+    def _hold(self, client: Client, lifted: asyncio.Future[bool], then: Callable[[], Any]) -> None:
+        """Queue the client's inbound messages until `lifted`; then run `then` (after the
+        `then` of the client's earlier barriers: joins take effect in order) and handle the
+        queued messages in order, once no barrier of the client is pending."""
+        held = self._held.get(client.id)
+        if held is None:
+            held = self._held[client.id] = [0, deque(), None]  # pending, queued, last `then`
+        held[0] += 1
+        earlier: asyncio.Future[None] | None = held[2]
+        ran: asyncio.Future[None] = lifted.get_loop().create_future()
+        held[2] = ran
+
+        def run(_: Any = None) -> None:
+            try:
+                then()
+            finally:
+                ran.set_result(None)
+                self._lift(client, held)
+
+        def done(_: Any) -> None:
+            self._count_unconfirmed(lifted)
+            if earlier is None or earlier.done():
+                run()
+            else:
+                earlier.add_done_callback(run)
+
+        lifted.add_done_callback(done)
+
+    def _lift(self, client: Client, held: list[Any]) -> None:
+        held[0] -= 1
+        if held[0] > 0 or self._held.get(client.id) is not held:
+            return  # another barrier pending, or the client is gone
+        del self._held[client.id]
+        messages: deque[tuple[bytes, bool]] = held[1]
+        if len(messages) >= HELD_LIMIT:
+            _reading(client, True)
+        while messages:
+            if client.state is _DISCONNECTED or client.closing:
+                return
+            payload, is_text = messages.popleft()
+            self._handle(client, payload, is_text)
+            again = self._held.get(client.id)
+            if again is not None:
+                # That message started a new barrier: the rest waits behind it too, but
+                # for the joins right behind it (as in `_on_message`).
+                while messages and _is_join(*messages[0]):
+                    self._handle(client, *messages.popleft())
+                again[1].extendleft(reversed(messages))
+                if len(again[1]) >= HELD_LIMIT:
+                    _reading(client, False)
+                return
 
     async def _handshake(self, client: Client, data: dict[str, Any]) -> bool:
         """Run handshake_fn; on refusal close the client and return False."""
@@ -724,12 +950,20 @@ class WebSocketServerHelper:
             )
             return
         if inspect.isawaitable(allowed):
-            self._spawn(self._join_when_validated(client, rooms, allowed))
+            # The client's next messages wait for the validation (and the join) too.
+            assert self._loop is not None
+            lifted: asyncio.Future[bool] = self._loop.create_future()
+            self._hold(client, lifted, lambda: None)
+            self._spawn(self._join_when_validated(client, rooms, allowed, lifted))
         else:
             self._join_allowed(client, rooms, allowed)
 
     async def _join_when_validated(
-        self, client: Client, rooms: list[str], allowed: Awaitable[Any]
+        self,
+        client: Client,
+        rooms: list[str],
+        allowed: Awaitable[Any],
+        lifted: asyncio.Future[bool],
     ) -> None:
         try:
             result = await allowed
@@ -737,8 +971,12 @@ class WebSocketServerHelper:
             logger.exception(
                 "validate_room_fn raised for %s", client.id, extra=client_extra(client)
             )
-            return
-        self._join_allowed(client, rooms, result)
+            result = None
+        try:
+            if result is not None:
+                self._join_allowed(client, rooms, result)
+        finally:
+            lifted.set_result(True)
 
     def _join_allowed(self, client: Client, rooms: list[str], allowed: Any) -> None:
         if client.state is not _AUTHENTICATED:
@@ -753,8 +991,37 @@ class WebSocketServerHelper:
             return
         requested = set(rooms)
         # validate_room_fn returns a subset: anything else it returns is ignored.
-        joined = [r for r in allowed if r in requested and self._hub.join(client.handle, r)]
-        logger.debug("%s joined %r", client.id, joined)
+        rooms = [r for r in allowed if r in requested]
+        if self._confirmation is not None:
+            channels = [WebSocketChannels.for_room(r) for r in rooms]
+            waiter = self._confirmation(channels)
+            if waiter is not None:
+                # The join takes effect once Redis confirms: the client's later messages
+                # are handled after it, and every message published from then on reaches it.
+                self._subscribe_early(channels)
+                self._hold(
+                    client,
+                    self._barrier(waiter),
+                    lambda: self._join_now(client, rooms, channels),
+                )
+                return
+            if client.id in self._held:
+                # Live already, but an earlier join of the client is not: after it.
+                assert self._loop is not None
+                ready: asyncio.Future[bool] = self._loop.create_future()
+                ready.set_result(True)
+                self._hold(client, ready, lambda: self._join_now(client, rooms, []))
+                return
+        self._join_now(client, rooms, [])
+
+    def _join_now(self, client: Client, rooms: list[str], ahead: list[str]) -> None:
+        joined = client.state is _AUTHENTICATED and not client.closing
+        if joined:
+            hub, handle = self._hub, client.handle
+            added = [r for r in rooms if hub.join(handle, r)]
+            logger.debug("%s joined %r", client.id, added)
+        if ahead:
+            self._release_early(ahead, joined)
 
     def _on_leave(self, client: Client, data: Any) -> None:
         for room in requested_rooms(data):
@@ -762,9 +1029,47 @@ class WebSocketServerHelper:
                 self._hub.leave(client.handle, room)
 
     def join_room(self, client_id: str, room: str) -> bool:
-        """Put a local client in `room` (no name rules: the server may use any name)."""
+        """Put a local client in `room` (no name rules: the server may use any name).
+
+        It is a member at once for local delivery; when the node must first subscribe to
+        the room in Redis, the client's next messages are handled only once Redis has
+        confirmed it (at most `subscribe_timeout` later). `join_room_confirmed` also waits.
+        """
+        return self._join_room(client_id, room) is not None
+
+    async def join_room_confirmed(self, client_id: str, room: str) -> bool:
+        """`join_room`, returning once the room is live cluster-wide: every message
+        published to it from then on, on any node or by the emitter, reaches the client
+        (unless Redis did not answer within `subscribe_timeout`; see `stats()`)."""
+        lifted = self._join_room(client_id, room)
+        if lifted is None:
+            return False
+        if not lifted.done():
+            await asyncio.shield(lifted)
+        return True
+
+    def _join_room(self, client_id: str, room: str) -> asyncio.Future[bool] | None:
+        """None if no such client or already a member; else the barrier (maybe done)."""
         client = self._clients.get(client_id)
-        return client is not None and self._hub.join(client.handle, room)
+        if client is None:
+            return None
+        hub = self._hub
+        waiter = None
+        if self._confirmation is not None:
+            channel = WebSocketChannels.for_room(room)
+            if not hub.has_room(room):
+                self._interest(channel, True)  # type: ignore[misc]
+            waiter = self._confirmation([channel])
+        if not hub.join(client.handle, room):
+            return None
+        if waiter is None:
+            assert self._loop is not None
+            lifted: asyncio.Future[bool] = self._loop.create_future()
+            lifted.set_result(True)
+            return lifted
+        lifted = self._barrier(waiter)
+        self._hold(client, lifted, lambda: None)
+        return lifted
 
     def leave_room(self, client_id: str, room: str) -> bool:
         """Take a local client out of `room`; its own-id room cannot be left."""
@@ -1090,9 +1395,14 @@ class WebSocketServerHelper:
         return [clients[i] for i in self._hub.room_members(room) if i in clients]
 
     def stats(self) -> dict[str, int]:
-        """Counters from the hub (connections, rooms, users, skipped messages, queued bytes)
-        and, prefixed `broker_`, from the broker when it keeps any."""
+        """Counters from the hub (connections, rooms, users, skipped messages, queued bytes),
+        the join barrier's (`subscribe_waits`: logins and joins that waited for Redis to
+        confirm a subscription; `subscribe_unconfirmed`: those that went ahead without it,
+        Redis being unreachable or slower than `subscribe_timeout`) and, prefixed `broker_`,
+        the broker's when it keeps any."""
         stats = self._hub.stats()
+        stats["subscribe_waits"] = self._waits
+        stats["subscribe_unconfirmed"] = self._unconfirmed
         broker_stats = getattr(self._broker, "stats", None)
         if callable(broker_stats):
             for key, value in broker_stats().items():
@@ -1148,8 +1458,12 @@ class WebSocketServerHelper:
         if interest is None:
             return
         prefixes = _INTEREST_PREFIXES
+        ahead = self._ahead
         for kind, name, present in self._hub.drain_interest():
-            interest(prefixes[kind] + name, present)
+            channel = prefixes[kind] + name
+            if not present and ahead and channel in ahead:
+                continue  # a pending join still needs it (released by `_release_early`)
+            interest(channel, present)
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         assert self._loop is not None

@@ -11,6 +11,10 @@ Cluster). A broker may also offer `interest(channel, on)`: the server then repor
 last (off), so the broker can subscribe only to what the node needs. Brokers that receive
 everything anyway need not have it. A broker may tell its `state` (`connected`, `connecting`,
 `reconnecting`, `closed`) and keep `stats()` counters; health checks and metrics read them.
+A broker that subscribes by interest also offers `confirms_subscriptions` (True
+when a channel is live only once its own subscription is confirmed), `confirmation(channels)`
+(None when every channel is live, else a future resolved when they are) and
+`subscribe_new(channels)`: the server's join barrier waits on them.
 """
 
 from __future__ import annotations

@@ -14,6 +14,11 @@ timeout, a slot that moved, the watchdog's probe not coming back) ends the whole
 a supervisor opens a new one with exponential backoff and subscribes again to everything
 the node needs at that moment. Publishing never waits: commands are queued and written by
 one task per connection, pipelined, in arrival order.
+
+Subscriptions by interest are flushed at most one batch at a time: the changes gathered
+while a batch is unconfirmed (and for at least FLUSH_SPACING) go out together, followed by
+one PING whose answer confirms the whole batch (`confirmation()`), so the logins and joins of
+many clients cost one SUBSCRIBE and one round trip.
 """
 
 from __future__ import annotations
@@ -55,11 +60,16 @@ _PATTERNS = (
 _CLIENT_PREFIX = WebSocketChannels.CLIENT_PREFIX
 
 RECONNECT_MIN_DELAY = 0.1
-RECONNECT_MAX_DELAY = 3.0
+RECONNECT_MAX_DELAY = 0.25
+"""Cap of the reconnect backoff: a Redis that comes back is in use again within about this
+long, whatever the outage's length (an attempt on a refused port costs almost nothing)."""
 CONNECT_TIMEOUT = 5.0
 """Bound of one connection attempt (the ready bound caps it further)."""
 WRITE_BATCH = 2048
 """Commands written (and their replies awaited) together."""
+FLUSH_SPACING = 0.004
+"""Least time between two flushes of subscription changes: when busy, each SUBSCRIBE (and
+its confirmation) carries the changes of many clients; when idle, a change goes at once."""
 SUBSCRIBE_CHUNK = 512
 """Channels per SUBSCRIBE/UNSUBSCRIBE command."""
 _UP, _DOWN, _CLOSED = "up", "down", "closed"
@@ -75,10 +85,14 @@ class _Replies:
     expects (another redis-py version or no hiredis), `read_response` is used instead.
     """
 
-    __slots__ = ("_feed", "_gets", "_more", "_read", "conn")
+    __slots__ = ("_feed", "_gets", "_more", "_read", "conn", "gets", "more")
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
+        # `gets()` returns the next reply already buffered, or `more` when there is none
+        # (then `fill()` reads); None on the slow path, where only `next()` works.
+        self.gets: Any = None
+        self.more: Any = None
         parser = getattr(conn, "_parser", None)
         reader = getattr(parser, "_reader", None)
         stream = getattr(parser, "_stream", None)
@@ -92,7 +106,8 @@ class _Replies:
         self._gets = reader.gets  # type: ignore[union-attr]
         self._feed = reader.feed  # type: ignore[union-attr]
         self._read = stream.read  # type: ignore[union-attr]
-        self._more = more
+        self._more = self.more = more
+        self.gets = self._gets
 
     async def next(self) -> Any:
         reply = self._gets()
@@ -105,6 +120,12 @@ class _Replies:
         if isinstance(reply, Exception):  # error replies come back as values
             raise reply
         return reply
+
+    async def fill(self) -> None:
+        data = await self._read(65536)
+        if not data:
+            raise ConnectionError(f"connection closed by {self.conn.host}:{self.conn.port}")
+        self._feed(data)
 
     async def _slow(self) -> Any:
         return await self.conn.read_response(disconnect_on_error=False)
@@ -120,6 +141,15 @@ def _pack(*args: bytes) -> bytes:
     for arg in args:
         out.append(b"$%d\r\n%b\r\n" % (len(arg), arg))
     return b"".join(out)
+
+
+def _pack_channels(command: bytes, channels: list[str]) -> bytes:
+    """`_pack(command, *channels)`, built as one string when the names are ASCII (they
+    nearly always are: ids and room names), which is several times cheaper per channel."""
+    head = b"*%d\r\n$%d\r\n%b\r\n" % (len(channels) + 1, len(command), command)
+    if "".join(channels).isascii():
+        return head + "".join([f"${len(c)}\r\n{c}\r\n" for c in channels]).encode()
+    return head + b"".join([b"$%d\r\n%b\r\n" % (len(e), e) for e in map(str.encode, channels)])
 
 
 @dataclass(frozen=True)
@@ -293,6 +323,15 @@ class RedisBroker:
         self._lingering: dict[str, float] = {}
         self._dirty: set[str] = set()
         self._flush_scheduled = False
+        # A flush whose SUBSCRIBEs Redis has not confirmed yet: changes wait for it, so
+        # those of many clients arriving meanwhile go out together (one command, one PING).
+        self._flush_in_flight = False
+        self._flushed_at = float("-inf")
+        # Subscription confirmations: the future of the next flush (for channels not sent
+        # yet), and channels sent whose confirmation (a PING behind them) is still due.
+        self._next_flush: asyncio.Future[None] | None = None
+        self._unconfirmed: dict[str, asyncio.Future[None]] = {}
+        self._flushes_unconfirmed = 0
         self._linger_handle: asyncio.TimerHandle | None = None
         self._watchdog_handle: asyncio.TimerHandle | None = None
         self._barrier_seq = 0
@@ -395,6 +434,8 @@ class RedisBroker:
         """The node got its first local member of `channel` (on) or lost its last (off).
         Changes are sent once per event loop iteration; an emptied room or user channel is
         unsubscribed only `unsubscribe_delay` seconds later, if it stays empty."""
+        if on and channel in self._wanted:
+            return  # subscribed, or on its way (the common case: checked first)
         if self.subscribe_mode != INTEREST or self.publisher_only or self._state == _CLOSED:
             return
         if on:
@@ -416,6 +457,63 @@ class RedisBroker:
         self._dirty.add(channel)
         self._schedule_flush()
 
+    @property
+    def confirms_subscriptions(self) -> bool:
+        """Whether a channel needs a subscription of its own (interest and sharded modes),
+        whose confirmation `confirmation()` reports; with patterns every channel is live."""
+        return self.subscribe_mode == INTEREST and not self.publisher_only
+
+    def subscribe_new(self, channels: list[str]) -> asyncio.Future[Any] | None:
+        """Subscribe channels no one on this node has wanted before (a new client's own):
+        `interest(channel, True)` for each, and the future of the flush that will confirm
+        them, as `confirmation()` would return (None when there is nothing to wait for)."""
+        if not self.confirms_subscriptions or self._state == _CLOSED:
+            return None
+        self._wanted.update(channels)
+        self._dirty.update(channels)
+        if self._next_flush is None:
+            assert self._loop is not None
+            self._next_flush = self._loop.create_future()
+        self._schedule_flush()
+        return self._next_flush
+
+    def confirmation(self, channels: Iterable[str]) -> asyncio.Future[Any] | None:
+        """None when Redis has confirmed a subscription to every one of `channels` (the
+        fast path: nothing to wait for); otherwise a future resolved once it has. Call
+        `interest(channel, True)` first for channels nobody wanted yet. Channels sent in
+        the same event loop iteration share one command and one confirmation. While Redis
+        is unreachable the future resolves when a new session has subscribed again; callers
+        bound the wait themselves. Never fails; patterns (and the emitter) need no wait."""
+        if self.subscribe_mode != INTEREST or self.publisher_only or self._state == _CLOSED:
+            return None
+        session = self._session
+        unconfirmed = self._unconfirmed
+        waits: list[asyncio.Future[Any]] = []
+        unsent = False
+        one = session.shards[0].subscribed if session and session.slot_map is None else None
+        for channel in channels:
+            if one is not None:
+                sent = channel in one
+            else:
+                sent = session is not None and channel in session.shard_for(channel).subscribed
+            if not sent:
+                unsent = True
+            elif unconfirmed:
+                waiting = unconfirmed.get(channel)
+                if waiting is not None and not waiting.done() and waiting not in waits:
+                    waits.append(waiting)
+        if unsent:
+            if self._next_flush is None:
+                assert self._loop is not None
+                self._next_flush = self._loop.create_future()
+            waits.append(self._next_flush)
+            self._schedule_flush()
+        if not waits:
+            return None
+        if len(waits) == 1:
+            return waits[0]
+        return asyncio.gather(*waits)
+
     async def close(self) -> None:
         """Flush what is queued (briefly), then disconnect; idempotent."""
         if self._state == _CLOSED:
@@ -433,6 +531,7 @@ class RedisBroker:
             except asyncio.CancelledError:
                 pass
             self._supervisor = None
+        self._confirm_all()
         session, self._session = self._session, None
         if session is not None:
             if was_up:
@@ -481,7 +580,7 @@ class RedisBroker:
     async def sync(self, timeout: float | None = None) -> None:
         """Wait until Redis has processed every subscription change made so far (a PING
         through each subscriber connection). Raises BrokerUnavailable while disconnected."""
-        self._flush_interest()
+        self._flush_interest(force=True)
         session = self._session
         if session is None or self.publisher_only:
             raise BrokerUnavailable(f"redis at {self.target.describe()} is unavailable")
@@ -505,7 +604,30 @@ class RedisBroker:
     def _up(self, session: _Session) -> None:
         self._session = session
         self._state = _UP
-        if self._dirty:
+        self._flush_in_flight = False
+        # The new session subscribed to every channel wanted when it opened, confirmed.
+        # What the old one left unconfirmed is live now, or goes out with the next flush.
+        pending, self._unconfirmed = self._unconfirmed, {}
+        self._flushes_unconfirmed = 0
+        late: set[asyncio.Future[None]] = set()
+        for channel, waiting in pending.items():
+            if waiting.done():
+                continue
+            if channel not in session.shard_for(channel).subscribed:
+                self._dirty.add(channel)
+                late.add(waiting)
+        for waiting in set(pending.values()):
+            if waiting.done():
+                continue
+            if waiting in late:
+                if self._next_flush is None:
+                    self._next_flush = session.failed.get_loop().create_future()
+                self._next_flush.add_done_callback(
+                    lambda _, waiting=waiting: waiting.done() or waiting.set_result(None)
+                )
+            else:
+                waiting.set_result(None)
+        if self._dirty or self._next_flush is not None:
             self._schedule_flush()
         if self.watchdog_interval > 0 and self._loop is not None:
             if self._watchdog_handle is None:
@@ -695,14 +817,14 @@ class RedisBroker:
             for channel in channels:
                 encoded = channel.encode()
                 by_slot.setdefault(key_slot(encoded), []).append(encoded)
-            groups = list(by_slot.values())
+            shard.sub_out.append(b"".join(_pack(command, *group) for group in by_slot.values()))
         else:
-            encoded_all = [c.encode() for c in channels]
-            groups = [
-                encoded_all[i : i + SUBSCRIBE_CHUNK]
-                for i in range(0, len(encoded_all), SUBSCRIBE_CHUNK)
-            ]
-        shard.sub_out.append(b"".join(_pack(command, *group) for group in groups))
+            shard.sub_out.append(
+                b"".join(
+                    _pack_channels(command, channels[i : i + SUBSCRIBE_CHUNK])
+                    for i in range(0, len(channels), SUBSCRIBE_CHUNK)
+                )
+            )
         shard.sub_wake.set()
 
     def _barrier(self, shard: _Shard) -> asyncio.Future[None]:
@@ -725,10 +847,20 @@ class RedisBroker:
         stats = self._stats
         probe = shard.probe_bytes
         replies = _Replies(conn)
+        gets, more = replies.gets, replies.more
         try:
             while True:
-                reply = await replies.next()
+                # Every reply already buffered is handled without a coroutine call each.
+                if gets is None:
+                    reply = await replies.next()
+                else:
+                    reply = gets()
+                    if reply is more:
+                        await replies.fill()
+                        continue
                 if type(reply) is not list:
+                    if isinstance(reply, Exception):
+                        raise reply
                     continue
                 kind = reply[0]
                 if kind == b"message" or kind == b"smessage":
@@ -736,7 +868,8 @@ class RedisBroker:
                 elif kind == b"pmessage":
                     channel, data = reply[2], reply[3]
                 else:
-                    self._on_control(session, shard, kind, reply)
+                    if kind == b"pong" or kind == b"sunsubscribe":
+                        self._on_control(session, shard, kind, reply)
                     continue
                 if channel == probe:
                     shard.probe_pending = False
@@ -867,27 +1000,99 @@ class RedisBroker:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush_interest)
 
-    def _flush_interest(self) -> None:
-        """Send the subscription changes accumulated during this loop iteration."""
+    def _flush_interest(self, force: bool = False) -> None:
+        """Send the subscription changes accumulated since the last flush, then one PING per
+        shard written to: its answer confirms every SUBSCRIBE before it. While a flush is
+        unconfirmed, the next waits for it (unless forced)."""
         self._flush_scheduled = False
         session = self._session
-        if session is None or not self._dirty:
+        if session is None:
             return  # kept for the next session, which compares with what it subscribed
+        if self._flush_in_flight and not force:
+            return  # `_confirm` flushes again
+        if self._dirty and not force:
+            loop = self._loop
+            assert loop is not None
+            wait = self._flushed_at + FLUSH_SPACING - loop.time()
+            if wait > 0:  # busy: gather a few more clients' changes first
+                self._flush_scheduled = True
+                loop.call_later(wait, self._flush_interest)
+                return
+        waiting, self._next_flush = self._next_flush, None
+        if not self._dirty:
+            if waiting is not None and not waiting.done():
+                waiting.set_result(None)
+            return
         subscribe: dict[int, list[str]] = {}
         unsubscribe: dict[int, list[str]] = {}
         shards = {id(shard): shard for shard in session.shards}
-        for channel in self._dirty:
-            shard = session.shard_for(channel)
-            want = channel in self._wanted or channel in self._lingering
-            if want and channel not in shard.subscribed:
-                subscribe.setdefault(id(shard), []).append(channel)
-            elif not want and channel in shard.subscribed:
-                unsubscribe.setdefault(id(shard), []).append(channel)
+        wanted, lingering = self._wanted, self._lingering
+        if session.slot_map is None:  # one node: no slot look-up per channel
+            only = session.shards[0]
+            subscribed = only.subscribed
+            on = [c for c in self._dirty if c not in subscribed and (c in wanted or c in lingering)]
+            off = [
+                c for c in self._dirty if c in subscribed and c not in wanted and c not in lingering
+            ]
+            if on:
+                subscribe[id(only)] = on
+            if off:
+                unsubscribe[id(only)] = off
+        else:
+            for channel in self._dirty:
+                shard = session.shard_for(channel)
+                want = channel in wanted or channel in lingering
+                if want and channel not in shard.subscribed:
+                    subscribe.setdefault(id(shard), []).append(channel)
+                elif not want and channel in shard.subscribed:
+                    unsubscribe.setdefault(id(shard), []).append(channel)
         self._dirty.clear()
         for key, channels in unsubscribe.items():
             self._send_subscriptions(shards[key], channels, False)
+        if not subscribe:
+            if waiting is not None and not waiting.done():
+                waiting.set_result(None)
+            return
+        if waiting is None:
+            assert self._loop is not None
+            waiting = self._loop.create_future()
+        sent: list[str] = []
+        barriers = []
         for key, channels in subscribe.items():
             self._send_subscriptions(shards[key], channels, True)
+            barriers.append(self._barrier(shards[key]))
+            sent += channels
+        self._unconfirmed.update(dict.fromkeys(sent, waiting))
+        self._flushes_unconfirmed += 1
+        confirmed = barriers[0] if len(barriers) == 1 else asyncio.gather(*barriers)
+        self._flush_in_flight = True
+        assert self._loop is not None
+        self._flushed_at = self._loop.time()
+        confirmed.add_done_callback(
+            lambda done: self._confirm(waiting, done)  # type: ignore[arg-type]
+        )
+
+    def _confirm(self, waiting: asyncio.Future[None], done: asyncio.Future[Any]) -> None:
+        """A flush's PINGs came back: its channels are live. If the session failed first,
+        they stay unconfirmed until the next session has subscribed again (`_up`)."""
+        if done.cancelled() or done.exception() is not None:
+            return
+        self._flush_in_flight = False
+        if self._dirty or self._next_flush is not None:
+            self._schedule_flush()
+        if not waiting.done():
+            waiting.set_result(None)
+        self._flushes_unconfirmed -= 1
+        if not self._flushes_unconfirmed:
+            self._unconfirmed.clear()  # all done (entries of done flushes count as confirmed)
+
+    def _confirm_all(self) -> None:
+        """Closing: nobody may wait for a confirmation any more."""
+        for waiting in [*self._unconfirmed.values(), self._next_flush]:
+            if waiting is not None and not waiting.done():
+                waiting.set_result(None)
+        self._unconfirmed.clear()
+        self._next_flush = None
 
     def _expire_lingering(self) -> None:
         self._linger_handle = None
