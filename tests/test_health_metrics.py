@@ -147,6 +147,11 @@ def test_metrics_counters_move_by_what_a_scripted_run_causes_summed_over_workers
                     {k: (moved.get(k), v) for k, v in expected.items() if moved.get(k) != v}
                 ) from None
             assert moved["bytes"] > 0
+            # Logins with Redis wait for their subscriptions (the join barrier): at least the
+            # first one on each worker that took a client.
+            waits = value(scrape(metrics), "roomcast_subscribe_waits_total")
+            workers = len({m.pid for m in members})
+            assert waits - value(before, "roomcast_subscribe_waits_total") >= workers
             lag = value(scrape(metrics), "roomcast_event_loop_lag_seconds_count")
             assert lag > 0
             for m in members:

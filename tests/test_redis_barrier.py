@@ -390,7 +390,9 @@ def test_subscribe_timeout_and_backlog_come_from_flags_and_environment(redis_ser
     with pytest.raises(ValueError, match="subscribe_timeout must be positive: 0"):
         WebSocketServerHelper("t", "/ws", "memory://", lambda data: {}, subscribe_timeout=0)
     with pytest.raises(ValueError, match="backlog must be positive: -1"):
-        WebSocketServerHelper("t", "/ws", "memory://", lambda data: {}, server_options={"backlog": -1})
+        WebSocketServerHelper(
+            "t", "/ws", "memory://", lambda data: {}, server_options={"backlog": -1}
+        )
 
 
 def test_a_client_flooding_behind_a_barrier_is_paused_and_served_in_order(redis_server):

@@ -79,6 +79,17 @@ class Sample(NamedTuple):
 
 
 # Broker stats keys -> (metric name, kind, help); keys a broker does not report are left out.
+# The join barrier's figures (helper stats, present when the broker confirms subscriptions).
+_BARRIER_METRICS = {
+    "subscribe_waits": (
+        "roomcast_subscribe_waits",
+        "Logins and joins that waited for the broker to confirm a subscription.",
+    ),
+    "subscribe_unconfirmed": (
+        "roomcast_subscribe_unconfirmed",
+        "Logins and joins that went ahead unconfirmed (subscribe_timeout or broker away).",
+    ),
+}
 _BROKER_METRICS = {
     "published": ("roomcast_broker_published", "counter", "Envelopes published to the broker."),
     "received": ("roomcast_broker_received", "counter", "Envelopes received from the broker."),
@@ -92,11 +103,6 @@ _BROKER_METRICS = {
         "roomcast_broker_watchdog_rebuilds",
         "counter",
         "Broker connections rebuilt by the watchdog (silent subscriber).",
-    ),
-    "subscribe_waits": (
-        "roomcast_broker_subscribe_waits",
-        "counter",
-        "Joins that waited for the broker to confirm a subscription.",
     ),
     "subscriptions": ("roomcast_broker_subscriptions", "gauge", "Channels subscribed now."),
     "queued": ("roomcast_broker_queued", "gauge", "Publishes queued, not yet written."),
@@ -237,6 +243,10 @@ def samples(helper: WebSocketServerHelper) -> list[Sample]:
         value = stats.get(f"broker_{key}")
         if value is not None:
             out.append(Sample(name, kind, doc, (), [((), value)]))
+    for key, (name, doc) in _BARRIER_METRICS.items():
+        value = stats.get(key)
+        if value is not None:
+            out.append(Sample(name, "counter", doc, (), [((), value)]))
     return out
 
 
