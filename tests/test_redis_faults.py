@@ -136,11 +136,11 @@ def test_emitter_raises_while_redis_is_down_and_works_again_after(redis_server):
         assert await emitter.broadcast("x") == 0
         redis_server.kill()
         # An idle emitter notices (it PINGs every watchdog interval) and fails fast.
-        await eventually(lambda: not emitter._broker.connected)
+        await eventually(lambda: not emitter.broker.connected)
         with pytest.raises(BrokerUnavailable, match=f"127.0.0.1:{redis_server.port}"):
             await emitter.broadcast("x")
         redis_server.start()
-        await eventually(lambda: emitter._broker.connected, timeout=10)
+        await eventually(lambda: emitter.broker.connected, timeout=10)
         assert await emitter.broadcast("x") == 0
         await emitter.shutdown()
 

@@ -28,7 +28,7 @@ from redis.asyncio.connection import (
     parse_url,
 )
 
-from .broker import BrokerUnavailable
+from .broker.protocol import BrokerUnavailable
 from .broker.redis import INTEREST, RedisBroker, RedisTarget
 
 logger = logging.getLogger("roomcast.redis")

@@ -39,7 +39,7 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from redis.exceptions import AuthenticationError, AuthorizationError, ResponseError
 
 from ..constants import WebSocketChannels
-from . import BrokerUnavailable, OnMessage
+from .protocol import BrokerState, BrokerUnavailable, OnMessage
 
 logger = logging.getLogger("roomcast.redis")
 
@@ -458,6 +458,11 @@ class RedisBroker:
         self._schedule_flush()
 
     @property
+    def wants_interest(self) -> bool:
+        """Whether `interest()` changes anything: only in interest mode with a subscriber."""
+        return self.subscribe_mode == INTEREST and not self.publisher_only
+
+    @property
     def confirms_subscriptions(self) -> bool:
         """Whether a channel needs a subscription of its own (interest and sharded modes),
         whose confirmation `confirmation()` reports; with patterns every channel is live."""
@@ -547,7 +552,7 @@ class RedisBroker:
         return self._state == _UP
 
     @property
-    def state(self) -> str:
+    def state(self) -> BrokerState:
         """`connected`, `connecting` (never up yet), `reconnecting` (lost, retrying) or
         `closed`."""
         if self._state == _UP:
