@@ -13,8 +13,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
 from roomcast import BrokerUnavailable, WebSocketServerHelper
+from roomcast.broker.redis import replies
 from support import RECV_TIMEOUT, Node, token_auth
 
 START_TIMEOUT = 10.0
@@ -222,6 +224,17 @@ async def settle(*nodes: Node, timeout: float = 15.0) -> None:
                     break
                 except BrokerUnavailable:
                     await asyncio.sleep(0.05)  # reconnecting
+
+
+@pytest.fixture(params=["fast", "public"])
+def redis_parser(request: pytest.FixtureRequest) -> Any:
+    """Run a test on both ways of reading Redis replies: straight from hiredis (`fast`, where
+    this redis-py allows it) and redis-py's public `read_response` (the fallback)."""
+    previous = replies.use_public_parser(request.param == "public")
+    try:
+        yield request.param
+    finally:
+        replies.use_public_parser(previous)
 
 
 # -- a proxy that can stop forwarding to subscribers -------------------------------------------

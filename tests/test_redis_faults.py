@@ -7,7 +7,13 @@ import logging
 import time
 
 import pytest
-from redis_support import FreezingProxy, free_port, node, settle
+from redis_support import (  # redis_parser: a fixture, tests with it run on both parsers
+    FreezingProxy,
+    free_port,
+    node,
+    redis_parser,  # noqa: F401
+    settle,
+)
 from roomcast import BrokerUnavailable, RedisHelper, WebSocketEmitter, WebSocketServerHelper
 from support import authed, eventually, nothing_more, recv, run, send, token_auth
 
@@ -67,6 +73,7 @@ def test_configure_waits_for_a_redis_that_comes_up_within_the_bound(redis_server
     run(body())
 
 
+@pytest.mark.usefixtures("redis_parser")
 def test_delivery_resumes_after_redis_is_killed_and_restarted(redis_server, caplog):
     async def body():
         redis = redis_at(redis_server.port)
@@ -129,6 +136,7 @@ def test_delivery_resumes_after_redis_is_killed_and_restarted(redis_server, capl
     assert any("1000 publishes dropped" in m for m in messages), messages
 
 
+@pytest.mark.usefixtures("redis_parser")
 def test_emitter_raises_while_redis_is_down_and_works_again_after(redis_server):
     async def body():
         emitter = WebSocketEmitter(redis_at(redis_server.port, watchdog_interval=0.1))
@@ -147,6 +155,7 @@ def test_emitter_raises_while_redis_is_down_and_works_again_after(redis_server):
     run(body(), timeout=30)
 
 
+@pytest.mark.usefixtures("redis_parser")
 def test_watchdog_rebuilds_a_subscriber_that_silently_stopped_receiving(redis_server, caplog):
     async def body():
         proxy = await FreezingProxy(redis_server.port).start()

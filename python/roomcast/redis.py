@@ -88,7 +88,7 @@ class DefaultRedisHelper:
 
     @property
     def ready_timeout(self) -> float:
-        return self._options["ready_timeout"]
+        return float(self._options["ready_timeout"])
 
     @property
     def options(self) -> dict[str, Any]:

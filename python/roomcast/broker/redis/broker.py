@@ -390,12 +390,10 @@ class RedisBroker:
             # subscribes to below.
             self._interest.dirty.clear()
             for index, shard in enumerate(shards):
-                shard.pub = self.target.connection(shard.host, shard.port, connect_timeout())
-                await shard.pub.connect()
+                shard.pub = await self.target.connect(shard.host, shard.port, connect_timeout())
                 if not self.publisher_only:
                     shard.set_probe(probe_channel(self._probe_prefix, slot_map, index))
-                    shard.sub = self.target.connection(shard.host, shard.port, connect_timeout())
-                    await shard.sub.connect()
+                    shard.sub = await self.target.connect(shard.host, shard.port, connect_timeout())
                 session.start_tasks(shard)
             if not self.publisher_only:
                 channels = [WebSocketChannels.BROADCAST]

@@ -35,7 +35,7 @@ async def discover(
     for host, port in target.nodes:
         conn = target.connection(host, port, connect_timeout())
         try:
-            await conn.connect()
+            await conn.connect()  # type: ignore[no-untyped-call]  # unannotated in redis-py
             if not sharded:
                 return [(host, port)], None
             await conn.send_packed_command(pack(b"CLUSTER", b"SLOTS"), check_health=False)

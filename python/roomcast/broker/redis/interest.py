@@ -11,7 +11,7 @@ or user channel stays subscribed `unsubscribe_delay` seconds, in case it comes b
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ...constants import WebSocketChannels
@@ -150,9 +150,7 @@ class Interest:
             if waiting.done():
                 continue
             if waiting in late:
-                self._next().add_done_callback(
-                    lambda _, waiting=waiting: waiting.done() or waiting.set_result(None)
-                )
+                self._next().add_done_callback(_resolver(waiting))
             else:
                 waiting.set_result(None)
         if self.dirty or self._next_flush is not None:
@@ -278,6 +276,16 @@ class Interest:
             del lingering[channel]
             self.dirty.add(channel)
         self._schedule_flush()
+
+
+def _resolver(waiting: asyncio.Future[None]) -> Callable[[asyncio.Future[None]], None]:
+    """A done-callback that resolves `waiting` too (unless it is already)."""
+
+    def resolve(_: asyncio.Future[None]) -> None:
+        if not waiting.done():
+            waiting.set_result(None)
+
+    return resolve
 
 
 __all__ = ["FLUSH_SPACING", "Interest"]

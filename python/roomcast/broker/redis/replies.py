@@ -20,9 +20,9 @@ from redis.asyncio.connection import Connection
 
 logger = logging.getLogger("roomcast.redis")
 
-TESTED_MAJORS = range(6, 9)
+TESTED_MAJORS = range(5, 9)
 """redis-py major versions whose hiredis parser internals the fast path was tested against
-(keep in step with the pin in pyproject.toml)."""
+(5.3.1, 6.4.0, 7.4.1, 8.1.0); keep in step with the pin in pyproject.toml."""
 PARSER_ENV = "ROOMCAST_REDIS_PARSER"
 """`public` forces redis-py's public `read_response` (the fallback), `fast` or unset allows
 the fast path."""
@@ -30,10 +30,8 @@ READ_SIZE = 65536
 
 
 def _not_enough_data() -> tuple[object, str]:
-    """The marker the hiredis reader returns when no whole reply is buffered, and why the
-    fast path is off when it is (None)."""
-    if os.environ.get(PARSER_ENV, "fast") == "public":
-        return None, f"{PARSER_ENV}=public"
+    """The marker the hiredis reader returns when no whole reply is buffered, or None and
+    why the fast path cannot be used with this redis-py."""
     major = redis.VERSION[0]
     if not isinstance(major, int) or major not in TESTED_MAJORS:
         return None, f"redis-py {redis.__version__} is not a tested version"
@@ -44,13 +42,24 @@ def _not_enough_data() -> tuple[object, str]:
     return NOT_ENOUGH_DATA, ""
 
 
+# Checked once, when the module is imported.
 _MORE, _WHY_NOT = _not_enough_data()
+_public = os.environ.get(PARSER_ENV, "fast") == "public"
 _logged = False
 
 
 def fast_path_enabled() -> bool:
     """Whether connections with the hiredis parser are read through its internals."""
-    return _MORE is not None
+    return _MORE is not None and not _public
+
+
+def use_public_parser(public: bool) -> bool:
+    """Force (True) or allow (False) the public path for connections opened from now on, as
+    `ROOMCAST_REDIS_PARSER=public` does for a whole process; returns the previous setting.
+    For tests, which run the Redis tests both ways."""
+    global _public, _logged
+    previous, _public, _logged = _public, public, False
+    return previous
 
 
 def _log_path(fast: bool, why: str) -> None:
@@ -81,8 +90,9 @@ class Replies:
         parser = getattr(conn, "_parser", None)
         reader = getattr(parser, "_reader", None)
         stream = getattr(parser, "_stream", None)
-        if _MORE is None or not (hasattr(reader, "gets") and hasattr(stream, "read")):
-            _log_path(False, _WHY_NOT or "the connection has no hiredis reader")
+        if _MORE is None or _public or not (hasattr(reader, "gets") and hasattr(stream, "read")):
+            why = _WHY_NOT or (f"{PARSER_ENV}=public" if _public else "no hiredis reader")
+            _log_path(False, why)
             return
         _log_path(True, "")
         self.gets = reader.gets  # type: ignore[union-attr]  # checked just above
@@ -113,4 +123,4 @@ class Replies:
         return await self.conn.read_response(disconnect_on_error=False)
 
 
-__all__ = ["PARSER_ENV", "TESTED_MAJORS", "Replies", "fast_path_enabled"]
+__all__ = ["PARSER_ENV", "TESTED_MAJORS", "Replies", "fast_path_enabled", "use_public_parser"]

@@ -23,7 +23,7 @@ class RetryPolicy:
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait before retry number `attempt` (0 for the first retry)."""
-        base = min(self.max_delay, self.min_delay * 2 ** min(attempt, 32))
+        base = min(self.max_delay, self.min_delay * 2.0 ** min(attempt, 32))
         return base * random.uniform(1 - self.jitter, 1 + self.jitter)
 
 

@@ -39,5 +39,15 @@ class RedisTarget:
             kwargs.pop("db", None)
         return self.connection_class(**kwargs)
 
+    async def connect(self, host: str, port: int, connect_timeout: float) -> Connection:
+        """`connection()`, connected."""
+        conn = self.connection(host, port, connect_timeout)
+        try:
+            await conn.connect()  # type: ignore[no-untyped-call]  # unannotated in redis-py
+        except BaseException:
+            await conn.disconnect(nowait=True)
+            raise
+        return conn
+
 
 __all__ = ["RedisTarget"]
