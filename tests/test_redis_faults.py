@@ -64,8 +64,9 @@ def test_configure_waits_for_a_redis_that_comes_up_within_the_bound(redis_server
     async def body():
         helper = WebSocketServerHelper("t", "/ws", redis_at(redis_server.port), token_auth)
         configuring = asyncio.ensure_future(helper.configure())
-        await asyncio.sleep(0.3)
-        assert not configuring.done()
+        done, _ = await asyncio.wait({configuring}, timeout=0.3)
+        assert not done  # still waiting for Redis
+
         redis_server.start()
         await asyncio.wait_for(configuring, 5)
         await helper.shutdown()
