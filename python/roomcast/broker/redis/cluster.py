@@ -33,9 +33,9 @@ async def discover(
     answers). Classic pub/sub needs one node, any: every node sees every PUBLISH."""
     errors = []
     for host, port in target.nodes:
-        conn = target.connection(host, port, connect_timeout())
+        conn = None
         try:
-            await conn.connect()  # type: ignore[no-untyped-call]  # unannotated in redis-py
+            conn = await target.connect(host, port, connect_timeout())
             if not sharded:
                 return [(host, port)], None
             await conn.send_packed_command(pack(b"CLUSTER", b"SLOTS"), check_health=False)
@@ -44,7 +44,8 @@ async def discover(
             errors.append(f"{host}:{port}: {exc}")
             continue
         finally:
-            await conn.disconnect(nowait=True)
+            if conn is not None:
+                await conn.disconnect(nowait=True)
         masters: list[tuple[str, int]] = []
         slot_map = [-1] * REDIS_CLUSTER_HASH_SLOTS
         for start, end, master, *_ in reply:

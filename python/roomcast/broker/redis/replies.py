@@ -87,17 +87,18 @@ class Replies:
         self.gets: Callable[[], Any] | None = None
         self.more: object = None
         self.next: Callable[[], Any] = self._public
+        # redis-py's private parser: untyped, and present only as checked here.
         parser = getattr(conn, "_parser", None)
-        reader = getattr(parser, "_reader", None)
-        stream = getattr(parser, "_stream", None)
+        reader: Any = getattr(parser, "_reader", None)
+        stream: Any = getattr(parser, "_stream", None)
         if _MORE is None or _public or not (hasattr(reader, "gets") and hasattr(stream, "read")):
             why = _WHY_NOT or (f"{PARSER_ENV}=public" if _public else "no hiredis reader")
             _log_path(False, why)
             return
         _log_path(True, "")
-        self.gets = reader.gets  # type: ignore[union-attr]  # checked just above
-        self._feed: Callable[[bytes], None] = reader.feed  # type: ignore[union-attr]
-        self._read: Callable[[int], Any] = stream.read  # type: ignore[union-attr]
+        self.gets = reader.gets
+        self._feed: Callable[[bytes], None] = reader.feed
+        self._read: Callable[[int], Any] = stream.read
         self.more = _MORE
         self.next = self._fast
 

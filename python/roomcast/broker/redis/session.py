@@ -5,6 +5,9 @@ writer task that writes queued commands pipelined, in arrival order; the subscri
 hands every message to `on_message` and notes probes, PING barriers (subscription
 confirmations) and unasked SUNSUBSCRIBEs. Any failure (a read or write error, a command
 timeout, a slot that moved) fails the session; the broker then opens a new one.
+
+Why not redis-py's `PubSub`: its `get_message()` costs a coroutine, checks and a dict per
+message (several times our whole receive path), and it cannot pipeline PUBLISH replies.
 """
 
 from __future__ import annotations
