@@ -8,7 +8,15 @@ import logging
 
 import orjson
 import pytest
-from redis_support import FreezingProxy, node, numsub, raw_redis, settle, wait_numsub
+from redis_support import (
+    FreezingProxy,
+    node,
+    numsub,
+    raw_redis,
+    redis_parser,  # noqa: F401  (a fixture: the tests marked with it run on both parsers)
+    settle,
+    wait_numsub,
+)
 from roomcast import RedisHelper, WebSocketEmitter, WebSocketServerHelper
 from support import authed, eventually, nothing_more, recv, run, send
 
@@ -34,6 +42,7 @@ async def quiet(*clients) -> None:
 # -- two and three nodes -----------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("redis_parser")
 def test_room_message_reaches_members_on_every_node_exactly_once(redis_server):
     async def body():
         redis = redis_at(redis_server.port)
@@ -82,6 +91,7 @@ def test_three_nodes_deliver_broadcast_room_and_a_remote_client_id_once(redis_se
     run(body())
 
 
+@pytest.mark.usefixtures("redis_parser")
 def test_emitter_reaches_client_user_room_and_everyone_with_exclude(redis_server):
     async def body():
         redis = redis_at(redis_server.port)

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 import pytest
-from redis_support import FreezingProxy, RedisServer, node, raw_redis, settle
+from redis_support import FreezingProxy, RedisServer, broker_of, node, raw_redis, settle
 from roomcast import RedisHelper, WebSocketEmitter, WebSocketServerHelper
 from roomcast.cli import build_helper, build_parser, config_from_args
 from support import authed, eventually, open_client, recv, run, send
@@ -43,7 +43,7 @@ def echo_handler(holder: dict[str, Any]):
         if event == "echo":
             client = helper.get_clients(client_id)
             channels = [f"ws:room:{room}" for room in client.rooms]
-            confirmed = helper._broker.confirmation(channels) is None
+            confirmed = broker_of(helper).confirmation(channels) is None
             helper.send_to_client(client_id, "echo", {"data": data, "confirmed": confirmed})
         elif event == "join-plain":
             helper.join_room(client_id, data)
@@ -187,9 +187,9 @@ def test_a_join_waits_for_a_slow_subscribe_and_holds_only_that_client(redis_serv
             await send(slow, {"event": "join", "data": {"rooms": ["slow-room"]}})
             await send(slow, {"event": "echo", "data": "next"})
             # Another client is served meanwhile, while the SUBSCRIBE is still on its way...
-            assert b.helper._broker.confirmation(["ws:room:slow-room"]) is not None
+            assert broker_of(b.helper).confirmation(["ws:room:slow-room"]) is not None
             assert await echo(other, "meanwhile") == {"data": "meanwhile", "confirmed": True}
-            assert b.helper._broker.confirmation(["ws:room:slow-room"]) is not None
+            assert broker_of(b.helper).confirmation(["ws:room:slow-room"]) is not None
             # ... and the joining client's next message is handled only after Redis answered.
             assert await recv(slow, timeout=5) == {
                 "event": "echo",

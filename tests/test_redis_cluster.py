@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from redis_support import node, raw_redis, settle
+from redis_support import node, raw_redis, redis_parser, settle  # noqa: F401  (a fixture)
 from roomcast import RedisClusterHelper, WebSocketEmitter
 from support import authed, eventually, nothing_more, recv, run, send
 from test_cli import SECRET, sign, stop, wait_listening
@@ -75,6 +75,7 @@ async def classic_channels(cluster) -> set[str]:
 
 
 @pytest.mark.parametrize("subscribe", ["interest", "pattern"])
+@pytest.mark.usefixtures("redis_parser")
 def test_classic_pub_sub_across_a_cluster(redis_cluster, subscribe):
     async def body():
         helper = cluster_helper(redis_cluster, subscribe=subscribe)
@@ -110,6 +111,7 @@ def test_classic_cluster_nodes_take_envelopes_published_on_any_master(redis_clus
     run(body())
 
 
+@pytest.mark.usefixtures("redis_parser")
 def test_sharded_pub_sub_spreads_channels_over_the_masters(redis_cluster):
     async def body():
         helper = cluster_helper(redis_cluster, sharded=True)

@@ -7,7 +7,13 @@ import logging
 import time
 
 import pytest
-from redis_support import FreezingProxy, free_port, node, settle
+from redis_support import (  # redis_parser: a fixture, tests with it run on both parsers
+    FreezingProxy,
+    free_port,
+    node,
+    redis_parser,  # noqa: F401
+    settle,
+)
 from roomcast import BrokerUnavailable, RedisHelper, WebSocketEmitter, WebSocketServerHelper
 from support import authed, eventually, nothing_more, recv, run, send, token_auth
 
@@ -58,8 +64,9 @@ def test_configure_waits_for_a_redis_that_comes_up_within_the_bound(redis_server
     async def body():
         helper = WebSocketServerHelper("t", "/ws", redis_at(redis_server.port), token_auth)
         configuring = asyncio.ensure_future(helper.configure())
-        await asyncio.sleep(0.3)
-        assert not configuring.done()
+        done, _ = await asyncio.wait({configuring}, timeout=0.3)
+        assert not done  # still waiting for Redis
+
         redis_server.start()
         await asyncio.wait_for(configuring, 5)
         await helper.shutdown()
@@ -67,6 +74,7 @@ def test_configure_waits_for_a_redis_that_comes_up_within_the_bound(redis_server
     run(body())
 
 
+@pytest.mark.usefixtures("redis_parser")
 def test_delivery_resumes_after_redis_is_killed_and_restarted(redis_server, caplog):
     async def body():
         redis = redis_at(redis_server.port)
@@ -129,6 +137,7 @@ def test_delivery_resumes_after_redis_is_killed_and_restarted(redis_server, capl
     assert any("1000 publishes dropped" in m for m in messages), messages
 
 
+@pytest.mark.usefixtures("redis_parser")
 def test_emitter_raises_while_redis_is_down_and_works_again_after(redis_server):
     async def body():
         emitter = WebSocketEmitter(redis_at(redis_server.port, watchdog_interval=0.1))
@@ -136,17 +145,18 @@ def test_emitter_raises_while_redis_is_down_and_works_again_after(redis_server):
         assert await emitter.broadcast("x") == 0
         redis_server.kill()
         # An idle emitter notices (it PINGs every watchdog interval) and fails fast.
-        await eventually(lambda: not emitter._broker.connected)
+        await eventually(lambda: not emitter.broker.connected)
         with pytest.raises(BrokerUnavailable, match=f"127.0.0.1:{redis_server.port}"):
             await emitter.broadcast("x")
         redis_server.start()
-        await eventually(lambda: emitter._broker.connected, timeout=10)
+        await eventually(lambda: emitter.broker.connected, timeout=10)
         assert await emitter.broadcast("x") == 0
         await emitter.shutdown()
 
     run(body(), timeout=30)
 
 
+@pytest.mark.usefixtures("redis_parser")
 def test_watchdog_rebuilds_a_subscriber_that_silently_stopped_receiving(redis_server, caplog):
     async def body():
         proxy = await FreezingProxy(redis_server.port).start()

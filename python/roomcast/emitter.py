@@ -33,12 +33,17 @@ class WebSocketEmitter:
         self._broker: Broker = create_broker(redis_connection, publisher_only=True)
         self._configured = False
 
+    @property
+    def broker(self) -> Broker:
+        """The emitter's own broker (its `connected`, `state` and `stats()` tell its health)."""
+        return self._broker
+
     async def configure(self) -> None:
         """Connect; raises BrokerUnavailable naming the address when Redis does not answer
         within the helper's ready timeout."""
         if self._configured:
             return
-        await self._broker.start(None)  # type: ignore[arg-type]
+        await self._broker.start(None)
         self._configured = True
         logger.debug("%s ready", self.identifier)
 
@@ -91,11 +96,7 @@ class WebSocketEmitter:
         if not self._configured:
             raise BrokerUnavailable(f"{self.identifier} is not configured: call configure()")
         message = encode_envelope(EMITTER_SERVER_ID, type_, event, data, target, exclude)
-        publish_wait = getattr(self._broker, "publish_wait", None)
-        if publish_wait is None:
-            self._broker.publish(channel, message)
-            return 0
-        return int(await publish_wait(channel, message))
+        return await self._broker.publish_wait(channel, message)
 
 
 __all__ = ["WebSocketEmitter"]

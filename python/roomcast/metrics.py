@@ -229,7 +229,7 @@ def samples(helper: WebSocketServerHelper) -> list[Sample]:
             [((), stats.get("broker_connected", 1))],
         ),
     ]
-    state = getattr(helper._broker, "state", "connected")
+    state = helper._broker.state
     out.append(
         Sample(
             "roomcast_broker_state",

@@ -28,8 +28,8 @@ from redis.asyncio.connection import (
     parse_url,
 )
 
-from .broker import BrokerUnavailable
-from .broker.redis import INTEREST, RedisBroker, RedisTarget
+from .broker.protocol import BrokerUnavailable
+from .broker.redis import INTEREST, RECONNECT, RedisBroker, RedisTarget
 
 logger = logging.getLogger("roomcast.redis")
 
@@ -88,7 +88,7 @@ class DefaultRedisHelper:
 
     @property
     def ready_timeout(self) -> float:
-        return self._options["ready_timeout"]
+        return float(self._options["ready_timeout"])
 
     @property
     def options(self) -> dict[str, Any]:
@@ -128,7 +128,7 @@ class DefaultRedisHelper:
         naming the address after `ready_timeout` seconds."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.ready_timeout
-        delay = 0.05
+        attempt = 0
         while True:
             left = deadline - loop.time()
             try:
@@ -143,8 +143,8 @@ class DefaultRedisHelper:
                     f"cannot reach redis at {self.address} within {self.ready_timeout:g} s: "
                     f"{error or type(error).__name__}"
                 )
-            await asyncio.sleep(min(delay, left))
-            delay = min(delay * 2, 1.0)
+            await asyncio.sleep(min(RECONNECT.delay(attempt), left))
+            attempt += 1
 
     async def close(self) -> None:
         """Close the application client (brokers close with their server or emitter)."""
