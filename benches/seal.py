@@ -15,7 +15,7 @@ import time
 
 from roomcast.crypto import EcdhClient, EcdhScheme
 from roomcast.protocol import encode
-from roomcast.server import ENCRYPTED_CHUNK_BYTES, ENCRYPTED_SLICE_CLIENTS
+from roomcast.sealing import ENCRYPTED_CHUNK_BYTES, ENCRYPTED_SLICE_CLIENTS
 
 
 class _Client:

@@ -218,7 +218,7 @@ async def settle(*nodes: Node, timeout: float = 15.0) -> None:
         for n in nodes:
             while True:
                 try:
-                    await n.helper._broker.sync()
+                    await n.helper.settle()
                     break
                 except BrokerUnavailable:
                     await asyncio.sleep(0.05)  # reconnecting

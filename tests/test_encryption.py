@@ -378,7 +378,7 @@ def test_sealing_a_large_fan_out_gives_the_event_loop_back():
             node.helper.broadcast("big", {"pad": pad})
             started = time.perf_counter()
             ticks.clear()
-            await eventually(lambda: not node.helper._sealer_running, timeout=20)
+            await eventually(lambda: node.helper.sealing_idle, timeout=20)
             finished = time.perf_counter()
             handle[0].cancel()
             during = [t for t in ticks if t < finished]
@@ -419,7 +419,7 @@ def test_a_room_of_a_thousand_encrypted_clients_does_not_freeze_the_loop():
                     loop.call_soon(tick)
 
             async def watch():
-                while node.helper._sealer_running:
+                while not node.helper.sealing_idle:
                     await asyncio.sleep(0.001)
                 finished.append(time.perf_counter())
 
