@@ -97,6 +97,20 @@ class HelperBase:
     def encrypted_batch_limit(self, limit: int) -> None:
         self._sealer.batch_limit = int(limit)
 
+    # -- implemented by the parts (declared for the others) ----------------------------------
+
+    def _on_join(self, client: Client, data: Any) -> None:
+        raise NotImplementedError  # rooms.Rooms
+
+    def _on_leave(self, client: Client, data: Any) -> None:
+        raise NotImplementedError  # rooms.Rooms
+
+    async def _authenticate(self, client: Client, data: dict[str, Any]) -> None:
+        raise NotImplementedError  # auth.Authentication
+
+    def _forget_keys(self, client: Client) -> None:
+        raise NotImplementedError  # auth.Authentication
+
     # -- errors ------------------------------------------------------------------------------
 
     def _send_error(self, client: Client, message: str) -> None:

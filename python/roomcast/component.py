@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from .app import Application, ApplicationError
+from .config import ALIASES, COMPONENT_SETTINGS, ServerConfig
 from .constants import WebSocketDefaults
 
 
@@ -29,31 +30,13 @@ class WebSocketBindingKeys:
     HANDSHAKE_HANDLER = "@app/websocket/handshake-handler"
 
 
-# What may be bound to SERVER_OPTIONS (snake_case; the original's camelCase is accepted too),
-# merged over these defaults. `server_options` is the helper's own server_options dict.
+# What may be bound to SERVER_OPTIONS (`roomcast.config.COMPONENT_SETTINGS`, snake_case or
+# the original's camelCase), merged over these defaults (the original component's);
+# `server_options` is the helper's own server_options dict.
 DEFAULT_SERVER_OPTIONS: dict[str, Any] = {
     "identifier": "WEBSOCKET_SERVER",
     "path": WebSocketDefaults.PATH,
 }
-_SERVER_OPTION_NAMES = {
-    "identifier": "identifier",
-    "path": "path",
-    "defaultRooms": "default_rooms",
-    "default_rooms": "default_rooms",
-    "serverOptions": "server_options",
-    "server_options": "server_options",
-    "authTimeout": "auth_timeout",
-    "auth_timeout": "auth_timeout",
-    "heartbeatInterval": "heartbeat_interval",
-    "heartbeat_interval": "heartbeat_interval",
-    "heartbeatTimeout": "heartbeat_timeout",
-    "heartbeat_timeout": "heartbeat_timeout",
-    "requireEncryption": "require_encryption",
-    "require_encryption": "require_encryption",
-    "encryptedBatchLimit": "encrypted_batch_limit",
-    "encrypted_batch_limit": "encrypted_batch_limit",
-}
-
 _OPTIONAL_HANDLERS = {
     "validate_room_fn": WebSocketBindingKeys.VALIDATE_ROOM_HANDLER,
     "client_connected_fn": WebSocketBindingKeys.CLIENT_CONNECTED_HANDLER,
@@ -83,8 +66,8 @@ def unsupported_runtime() -> str | None:
 def _server_options(raw: Any) -> dict[str, Any]:
     options = dict(DEFAULT_SERVER_OPTIONS)
     for key, value in dict(raw or {}).items():
-        name = _SERVER_OPTION_NAMES.get(key)
-        if name is None:
+        name = ALIASES.get(key, key)
+        if name not in COMPONENT_SETTINGS:
             raise ApplicationError(f"[WebSocketComponent] unknown server option: {key}")
         options[name] = value
     return options
@@ -151,9 +134,9 @@ class WebSocketComponent:
             server = self.application.get_server_instance()
             if server is None:
                 raise ApplicationError("[WebSocketComponent] Server instance not available!")
-            options = dict(self.server_options)
+            config = ServerConfig.from_settings(self.server_options)
             helper = WebSocketServerHelper(
-                options.pop("identifier"), options.pop("path"), **resolved, **options
+                config.identifier, config.path, **resolved, config=config
             )
             await helper.configure()
             self.helper = helper

@@ -20,26 +20,26 @@ from typing import Any
 
 from . import _core
 from .auth import Authentication
-from .barrier import HELD_LIMIT, JoinBarrier, is_join, reading
+from .barrier import JoinBarrier
 from .broker import Broker, create_broker
 from .callbacks import check_callbacks
+from .config import ServerConfig
 from .connection import Client, Links
 from .constants import (
-    SUBSCRIBE_TIMEOUT,
     CloseCode,
     ErrorMessages,
-    WebSocketDefaults,
 )
 from .counters import Counters
 from .delivery import Delivery
 from .http import HttpHandler, UpgradeRefused, WebServer
+from .inbound import Inbound
 from .log import TRACE, client_extra, fault
 from .options import resolve_server_options
-from .protocol import InvalidMessage, InvalidText, decode, sanitize_rooms
 from .rooms import Rooms
 from .scheme import EncryptionScheme, scheme_of
 from .sealing import Sealer
-from .session import Action
+
+_DEFAULT = ServerConfig()
 
 __all__ = ["EncryptionScheme", "WebSocketServerHelper", "resolve_server_options"]
 
@@ -48,17 +48,8 @@ logger = logging.getLogger("roomcast")
 # How often the deadline wheel is swept; bounds how late a timeout close can be.
 SWEEP_INTERVAL = 0.05
 
-_HANDLE = Action.HANDLE
-_IGNORE = Action.IGNORE
-_AUTHENTICATE = Action.AUTHENTICATE
-_JOIN = Action.JOIN
-_LEAVE = Action.LEAVE
-_OPEN_ENCRYPTED = Action.OPEN_ENCRYPTED
-_NOT_AUTHENTICATED = Action.NOT_AUTHENTICATED
-_ALREADY_AUTHENTICATED = Action.ALREADY_AUTHENTICATED
 
-
-class WebSocketServerHelper(Authentication, Rooms, Delivery):
+class WebSocketServerHelper(Inbound, Authentication, Rooms, Delivery):
     """A WebSocket endpoint: authentication, rooms, users, broadcast and cross-node delivery.
 
     Callbacks may be plain functions or coroutine functions and are called with keyword
@@ -68,8 +59,8 @@ class WebSocketServerHelper(Authentication, Rooms, Delivery):
 
     def __init__(
         self,
-        identifier: str = "WebSocketServerHelper",
-        path: str = WebSocketDefaults.PATH,
+        identifier: str = _DEFAULT.identifier,
+        path: str = _DEFAULT.path,
         redis_connection: Any = None,
         authenticate_fn: Callable[..., Any] | None = None,
         *,
@@ -81,29 +72,40 @@ class WebSocketServerHelper(Authentication, Rooms, Delivery):
         handshake_fn: Callable[..., Any] | None = None,
         encryption: EncryptionScheme | None = None,
         default_rooms: Iterable[str] | None = None,
-        auth_timeout: float = WebSocketDefaults.AUTH_TIMEOUT,
-        heartbeat_interval: float = WebSocketDefaults.HEARTBEAT_INTERVAL,
-        heartbeat_timeout: float = WebSocketDefaults.HEARTBEAT_TIMEOUT,
-        require_encryption: bool = False,
-        encrypted_batch_limit: int = WebSocketDefaults.ENCRYPTED_BATCH_LIMIT,
+        auth_timeout: float = _DEFAULT.auth_timeout,
+        heartbeat_interval: float = _DEFAULT.heartbeat_interval,
+        heartbeat_timeout: float = _DEFAULT.heartbeat_timeout,
+        require_encryption: bool = _DEFAULT.require_encryption,
+        encrypted_batch_limit: int = _DEFAULT.encrypted_batch_limit,
         server_options: Mapping[str, Any] | None = None,
-        subscribe_timeout: float = SUBSCRIBE_TIMEOUT,
+        subscribe_timeout: float = _DEFAULT.subscribe_timeout,
+        config: ServerConfig | None = None,
     ) -> None:
+        """The settings come from `config` when given (the keyword settings are then
+        ignored), else from the keywords, which build one (`self.config`)."""
         if not redis_connection:
             raise ValueError(ErrorMessages.INVALID_REDIS)
         if authenticate_fn is None:
             raise ValueError("authenticate_fn is required")
-        if auth_timeout <= 0 or heartbeat_timeout <= 0 or heartbeat_interval <= 0:
-            raise ValueError(
-                "auth_timeout, heartbeat_interval and heartbeat_timeout must be positive"
+        if config is None:
+            config = ServerConfig(
+                identifier=identifier,
+                path=path,
+                default_rooms=_DEFAULT.default_rooms
+                if default_rooms is None
+                else tuple(default_rooms),
+                auth_timeout=auth_timeout,
+                heartbeat_interval=heartbeat_interval,
+                heartbeat_timeout=heartbeat_timeout,
+                require_encryption=require_encryption,
+                encrypted_batch_limit=encrypted_batch_limit,
+                subscribe_timeout=subscribe_timeout,
+                options=server_options or {},
             )
-        if subscribe_timeout <= 0:
-            raise ValueError(f"subscribe_timeout must be positive: {subscribe_timeout}")
-        if encrypted_batch_limit < 1:
-            raise ValueError(f"encrypted_batch_limit must be at least 1: {encrypted_batch_limit}")
-        self.identifier = identifier
+        self.config = config
+        self.identifier = config.identifier
         self.server_id = str(uuid.uuid4())
-        self._path = path
+        self._path = config.path
         self._broker: Broker = create_broker(redis_connection)
 
         self.authenticate_fn = authenticate_fn
@@ -132,20 +134,13 @@ class WebSocketServerHelper(Authentication, Rooms, Delivery):
             }
         )
 
-        self.default_rooms = list(
-            default_rooms
-            if default_rooms is not None
-            else (WebSocketDefaults.ROOM, WebSocketDefaults.NOTIFICATION_ROOM)
-        )
-        for room in self.default_rooms:
-            if not sanitize_rooms([room]):  # what a client could not join either
-                raise ValueError(f"invalid default room: {room!r}")
-        self.auth_timeout = float(auth_timeout)
-        self.heartbeat_interval = float(heartbeat_interval)
-        self.heartbeat_timeout = float(heartbeat_timeout)
-        self.require_encryption = bool(require_encryption)
-        self.subscribe_timeout = float(subscribe_timeout)
-        self.server_options = resolve_server_options(server_options)
+        self.default_rooms = list(config.default_rooms)
+        self.auth_timeout = config.auth_timeout
+        self.heartbeat_interval = config.heartbeat_interval
+        self.heartbeat_timeout = config.heartbeat_timeout
+        self.require_encryption = config.require_encryption
+        self.subscribe_timeout = config.subscribe_timeout
+        self.server_options = dict(config.options)
         self._max_connections: int | None = self.server_options["max_connections"]
         self._backpressure_limit = int(self.server_options["backpressure_limit"])
         self._close_on_backpressure = bool(self.server_options["close_on_backpressure_limit"])
@@ -182,7 +177,7 @@ class WebSocketServerHelper(Authentication, Rooms, Delivery):
             self._on_pause_writing,
         )
         self._sealer = Sealer(
-            self._hub, self._spawn, encryption, outbound_transformer, int(encrypted_batch_limit)
+            self._hub, self._spawn, encryption, outbound_transformer, config.encrypted_batch_limit
         )
         self._sweep_handle: asyncio.TimerHandle | None = None
         self._accepting = False
@@ -363,139 +358,6 @@ class WebSocketServerHelper(Authentication, Rooms, Delivery):
         client.close(
             CloseCode.POLICY_VIOLATION, CloseCode.REASONS[CloseCode.POLICY_VIOLATION], abort=True
         )
-
-    # -- inbound messages ------------------------------------------------------------------
-
-    def _on_message(self, client: Client, payload: Any, is_text: bool) -> None:
-        self._hub.touch(client.handle)
-        if self._held:
-            held = self._held.get(client.id)
-            if held is not None and (held[1] or not is_join(payload, is_text)):
-                # Behind a join barrier: handled in order once it is lifted. (The payload
-                # is only valid during this call.)
-                queued = held[1]
-                queued.append((bytes(payload), is_text))
-                if len(queued) == HELD_LIMIT:
-                    reading(client, False)  # TCP pushes back on the client meanwhile
-                return
-            # Joins right behind joins go ahead (each takes effect once confirmed), so a
-            # burst of them costs one Redis round trip, not one each.
-        # `_handle`, inlined: one Python call less per message.
-        try:
-            message = decode(payload, is_text)
-        except (InvalidMessage, InvalidText) as exc:
-            self._invalid(client, exc)
-            return
-        self._dispatch(client, message)
-
-    def _handle(self, client: Client, payload: Any, is_text: bool) -> None:
-        """One inbound message (held behind a barrier until now)."""
-        try:
-            message = decode(payload, is_text)
-        except (InvalidMessage, InvalidText) as exc:
-            self._invalid(client, exc)
-            return
-        self._dispatch(client, message)
-
-    def _invalid(self, client: Client, exc: Exception) -> None:
-        self.counters.received["invalid"] += 1
-        if isinstance(exc, InvalidMessage):
-            self._send_error(client, ErrorMessages.INVALID_FORMAT)
-            return
-        fault(
-            "invalid utf-8",
-            "closing %s: text message is not valid UTF-8",
-            client.id,
-            extra=client_extra(client),
-        )
-        client.close(CloseCode.INVALID_TEXT, CloseCode.REASONS[CloseCode.INVALID_TEXT])
-
-    def _dispatch(self, client: Client, message: dict[str, Any], sealed: bool = False) -> None:
-        """Carry out the session's action for one decoded message; `sealed` when it came
-        inside an `encrypted` event."""
-        event = message.get("event")
-        if not sealed:
-            self.counters.count_received(event)
-        action = client.receive(event, sealed)
-        if action is _HANDLE:
-            if self.message_handler is not None:
-                self._invoke(
-                    "message_handler",
-                    self.message_handler,
-                    client_id=client.id,
-                    user_id=client.user_id,
-                    message=message,
-                )
-        elif action is _IGNORE:
-            return
-        elif action is _JOIN:
-            self._on_join(client, message.get("data"))
-        elif action is _LEAVE:
-            self._on_leave(client, message.get("data"))
-        elif action is _AUTHENTICATE:
-            self._hub.set_auth_deadline(client.handle, 3 * self.auth_timeout)
-            data = message.get("data")
-            self._spawn(self._authenticate(client, data if type(data) is dict else {}))
-        elif action is _NOT_AUTHENTICATED:
-            self._send_error(client, ErrorMessages.NOT_AUTHENTICATED)
-        elif action is _ALREADY_AUTHENTICATED:
-            self._send_error(client, ErrorMessages.ALREADY_AUTHENTICATED)
-        elif action is _OPEN_ENCRYPTED:
-            self._on_encrypted_inbound(client, message)
-        elif action is Action.DROP_NO_EVENT:
-            logger.debug(
-                "message without event from %s dropped", client.id, extra=client_extra(client)
-            )
-        elif action is Action.DROP_SERVER_EVENT:
-            logger.debug("server event %r from %s dropped", event, client.id)
-        else:  # Action.DROP_NESTED
-            logger.debug(
-                "nested encrypted event from %s dropped", client.id, extra=client_extra(client)
-            )
-
-    def _to_message_handler(self, client: Client, message: dict[str, Any]) -> None:
-        if self.message_handler is not None:
-            self._invoke(
-                "message_handler",
-                self.message_handler,
-                client_id=client.id,
-                user_id=client.user_id,
-                message=message,
-            )
-
-    def _on_encrypted_inbound(self, client: Client, message: dict[str, Any]) -> None:
-        """An `encrypted` event from a client: opened and handled as if sent in clear.
-
-        Without a scheme that opens it, it goes to message_handler as is (as in the original),
-        so an application with its own scheme can open it there.
-        """
-        scheme = self.encryption
-        if scheme is None:
-            self._to_message_handler(client, message)
-            return
-        try:
-            plaintext = scheme.open_inbound(client.id, message.get("data"))
-            inner = decode(plaintext, False)
-        except InvalidMessage:
-            fault(
-                "undecryptable message",
-                "encrypted event from %s holds no JSON object",
-                client.id,
-                extra=client_extra(client),
-            )
-            self._send_error(client, ErrorMessages.INVALID_FORMAT)
-            return
-        except Exception as exc:  # the scheme's ValueError, or a bug in a custom scheme
-            fault(
-                "undecryptable message",
-                "encrypted event from %s not opened: %s",
-                client.id,
-                exc,
-                extra=client_extra(client),
-            )
-            self._send_error(client, ErrorMessages.DECRYPTION_FAILED)
-            return
-        self._dispatch(client, inner, sealed=True)
 
     # -- queries -------------------------------------------------------------------------
 
