@@ -84,13 +84,13 @@ class JoinBarrier:
         interest = getattr(broker, "interest", None)
         self.interest: Callable[[str, bool], Any] | None = interest if callable(interest) else None
         confirmation = getattr(broker, "confirmation", None)
-        subscribe_new = getattr(broker, "subscribe_new", None)
+        subscribe_new: Any = getattr(broker, "subscribe_new", None)
         if not getattr(broker, "confirms_subscriptions", False) or self.interest is None:
             confirmation = None  # patterns (or no Redis): every channel is always live
         self.confirmation: Confirmation | None = (
             confirmation if callable(confirmation) and callable(subscribe_new) else None
         )
-        self.subscribe_new: Confirmation = subscribe_new
+        self.subscribe_new: Confirmation = subscribe_new  # callable whenever `confirmation` is
         self._broker = broker
         self.hub: _core.Hub  # set by the helper once the hub exists (it needs `interest`)
         self._clients = clients

@@ -94,12 +94,12 @@ class ServerConfig:
     ) -> ServerConfig:
         """From snake_case or camelCase names (`server_options` for the options); names not
         in `allowed` (default: every field) raise KeyError with the name as given."""
-        fields = {f.name for f in dataclasses.fields(cls)} | {"server_options"}
-        allowed = fields if allowed is None else allowed
+        names = frozenset(f.name for f in dataclasses.fields(cls)) | {"server_options"}
+        known = names if allowed is None else allowed
         values: dict[str, Any] = {}
         for key, value in settings.items():
             name = ALIASES.get(key, key)
-            if name not in allowed:
+            if name not in known:
                 raise KeyError(key)
             values["options" if name == "server_options" else name] = value
         if values.get("options") is None:

@@ -71,7 +71,7 @@ class Links:
         self.loop: asyncio.AbstractEventLoop | None = None
 
 
-class Client(WSListener, SessionMachine):  # type: ignore[misc]
+class Client(WSListener, SessionMachine):
     """One connection: its session (state, user, keys), its socket, and the record
     applications read. Rooms, activity and backpressure are the hub's, read through it."""
 

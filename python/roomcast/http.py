@@ -21,7 +21,7 @@ from picows import (
     WSUpgradeResponse,
     WSUpgradeResponseWithListener,
 )
-from picows.picows import WSProtocol
+from picows.picows import WSProtocol  # type: ignore[attr-defined]
 
 from .constants import LISTEN_BACKLOG, ErrorMessages
 from .log import PicowsLog, fault
@@ -135,7 +135,7 @@ class WebServer:
         """The port actually bound (useful with port 0)."""
         if self._server is None or not self._server.sockets:
             return self.port
-        return self._server.sockets[0].getsockname()[1]
+        return int(self._server.sockets[0].getsockname()[1])
 
     async def start(self) -> None:
         backlog = max(

@@ -293,7 +293,7 @@ class Exporter:
         if self._directory:
             from prometheus_client.multiprocess import MultiProcessCollector
 
-            MultiProcessCollector(self._registry, self._directory)
+            MultiProcessCollector(self._registry, self._directory)  # type: ignore[no-untyped-call]
             self._mirror = _Mirror(helper)
             # Multiprocess values: observations go to this worker's files.
             self._lag = LagMonitor(lag_histogram(), self._alive)
@@ -380,7 +380,7 @@ class _Mirror:
                     key = (sample.name, labels)
                     increase = value - seen.get(key, 0.0)
                     if increase > 0:
-                        child.inc(increase)  # type: ignore[union-attr]
+                        child.inc(increase)
                         seen[key] = value
                 else:
                     child.set(value)  # type: ignore[union-attr]

@@ -12,6 +12,7 @@ import inspect
 import logging
 import signal
 from collections.abc import Awaitable, Callable
+from ssl import SSLContext
 from typing import Any, Protocol
 
 from .http import HttpHandler, WebServer
@@ -29,10 +30,14 @@ class Servable(Protocol):
     def get_path(self) -> str: ...
     async def serve(
         self,
-        host: str,
-        port: int,
+        host: str = ...,
+        port: int = ...,
         http_handler: HttpHandler | None = None,
-        **options: Any,
+        *,
+        ssl: SSLContext | None = None,
+        health: bool = False,
+        metrics: bool = False,
+        reuse_port: bool = False,
     ) -> WebServer: ...
     async def shutdown(self) -> None: ...
 

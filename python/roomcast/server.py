@@ -433,6 +433,10 @@ class WebSocketServerHelper(Inbound, Authentication, Rooms, Delivery):
         confirmation = self._barrier.confirmation
         return confirmation is None or confirmation(channels) is None
 
+    def flush(self) -> None:
+        """Hand the queued writes to the sockets now (otherwise once per loop iteration)."""
+        self._hub.flush()
+
     async def settle(self) -> None:
         """Return once queued encrypted deliveries are sealed and the broker's subscription
         changes so far are in effect (raises BrokerUnavailable while it reconnects)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .constants import WebSocketEvents
 
@@ -88,7 +88,10 @@ class SessionMachine:
     `Session` is it on its own, `roomcast.connection.Client` is it plus the socket.
     `closing` is set once a close frame is on its way: from then on no outcome is acted on."""
 
-    __slots__ = ()
+    if TYPE_CHECKING:  # the attributes, for the type checker; storage is the subclass's
+        __slots__ = SESSION_SLOTS
+    else:
+        __slots__ = ()
 
     id: str
     state: State

@@ -67,7 +67,7 @@ def load_app(spec: str) -> Any:
 def build_helper(config: ServeConfig, app: Any = None, out: Callable[[str], None] = print) -> Any:
     from ..server import WebSocketServerHelper
 
-    callbacks = {name: getattr(app, name, None) for name in CALLBACKS}
+    callbacks: dict[str, Any] = {name: getattr(app, name, None) for name in CALLBACKS}
     if callbacks["authenticate_fn"] is None:
         callbacks["authenticate_fn"] = jwt_authenticator(config, out)
     if callbacks["validate_room_fn"] is None:
