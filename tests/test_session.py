@@ -153,3 +153,10 @@ def test_disconnect_reports_whether_the_session_had_logged_in():
 
 def test_a_client_is_a_session():
     assert issubclass(Client, SessionMachine)
+
+
+def test_the_public_state_names_are_the_members():
+    session = authenticated()
+    assert session.state is WebSocketClientStates.AUTHENTICATED
+    assert WebSocketClientStates.is_valid("authenticating")
+    assert not WebSocketClientStates.is_valid("gone")

@@ -114,7 +114,7 @@ class Client(WSListener, SessionMachine):
         return self._links.hub.last_activity(self.handle)
 
     def __repr__(self) -> str:
-        return f"Client(id={self.id!r}, user_id={self.user_id!r}, state={self.state!r})"
+        return f"Client(id={self.id!r}, user_id={self.user_id!r}, state={self.state.value!r})"
 
     # -- picows callbacks ------------------------------------------------------------------
 

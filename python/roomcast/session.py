@@ -12,16 +12,10 @@ import enum
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .constants import WebSocketEvents
+from .constants import ClientState, WebSocketEvents
 
-
-class State(enum.StrEnum):
-    """Where a connection is; the values are `WebSocketClientStates`' strings."""
-
-    UNAUTHORIZED = "unauthorized"
-    AUTHENTICATING = "authenticating"
-    AUTHENTICATED = "authenticated"
-    DISCONNECTED = "disconnected"
+# Where a connection is; its members are `WebSocketClientStates`' (equal to the strings).
+State = ClientState
 
 
 class Action(enum.Enum):
