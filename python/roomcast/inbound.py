@@ -13,13 +13,14 @@ from typing import Any
 from .barrier import HELD_LIMIT, is_join, reading
 from .base import HelperBase
 from .connection import Client
-from .constants import CloseCode, ErrorMessages
+from .constants import CloseCode, ErrorMessages, WebSocketEvents
 from .log import client_extra, fault
 from .protocol import InvalidMessage, InvalidText, decode
 from .session import Action
 
 logger = logging.getLogger("roomcast")
 
+_HEARTBEAT = WebSocketEvents.HEARTBEAT
 _HANDLE = Action.HANDLE
 _IGNORE = Action.IGNORE
 _AUTHENTICATE = Action.AUTHENTICATE
@@ -83,6 +84,8 @@ class Inbound(HelperBase):
         event = message.get("event")
         if not sealed:
             self.counters.count_received(event)
+        if event == _HEARTBEAT:
+            return  # the most frequent message; what `receive` says of it in every state
         action = client.receive(event, sealed)
         if action is _HANDLE:
             if self.message_handler is not None:
