@@ -89,7 +89,7 @@ async def connect_many(
             started = time.perf_counter()
             crypto = None
             if shared is not None and i == 0:
-                crypto = EcdhClient(private_key=shared._private_key)
+                crypto = EcdhClient(private_key=shared.private_key)
             client = BenchClient(i, crypto)
             transport, _ = await ws_connect(
                 lambda: client, url, use_aiofastnet=False, enable_auto_pong=True

@@ -15,7 +15,7 @@ import time
 
 from roomcast.crypto import EcdhClient, EcdhScheme
 from roomcast.protocol import encode
-from roomcast.server import ENCRYPTED_CHUNK_BYTES, ENCRYPTED_SLICE_CLIENTS
+from roomcast.sealing import ENCRYPTED_CHUNK_BYTES, ENCRYPTED_SLICE_CLIENTS
 
 
 class _Client:
@@ -39,7 +39,7 @@ def main() -> None:
         scheme.handshake_fn(client.id, None, peer.authenticate_data("t"))
     for size in (int(s) for s in args.sizes.split(",")):
         data = {"pad": "x" * size}
-        # The same chunks as WebSocketServerHelper._seal_batched.
+        # The same chunks as roomcast.sealing.Sealer._seal_batched.
         chunk = max(
             1, min(ENCRYPTED_SLICE_CLIENTS, ENCRYPTED_CHUNK_BYTES // len(encode("e", data)))
         )

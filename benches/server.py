@@ -71,7 +71,7 @@ def make_message_handler(helper: WebSocketServerHelper, fanout: str):
         elif room:
             python_loop(helper.get_clients_by_room(room), "bench", data)
         else:
-            python_loop(helper._clients.values(), "bench", data)
+            python_loop(helper.get_clients().values(), "bench", data)
 
     return on_message
 
@@ -79,7 +79,6 @@ def make_message_handler(helper: WebSocketServerHelper, fanout: str):
 async def publish(
     helper: WebSocketServerHelper, room: str, count: int, size: int, rate: float, state: dict
 ) -> None:
-    broker: Any = helper._broker
     pad = "x" * size
     perf = time.perf_counter
     batch = 256
@@ -93,12 +92,11 @@ async def publish(
                     await asyncio.sleep(delay)
                 helper.send(room, {"topic": "bench", "data": {"i": i, "t": perf(), "pad": pad}})
             return
-        stats = getattr(broker, "stats", None)
         for first in range(0, count, batch):
             for i in range(first, min(count, first + batch)):
                 helper.send(room, {"topic": "bench", "data": {"i": i, "t": perf(), "pad": pad}})
             # Measure throughput, not drops: wait while the publish buffer is long.
-            while stats is not None and stats()["queued"] > 8 * batch:
+            while helper.stats().get("broker_queued", 0) > 8 * batch:
                 await asyncio.sleep(0.0005)
             await asyncio.sleep(0)
     finally:
@@ -118,10 +116,10 @@ def make_http_handler(helper: WebSocketServerHelper):
             if query.get("mode", "rust") == "rust":
                 for _ in range(burst):
                     count += helper.broadcast("bench", data)
-                helper._hub.flush()
+                helper.flush()
             else:
                 for _ in range(burst):
-                    count += python_loop(helper._clients.values(), "bench", data)
+                    count += python_loop(helper.get_clients().values(), "bench", data)
             wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
             return HttpResponse.json({"count": count, "wall": wall, "cpu": cpu})
         if request.path == "/publish":
@@ -186,17 +184,17 @@ async def encrypted_fanout(helper: WebSocketServerHelper, mode: str, size: int, 
     for i in range(count):
         data = {"i": i, "pad": "x" * size}
         if mode == "inline":
-            owners = helper._hub.encrypted_owners("ws-default", None, None)
+            owners = [c for c in helper.get_clients_by_room("ws-default") if c.encrypted]
             for client in owners:
                 sealed = scheme.outbound_transformer(client, "bench", data)
-                helper._hub.send(client.handle, encode(sealed["event"], sealed["data"]))
+                client.transport.send(WSMsgType.TEXT, encode(sealed["event"], sealed["data"]))
             recipients += len(owners)
             await asyncio.sleep(0)  # one fan-out per loop iteration, flushed after it
         else:
             recipients += helper.send_to_room("ws-default", "bench", data)
-    while helper._sealer_running:
+    while not helper.sealing_idle:
         await asyncio.sleep(0)
-    helper._hub.flush()  # the writes belong to the delivery
+    helper.flush()  # the writes belong to the delivery
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     await asyncio.sleep(0.01)
     running[0] = False

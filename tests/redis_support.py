@@ -214,10 +214,8 @@ async def wait_numsub(
 
 
 def broker_of(helper: WebSocketServerHelper) -> Broker:
-    """The helper's broker. The one private read left in the Redis tests: the server does
-    not expose its broker yet (replace with its public property when it does)."""
-    broker: Broker = helper._broker
-    return broker
+    """The helper's broker."""
+    return helper.broker
 
 
 async def settle(*nodes: Node, timeout: float = 15.0) -> None:
@@ -227,7 +225,7 @@ async def settle(*nodes: Node, timeout: float = 15.0) -> None:
         for n in nodes:
             while True:
                 try:
-                    await broker_of(n.helper).sync()
+                    await n.helper.settle()
                     break
                 except BrokerUnavailable:
                     await asyncio.sleep(0.05)  # reconnecting

@@ -80,7 +80,7 @@ def test_missing_application_is_refused_at_binding():
 
 
 def test_unsupported_runtime_is_refused_at_binding(monkeypatch):
-    import roomcast.component as component_module
+    import roomcast.compat.component as component_module
 
     monkeypatch.setattr(component_module, "unsupported_runtime", lambda: "PyPy")
     app = configured_app("redis://127.0.0.1:1")
@@ -132,7 +132,7 @@ def test_post_start_hook_without_a_server_is_refused():
     app = configured_app("redis://127.0.0.1:1")
     component = app.component(WebSocketComponent)
     component.binding()
-    [(identifier, hook)] = app._post_start_hooks
+    [(identifier, hook)] = app.post_start_hooks
     assert identifier == "websocket-initialize"
 
     async def body():

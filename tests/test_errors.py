@@ -12,6 +12,7 @@ from support import (
     RawClient,
     authed,
     closed_with,
+    eventually,
     nothing_more,
     open_client,
     recv,
@@ -394,7 +395,7 @@ def test_fragmented_message_is_reassembled():
         async with running(message_handler=lambda **kw: seen.append(kw["message"])) as node:
             ws, _ = await authed(node.url)
             await ws.send(['{"event":"chat",', '"data":{"text":"', "héllo", '"}}'])
-            await asyncio.sleep(0.2)
+            await eventually(lambda: len(seen) == 1)
             assert seen == [{"event": "chat", "data": {"text": "héllo"}}]
             await ws.close()
 
@@ -408,7 +409,7 @@ def test_binary_message_is_accepted_as_json():
         async with running(message_handler=lambda **kw: seen.append(kw["message"])) as node:
             ws, _ = await authed(node.url)
             await ws.send(b'{"event":"chat","data":1}')
-            await asyncio.sleep(0.2)
+            await eventually(lambda: len(seen) == 1)
             assert seen == [{"event": "chat", "data": 1}]
             await ws.close()
 
@@ -477,7 +478,7 @@ def test_ping_is_answered_and_control_frames_may_interleave_fragments():
             raw.send_frame(0x9, b"p1")
             raw.send_frame(0x0, b'"data":2}')
             assert await raw.read_frame() == (0xA, b"p1")
-            await asyncio.sleep(0.1)
+            await eventually(lambda: len(seen) == 1)
             assert seen == [{"event": "chat", "data": 2}]
             raw.close()
 

@@ -192,7 +192,7 @@ def test_library_server_answers_health_and_metrics_when_asked():
             await ws.close()
             # Other paths still reach the application's handler (here: none, 404).
             assert (await loop.run_in_executor(None, get, "/other"))[0] == 404
-            helper._accepting = False  # what shutdown does first
+            helper.stop_accepting()  # what shutdown does first
             status, raw = await loop.run_in_executor(None, get, "/health")
             assert (status, orjson.loads(raw)) == (503, {"status": "degraded", "accepting": False})
         finally:

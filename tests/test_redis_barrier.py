@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 import pytest
-from redis_support import FreezingProxy, RedisServer, broker_of, node, raw_redis, settle
+from redis_support import FreezingProxy, RedisServer, node, raw_redis, settle
 from roomcast import RedisHelper, WebSocketEmitter, WebSocketServerHelper
 from roomcast.cli import build_helper, build_parser, config_from_args
 from support import authed, eventually, open_client, recv, run, send
@@ -43,7 +43,7 @@ def echo_handler(holder: dict[str, Any]):
         if event == "echo":
             client = helper.get_clients(client_id)
             channels = [f"ws:room:{room}" for room in client.rooms]
-            confirmed = broker_of(helper).confirmation(channels) is None
+            confirmed = helper.channels_live(channels)
             helper.send_to_client(client_id, "echo", {"data": data, "confirmed": confirmed})
         elif event == "join-plain":
             helper.join_room(client_id, data)
@@ -187,9 +187,9 @@ def test_a_join_waits_for_a_slow_subscribe_and_holds_only_that_client(redis_serv
             await send(slow, {"event": "join", "data": {"rooms": ["slow-room"]}})
             await send(slow, {"event": "echo", "data": "next"})
             # Another client is served meanwhile, while the SUBSCRIBE is still on its way...
-            assert broker_of(b.helper).confirmation(["ws:room:slow-room"]) is not None
+            assert not b.helper.channels_live(["ws:room:slow-room"])
             assert await echo(other, "meanwhile") == {"data": "meanwhile", "confirmed": True}
-            assert broker_of(b.helper).confirmation(["ws:room:slow-room"]) is not None
+            assert not b.helper.channels_live(["ws:room:slow-room"])
             # ... and the joining client's next message is handled only after Redis answered.
             assert await recv(slow, timeout=5) == {
                 "event": "echo",
@@ -409,7 +409,7 @@ def test_a_client_flooding_behind_a_barrier_is_paused_and_served_in_order(redis_
             for i in range(1000):
                 reply = await recv(flood)
                 assert reply == {"event": "echo", "data": {"data": i, "confirmed": True}}
-            assert not b.helper._held
+            assert not b.helper.held_clients
             await flood.close()
             await other.close()
         finally:

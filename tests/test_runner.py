@@ -87,7 +87,7 @@ def test_a_start_up_error_propagates_after_the_helper_was_shut_down():
                 await h.run("127.0.0.1", port, shutdown_trigger=trigger())
 
         run(body())  # filterwarnings=error: an un-awaited trigger would fail here
-    assert h._shut_down
+    assert h.shut_down
 
 
 def test_invalid_default_rooms_are_refused_at_construction():

@@ -190,7 +190,8 @@ def test_raising_validate_room_fn_joins_nothing():
             ws, data = await authed(node.url)
             await send(ws, {"event": "join", "data": {"rooms": ["lobby"]}})
             await send(ws, {"event": "heartbeat"})
-            await asyncio.sleep(0.1)
+            # Handled in order: once the heartbeat is counted, the join has been acted on.
+            await eventually(lambda: node.helper.counters.received["heartbeat"] == 1)
             assert "lobby" not in node.helper.get_clients(data["id"]).rooms
             await ws.close()
 
@@ -350,8 +351,8 @@ def test_custom_events_go_to_message_handler_and_server_events_are_dropped():
             for event in ("connected", "error", "disconnect", "heartbeat"):
                 await send(ws, {"event": event, "data": {}})
             await send(ws, {"event": "chat", "data": 2})
+            # The second chat was sent last: once it is seen, every earlier event was handled.
             await eventually(lambda: len(seen) == 2)
-            await asyncio.sleep(0.1)
             assert seen == [
                 (data["id"], "eve", {"event": "chat", "data": {"t": 1}, "id": "m1"}),
                 (data["id"], "eve", {"event": "chat", "data": 2}),
@@ -425,7 +426,7 @@ def test_client_disconnected_fn_runs_only_for_clients_that_got_connected():
             await closed_with(refused)
             await ok.close()
             await eventually(lambda: len(calls) == 1)
-            await asyncio.sleep(0.1)
+            await eventually(lambda: not node.helper.get_clients())  # every disconnect handled
             assert calls == [data["id"]]
 
     run(body())

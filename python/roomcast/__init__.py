@@ -2,10 +2,16 @@
 
 from typing import TYPE_CHECKING, Any
 
-from .app import Application, ApplicationError, Binding
 from .broker import Broker, BrokerUnavailable, create_broker
 from .broker.memory import MemoryBroker
-from .component import LazyWebSocket, WebSocketBindingKeys, WebSocketComponent
+from .compat import (
+    Application,
+    ApplicationError,
+    Binding,
+    LazyWebSocket,
+    WebSocketBindingKeys,
+    WebSocketComponent,
+)
 from .connection import Client
 from .constants import (
     CloseCode,

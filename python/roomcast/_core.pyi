@@ -6,7 +6,19 @@ with a dead handle is a no-op (or returns an empty/False result).
 """
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Self, final
+
+__all__ = [
+    "EXPIRED_AUTH",
+    "EXPIRED_HEARTBEAT",
+    "EXPIRED_IDLE",
+    "INTEREST_CLIENT",
+    "INTEREST_ROOM",
+    "INTEREST_USER",
+    "Hub",
+    "frame_text",
+    "seal_messages",
+]
 
 # Reasons returned by Hub.sweep().
 EXPIRED_AUTH: int  # auth deadline passed (initial or in-progress) -> close 4001
@@ -29,6 +41,7 @@ def seal_messages(keys: bytes, ivs: bytes, plaintext: bytes) -> list[bytes]:
     Runs with the GIL released; raises ValueError when the counts do not match.
     """
 
+@final
 class Hub:
     """Connection registry, room and user indices, fan-out and deadlines.
 
@@ -40,8 +53,8 @@ class Hub:
     after a ``drain_interest()``; pass something that schedules the drain.
     """
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         schedule: Callable[[Callable[[], None]], Any],
         *,
         backpressure_limit: int = 1048576,
@@ -51,7 +64,7 @@ class Hub:
         send_pings: bool = False,
         on_overflow: Callable[[Any], Any] | None = None,
         on_interest: Callable[[], Any] | None = None,
-    ) -> None: ...
+    ) -> Self: ...
     # -- registry ----------------------------------------------------------------
     def add(self, client_id: str, write: Callable[[bytes], Any], owner: Any) -> int: ...
     def remove(self, handle: int) -> None: ...

@@ -2,23 +2,26 @@
 
 picows hands us frames, not messages: this module joins continuation frames, checks their
 order, enforces the whole-message size limit and UTF-8, and turns each complete message into
-one call on the server. A `WSFrame` is only valid inside `on_ws_frame`; nothing here keeps it.
-The `Client` object is also the record the public API returns (`get_clients()` and friends).
+one call on the helper (through its `Links`). A `WSFrame` is only valid inside `on_ws_frame`;
+nothing here keeps it. The `Client` object is also the session (`roomcast.session`) and the
+record the public API returns (`get_clients()` and friends).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
-from .constants import CloseCode, WebSocketClientStates
+from . import _core
+from .constants import CloseCode
 from .log import client_extra, fault
-
-if TYPE_CHECKING:
-    from .server import WebSocketServerHelper
+from .metrics import Counters
+from .session import SESSION_SLOTS, SessionMachine
 
 logger = logging.getLogger("roomcast")
 
@@ -32,88 +35,111 @@ _PONG = WSMsgType.PONG
 CLOSE_GRACE = 2.0
 
 
-class Client(WSListener):
-    """One connection: its protocol state, and the record applications read."""
+class Links:
+    """What every `Client` of one helper reaches: the hub, the counters and the helper's
+    connection events, handed over explicitly (one object per helper, so a connection
+    costs one reference). `loop` is set once the helper is configured."""
 
     __slots__ = (
-        "_closing",
+        "counters",
+        "hub",
+        "loop",
+        "max_payload_length",
+        "on_connect",
+        "on_disconnect",
+        "on_message",
+        "on_pause_writing",
+    )
+
+    def __init__(
+        self,
+        hub: _core.Hub,
+        counters: Counters,
+        max_payload_length: int,
+        on_connect: Callable[[Client, WSTransport], None],
+        on_message: Callable[[Client, Any, bool], None],
+        on_disconnect: Callable[[Client], None],
+        on_pause_writing: Callable[[Client], None],
+    ) -> None:
+        self.hub = hub
+        self.counters = counters
+        self.max_payload_length = max_payload_length
+        self.on_connect = on_connect
+        self.on_message = on_message
+        self.on_disconnect = on_disconnect
+        self.on_pause_writing = on_pause_writing
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+
+class Client(WSListener, SessionMachine):
+    """One connection: its session (state, user, keys), its socket, and the record
+    applications read. Rooms, activity and backpressure are the hub's, read through it."""
+
+    __slots__ = (
+        *SESSION_SLOTS,
         "_disconnect_timer",
         "_fragments",
         "_fragments_size",
         "_fragments_text",
-        "_server",
+        "_links",
         "connected_at",
-        "encrypted",
         "handle",
-        "id",
-        "metadata",
-        "salt",
-        "server_public_key",
-        "state",
         "transport",
-        "user_id",
     )
 
-    def __init__(self, server: WebSocketServerHelper, client_id: str) -> None:
-        self._server = server
-        self.id = client_id
-        self.user_id: str | None = None
-        self.state = WebSocketClientStates.UNAUTHORIZED
-        self.metadata: dict[str, Any] | None = None
-        self.encrypted = False
-        self.server_public_key: str | None = None
-        self.salt: str | None = None
+    def __init__(self, links: Links, client_id: str) -> None:
+        self._links = links
+        self.start_session(client_id)
         self.connected_at = time.time()
         self.handle = -1
         self.transport: WSTransport | None = None
         self._fragments: list[bytes] | None = None
         self._fragments_size = 0
         self._fragments_text = False
-        self._closing = False
-        self._disconnect_timer: Any = None
+        self._disconnect_timer: asyncio.TimerHandle | None = None
 
     # -- the record ----------------------------------------------------------------------
 
     @property
     def rooms(self) -> set[str]:
-        return set(self._server._hub.rooms_of(self.handle))
+        return set(self._links.hub.rooms_of(self.handle))
 
     @property
     def backpressured(self) -> bool:
-        return self._server._hub.is_backpressured(self.handle)
+        return self._links.hub.is_backpressured(self.handle)
 
     @property
     def last_activity(self) -> float:
         """Unix time of the last frame received (or of the successful authentication)."""
-        return self._server._hub.last_activity(self.handle)
+        return self._links.hub.last_activity(self.handle)
 
     def __repr__(self) -> str:
-        return f"Client(id={self.id!r}, user_id={self.user_id!r}, state={self.state!r})"
+        return f"Client(id={self.id!r}, user_id={self.user_id!r}, state={self.state.value!r})"
 
     # -- picows callbacks ------------------------------------------------------------------
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
-        self._server._on_connect(self, transport)
+        self._links.on_connect(self, transport)
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         msg_type = frame.msg_type
         if self._fragments is None and frame.fin and (msg_type is _TEXT or msg_type is _BINARY):
             # The common case: a whole message in one frame.
-            if self._closing:
+            if self.closing:
                 return
-            if frame.payload_size > self._server._max_payload_length:
+            if frame.payload_size > self._links.max_payload_length:
                 # picows already answered 1009 when the route's limit is the listener's, but it
                 # still hands over a frame whose bytes had arrived: never read it.
                 self._too_big(frame.payload_size)
                 return
-            self._server._on_message(self, frame.get_payload_as_memoryview(), msg_type is _TEXT)
+            self._links.on_message(self, frame.get_payload_as_memoryview(), msg_type is _TEXT)
             return
         if msg_type is _CLOSE:
             self._on_close_frame(transport, frame)
         elif msg_type is _PONG:
-            self._server._hub.touch_recv(self.handle)
-        elif self._closing:
+            self._links.hub.touch_recv(self.handle)
+        elif self.closing:
             return  # nothing a closing client sends reaches the application
         elif msg_type is _TEXT or msg_type is _BINARY or msg_type is _CONTINUATION:
             self._on_fragment(frame, msg_type)
@@ -122,13 +148,13 @@ class Client(WSListener):
         if self._disconnect_timer is not None:
             self._disconnect_timer.cancel()
             self._disconnect_timer = None
-        self._server._on_disconnect(self)
+        self._links.on_disconnect(self)
 
     def pause_writing(self) -> None:
-        self._server._on_pause_writing(self)
+        self._links.on_pause_writing(self)
 
     def resume_writing(self) -> None:
-        self._server._hub.set_backpressured(self.handle, False)
+        self._links.hub.set_backpressured(self.handle, False)
 
     # -- framing details -------------------------------------------------------------------
 
@@ -145,7 +171,7 @@ class Client(WSListener):
             self._fragments_size = 0
             self._fragments_text = msg_type is _TEXT
         self._fragments_size += frame.payload_size
-        if self._fragments_size > self._server._max_payload_length:
+        if self._fragments_size > self._links.max_payload_length:
             self._fragments = None
             self._too_big(self._fragments_size)
             return
@@ -153,8 +179,8 @@ class Client(WSListener):
         if frame.fin:
             payload = b"".join(self._fragments)
             self._fragments = None
-            if not self._closing:
-                self._server._on_message(self, payload, self._fragments_text)
+            if not self.closing:
+                self._links.on_message(self, payload, self._fragments_text)
 
     def _on_close_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         if not transport.is_close_frame_sent:
@@ -174,27 +200,24 @@ class Client(WSListener):
             "closing %s: message of %d bytes or more over max_payload_length %d",
             self.id,
             size,
-            self._server._max_payload_length,
+            self._links.max_payload_length,
             extra=client_extra(self),
         )
         self.close(WSCloseCode.MESSAGE_TOO_BIG.value, CloseCode.REASONS[CloseCode.MESSAGE_TOO_BIG])
 
     # -- closing ---------------------------------------------------------------------------
 
-    @property
-    def closing(self) -> bool:
-        """True once the server has sent (or is sending) a close frame."""
-        return self._closing
-
     def close(self, code: int, reason: str, *, abort: bool = False) -> None:
         """Send a close frame after everything already queued, then drop the connection when
-        the client answers or after CLOSE_GRACE seconds; `abort` drops it at once. Idempotent."""
+        the client answers or after CLOSE_GRACE seconds; `abort` drops it at once. Idempotent.
+        `closing` is True from then on."""
         transport = self.transport
-        if self._closing or transport is None:
+        if self.closing or transport is None:
             return
-        self._closing = True
-        self._server.counters.close(code)
-        self._server._hub.flush_one(self.handle)
+        self.closing = True
+        links = self._links
+        links.counters.close(code)
+        links.hub.flush_one(self.handle)
         try:
             transport.send_close(code, reason.encode())  # type: ignore[arg-type]
         except Exception:  # the transport is already gone
@@ -202,7 +225,7 @@ class Client(WSListener):
         if abort:
             self._force_disconnect()
             return
-        loop = self._server._loop
+        loop = links.loop
         if loop is not None:
             self._disconnect_timer = loop.call_later(CLOSE_GRACE, self._force_disconnect)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import enum
+
 
 class WebSocketEvents:
     AUTHENTICATE = "authenticate"
@@ -93,11 +95,22 @@ class WebSocketMessageTypes:
         return value in cls.SCHEME_SET
 
 
-class WebSocketClientStates:
+class ClientState(enum.StrEnum):
+    """Where a connection is (`roomcast.session`); equal to the original's strings."""
+
     UNAUTHORIZED = "unauthorized"
     AUTHENTICATING = "authenticating"
     AUTHENTICATED = "authenticated"
     DISCONNECTED = "disconnected"
+
+
+class WebSocketClientStates:
+    # The members themselves: `client.state is WebSocketClientStates.AUTHENTICATED` holds,
+    # and each equals its string.
+    UNAUTHORIZED = ClientState.UNAUTHORIZED
+    AUTHENTICATING = ClientState.AUTHENTICATING
+    AUTHENTICATED = ClientState.AUTHENTICATED
+    DISCONNECTED = ClientState.DISCONNECTED
 
     SCHEME_SET = frozenset({UNAUTHORIZED, AUTHENTICATING, AUTHENTICATED, DISCONNECTED})
 

@@ -237,6 +237,11 @@ class EcdhClient:
         self._cipher: AESGCM | None = None
 
     @property
+    def private_key(self) -> ec.EllipticCurvePrivateKey:
+        """This client's ECDH key (another client may reuse it: one derivation each)."""
+        return self._private_key
+
+    @property
     def ready(self) -> bool:
         """True once `complete` derived the session key."""
         return self._cipher is not None

@@ -6,21 +6,17 @@ helper and hands every other request to the application's handler.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from .http import HttpHandler, HttpRequest, HttpResponse
 from .metrics import Exporter
-
-if TYPE_CHECKING:
-    from .server import WebSocketServerHelper
+from .ports import Node
 
 HEALTH_PATH = "/health"
 METRICS_PATH = "/metrics"
 
 
-def health_response(helper: WebSocketServerHelper) -> HttpResponse:
+def health_response(helper: Node) -> HttpResponse:
     """200 `{"status":"ok"}`, or 503 with what is wrong (e.g. the broker reconnecting)."""
     ok, body = helper.health()
     return HttpResponse.json(body, 200 if ok else 503)
@@ -35,7 +31,7 @@ class Endpoints:
 
     def __init__(
         self,
-        helper: WebSocketServerHelper,
+        helper: Node,
         fallback: HttpHandler | None = None,
         *,
         health: bool = True,

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from functools import partial
 from http import HTTPStatus
 from ssl import SSLContext
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from picows import (
     WSAutoPingStrategy,
@@ -21,14 +21,12 @@ from picows import (
     WSUpgradeResponse,
     WSUpgradeResponseWithListener,
 )
-from picows.picows import WSProtocol
+from picows.picows import WSProtocol  # type: ignore[attr-defined]
 
 from .constants import LISTEN_BACKLOG, ErrorMessages
 from .log import PicowsLog, fault
+from .ports import Route
 from .upgrade import FirstBytesGuard, is_handshake, refusal
-
-if TYPE_CHECKING:
-    from .server import WebSocketServerHelper
 
 logger = logging.getLogger("roomcast")
 
@@ -117,27 +115,27 @@ class WebServer:
         self.http_handler = http_handler or not_found
         self.ssl = ssl  # wss:// and https:// when set
         self.reuse_port = reuse_port  # SO_REUSEPORT: worker processes share one port
-        self._routes: dict[str, WebSocketServerHelper] = {}
+        self._routes: dict[str, Route] = {}
         self._server: asyncio.Server | None = None
         self._max_frame_size = DEFAULT_MAX_FRAME_SIZE
         self._handshake_timeout = DEFAULT_HANDSHAKE_TIMEOUT
         self._picows_logger = logging.getLogger("roomcast.picows")
 
-    def route(self, helper: WebSocketServerHelper) -> None:
+    def route(self, helper: Route) -> None:
         """Send upgrade requests for `helper.get_path()` to `helper`; connections accepted
         from now on read frames up to the largest `max_payload_length` of the routes (before
         or after `start()`)."""
         self._routes[helper.get_path()] = helper
         helpers = self._routes.values()
-        self._max_frame_size = max(h._max_payload_length for h in helpers)
-        self._handshake_timeout = min(h._handshake_timeout for h in helpers)
+        self._max_frame_size = max(int(h.server_options["max_payload_length"]) for h in helpers)
+        self._handshake_timeout = min(float(h.server_options["handshake_timeout"]) for h in helpers)
 
     @property
     def bound_port(self) -> int:
         """The port actually bound (useful with port 0)."""
         if self._server is None or not self._server.sockets:
             return self.port
-        return self._server.sockets[0].getsockname()[1]
+        return int(self._server.sockets[0].getsockname()[1])
 
     async def start(self) -> None:
         backlog = max(

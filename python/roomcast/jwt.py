@@ -17,7 +17,7 @@ import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import jwt
 from cryptography import x509
@@ -92,7 +92,7 @@ def load_public_key(pem: str | bytes) -> PublicKey:
         except (ValueError, TypeError) as exc:
             raise ValueError(f"not a PEM public key: {exc}") from None
     algorithms_for_key(key)
-    return key
+    return cast(PublicKey, key)
 
 
 def load_private_key(pem: str | bytes) -> PrivateKey:
@@ -103,7 +103,7 @@ def load_private_key(pem: str | bytes) -> PrivateKey:
     except (ValueError, TypeError) as exc:
         raise ValueError(f"not an unencrypted PEM private key: {exc}") from None
     algorithms_for_key(key)
-    return key
+    return cast(PrivateKey, key)
 
 
 def _b64decode(segment: str) -> bytes:

@@ -21,53 +21,24 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from .server import WebSocketServerHelper
+from .broker.protocol import BROKER_STATES
+from .counters import AUTH_OUTCOMES, RECEIVED_KINDS, Counters
+from .ports import Node
+
+__all__ = ["AUTH_OUTCOMES", "RECEIVED_KINDS", "Counters", "Exporter", "samples"]
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
-AUTH_OUTCOMES = ("ok", "failed", "error", "timeout")
-# Kinds of received messages; the label set is bounded whatever clients send.
-RECEIVED_KINDS = ("heartbeat", "authenticate", "join", "leave", "encrypted", "custom", "invalid")
-_KIND_OF_EVENT = {kind: kind for kind in RECEIVED_KINDS[:5]}
-# Server-to-client event names a client may not send: dropped, counted as invalid.
-for _name in ("connected", "error", "disconnect"):
-    _KIND_OF_EVENT[_name] = "invalid"
-
-BROKER_STATES = ("connected", "connecting", "reconnecting", "closed")
 
 LAG_INTERVAL = 0.25
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 MIRROR_INTERVAL = 1.0
-
-
-class Counters:
-    """Counters of the protocol path: plain ints, bumped without locks or label lookups."""
-
-    __slots__ = ("auth", "closes", "connects", "received")
-
-    def __init__(self) -> None:
-        self.connects = 0
-        self.auth = dict.fromkeys(AUTH_OUTCOMES, 0)
-        self.received = dict.fromkeys(RECEIVED_KINDS, 0)
-        self.closes: dict[int, int] = {}
-
-    def close(self, code: int) -> None:
-        """The server sent a close frame with `code`."""
-        self.closes[code] = self.closes.get(code, 0) + 1
-
-    def count_received(self, event: Any) -> None:
-        """One decoded message whose `event` field is `event`."""
-        if type(event) is str and event:
-            self.received[_KIND_OF_EVENT.get(event, "custom")] += 1
-        else:
-            self.received["invalid"] += 1
 
 
 class Sample(NamedTuple):
@@ -109,7 +80,7 @@ _BROKER_METRICS = {
 }
 
 
-def samples(helper: WebSocketServerHelper) -> list[Sample]:
+def samples(helper: Node) -> list[Sample]:
     """Every figure of one helper, read now (O(1) in the number of connections)."""
     stats = helper.stats()
     counters = helper.counters
@@ -194,7 +165,7 @@ def samples(helper: WebSocketServerHelper) -> list[Sample]:
             "gauge",
             "Connections with an encrypted session.",
             (),
-            [((), helper._encrypted)],
+            [((), helper.encrypted_connections)],
         ),
         Sample("roomcast_rooms", "gauge", "Rooms with members.", (), [((), stats["rooms"])]),
         Sample(
@@ -229,7 +200,7 @@ def samples(helper: WebSocketServerHelper) -> list[Sample]:
             [((), stats.get("broker_connected", 1))],
         ),
     ]
-    state = helper._broker.state
+    state = helper.broker_state
     out.append(
         Sample(
             "roomcast_broker_state",
@@ -294,7 +265,7 @@ class LagMonitor:
 class RoomcastCollector(Collector):
     """A helper's samples as metric families, read at each scrape."""
 
-    def __init__(self, helper: WebSocketServerHelper) -> None:
+    def __init__(self, helper: Node) -> None:
         self._helper = helper
 
     def collect(self) -> Iterator[Metric]:
@@ -313,7 +284,7 @@ class Exporter:
     """Renders /metrics for one helper: its own figures, or with `PROMETHEUS_MULTIPROC_DIR`
     set (worker processes), the sum over every worker. `start()`/`stop()` in the loop."""
 
-    def __init__(self, helper: WebSocketServerHelper) -> None:
+    def __init__(self, helper: Node) -> None:
         self._helper = helper
         self._registry = CollectorRegistry()
         self._directory = os.environ.get(MULTIPROC_ENV)
@@ -322,7 +293,7 @@ class Exporter:
         if self._directory:
             from prometheus_client.multiprocess import MultiProcessCollector
 
-            MultiProcessCollector(self._registry, self._directory)
+            MultiProcessCollector(self._registry, self._directory)  # type: ignore[no-untyped-call]
             self._mirror = _Mirror(helper)
             # Multiprocess values: observations go to this worker's files.
             self._lag = LagMonitor(lag_histogram(), self._alive)
@@ -331,7 +302,7 @@ class Exporter:
             self._lag = LagMonitor(lag_histogram(self._registry), self._alive)
 
     def _alive(self) -> bool:
-        return not self._helper._shut_down
+        return not self._helper.shut_down
 
     @property
     def multiprocess(self) -> bool:
@@ -370,7 +341,7 @@ class _Mirror:
     """Copies a helper's samples into prometheus_client's multiprocess values (this
     process's files): counters by their increase since the last copy, gauges as they are."""
 
-    def __init__(self, helper: WebSocketServerHelper) -> None:
+    def __init__(self, helper: Node) -> None:
         self._helper = helper
         self._metrics: dict[str, Counter | Gauge] = {}
         self._seen: dict[tuple[str, tuple[str, ...]], float] = {}
@@ -409,7 +380,7 @@ class _Mirror:
                     key = (sample.name, labels)
                     increase = value - seen.get(key, 0.0)
                     if increase > 0:
-                        child.inc(increase)  # type: ignore[union-attr]
+                        child.inc(increase)
                         seen[key] = value
                 else:
                     child.set(value)  # type: ignore[union-attr]

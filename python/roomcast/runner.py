@@ -12,16 +12,34 @@ import inspect
 import logging
 import signal
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from ssl import SSLContext
+from typing import Any, Protocol
 
 from .http import HttpHandler, WebServer
-
-if TYPE_CHECKING:
-    from .server import WebSocketServerHelper
 
 logger = logging.getLogger("roomcast")
 
 SHUTDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Servable(Protocol):
+    """What `run` drives (a `WebSocketServerHelper`)."""
+
+    identifier: str
+
+    def get_path(self) -> str: ...
+    async def serve(
+        self,
+        host: str = ...,
+        port: int = ...,
+        http_handler: HttpHandler | None = None,
+        *,
+        ssl: SSLContext | None = None,
+        health: bool = False,
+        metrics: bool = False,
+        reuse_port: bool = False,
+    ) -> WebServer: ...
+    async def shutdown(self) -> None: ...
 
 
 async def until_signalled(signals: tuple[signal.Signals, ...] = SHUTDOWN_SIGNALS) -> None:
@@ -47,7 +65,7 @@ async def until_signalled(signals: tuple[signal.Signals, ...] = SHUTDOWN_SIGNALS
 
 
 async def run(
-    helper: WebSocketServerHelper,
+    helper: Servable,
     host: str = "127.0.0.1",
     port: int = 8080,
     http_handler: HttpHandler | None = None,

@@ -49,7 +49,7 @@ def cpu_count() -> int:
 def restart_delay(quick_deaths: int) -> float:
     """Seconds before restarting a worker after `quick_deaths` deaths in a row, each within
     STABLE_AFTER of its start (0 for the first): 0.5, 1, 2, 4, ... up to RESTART_MAX_DELAY."""
-    return min(RESTART_MAX_DELAY, RESTART_MIN_DELAY * 2 ** min(quick_deaths, 16))
+    return float(min(RESTART_MAX_DELAY, RESTART_MIN_DELAY * 2 ** min(quick_deaths, 16)))
 
 
 def worker_parent() -> int | None:
@@ -122,8 +122,13 @@ class Supervisor:
         slots = [asyncio.ensure_future(self._slot(i)) for i in range(self.count)]
         all_ready = asyncio.ensure_future(asyncio.gather(*(e.wait() for e in self._ready)))
         try:
+            waiting: list[asyncio.Future[Any]] = [
+                all_ready,
+                self._failed,
+                asyncio.ensure_future(self._stopping.wait()),
+            ]
             done, _ = await asyncio.wait(
-                [all_ready, self._failed, asyncio.ensure_future(self._stopping.wait())],
+                waiting,
                 return_when=asyncio.FIRST_COMPLETED,
             )
             if self._failed.done():
@@ -185,7 +190,7 @@ class Supervisor:
             if directory:
                 from prometheus_client.multiprocess import mark_process_dead
 
-                mark_process_dead(proc.pid, directory)
+                mark_process_dead(proc.pid, directory)  # type: ignore[no-untyped-call]
             if self._stopping.is_set():
                 self.out(f"roomcast: worker {index} (pid {proc.pid}) stopped ({code})")
                 return
@@ -261,6 +266,6 @@ def _serve_metrics(host: str, port: int, directory: str) -> Any:
     from prometheus_client.multiprocess import MultiProcessCollector
 
     registry = CollectorRegistry()
-    MultiProcessCollector(registry, directory)
+    MultiProcessCollector(registry, directory)  # type: ignore[no-untyped-call]
     server, _ = start_http_server(port, host, registry)
     return server

@@ -1,0 +1,159 @@
+"""What every part of the helper shares: its state (declared here, set up by
+`WebSocketServerHelper.__init__`), tasks, callbacks and error events.
+
+The helper is one object built from role mixins (`auth.Authentication`, `rooms.Rooms`,
+`delivery.Delivery`) over this base, so a public call or an inbound message costs no more
+Python calls than it did as one class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from . import _core
+from .barrier import JoinBarrier
+from .connection import Client, Links
+from .constants import ErrorMessages, WebSocketEvents
+from .counters import Counters
+from .protocol import error_payload
+from .scheme import EncryptionScheme
+from .sealing import Sealer
+
+logger = logging.getLogger("roomcast")
+
+Callback = Callable[..., Any]
+
+# Error events in clear, by message (see `_send_error` for who gets them sealed).
+_ERRORS = {
+    message: error_payload(message)
+    for message in (
+        ErrorMessages.INVALID_FORMAT,
+        ErrorMessages.ALREADY_AUTHENTICATED,
+        ErrorMessages.NOT_AUTHENTICATED,
+        ErrorMessages.AUTH_FAILED,
+        ErrorMessages.AUTH_ERROR,
+        ErrorMessages.HANDSHAKE_FAILED,
+        ErrorMessages.DECRYPTION_FAILED,
+    )
+}
+
+
+class HelperBase:
+    """State and plumbing shared by the helper's parts."""
+
+    identifier: str
+    server_id: str
+    default_rooms: list[str]
+    auth_timeout: float
+    heartbeat_interval: float
+    heartbeat_timeout: float
+    require_encryption: bool
+    subscribe_timeout: float
+    server_options: dict[str, Any]
+    counters: Counters
+
+    authenticate_fn: Callback
+    validate_room_fn: Callback | None
+    client_connected_fn: Callback | None
+    client_disconnected_fn: Callback | None
+    message_handler: Callback | None
+    handshake_fn: Callback | None
+    encryption: EncryptionScheme | None
+
+    _broker: Any
+    _hub: _core.Hub
+    _links: Links
+    _loop: asyncio.AbstractEventLoop | None
+    # Python's own index of connections: the hub maps ids to handles internally but cannot
+    # hand back the `Client` of an id.
+    _clients: dict[str, Client]
+    # How many clients are encrypted: a plaintext-only node skips the hub's encrypted look-up.
+    _encrypted: int
+    _sealer: Sealer
+    _barrier: JoinBarrier
+    _held: dict[str, list[Any]]  # the barrier's, read on every inbound message
+    _tasks: set[asyncio.Future[Any]]
+
+    # -- settings read by several parts ----------------------------------------------------
+
+    @property
+    def outbound_transformer(self) -> Callback | None:
+        """What encrypted clients get of each message (see the README)."""
+        return self._sealer.transformer
+
+    @outbound_transformer.setter
+    def outbound_transformer(self, transformer: Callback | None) -> None:
+        self._sealer.transformer = transformer
+
+    @property
+    def encrypted_batch_limit(self) -> int:
+        return self._sealer.batch_limit
+
+    @encrypted_batch_limit.setter
+    def encrypted_batch_limit(self, limit: int) -> None:
+        self._sealer.batch_limit = int(limit)
+
+    # -- implemented by the parts (declared for the others) ----------------------------------
+
+    def _on_join(self, client: Client, data: Any) -> None:
+        raise NotImplementedError  # rooms.Rooms
+
+    def _on_leave(self, client: Client, data: Any) -> None:
+        raise NotImplementedError  # rooms.Rooms
+
+    async def _authenticate(self, client: Client, data: dict[str, Any]) -> None:
+        raise NotImplementedError  # auth.Authentication
+
+    def _forget_keys(self, client: Client) -> None:
+        raise NotImplementedError  # auth.Authentication
+
+    # -- errors ------------------------------------------------------------------------------
+
+    def _send_error(self, client: Client, message: str) -> None:
+        """An error event: sealed like any other message once the client holds its key (it
+        got `connected`), in clear before that (during authentication or the handshake)."""
+        if client.seals_errors():
+            self._sealer.deliver([client], WebSocketEvents.ERROR, {"message": message})
+            return
+        payload = _ERRORS.get(message)
+        self._hub.send(client.handle, payload if payload is not None else error_payload(message))
+
+    # -- tasks and callbacks -------------------------------------------------------------------
+
+    def _schedule(self, callback: Callable[[], None]) -> None:
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        loop.call_soon(callback)
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        assert self._loop is not None
+        task = asyncio.ensure_future(coro, loop=self._loop)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Future[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("background task failed", exc_info=task.exception())
+
+    def _invoke(self, name: str, fn: Callback, **kwargs: Any) -> None:
+        """Call an application callback; log (never raise) what it raises, sync or async."""
+        try:
+            result = fn(**kwargs)
+        except Exception:
+            logger.exception("%s raised", name)
+            return
+        if inspect.isawaitable(result):
+            self._spawn(_guard(name, result))
+
+
+async def _guard(name: str, awaitable: Awaitable[Any]) -> None:
+    try:
+        await awaitable
+    except Exception:
+        logger.exception("%s raised", name)

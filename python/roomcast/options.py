@@ -1,0 +1,58 @@
+"""The helper's `server_options`: defaults, the original's camelCase aliases, validation."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .constants import LISTEN_BACKLOG, WebSocketDefaults
+
+# server_options keys and their defaults.
+OPTION_DEFAULTS: dict[str, Any] = {
+    "max_payload_length": WebSocketDefaults.MAX_PAYLOAD_LENGTH,
+    "idle_timeout": WebSocketDefaults.IDLE_TIMEOUT,
+    "backpressure_limit": WebSocketDefaults.BACKPRESSURE_LIMIT,
+    "close_on_backpressure_limit": False,
+    "send_pings": WebSocketDefaults.SEND_PINGS,
+    "max_connections": None,
+    "publish_to_self": WebSocketDefaults.PUBLISH_TO_SELF,
+    "per_message_deflate": False,
+    # Seconds a new connection has to complete its upgrade request.
+    "handshake_timeout": 5.0,
+    "backlog": LISTEN_BACKLOG,
+}
+# The original's camelCase names, accepted as aliases (`backlog` has none: it is ours).
+OPTION_ALIASES = {
+    "maxPayloadLength": "max_payload_length",
+    "idleTimeout": "idle_timeout",
+    "backpressureLimit": "backpressure_limit",
+    "closeOnBackpressureLimit": "close_on_backpressure_limit",
+    "sendPings": "send_pings",
+    "maxConnections": "max_connections",
+    "publishToSelf": "publish_to_self",
+    "perMessageDeflate": "per_message_deflate",
+    "handshakeTimeout": "handshake_timeout",
+}
+
+
+def resolve_server_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Defaults merged with `options`; unknown keys are an error, not a silent no-op."""
+    resolved = dict(OPTION_DEFAULTS)
+    for key, value in (options or {}).items():
+        name = OPTION_ALIASES.get(key, key)
+        if name not in resolved:
+            raise ValueError(f"unknown server option: {key}")
+        resolved[name] = value
+    if resolved["per_message_deflate"]:
+        raise ValueError("unsupported server option: per_message_deflate")
+    if int(resolved["max_payload_length"]) <= 0:
+        raise ValueError(f"max_payload_length must be positive: {resolved['max_payload_length']}")
+    if int(resolved["backpressure_limit"]) <= 0:
+        raise ValueError(f"backpressure_limit must be positive: {resolved['backpressure_limit']}")
+    if float(resolved["handshake_timeout"]) <= 0:
+        raise ValueError(f"handshake_timeout must be positive: {resolved['handshake_timeout']}")
+    if int(resolved["backlog"]) <= 0:
+        raise ValueError(f"backlog must be positive: {resolved['backlog']}")
+    if float(resolved["idle_timeout"]) < 0:
+        raise ValueError(f"idle_timeout must not be negative: {resolved['idle_timeout']}")
+    return resolved

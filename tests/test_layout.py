@@ -1,0 +1,89 @@
+"""The package's layout rules: no import cycle (imports under TYPE_CHECKING and inside
+functions count too) and no module over 500 lines."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent / "python" / "roomcast"
+MAX_LINES = 500
+
+
+def modules() -> dict[str, tuple[Path, bool]]:
+    found = {}
+    for path in ROOT.rglob("*.py"):
+        parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
+        package = parts[-1] == "__init__"
+        if package:
+            parts.pop()
+        found[".".join(parts)] = (path, package)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    mods = modules()
+    graph: dict[str, set[str]] = {name: set() for name in mods}
+    for name, (path, package) in mods.items():
+        here = name.split(".") if package else name.split(".")[:-1]
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets: list[str] = []
+            if isinstance(node, ast.ImportFrom):
+                base = here[: len(here) - node.level + 1] if node.level else []
+                module = ".".join(base + ([node.module] if node.module else []))
+                for alias in node.names:
+                    sub = f"{module}.{alias.name}"
+                    # `from . import _core`: the extension module (a stub), not the package.
+                    native = ROOT.parent.joinpath(*sub.split(".")).with_suffix(".pyi").exists()
+                    targets.append(sub if sub in mods or native else module)
+            elif isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            graph[name].update(t for t in targets if t in mods and t != name)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for other in graph[node]:
+            if other not in index:
+                visit(other)
+                low[node] = min(low[node], low[other])
+            elif other in stack:
+                low[node] = min(low[node], index[other])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                other = stack.pop()
+                component.append(other)
+                if other == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in graph:
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_no_import_cycle():
+    graph = import_graph()
+    assert graph["roomcast.server"] >= {"roomcast.inbound", "roomcast.delivery"}
+    assert cycles(graph) == []
+
+
+def test_no_module_over_500_lines():
+    long = {name: len(path.read_text().splitlines()) for name, (path, _) in modules().items()}
+    assert {name: n for name, n in long.items() if n > MAX_LINES} == {}
