@@ -83,10 +83,14 @@ def original_dir() -> Path | None:
 
 @contextmanager
 def server(
-    kind: str, heartbeat_timeout: float = 90.0, *extra: str, redis_url: str | None = None
+    kind: str,
+    heartbeat_timeout: float = 90.0,
+    *extra: str,
+    redis_url: str | None = None,
+    cpus: str | None = None,
 ) -> Iterator[tuple[int, int]]:
     """Start a server of `kind` (extra arguments go to roomcast's bench server), on
-    `redis_url` when given; yield (port, pid)."""
+    `redis_url` when given, pinned to `cpus` (a taskset list) when given; yield (port, pid)."""
     port = free_port()
     with ExitStack() as stack:
         if kind == "roomcast" or kind == "pyloop":
@@ -106,6 +110,8 @@ def server(
             command.append(str(int(heartbeat_timeout * 1000)))
         else:
             raise ValueError(f"unknown server: {kind}")
+        if cpus is not None:
+            command = ["taskset", "-c", cpus, *command]  # taskset execs: same pid
         # The original writes log files into its working directory: give it a scratch one.
         workdir = (
             stack.enter_context(tempfile.TemporaryDirectory()) if kind == "ignis" else HERE.parent
@@ -138,11 +144,20 @@ def server(
 
 
 class LoadGen:
-    """One load-generator process (benches/loadgen.py)."""
+    """One load-generator process: benches/loadgen.py, or the compiled one (`binary`, see
+    benches/compiled.py), pinned to `cpus` when given."""
 
-    def __init__(self, url: str, count: int, *args: str) -> None:
+    def __init__(
+        self, url: str, count: int, *args: str, binary: Path | None = None, cpus: str | None = None
+    ) -> None:
+        if binary is None:
+            command = [sys.executable, "-m", "benches.loadgen", url, str(count), *args]
+        else:
+            command = [str(binary), *args, url, str(count)]  # Go's flags come first
+        if cpus is not None:
+            command = ["taskset", "-c", cpus, *command]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "benches.loadgen", url, str(count), *args],
+            command,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -815,6 +830,9 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         "connect": ("cpu_us_per_connect", "us CPU/connect"),
         "heartbeat": ("cpu_us_per_heartbeat", "us CPU/heartbeat"),
         "memory": ("rss_kb_per_connection", "KB RSS/connection"),
+        "steady": ("cpu_ns_per_delivery", "ns CPU/delivery"),
+        "steadyrooms": ("cpu_ns_per_delivery", "ns CPU/delivery"),
+        "saturate": ("sustained_per_s", "deliveries/s sustained"),
     }
     print()
     for (scenario, count), servers in by_key.items():
@@ -828,6 +846,16 @@ def print_table(rows: list[dict[str, Any]]) -> None:
                 extra = f"  {row['delivered_per_s']:>11,.0f} msg/s  saturated: {row['saturated']}"
             if scenario == "latency":
                 extra = f"  (p50 {row['p50_ms']:.2f} ms)"
+            if scenario in ("steady", "steadyrooms"):
+                extra = (
+                    f"  {row['rate']:g} msg/s  p99 {row['p99_ms']:.1f} ms  loadgen "
+                    f"{row['loadgen_ns_per_delivery']:,.0f} ns/delivery ({row['loadgen']})"
+                )
+            if scenario == "saturate":
+                extra = (
+                    f"  {row['cpu_ns_per_delivery']:,.0f} ns CPU/delivery  loadgen "
+                    f"{row['loadgen_ns_per_delivery']:,.0f} ns/delivery ({row['loadgen']})"
+                )
             if scenario == "connect":
                 extra = f"  {row['connects_per_s']:>8,.0f} connects/s"
             ratios = ""
@@ -917,6 +945,10 @@ def main() -> None:
                 for count in counts:
                     messages = max(20, 500_000 // count) if not args.quick else 20
                     rows.append(delivery(kind, "fanout", count, messages, rounds, None))
+            elif scenario in ("steady", "saturate"):
+                from . import compiled
+
+                rows += compiled.run(scenario, kind, counts, rounds, args.quick)
             elif scenario == "redisfanout":
                 if kind in ("roomcast", "ignis"):  # the servers that speak the Redis envelope
                     for count in counts:
