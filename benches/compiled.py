@@ -46,6 +46,10 @@ COMPILED_PER_PROCESS = 15_000
 SERVER_CPU = "0"
 LOADGEN_CPU = "1"
 P99_LIMIT = 0.100
+# At saturation the load generator reads every POLL_MS, so each read syscall takes many frames
+# (reading at once costs it a read per frame per client, as much as the server's write); the
+# latencies it reports include up to this much of its own delay.
+POLL_MS = 10.0
 
 
 def compiled_loadgen() -> Path | None:
@@ -71,9 +75,11 @@ def pinnable() -> bool:
 
 
 @contextmanager
-def fast_clients(port: int, count: int, binary: Path | None) -> Iterator[list[LoadGen]]:
-    """`count` authenticated clients: compiled load generators on LOADGEN_CPU when `binary`,
-    else Python ones."""
+def fast_clients(
+    port: int, count: int, binary: Path | None, poll_ms: float = 0.0
+) -> Iterator[list[LoadGen]]:
+    """`count` authenticated clients: compiled load generators on LOADGEN_CPU when `binary`
+    (reading every `poll_ms` when given), else Python ones."""
     url = f"ws://127.0.0.1:{port}/ws"
     per = COMPILED_PER_PROCESS if binary is not None else CLIENTS_PER_LOADGEN
     cpus = LOADGEN_CPU if pinnable() else None
@@ -83,7 +89,7 @@ def fast_clients(port: int, count: int, binary: Path | None) -> Iterator[list[Lo
             n = min(per, count - start)
             args = ["--token-prefix", f"user:g{index}-"]
             if binary is not None:
-                args += ["--sources", str(max(1, n // 5000))]
+                args += ["--sources", str(max(1, n // 5000)), "--poll-ms", str(poll_ms)]
             gens.append(LoadGen(url, n, *args, binary=binary, cpus=cpus))
         total = sum(gen.ready() for gen in gens)
         if total != count:
@@ -260,7 +266,7 @@ def saturate(
         _pin_redis(url)
         redis_addr = url.removeprefix("redis://")
         port, pid = stack.enter_context(server(kind, 90.0, redis_url=url, cpus=cpus))
-        gens = stack.enter_context(fast_clients(port, count, binary))
+        gens = stack.enter_context(fast_clients(port, count, binary, POLL_MS))
         wait_subscribed(url, {"ws:broadcast": 1})
         base = counts(gens)["received"]
         for _ in range(rounds):

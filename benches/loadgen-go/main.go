@@ -2,7 +2,7 @@
 // clients in one process, read by a single epoll loop into one large buffer, so that a
 // delivery costs the load generator far less than it costs the server.
 //
-//	loadgen URL COUNT [-token-prefix P] [-sources K]
+//	loadgen [-token-prefix P] [-sources K] [-poll-ms MS] URL COUNT
 //
 // It connects COUNT clients (source addresses spread over 127.0.0.10 .. 127.0.0.(9+K) when
 // K > 1), authenticates each with {"event":"authenticate","data":{"type":"Bearer","token":
@@ -378,12 +378,20 @@ func (st *state) check(c *client, payload []byte, now float64) {
 	}
 }
 
-func (st *state) readLoop() {
+// readLoop reads every ready client into one buffer. With pollEvery > 0 it waits that long
+// between passes, so that each read takes whatever arrived meanwhile (many frames per read
+// syscall at high rates, at the cost of up to pollEvery of added latency).
+func (st *state) readLoop(pollEvery time.Duration) {
 	runtime.LockOSThread()
 	buf := make([]byte, 1<<20)
-	events := make([]syscall.EpollEvent, 1024)
+	events := make([]syscall.EpollEvent, 4096)
+	full := false // the last pass had more ready clients than `events` holds
 	for {
+		if pollEvery > 0 && !full {
+			time.Sleep(pollEvery)
+		}
 		n, err := syscall.EpollWait(st.epfd, events, 100)
+		full = n == len(events)
 		if err != nil {
 			if errors.Is(err, syscall.EINTR) {
 				continue
@@ -560,6 +568,7 @@ func reply(v any) {
 func main() {
 	prefix := flag.String("token-prefix", "user:u", "token of client i: PREFIX<i>")
 	sources := flag.Int("sources", 1, "spread clients over this many 127.0.0.x source addresses")
+	pollMs := flag.Float64("poll-ms", 0, "wait this long between read passes (0: read at once)")
 	flag.Parse()
 	if flag.NArg() != 2 {
 		fmt.Fprintln(os.Stderr, "usage: loadgen URL COUNT [-token-prefix P] [-sources K]")
@@ -582,7 +591,7 @@ func main() {
 		os.Exit(1)
 	}
 	st := &state{byFd: map[int]*client{}, epfd: epfd}
-	go st.readLoop()
+	go st.readLoop(time.Duration(*pollMs * float64(time.Millisecond)))
 	started := time.Now()
 	if err := connectAll(u, count, *prefix, max(1, *sources), st); err != nil {
 		fmt.Fprintln(os.Stderr, "loadgen:", err)
