@@ -107,6 +107,10 @@ _OPTION_DEFAULTS: dict[str, Any] = {
     "per_message_deflate": False,
     # Seconds a new connection has to complete its upgrade request.
     "handshake_timeout": 5.0,
+    # Seconds queued deliveries wait before they are written, so that messages arriving
+    # within the window share one write per client (0: written at the end of the loop
+    # iteration that queued them).
+    "write_delay": 0.0,
 }
 _OPTION_ALIASES = {
     "maxPayloadLength": "max_payload_length",
@@ -118,6 +122,7 @@ _OPTION_ALIASES = {
     "publishToSelf": "publish_to_self",
     "perMessageDeflate": "per_message_deflate",
     "handshakeTimeout": "handshake_timeout",
+    "writeDelay": "write_delay",
 }
 
 
@@ -168,6 +173,8 @@ def resolve_server_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
         raise ValueError(f"handshake_timeout must be positive: {resolved['handshake_timeout']}")
     if float(resolved["idle_timeout"]) < 0:
         raise ValueError(f"idle_timeout must not be negative: {resolved['idle_timeout']}")
+    if not float(resolved["write_delay"]) >= 0:
+        raise ValueError(f"write_delay must not be negative: {resolved['write_delay']}")
     return resolved
 
 
@@ -262,6 +269,7 @@ class WebSocketServerHelper:
         self._max_connections = self.server_options["max_connections"]
         self._backpressure_limit = int(self.server_options["backpressure_limit"])
         self._close_on_backpressure = bool(self.server_options["close_on_backpressure_limit"])
+        self._write_delay = float(self.server_options["write_delay"])
 
         self._loop: asyncio.AbstractEventLoop | None = None
         # A broker that subscribes by interest learns when local rooms, users and clients
@@ -270,7 +278,7 @@ class WebSocketServerHelper:
         interest = getattr(self._broker, "interest", None)
         self._interest: Callable[[str, bool], Any] | None = interest if callable(interest) else None
         self._hub = _core.Hub(
-            self._schedule,
+            self._schedule_flush,
             backpressure_limit=self._backpressure_limit,
             close_on_backpressure_limit=self._close_on_backpressure,
             heartbeat_timeout=self.heartbeat_timeout,
@@ -1119,6 +1127,17 @@ class WebSocketServerHelper:
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
         loop.call_soon(callback)
+
+    def _schedule_flush(self, flush: Callable[[], None]) -> None:
+        """The hub's `schedule`: its flush runs at the end of this loop iteration, or
+        `write_delay` later."""
+        if not self._write_delay:
+            self._schedule(flush)
+            return
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        loop.call_later(self._write_delay, flush)
 
     def _sweep(self) -> None:
         assert self._loop is not None
