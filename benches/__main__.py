@@ -918,6 +918,11 @@ def main() -> None:
     parser.add_argument("--clients", default="1000,5000,10000")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
+    parser.add_argument(
+        "--write-delay",
+        default="",
+        help="steady: also run roomcast with these write_delay values (seconds, comma-separated)",
+    )
     args = parser.parse_args()
 
     servers = args.servers.split(",")
@@ -948,7 +953,8 @@ def main() -> None:
             elif scenario in ("steady", "saturate"):
                 from . import compiled
 
-                rows += compiled.run(scenario, kind, counts, rounds, args.quick)
+                delays = tuple(float(d) for d in args.write_delay.split(",") if d)
+                rows += compiled.run(scenario, kind, counts, rounds, args.quick, delays)
             elif scenario == "redisfanout":
                 if kind in ("roomcast", "ignis"):  # the servers that speak the Redis envelope
                     for count in counts:

@@ -1,7 +1,7 @@
 """Bench server: roomcast with the bench protocol and an HTTP control surface.
 
 `python -m benches.server PORT [--fanout rust|python] [--heartbeat-timeout S]
-[--redis-url URL] [--encryption]`.
+[--redis-url URL] [--encryption] [--write-delay S]`.
 A custom `publish` event from a client is delivered as `bench` to `data.room`, or to
 everyone. `--fanout rust` (default) uses roomcast's fan-out; `--fanout python` is baseline (a):
 the same server delivering with a plain Python loop calling picows' `transport.send` per client.
@@ -219,6 +219,7 @@ async def main() -> None:
     parser.add_argument("--heartbeat-timeout", type=float, default=90.0)
     parser.add_argument("--encryption", action="store_true", help="bind the built-in scheme")
     parser.add_argument("--redis-url", default="memory://")
+    parser.add_argument("--write-delay", type=float, default=0.0, help="server_options write_delay")
     args = parser.parse_args()
     helper = WebSocketServerHelper(
         "bench",
@@ -228,7 +229,7 @@ async def main() -> None:
         validate_room_fn=lambda client_id, user_id, rooms: rooms,
         heartbeat_timeout=args.heartbeat_timeout,
         encryption=EcdhScheme() if args.encryption else None,
-        server_options={"idle_timeout": 0},
+        server_options={"idle_timeout": 0, "write_delay": args.write_delay},
     )
     helper.message_handler = make_message_handler(helper, args.fanout)
     await helper.serve("127.0.0.1", args.port, make_http_handler(helper))
