@@ -50,6 +50,7 @@ P99_LIMIT = 0.100
 # (reading at once costs it a read per frame per client, as much as the server's write); the
 # latencies it reports include up to this much of its own delay.
 POLL_MS = 10.0
+START_PER_S = 100_000.0  # deliveries/s of a sweep's first step (x1.5 per step)
 
 
 def compiled_loadgen() -> Path | None:
@@ -259,22 +260,29 @@ def _pin_redis(url: str) -> int:
 
 
 def saturate(
-    kind: str, count: int, rounds: int, step_seconds: float, binary: Path | None
+    kind: str,
+    count: int,
+    rounds: int,
+    step_seconds: float,
+    binary: Path | None,
+    write_delay: float = 0.0,
 ) -> dict[str, Any]:
     """Rising rates of Redis-published broadcasts; the highest step delivered in full with
-    p99 < 100 ms, per sweep, and the median over `rounds` sweeps."""
+    p99 < 100 ms, per sweep, and the median over `rounds` sweeps (roomcast with
+    `write_delay` when given)."""
     sweeps = []
     cpus = SERVER_CPU if pinnable() else None
     with ExitStack() as stack:
         url = stack.enter_context(redis_server())
         redis_pid = _pin_redis(url)
         redis_addr = url.removeprefix("redis://")
-        port, pid = stack.enter_context(server(kind, 90.0, redis_url=url, cpus=cpus))
+        extra = ("--write-delay", str(write_delay)) if write_delay else ()
+        port, pid = stack.enter_context(server(kind, 90.0, *extra, redis_url=url, cpus=cpus))
         gens = stack.enter_context(fast_clients(port, count, binary, POLL_MS))
         wait_subscribed(url, {"ws:broadcast": 1})
         base = counts(gens)["received"]
         for _ in range(rounds):
-            deliveries_per_s = 250_000.0
+            deliveries_per_s = START_PER_S
             best: dict[str, Any] | None = None
             steps = []
             retried = False
@@ -330,7 +338,7 @@ def saturate(
     return emit(
         {
             "scenario": "saturate",
-            "server": kind,
+            "server": kind if not write_delay else f"{kind} write_delay={write_delay * 1000:g}ms",
             "clients": count,
             "rounds": rounds,
             "sustained_per_s": statistics.median(sustained),
@@ -373,6 +381,8 @@ def run(
             rows.append(steady(kind, count, 200.0, seconds, rounds, rooms, binary, delay))
     elif scenario == "saturate":
         if kind in ("roomcast", "ignis"):  # the servers that speak the Redis envelope
-            for count in counts:
-                rows.append(saturate(kind, count, rounds, 0.3 if quick else 2.0, binary))
+            for delay in (0.0, *write_delays) if kind == "roomcast" else (0.0,):
+                for count in counts:
+                    step = 0.3 if quick else 2.0
+                    rows.append(saturate(kind, count, rounds, step, binary, delay))
     return rows
