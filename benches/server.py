@@ -105,6 +105,27 @@ async def publish(
         state["publishing"] = 0
 
 
+def traced_growth(state: dict[str, Any]) -> dict[str, Any]:
+    """Bytes the Python allocator gained since the last call, by file that allocated them
+    (with PYTHONTRACEMALLOC=1; C extensions' PyMem/PyObject allocations are included and
+    attributed to the Python frame that was running, `<unknown>` from a loop callback)."""
+    import gc
+    import tracemalloc
+
+    if not tracemalloc.is_tracing():
+        return {"error": "start the server with PYTHONTRACEMALLOC=1"}
+    gc.collect()
+    snapshot = tracemalloc.take_snapshot()
+    previous, state["snapshot"] = state.get("snapshot"), snapshot
+    if previous is None:
+        return {"total": sum(s.size for s in snapshot.statistics("filename"))}
+    growth = snapshot.compare_to(previous, "filename")
+    return {
+        "total": sum(d.size_diff for d in growth),
+        "by_file": {str(d.traceback[0].filename): d.size_diff for d in growth[:12]},
+    }
+
+
 def make_http_handler(helper: WebSocketServerHelper):
     state: dict[str, Any] = {"publishing": 0, "tasks": set()}
 
@@ -155,6 +176,8 @@ def make_http_handler(helper: WebSocketServerHelper):
             return HttpResponse.json({"started": True})
         if request.path == "/result":
             return HttpResponse.json(results[0] if results else {"pending": True})
+        if request.path == "/tracemalloc":
+            return HttpResponse.json(traced_growth(state))
         return None
 
     results: list[dict] = []
