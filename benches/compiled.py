@@ -303,7 +303,7 @@ def saturate(
                 p50, p99, _ = latency(gens)
                 complete = got["received"] == expected and got["bad"] == 0
                 delivered = messages * count
-                step = {
+                step: dict[str, Any] = {
                     "offered_per_s": deliveries_per_s,
                     "delivered_per_s": delivered / max(wall, 1e-9),
                     "cpu_ns_per_delivery": cpu / delivered * 1e9,
@@ -318,8 +318,14 @@ def saturate(
                 steps.append(step)
                 if not complete or not p99 < P99_LIMIT:
                     base = wait_quiet(gens)
-                    if base != expected or counts(gens)["bad"]:
-                        raise RuntimeError(f"{kind}: lost or duplicated at {step}")
+                    if counts(gens)["bad"]:
+                        raise RuntimeError(f"{kind}: duplicated or reordered at {step}")
+                    if base != expected:
+                        # Lost: roomcast's broker rebuilds its Redis session when its watchdog
+                        # probe is stuck behind the backlog (at-most-once). The sweep ends.
+                        step["lost"] = expected - base
+                        wait_subscribed(url, {"ws:broadcast": 1})
+                        break
                     if retried:
                         break
                     retried = True  # one retry: a transient stall on this shared machine
