@@ -853,7 +853,9 @@ def print_table(rows: list[dict[str, Any]]) -> None:
                 )
             if scenario == "saturate":
                 extra = (
-                    f"  {row['cpu_ns_per_delivery']:,.0f} ns CPU/delivery  loadgen "
+                    f"  p99<100ms: {row['p99_under_100ms_per_s']:>11,.0f}/s  at the top: "
+                    f"p99 {row['p99_ms']:.0f} ms, "
+                    f"{row['cpu_ns_per_delivery']:,.0f} ns CPU/delivery, loadgen "
                     f"{row['loadgen_ns_per_delivery']:,.0f} ns/delivery ({row['loadgen']})"
                 )
             if scenario == "connect":
