@@ -286,6 +286,7 @@ class WebSocketServerHelper:
             send_pings=bool(self.server_options["send_pings"]),
             on_overflow=self._on_overflow,
             on_interest=self._on_interest if self._interest is not None else None,
+            direct_writes=True,
         )
         self._clients: dict[str, Client] = {}
         self._encrypted = 0
