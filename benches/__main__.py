@@ -8,7 +8,10 @@ encrypted (room messages to 1,000 encrypted clients: Rust vs Python sealing, loo
 crossnode (published on one node, delivered on another through Redis), redishop (the latency
 the Redis hop adds), interest (4 nodes on disjoint rooms: envelopes each node receives), workers
 (`roomcast serve --workers 1` vs `2`: connect and fan-out), scrape (cost of a /metrics scrape
-at 10,000 connections; fan-out CPU with and without scraping); the last two in serving.py.
+at 10,000 connections; fan-out CPU with and without scraping); the last two in serving.py;
+steady (messages arriving one at a time, server pinned to one core; `--write-delay` adds
+roomcast rows with that window) and saturate (Redis-published broadcasts at rising rates), both
+with the compiled load generator, in compiled.py.
 
 Servers, measured one after the other in the same invocation so every figure is also a ratio:
 - roomcast: the server with its Rust fan-out;
