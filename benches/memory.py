@@ -28,6 +28,7 @@ import os
 import subprocess
 import sys
 import time
+from typing import Any
 
 from .__main__ import HERE, LoadGen, free_port, http_json, rss_bytes
 from .compiled import compiled_loadgen
@@ -41,12 +42,11 @@ class BareWS(asyncio.Protocol):
 
     __slots__ = ("state", "transport")
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport  # uvloop's TCPTransport (not an asyncio.Transport subclass)
         self.state = 0
 
     def data_received(self, data: bytes) -> None:
-        assert isinstance(self.transport, asyncio.Transport)
         if self.state == 0:
             key = next(
                 line.split(b":", 1)[1].strip()
@@ -119,7 +119,7 @@ def measure(kind: str, clients: int) -> dict[str, object]:
             time.sleep(1.0)
             rss.append(rss_bytes(proc.pid))
             if kind == "roomcast-traced":
-                traced.append(http_json(port, "/tracemalloc"))
+                traced.append(http_json(port, "/tracemalloc?by=lineno"))
         row: dict[str, object] = {
             "server": kind,
             "clients": clients,

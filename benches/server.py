@@ -105,7 +105,7 @@ async def publish(
         state["publishing"] = 0
 
 
-def traced_growth(state: dict[str, Any]) -> dict[str, Any]:
+def traced_growth(state: dict[str, Any], by: str = "filename") -> dict[str, Any]:
     """Bytes the Python allocator gained since the last call, by file that allocated them
     (with PYTHONTRACEMALLOC=1; C extensions' PyMem/PyObject allocations are included and
     attributed to the Python frame that was running, `<unknown>` from a loop callback)."""
@@ -119,10 +119,15 @@ def traced_growth(state: dict[str, Any]) -> dict[str, Any]:
     previous, state["snapshot"] = state.get("snapshot"), snapshot
     if previous is None:
         return {"total": sum(s.size for s in snapshot.statistics("filename"))}
-    growth = snapshot.compare_to(previous, "filename")
+    growth = snapshot.compare_to(previous, by)
     return {
         "total": sum(d.size_diff for d in growth),
-        "by_file": {str(d.traceback[0].filename): d.size_diff for d in growth[:12]},
+        "by_file": {
+            f"{d.traceback[0].filename}:{d.traceback[0].lineno}"
+            if by == "lineno"
+            else str(d.traceback[0].filename): d.size_diff
+            for d in growth[:12]
+        },
     }
 
 
@@ -177,7 +182,7 @@ def make_http_handler(helper: WebSocketServerHelper):
         if request.path == "/result":
             return HttpResponse.json(results[0] if results else {"pending": True})
         if request.path == "/tracemalloc":
-            return HttpResponse.json(traced_growth(state))
+            return HttpResponse.json(traced_growth(state, query.get("by", "filename")))
         return None
 
     results: list[dict] = []
