@@ -10,7 +10,10 @@ encrypted (room messages to 1,000 encrypted clients: Rust vs Python sealing, loo
 crossnode (published on one node, delivered on another through Redis), redishop (the latency
 the Redis hop adds), interest (4 nodes on disjoint rooms: envelopes each node receives), workers
 (`roomcast serve --workers 1` vs `2`: connect and fan-out), scrape (cost of a /metrics scrape
-at 10,000 connections; fan-out CPU with and without scraping); the last two in serving.py.
+at 10,000 connections; fan-out CPU with and without scraping); the last two in serving.py;
+steady (messages arriving one at a time, server pinned to one core; `--write-delay` adds
+roomcast rows with that window) and saturate (Redis-published broadcasts at rising rates), both
+with the compiled load generator, in compiled.py.
 
 Servers, measured one after the other in the same invocation so every figure is also a ratio:
 - roomcast: the server with its Rust fan-out;
@@ -89,10 +92,10 @@ def server(
     heartbeat_timeout: float = 90.0,
     *extra: str,
     redis_url: str | None = None,
-    cpu: int | None = None,
+    cpus: str | None = None,
 ) -> Iterator[tuple[int, int]]:
     """Start a server of `kind` (extra arguments go to roomcast's bench server), on
-    `redis_url` when given, pinned to core `cpu` when given; yield (port, pid)."""
+    `redis_url` when given, pinned to `cpus` (a taskset list) when given; yield (port, pid)."""
     port = free_port()
     with ExitStack() as stack:
         if kind == "roomcast" or kind == "pyloop":
@@ -112,8 +115,8 @@ def server(
             command.append(str(int(heartbeat_timeout * 1000)))
         else:
             raise ValueError(f"unknown server: {kind}")
-        if cpu is not None and shutil.which("taskset"):
-            command = ["taskset", "-c", str(cpu), *command]
+        if cpus is not None and shutil.which("taskset"):
+            command = ["taskset", "-c", cpus, *command]  # taskset execs: same pid
         # The original writes log files into its working directory: give it a scratch one.
         workdir = (
             stack.enter_context(tempfile.TemporaryDirectory()) if kind == "ignis" else HERE.parent
@@ -146,11 +149,20 @@ def server(
 
 
 class LoadGen:
-    """One load-generator process (benches/loadgen.py)."""
+    """One load-generator process: benches/loadgen.py, or the compiled one (`binary`, see
+    benches/compiled.py), pinned to `cpus` when given."""
 
-    def __init__(self, url: str, count: int, *args: str) -> None:
+    def __init__(
+        self, url: str, count: int, *args: str, binary: Path | None = None, cpus: str | None = None
+    ) -> None:
+        if binary is None:
+            command = [sys.executable, "-m", "benches.loadgen", url, str(count), *args]
+        else:
+            command = [str(binary), *args, url, str(count)]  # Go's flags come first
+        if cpus is not None:
+            command = ["taskset", "-c", cpus, *command]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "benches.loadgen", url, str(count), *args],
+            command,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -441,7 +453,7 @@ def redis_connect(variants: list[tuple[str, str]], count: int, rounds: int) -> l
                 url = stack.enter_context(redis_server())
                 if kind == "roomcast":
                     url += f"?subscribe={mode}"
-                port, pid = stack.enter_context(server(kind, 90.0, redis_url=url, cpu=cpu))
+                port, pid = stack.enter_context(server(kind, 90.0, redis_url=url, cpus=str(cpu)))
                 cpu0 = cpu_seconds(pid)
                 with clients(port, count) as gens:
                     cost = (cpu_seconds(pid) - cpu0) / count
@@ -865,6 +877,9 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         "redisconnect": ("cpu_us_per_connect", "us CPU/connect"),
         "heartbeat": ("cpu_us_per_heartbeat", "us CPU/heartbeat"),
         "memory": ("rss_kb_per_connection", "KB RSS/connection"),
+        "steady": ("cpu_ns_per_delivery", "ns CPU/delivery"),
+        "steadyrooms": ("cpu_ns_per_delivery", "ns CPU/delivery"),
+        "saturate": ("sustained_per_s", "deliveries/s sustained"),
     }
     print()
     for (scenario, count), servers in by_key.items():
@@ -878,6 +893,18 @@ def print_table(rows: list[dict[str, Any]]) -> None:
                 extra = f"  {row['delivered_per_s']:>11,.0f} msg/s  saturated: {row['saturated']}"
             if scenario == "latency":
                 extra = f"  (p50 {row['p50_ms']:.2f} ms)"
+            if scenario in ("steady", "steadyrooms"):
+                extra = (
+                    f"  {row['rate']:g} msg/s  p99 {row['p99_ms']:.1f} ms  loadgen "
+                    f"{row['loadgen_ns_per_delivery']:,.0f} ns/delivery ({row['loadgen']})"
+                )
+            if scenario == "saturate":
+                extra = (
+                    f"  p99<100ms: {row['p99_under_100ms_per_s']:>11,.0f}/s  at the top: "
+                    f"p99 {row['p99_ms']:.0f} ms, "
+                    f"{row['cpu_ns_per_delivery']:,.0f} ns CPU/delivery, loadgen "
+                    f"{row['loadgen_ns_per_delivery']:,.0f} ns/delivery ({row['loadgen']})"
+                )
             if scenario == "connect":
                 extra = f"  {row['connects_per_s']:>8,.0f} connects/s"
             if scenario == "redisconnect":
@@ -948,6 +975,11 @@ def main() -> None:
     parser.add_argument("--clients", default="1000,5000,10000")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
+    parser.add_argument(
+        "--write-delay",
+        default="",
+        help="steady: also run roomcast with these write_delay values (seconds, comma-separated)",
+    )
     args = parser.parse_args()
 
     servers = args.servers.split(",")
@@ -975,6 +1007,11 @@ def main() -> None:
                 for count in counts:
                     messages = max(20, 500_000 // count) if not args.quick else 20
                     rows.append(delivery(kind, "fanout", count, messages, rounds, None))
+            elif scenario in ("steady", "saturate"):
+                from . import compiled
+
+                delays = tuple(float(d) for d in args.write_delay.split(",") if d)
+                rows += compiled.run(scenario, kind, counts, rounds, args.quick, delays)
             elif scenario == "redisfanout":
                 if kind in ("roomcast", "ignis"):  # the servers that speak the Redis envelope
                     for count in counts:

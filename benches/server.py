@@ -1,7 +1,7 @@
 """Bench server: roomcast with the bench protocol and an HTTP control surface.
 
 `python -m benches.server PORT [--fanout rust|python] [--heartbeat-timeout S]
-[--redis-url URL] [--encryption]`.
+[--redis-url URL] [--encryption] [--write-delay S]`.
 A custom `publish` event from a client is delivered as `bench` to `data.room`, or to
 everyone. `--fanout rust` (default) uses roomcast's fan-out; `--fanout python` is baseline (a):
 the same server delivering with a plain Python loop calling picows' `transport.send` per client.
@@ -103,6 +103,32 @@ async def publish(
         state["publishing"] = 0
 
 
+def traced_growth(state: dict[str, Any], by: str = "filename") -> dict[str, Any]:
+    """Bytes the Python allocator gained since the last call, by file that allocated them
+    (with PYTHONTRACEMALLOC=1; C extensions' PyMem/PyObject allocations are included and
+    attributed to the Python frame that was running, `<unknown>` from a loop callback)."""
+    import gc
+    import tracemalloc
+
+    if not tracemalloc.is_tracing():
+        return {"error": "start the server with PYTHONTRACEMALLOC=1"}
+    gc.collect()
+    snapshot = tracemalloc.take_snapshot()
+    previous, state["snapshot"] = state.get("snapshot"), snapshot
+    if previous is None:
+        return {"total": sum(s.size for s in snapshot.statistics("filename"))}
+    growth = snapshot.compare_to(previous, by)
+    return {
+        "total": sum(d.size_diff for d in growth),
+        "by_file": {
+            f"{d.traceback[0].filename}:{d.traceback[0].lineno}"
+            if by == "lineno"
+            else str(d.traceback[0].filename): d.size_diff
+            for d in growth[:12]
+        },
+    }
+
+
 def make_http_handler(helper: WebSocketServerHelper):
     state: dict[str, Any] = {"publishing": 0, "tasks": set()}
 
@@ -153,6 +179,8 @@ def make_http_handler(helper: WebSocketServerHelper):
             return HttpResponse.json({"started": True})
         if request.path == "/result":
             return HttpResponse.json(results[0] if results else {"pending": True})
+        if request.path == "/tracemalloc":
+            return HttpResponse.json(traced_growth(state, query.get("by", "filename")))
         return None
 
     results: list[dict] = []
@@ -217,6 +245,7 @@ async def main() -> None:
     parser.add_argument("--heartbeat-timeout", type=float, default=90.0)
     parser.add_argument("--encryption", action="store_true", help="bind the built-in scheme")
     parser.add_argument("--redis-url", default="memory://")
+    parser.add_argument("--write-delay", type=float, default=0.0, help="server_options write_delay")
     args = parser.parse_args()
     helper = WebSocketServerHelper(
         "bench",
@@ -226,7 +255,7 @@ async def main() -> None:
         validate_room_fn=lambda client_id, user_id, rooms: rooms,
         heartbeat_timeout=args.heartbeat_timeout,
         encryption=EcdhScheme() if args.encryption else None,
-        server_options={"idle_timeout": 0},
+        server_options={"idle_timeout": 0, "write_delay": args.write_delay},
     )
     helper.message_handler = make_message_handler(helper, args.fanout)
     await helper.serve("127.0.0.1", args.port, make_http_handler(helper))

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,3 +61,36 @@ def test_serving_benches_smoke_completes_without_loss():
     ]
     assert all(r["lost"] == 0 for r in rows if r["scenario"] == "workers")
     assert rows[3]["page_bytes"] > 0
+
+
+def _steady_quick(env: dict[str, str]) -> list[dict]:
+    result = subprocess.run(
+        [sys.executable, "-m", "benches", "steady", "--quick", "--servers", "roomcast"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+
+
+def test_steady_bench_with_the_compiled_load_generator_completes_without_loss():
+    if shutil.which("go") is None:
+        pytest.skip("needs go (the compiled load generator); the fallback is tested below")
+    rows = _steady_quick(dict(os.environ))
+    assert [(r["scenario"], r["loadgen"]) for r in rows] == [
+        ("steady", "compiled"),
+        ("steadyrooms", "compiled"),
+    ]
+    assert all(r["lost"] == 0 and r["cpu_ns_per_delivery_with_idle"] > 0 for r in rows)
+
+
+def test_steady_bench_falls_back_to_the_python_load_generator():
+    rows = _steady_quick({**os.environ, "ROOMCAST_BENCH_PYTHON_LOADGEN": "1"})
+    assert [(r["scenario"], r["loadgen"]) for r in rows] == [
+        ("steady", "python"),
+        ("steadyrooms", "python"),
+    ]
+    assert all(r["lost"] == 0 for r in rows)

@@ -51,6 +51,9 @@ class Hub:
     ``close_on_backpressure_limit`` is set. ``on_interest`` (no arguments), when given,
     turns interest tracking on: it is called once when the first change is recorded
     after a ``drain_interest()``; pass something that schedules the drain.
+    ``direct_writes``: connections whose ``write`` is a plain uvloop TCP transport's get
+    their batches sent straight to the socket when uvloop holds nothing unsent for them
+    (the rest, and every other case, still goes through ``write``).
     """
 
     def __new__(
@@ -64,6 +67,7 @@ class Hub:
         send_pings: bool = False,
         on_overflow: Callable[[Any], Any] | None = None,
         on_interest: Callable[[], Any] | None = None,
+        direct_writes: bool = False,
     ) -> Self: ...
     # -- registry ----------------------------------------------------------------
     def add(self, client_id: str, write: Callable[[bytes], Any], owner: Any) -> int: ...
@@ -104,5 +108,6 @@ class Hub:
     def sweep(self) -> list[tuple[Any, int]]: ...
     def stats(self) -> dict[str, int]:
         """connections, authenticated, rooms, users, memberships, pending_bytes,
-        backpressured, wheel_entries (now); skipped, delivered, frames_out, bytes_out
+        backpressured, wheel_entries (now); skipped, delivered, frames_out, bytes_out,
+        direct_writes (batches sent straight to a socket)
         (counted since the hub was created)."""

@@ -20,6 +20,10 @@ OPTION_DEFAULTS: dict[str, Any] = {
     # Seconds a new connection has to complete its upgrade request.
     "handshake_timeout": 5.0,
     "backlog": LISTEN_BACKLOG,
+    # Seconds queued deliveries wait before they are written, so that messages arriving
+    # within the window share one write per client (0: written at the end of the loop
+    # iteration that queued them).
+    "write_delay": 0.0,
 }
 # The original's camelCase names, accepted as aliases (`backlog` has none: it is ours).
 OPTION_ALIASES = {
@@ -32,6 +36,7 @@ OPTION_ALIASES = {
     "publishToSelf": "publish_to_self",
     "perMessageDeflate": "per_message_deflate",
     "handshakeTimeout": "handshake_timeout",
+    "writeDelay": "write_delay",
 }
 
 
@@ -55,4 +60,6 @@ def resolve_server_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
         raise ValueError(f"backlog must be positive: {resolved['backlog']}")
     if float(resolved["idle_timeout"]) < 0:
         raise ValueError(f"idle_timeout must not be negative: {resolved['idle_timeout']}")
+    if not float(resolved["write_delay"]) >= 0:
+        raise ValueError(f"write_delay must not be negative: {resolved['write_delay']}")
     return resolved

@@ -144,6 +144,7 @@ class WebSocketServerHelper(Inbound, Authentication, Rooms, Delivery):
         self._max_connections: int | None = self.server_options["max_connections"]
         self._backpressure_limit = int(self.server_options["backpressure_limit"])
         self._close_on_backpressure = bool(self.server_options["close_on_backpressure_limit"])
+        self._write_delay = float(self.server_options["write_delay"])
 
         self._loop = None
         self._clients = {}
@@ -155,7 +156,7 @@ class WebSocketServerHelper(Inbound, Authentication, Rooms, Delivery):
         )
         self._held = self._barrier.held
         self._hub = _core.Hub(
-            self._schedule,
+            self._schedule_late_flush if self._write_delay else self._schedule,
             backpressure_limit=self._backpressure_limit,
             close_on_backpressure_limit=self._close_on_backpressure,
             heartbeat_timeout=self.heartbeat_timeout,
@@ -163,6 +164,7 @@ class WebSocketServerHelper(Inbound, Authentication, Rooms, Delivery):
             send_pings=bool(self.server_options["send_pings"]),
             on_overflow=self._on_overflow,
             on_interest=self._on_interest if self._barrier.interest is not None else None,
+            direct_writes=True,
         )
         self._barrier.hub = self._hub
         # Plain ints the protocol path bumps; `roomcast.metrics` reads them at scrape time.
@@ -461,6 +463,14 @@ class WebSocketServerHelper(Inbound, Authentication, Rooms, Delivery):
         return False, body
 
     # -- internals -----------------------------------------------------------------------
+
+    def _schedule_late_flush(self, flush: Callable[[], None]) -> None:
+        """The hub's `schedule` with a `write_delay`: its flush runs that much later, so
+        deliveries within the window share one write per client."""
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        loop.call_later(self._write_delay, flush)
 
     def _sweep(self) -> None:
         assert self._loop is not None

@@ -19,12 +19,16 @@ use pyo3::{intern, PyTraverseError};
 use roomcast_core::{self as rc, Batch, Exclude, Frame, Handle};
 use rustc_hash::FxHashMap;
 
+use crate::direct::{Direct, Sent};
+
 /// What the hub keeps per connection on behalf of Python.
 struct Sink {
     /// Takes one `bytes` (the transport's `write`).
     write: Py<PyAny>,
     /// Opaque; handed back by `sweep`, `encrypted_owners` and `on_overflow`.
     owner: Py<PyAny>,
+    /// Set when batches may go straight to the socket (see `crate::direct`).
+    direct: Option<Direct>,
 }
 
 /// The core's clock: milliseconds since the hub was created.
@@ -184,6 +188,51 @@ impl BytesCache {
     }
 }
 
+/// Hands one connection's batch to its socket (when `sink.direct` allows it now) or to
+/// `writes` for its `write` call; counts batches that went (at least partly) direct.
+fn deliver(
+    py: Python<'_>,
+    sink: &Sink,
+    batch: &Batch<'_>,
+    cache: &mut BytesCache,
+    writes: &mut Vec<(Py<PyAny>, Py<PyBytes>)>,
+    direct_count: &mut u64,
+) {
+    if let Some(direct) = &sink.direct {
+        let joined;
+        let data = match batch.single() {
+            Some(frame) => frame.as_bytes(),
+            None => {
+                let Some(bytes) = cache.bytes(py, batch) else {
+                    return;
+                };
+                joined = bytes;
+                joined.bind(py).as_bytes()
+            }
+        };
+        match direct.send(py, data) {
+            Sent::All => {
+                *direct_count += 1;
+                return;
+            }
+            Sent::Part(n) => {
+                if n > 0 {
+                    *direct_count += 1;
+                }
+                writes.push((
+                    sink.write.clone_ref(py),
+                    PyBytes::new(py, &data[n..]).unbind(),
+                ));
+                return;
+            }
+            Sent::Not => {}
+        }
+    }
+    if let Some(bytes) = cache.bytes(py, batch) {
+        writes.push((sink.write.clone_ref(py), bytes));
+    }
+}
+
 /// Calls each `write(bytes)`; a failing write (closed transport) is ignored.
 fn call_writes(py: Python<'_>, writes: &mut Vec<(Py<PyAny>, Py<PyBytes>)>) {
     for (write, bytes) in writes.drain(..) {
@@ -208,6 +257,10 @@ pub struct Hub {
     on_interest: Option<Py<PyAny>>,
     /// Reused between flushes; empty outside `flush`.
     writes: Vec<(Py<PyAny>, Py<PyBytes>)>,
+    /// New connections on plain uvloop TCP transports get direct writes.
+    direct_writes: bool,
+    /// Batches written (at least partly) straight to a socket.
+    direct_count: u64,
 }
 
 impl Hub {
@@ -300,6 +353,7 @@ impl Hub {
         send_pings = false,
         on_overflow = None,
         on_interest = None,
+        direct_writes = false,
     ))]
     // One parameter per Python keyword argument.
     #[allow(clippy::too_many_arguments)]
@@ -312,6 +366,7 @@ impl Hub {
         send_pings: bool,
         on_overflow: Option<&Bound<'_, PyAny>>,
         on_interest: Option<&Bound<'_, PyAny>>,
+        direct_writes: bool,
     ) -> PyResult<Self> {
         if !schedule.is_callable() {
             return Err(PyTypeError::new_err("schedule must be callable"));
@@ -340,6 +395,8 @@ impl Hub {
             on_overflow: on_overflow.map(|cb| cb.clone().unbind()),
             on_interest: on_interest.map(|cb| cb.clone().unbind()),
             writes: Vec::new(),
+            direct_writes,
+            direct_count: 0,
         })
     }
 
@@ -356,8 +413,20 @@ impl Hub {
             return Err(PyTypeError::new_err("write must be callable"));
         }
         let now = self.clock.now_ms();
+        let direct = self
+            .direct_writes
+            .then(|| Direct::of(write.bind(py)))
+            .flatten();
         self.core
-            .add(client_id, Sink { write, owner }, now)
+            .add(
+                client_id,
+                Sink {
+                    write,
+                    owner,
+                    direct,
+                },
+                now,
+            )
             .map(Handle::raw)
             .map_err(|err| PyRuntimeError::new_err(err.to_string()))
     }
@@ -534,11 +603,11 @@ impl Hub {
             let this = &mut *this;
             let mut writes = mem::take(&mut this.writes);
             let mut cache = BytesCache::default();
+            let mut direct = 0;
             this.core.flush(|sink, batch| {
-                if let Some(bytes) = cache.bytes(py, &batch) {
-                    writes.push((sink.write.clone_ref(py), bytes));
-                }
+                deliver(py, sink, &batch, &mut cache, &mut writes, &mut direct);
             });
+            this.direct_count += direct;
             writes
         };
         call_writes(py, &mut writes);
@@ -555,13 +624,17 @@ impl Hub {
     fn flush_one(slf: &Bound<'_, Self>, handle: u64) -> PyResult<()> {
         let py = slf.py();
         let mut writes = Vec::with_capacity(1);
-        slf.try_borrow_mut()?
-            .core
-            .flush_one(Handle::from_raw(handle), |sink, batch| {
-                if let Some(bytes) = BytesCache::default().bytes(py, &batch) {
-                    writes.push((sink.write.clone_ref(py), bytes));
-                }
-            });
+        {
+            let mut this = slf.try_borrow_mut()?;
+            let this = &mut *this;
+            let mut direct = 0;
+            this.core
+                .flush_one(Handle::from_raw(handle), |sink, batch| {
+                    let mut cache = BytesCache::default();
+                    deliver(py, sink, &batch, &mut cache, &mut writes, &mut direct);
+                });
+            this.direct_count += direct;
+        }
         call_writes(py, &mut writes);
         Ok(())
     }
@@ -606,6 +679,7 @@ impl Hub {
         dict.set_item(intern!(py, "backpressured"), s.backpressured)?;
         dict.set_item(intern!(py, "pending_bytes"), s.pending_bytes)?;
         dict.set_item(intern!(py, "wheel_entries"), s.wheel_entries)?;
+        dict.set_item(intern!(py, "direct_writes"), self.direct_count)?;
         Ok(dict)
     }
 
@@ -618,6 +692,9 @@ impl Hub {
         for sink in self.core.sinks() {
             visit.call(&sink.write)?;
             visit.call(&sink.owner)?;
+            if let Some(direct) = &sink.direct {
+                direct.traverse(&visit)?;
+            }
         }
         for (write, bytes) in &self.writes {
             visit.call(write)?;

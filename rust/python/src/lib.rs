@@ -3,6 +3,7 @@
 use pyo3::prelude::*;
 use roomcast_core::{Expiry, InterestKind};
 
+mod direct;
 mod frame;
 mod hub;
 mod seal;

@@ -1,0 +1,409 @@
+"""Scenarios driven by the compiled load generator (benches/loadgen-go), server on one core.
+
+- `steady`: messages arrive one at a time (a publisher client sends `publish` events at a
+  fixed low rate), to 1,000 and 5,000 clients and to rooms (1,000 clients in 10 rooms):
+  server CPU per delivery with the server alone on CPU 0 (`taskset`), the load generator on
+  CPU 1, idle CPU subtracted.
+- `saturate`: broadcast envelopes PUBLISHed into Redis at rising rates (x1.5 per step, 2 s
+  each) until a step is not kept up with (not all delivered within 1.25 x the step + 0.5 s,
+  twice in a row: one retry); reports per server at 1,000 / 5,000 / 10,000 clients the
+  highest rate kept up with, the highest kept up with at p99 < 100 ms, and at the former
+  the server's and the load generator's CPU per delivery (Redis and the load generator share
+  CPU 1).
+
+The load generator is built on demand with `go build` into a cache directory
+(`$XDG_CACHE_HOME/roomcast-benches`, keyed by a hash of its source); without `go`, these
+`steady` falls back to the Python load generator (benches/loadgen.py), which is far more
+expensive per delivery and says so in each row (`loadgen`); `saturate` is skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import statistics
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+from .__main__ import (
+    CLIENTS_PER_LOADGEN,
+    HERE,
+    SATURATED,
+    LoadGen,
+    cpu_seconds,
+    emit,
+    redis_server,
+    server,
+    wait_subscribed,
+)
+
+SOURCE = HERE / "loadgen-go"
+# One compiled process holds this many clients (this machine allows 20,000 open files).
+COMPILED_PER_PROCESS = 15_000
+SERVER_CPU = "0"
+LOADGEN_CPU = "1"
+P99_LIMIT = 0.100
+# At saturation the load generator reads every POLL_MS, so each read syscall takes many frames
+# (reading at once costs it a read per frame per client, as much as the server's write); the
+# latencies it reports include up to this much of its own delay.
+POLL_MS = 10.0
+START_PER_S = 100_000.0  # deliveries/s of a sweep's first step (x1.5 per step)
+
+
+def compiled_loadgen() -> Path | None:
+    """The compiled load generator, built if needed; None when `go` is missing (or
+    ROOMCAST_BENCH_PYTHON_LOADGEN is set, to exercise the fallback)."""
+    go = shutil.which("go")
+    if go is None or os.environ.get("ROOMCAST_BENCH_PYTHON_LOADGEN"):
+        return None
+    digest = hashlib.sha256()
+    for path in sorted(SOURCE.glob("*")):
+        digest.update(path.name.encode() + path.read_bytes())
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "roomcast-benches"
+    binary = cache / f"loadgen-{digest.hexdigest()[:16]}"
+    if not binary.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        partial = binary.with_suffix(".partial")
+        subprocess.run([go, "build", "-o", str(partial), "."], cwd=SOURCE, check=True)
+        partial.replace(binary)
+    return binary
+
+
+def pinnable() -> bool:
+    return shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
+
+
+@contextmanager
+def fast_clients(
+    port: int, count: int, binary: Path | None, poll_ms: float = 0.0
+) -> Iterator[list[LoadGen]]:
+    """`count` authenticated clients: compiled load generators on LOADGEN_CPU when `binary`
+    (reading every `poll_ms` when given), else Python ones."""
+    url = f"ws://127.0.0.1:{port}/ws"
+    per = COMPILED_PER_PROCESS if binary is not None else CLIENTS_PER_LOADGEN
+    cpus = LOADGEN_CPU if pinnable() else None
+    gens: list[LoadGen] = []
+    try:
+        for index, start in enumerate(range(0, count, per)):
+            n = min(per, count - start)
+            args = ["--token-prefix", f"user:g{index}-"]
+            if binary is not None:
+                args += ["--sources", str(max(1, n // 5000)), "--poll-ms", str(poll_ms)]
+            gens.append(LoadGen(url, n, *args, binary=binary, cpus=cpus))
+        total = sum(gen.ready() for gen in gens)
+        if total != count:
+            raise RuntimeError(f"only {total} of {count} clients connected")
+        yield gens
+    finally:
+        for gen in gens:
+            gen.stop()
+
+
+def counts(gens: list[LoadGen]) -> dict[str, Any]:
+    reports = [gen.ask("count") for gen in gens]
+    return {
+        "received": sum(r["received"] for r in reports),
+        "min": min(r["min"] for r in reports),
+        "max": max(r["max"] for r in reports),
+        "bad": sum(r.get("bad", 0) for r in reports),
+        "closed": sum(r["closed"] for r in reports),
+        "last": max(r["last"] for r in reports),
+    }
+
+
+def wait_count(gens: list[LoadGen], expected: int, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = counts(gens)
+        if got["received"] >= expected or time.monotonic() > deadline:
+            return got
+        time.sleep(0.01)
+
+
+def wait_quiet(gens: list[LoadGen], quiet: float = 1.0, timeout: float = 60.0) -> int:
+    """Wait until nothing more arrives for `quiet` seconds; the total received."""
+    deadline = time.monotonic() + timeout
+    got = counts(gens)["received"]
+    still_since = time.monotonic()
+    while time.monotonic() < deadline and time.monotonic() - still_since < quiet:
+        time.sleep(0.05)
+        now = counts(gens)["received"]
+        if now != got:
+            got, still_since = now, time.monotonic()
+    return got
+
+
+def latency(gens: list[LoadGen]) -> tuple[float, float, int]:
+    reports = [gen.ask("latency") for gen in gens]
+    with_samples = [r for r in reports if r["samples"]]
+    if not with_samples:
+        return float("nan"), float("nan"), 0
+    return (
+        statistics.median(r["p50"] for r in with_samples),
+        max(r["p99"] for r in with_samples),
+        sum(r["samples"] for r in with_samples),
+    )
+
+
+def steady(
+    kind: str,
+    count: int,
+    rate: float,
+    seconds: float,
+    rounds: int,
+    rooms: list[str] | None,
+    binary: Path | None,
+    write_delay: float = 0.0,
+) -> dict[str, Any]:
+    """`rate` messages/s for `seconds`, one at a time, from a publisher client to every
+    client (or to `rooms` round-robin, client i in room i % len(rooms)); roomcast with
+    `write_delay` when given."""
+    room_arg = ",".join(rooms) if rooms else "-"
+    per_message = count // len(rooms) if rooms else count
+    messages = int(rate * seconds)
+    if rooms:
+        messages -= messages % len(rooms)
+    per_client = messages // len(rooms) if rooms else messages
+    cpus = SERVER_CPU if pinnable() else None
+    samples = []
+    with ExitStack() as stack:
+        extra = ("--write-delay", str(write_delay)) if write_delay else ()
+        port, pid = stack.enter_context(server(kind, 90.0, *extra, cpus=cpus))
+        gens = stack.enter_context(fast_clients(port, count, binary))
+        if rooms:
+            for gen in gens:
+                gen.ask("join " + room_arg)
+            time.sleep(0.5)
+        base = counts(gens)
+        for _ in range(rounds):
+            idle0 = cpu_seconds(pid)
+            time.sleep(1.0)
+            idle = cpu_seconds(pid) - idle0
+            latency(gens)  # forget earlier samples
+            expected = base["received"] + messages * per_message
+            cpu0, wall0 = cpu_seconds(pid), time.perf_counter()
+            lg0 = [cpu_seconds(g.proc.pid) for g in gens]
+            gens[0].ask(f"publish {messages} {rate} 100 {room_arg}")
+            got = wait_count(gens, expected, 60.0)
+            wall = time.perf_counter() - wall0
+            cpu = cpu_seconds(pid) - cpu0
+            lg = sum(cpu_seconds(g.proc.pid) - c for g, c in zip(gens, lg0, strict=True))
+            time.sleep(0.2)
+            final = counts(gens)
+            want_min = base["min"] + per_client
+            if (
+                got["received"] != expected
+                or final["received"] != expected
+                or final["bad"]
+                or final["min"] != want_min
+                or final["max"] != base["max"] + per_client
+            ):
+                raise RuntimeError(f"{kind}: expected {expected} ({want_min} each), got {final}")
+            base = final
+            p50, p99, _ = latency(gens)
+            delivered = messages * per_message
+            samples.append(
+                {
+                    "cpu": cpu / delivered,
+                    "busy": (cpu - idle * wall) / delivered,
+                    "util": cpu / wall,
+                    "lg": lg / delivered,
+                    "lg_util": lg / wall,
+                    "p50": p50,
+                    "p99": p99,
+                }
+            )
+
+    def med(key: str) -> float:
+        return statistics.median(s[key] for s in samples)
+
+    return emit(
+        {
+            "scenario": "steady" if not rooms else "steadyrooms",
+            "server": kind if not write_delay else f"{kind} write_delay={write_delay * 1000:g}ms",
+            "clients": count,
+            "rate": rate,
+            "messages": messages,
+            "rounds": rounds,
+            "cpu_ns_per_delivery": med("busy") * 1e9,
+            "cpu_ns_per_delivery_with_idle": med("cpu") * 1e9,
+            "cpu_ns_per_delivery_rounds": [round(s["busy"] * 1e9) for s in samples],
+            "server_util": med("util"),
+            "loadgen": "compiled" if binary is not None else "python",
+            "loadgen_ns_per_delivery": med("lg") * 1e9,
+            "loadgen_util": med("lg_util"),
+            "p50_ms": med("p50") * 1000,
+            "p99_ms": med("p99") * 1000,
+            "pinned": cpus is not None,
+            "lost": 0,
+        }
+    )
+
+
+def _pin_redis(url: str) -> int:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        # A subscriber that falls behind must not be cut off: that would be loss, not lag.
+        client.config_set("client-output-buffer-limit", "pubsub 0 0 0")
+        redis_pid = client.info("server")["process_id"]
+    finally:
+        client.close()
+    if pinnable():
+        subprocess.run(
+            ["taskset", "-cp", LOADGEN_CPU, str(redis_pid)], check=True, capture_output=True
+        )
+    return int(redis_pid)
+
+
+def saturate(
+    kind: str,
+    count: int,
+    rounds: int,
+    step_seconds: float,
+    binary: Path | None,
+    write_delay: float = 0.0,
+) -> dict[str, Any]:
+    """Rising rates of Redis-published broadcasts; the highest step delivered in full with
+    p99 < 100 ms, per sweep, and the median over `rounds` sweeps (roomcast with
+    `write_delay` when given)."""
+    sweeps = []
+    cpus = SERVER_CPU if pinnable() else None
+    with ExitStack() as stack:
+        url = stack.enter_context(redis_server())
+        redis_pid = _pin_redis(url)
+        redis_addr = url.removeprefix("redis://")
+        extra = ("--write-delay", str(write_delay)) if write_delay else ()
+        port, pid = stack.enter_context(server(kind, 90.0, *extra, redis_url=url, cpus=cpus))
+        gens = stack.enter_context(fast_clients(port, count, binary, POLL_MS))
+        wait_subscribed(url, {"ws:broadcast": 1})
+        base = counts(gens)["received"]
+        for _ in range(rounds):
+            deliveries_per_s = START_PER_S
+            best_p99: dict[str, Any] | None = None
+            best_kept: dict[str, Any] | None = None
+            steps = []
+            retried = False
+            while deliveries_per_s <= 40_000_000:
+                msg_rate = deliveries_per_s / count
+                messages = max(10, int(msg_rate * step_seconds))
+                latency(gens)
+                expected = base + messages * count
+                cpu0, t0 = cpu_seconds(pid), time.perf_counter()
+                lg0 = [cpu_seconds(g.proc.pid) for g in gens]
+                redis0 = cpu_seconds(redis_pid)
+                gens[0].ask(f"rpublish {redis_addr} ws:broadcast {messages} {msg_rate} 100")
+                got = wait_count(gens, expected, step_seconds * 3 + 5)
+                wall = time.perf_counter() - t0
+                cpu = cpu_seconds(pid) - cpu0
+                lg = sum(cpu_seconds(g.proc.pid) - c for g, c in zip(gens, lg0, strict=True))
+                redis_cpu = cpu_seconds(redis_pid) - redis0
+                p50, p99, _ = latency(gens)
+                complete = got["received"] == expected and got["bad"] == 0
+                # Kept up: everything delivered within the step plus a little (no backlog).
+                kept_up = complete and wall <= step_seconds * 1.25 + 0.5
+                delivered = messages * count
+                step: dict[str, Any] = {
+                    "offered_per_s": deliveries_per_s,
+                    "delivered_per_s": delivered / max(wall, 1e-9),
+                    "cpu_ns_per_delivery": cpu / delivered * 1e9,
+                    "server_util": cpu / wall,
+                    "loadgen_ns_per_delivery": lg / delivered * 1e9,
+                    "loadgen_util": lg / wall,
+                    "redis_util": redis_cpu / wall,
+                    "p50_ms": p50 * 1000,
+                    "p99_ms": p99 * 1000,
+                    "kept_up": kept_up,
+                }
+                steps.append(step)
+                if not kept_up:
+                    base = wait_quiet(gens)
+                    if counts(gens)["bad"]:
+                        raise RuntimeError(f"{kind}: duplicated or reordered at {step}")
+                    if base != expected:
+                        # Lost: roomcast's broker rebuilds its Redis session when its watchdog
+                        # probe is stuck behind the backlog (at-most-once). The sweep ends.
+                        step["lost"] = expected - base
+                        wait_subscribed(url, {"ws:broadcast": 1})
+                        break
+                    if retried:
+                        break
+                    retried = True  # one retry: a transient stall on this shared machine
+                    continue
+                retried = False
+                base = expected
+                best_kept = step
+                if p99 < P99_LIMIT:
+                    best_p99 = step
+                deliveries_per_s *= 1.5
+            sweeps.append({"p99": best_p99, "kept": best_kept, "failed_at": steps[-1]})
+    under_p99 = [s["p99"]["offered_per_s"] if s["p99"] else 0.0 for s in sweeps]
+    kept = [s["kept"]["offered_per_s"] if s["kept"] else 0.0 for s in sweeps]
+    kept_steps = [s["kept"] for s in sweeps if s["kept"]]
+
+    def med(key: str) -> float:
+        return statistics.median(b[key] for b in kept_steps) if kept_steps else float("nan")
+
+    return emit(
+        {
+            "scenario": "saturate",
+            "server": kind if not write_delay else f"{kind} write_delay={write_delay * 1000:g}ms",
+            "clients": count,
+            "rounds": rounds,
+            "sustained_per_s": statistics.median(kept),
+            "sustained_per_s_sweeps": kept,
+            "p99_under_100ms_per_s": statistics.median(under_p99),
+            "p99_under_100ms_per_s_sweeps": under_p99,
+            # At the highest rate kept up:
+            "cpu_ns_per_delivery": med("cpu_ns_per_delivery"),
+            "server_util": med("server_util"),
+            "loadgen": "compiled" if binary is not None else "python",
+            "loadgen_ns_per_delivery": med("loadgen_ns_per_delivery"),
+            "loadgen_util": med("loadgen_util"),
+            "redis_util": med("redis_util"),
+            "p50_ms": med("p50_ms"),
+            "p99_ms": med("p99_ms"),
+            "failed_at": [s["failed_at"] for s in sweeps],
+            "saturated": "server" if med("server_util") >= SATURATED else "-",
+            "pinned": cpus is not None,
+        }
+    )
+
+
+def run(
+    scenario: str,
+    kind: str,
+    counts: list[int],
+    rounds: int,
+    quick: bool,
+    write_delays: tuple[float, ...] = (),
+) -> list[dict]:
+    binary = compiled_loadgen()
+    if binary is None:
+        print("note: `go` not found: using the Python load generator", flush=True)
+    rows = []
+    if scenario == "steady":
+        seconds = 0.5 if quick else 4.0
+        for delay in (0.0, *write_delays) if kind == "roomcast" else (0.0,):
+            for count in [c for c in counts if c <= 5000] or counts[:1]:
+                # One message at a time, ~50,000 deliveries/s: 50/s to 1,000, 10/s to 5,000.
+                rate = 50.0 if count <= 1000 else 50_000 / count
+                rows.append(steady(kind, count, rate, seconds, rounds, None, binary, delay))
+            count = 1000 if not quick else counts[0]
+            rooms = [f"room-{i}" for i in range(10)]
+            rows.append(steady(kind, count, 200.0, seconds, rounds, rooms, binary, delay))
+    elif scenario == "saturate":
+        if binary is None:
+            print("note: skipping saturate (it needs the compiled load generator)", flush=True)
+        elif kind in ("roomcast", "ignis"):  # the servers that speak the Redis envelope
+            for delay in (0.0, *write_delays) if kind == "roomcast" else (0.0,):
+                for count in counts:
+                    step = 0.3 if quick else 2.0
+                    rows.append(saturate(kind, count, rounds, step, binary, delay))
+    return rows

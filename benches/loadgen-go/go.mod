@@ -1,0 +1,3 @@
+module roomcast/benches/loadgen
+
+go 1.26

@@ -1,0 +1,120 @@
+//! Writing a flushed batch straight to the socket, skipping `transport.write`.
+//!
+//! Only for plain uvloop TCP transports (`uvloop.loop.TCPTransport`; never a TLS one, whose
+//! socket carries ciphertext). A batch goes to the socket with one `send(2)` when, right
+//! now, uvloop still owns that fd (its pseudo-socket's `fileno()` is the fd we recorded:
+//! uvloop sets it to -1 before it closes the fd, so a closed and reused number is never
+//! written to) and uvloop holds nothing unsent for it (`get_write_buffer_size() == 0`, so
+//! nothing we send can overtake bytes picows or uvloop queued earlier). Whatever `send`
+//! does not take (a partial write, `EAGAIN`) or any error is handed to `transport.write`
+//! as before, so uvloop buffers it, pauses the protocol at its high-water mark (our
+//! backpressure) and reports errors its own way.
+
+use pyo3::prelude::*;
+use pyo3::{intern, PyResult};
+
+/// What a connection needs for direct writes.
+pub struct Direct {
+    transport: Py<PyAny>,
+    /// uvloop's cached pseudo-socket: `fileno()` is -1 once the transport closed its fd.
+    sock: Py<PyAny>,
+    fd: i32,
+}
+
+/// How much of a batch `send` took.
+pub enum Sent {
+    /// All of it.
+    All,
+    /// The first `n` bytes (maybe 0); the rest must go through the transport.
+    Part(usize),
+    /// None: the direct path does not apply now (or failed); use the transport.
+    Not,
+}
+
+impl Direct {
+    /// The direct-write handle of `write`'s transport when it is a plain uvloop TCP
+    /// transport with an open socket, else None.
+    pub fn of(write: &Bound<'_, PyAny>) -> Option<Direct> {
+        let py = write.py();
+        let transport = write.getattr(intern!(py, "__self__")).ok()?;
+        let kind = transport.get_type();
+        let module = kind.module().ok()?;
+        if kind.name().ok()?.to_str().ok()? != "TCPTransport"
+            || module.to_str().ok()? != "uvloop.loop"
+        {
+            return None;
+        }
+        let sock = transport
+            .call_method1(intern!(py, "get_extra_info"), (intern!(py, "socket"),))
+            .ok()?;
+        let fd: i32 = sock
+            .call_method0(intern!(py, "fileno"))
+            .ok()?
+            .extract()
+            .ok()?;
+        (fd >= 0).then(|| Direct {
+            transport: transport.unbind(),
+            sock: sock.unbind(),
+            fd,
+        })
+    }
+
+    /// uvloop still owns our fd and has nothing queued for it.
+    fn clear(&self, py: Python<'_>) -> PyResult<bool> {
+        let fd: i32 = self
+            .sock
+            .bind(py)
+            .call_method0(intern!(py, "fileno"))?
+            .extract()?;
+        if fd != self.fd {
+            return Ok(false);
+        }
+        let queued: usize = self
+            .transport
+            .bind(py)
+            .call_method0(intern!(py, "get_write_buffer_size"))?
+            .extract()?;
+        Ok(queued == 0)
+    }
+
+    /// Sends `data` now if the transport allows it (see the module comment).
+    pub fn send(&self, py: Python<'_>, data: &[u8]) -> Sent {
+        if data.is_empty() || !self.clear(py).unwrap_or(false) {
+            return Sent::Not;
+        }
+        loop {
+            // SAFETY: `data` is a live, initialised slice for the whole call and `send` only
+            // reads `data.len()` bytes from it without keeping the pointer. The fd is a
+            // plain integer to the kernel (a bad one is EBADF, not memory unsafety); that it
+            // is still this connection's socket is what `clear` established just above,
+            // with the GIL held throughout, so uvloop (which closes fds on this thread,
+            // under the GIL) cannot close it in between.
+            let n = unsafe {
+                libc::send(
+                    self.fd,
+                    data.as_ptr().cast(),
+                    data.len(),
+                    libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+                )
+            };
+            if let Ok(n) = usize::try_from(n) {
+                return if n == data.len() {
+                    Sent::All
+                } else {
+                    Sent::Part(n)
+                };
+            }
+            match std::io::Error::last_os_error().raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EAGAIN) => return Sent::Part(0),
+                // EPIPE, ECONNRESET...: let uvloop meet the error and close the transport.
+                _ => return Sent::Not,
+            }
+        }
+    }
+
+    pub fn traverse(&self, visit: &pyo3::gc::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        visit.call(&self.transport)?;
+        visit.call(&self.sock)
+    }
+}

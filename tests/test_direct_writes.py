@@ -1,0 +1,94 @@
+"""Batches sent straight to the socket from the Rust hub (plain uvloop TCP transports only):
+order, exactly-once and backpressure stay what `transport.write` gave."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+
+import orjson
+from roomcast import WebSocketServerHelper
+from roomcast.tls import server_context
+from serving_support import make_certificates
+from support import RawClient, authed, recv, run, running, token_auth
+
+
+async def connected_raw(port: int, rcvbuf: int | None = None) -> RawClient:
+    raw, head = await RawClient.connect(port, rcvbuf=rcvbuf)
+    assert head.startswith(b"HTTP/1.1 101")
+    auth = {"event": "authenticate", "data": {"type": "Bearer", "token": "user:slow"}}
+    raw.send_text(orjson.dumps(auth))
+    opcode, payload = await raw.read_frame()
+    assert opcode == 0x1 and orjson.loads(payload)["event"] == "connected"
+    return raw
+
+
+def test_a_plain_connection_gets_its_messages_straight_from_the_hub_in_order():
+    async def body():
+        async with running() as node:
+            ws, _ = await authed(node.url)
+            before = node.helper._hub.stats()["direct_writes"]
+            for i in range(50):
+                node.helper.broadcast("n", i)
+                if i % 10 == 9:
+                    await asyncio.sleep(0)  # several flushes, single and multi-frame
+            assert [(await recv(ws))["data"] for _ in range(50)] == list(range(50))
+            assert node.helper._hub.stats()["direct_writes"] > before
+            await ws.close()
+
+    run(body())
+
+
+def test_a_slow_reader_gets_every_message_once_in_order_across_partial_sends():
+    """A 4 KB receive buffer: direct sends fill the socket, the rest goes to uvloop's
+    buffer, later flushes must queue behind it; nothing is lost, doubled or reordered."""
+
+    async def body():
+        async with running() as node:
+            raw = await connected_raw(node.port, rcvbuf=4096)
+            (client,) = node.helper.get_clients().values()
+            transport = client.transport.underlying_transport
+            # A small send buffer too, so that sends come back partial or EAGAIN soon.
+            transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            pad = "x" * 1000
+            for i in range(400):  # ~400 KB, under the 1 MiB backpressure limit
+                node.helper.broadcast("n", {"i": i, "pad": pad})
+                await asyncio.sleep(0)  # one message per flush
+            stats = node.helper._hub.stats()
+            assert stats["skipped"] == 0
+            assert stats["direct_writes"] > 0
+            # The socket refused the rest: uvloop holds it, so later flushes queued behind.
+            assert transport.get_write_buffer_size() > 0
+            seen = []
+            for _ in range(400):
+                opcode, payload = await raw.read_frame()
+                assert opcode == 0x1
+                seen.append(orjson.loads(payload)["data"]["i"])
+            assert seen == list(range(400))
+
+    run(body())
+
+
+def test_tls_connections_never_write_to_the_socket_directly(tmp_path):
+    files = make_certificates(tmp_path)
+    context = server_context(str(files["cert"]), str(files["key"]))
+    client = ssl.create_default_context(cafile=str(files["ca"]))
+
+    async def body() -> None:
+        helper = WebSocketServerHelper("tls", "/ws", "memory://", token_auth)
+        server = await helper.serve("127.0.0.1", 0, ssl=context)
+        try:
+            url = f"wss://127.0.0.1:{server.bound_port}/ws"
+            ws, _ = await authed(url, "user:bob", ssl=client)
+            for i in range(5):
+                helper.broadcast("n", i)
+                await asyncio.sleep(0)
+            assert [(await recv(ws))["data"] for _ in range(5)] == list(range(5))
+            assert helper._hub.stats()["direct_writes"] == 0
+            await ws.close()
+        finally:
+            await server.stop()
+            await helper.shutdown()
+
+    run(body())
