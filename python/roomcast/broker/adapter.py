@@ -3,11 +3,9 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Iterable
 from typing import Any, Protocol, runtime_checkable
 
-from .protocol import BrokerState, OnMessage
+from .protocol import OneProcess, OnMessage
 
 
 @runtime_checkable
@@ -23,7 +21,7 @@ def is_plain_broker(candidate: object) -> bool:
     return isinstance(candidate, _Plain)
 
 
-class PlainBroker:
+class PlainBroker(OneProcess):
     """The abilities the wrapped broker lacks take their one-process meaning: no interest,
     every channel live, always connected, no counters."""
 
@@ -42,37 +40,6 @@ class PlainBroker:
 
     async def close(self) -> None:
         await self.inner.close()
-
-    @property
-    def wants_interest(self) -> bool:
-        return False
-
-    def interest(self, channel: str, on: bool) -> None:
-        pass
-
-    @property
-    def confirms_subscriptions(self) -> bool:
-        return False
-
-    def subscribe_new(self, channels: list[str]) -> asyncio.Future[Any] | None:
-        return None
-
-    def confirmation(self, channels: Iterable[str]) -> asyncio.Future[Any] | None:
-        return None
-
-    @property
-    def connected(self) -> bool:
-        return True
-
-    @property
-    def state(self) -> BrokerState:
-        return "connected"
-
-    def stats(self) -> dict[str, int]:
-        return {}
-
-    async def sync(self, timeout: float | None = None) -> None:
-        pass
 
     def __repr__(self) -> str:
         return f"PlainBroker({self.inner!r})"

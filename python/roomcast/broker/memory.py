@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Iterable
-from typing import Any
 
-from .protocol import BrokerState, OnMessage
+from .protocol import OneProcess, OnMessage
 
 # Brokers with the same name in one process share their subscribers, like nodes on one Redis.
 _networks: defaultdict[str, set[MemoryBroker]] = defaultdict(set)
 
 
-class MemoryBroker:
+class MemoryBroker(OneProcess):
     """At-most-once delivery to the other brokers of the same name in this process.
 
     Messages are delivered on a later event loop iteration, never inside `publish`. Every
@@ -45,39 +43,6 @@ class MemoryBroker:
                 peer._loop.call_soon_threadsafe(peer._on_message, channel, message)
                 count += 1
         return count
-
-    @property
-    def wants_interest(self) -> bool:
-        return False
-
-    def interest(self, channel: str, on: bool) -> None:
-        """Nothing to do: every peer receives every channel."""
-
-    @property
-    def confirms_subscriptions(self) -> bool:
-        return False
-
-    def subscribe_new(self, channels: list[str]) -> asyncio.Future[Any] | None:
-        return None
-
-    def confirmation(self, channels: Iterable[str]) -> asyncio.Future[Any] | None:
-        return None
-
-    @property
-    def connected(self) -> bool:
-        return True
-
-    @property
-    def state(self) -> BrokerState:
-        """Always `connected`: there is nothing to lose a connection to."""
-        return "connected"
-
-    def stats(self) -> dict[str, int]:
-        """No counters (the server then reports no `broker_*` ones)."""
-        return {}
-
-    async def sync(self, timeout: float | None = None) -> None:
-        """Nothing to wait for: subscriptions are in effect at once."""
 
     async def close(self) -> None:
         peers = _networks.get(self.name)

@@ -94,4 +94,50 @@ class Broker(Protocol):
         BrokerUnavailable while disconnected."""
 
 
-__all__ = ["BROKER_STATES", "Broker", "BrokerState", "BrokerUnavailable", "OnMessage"]
+class OneProcess:
+    """The abilities of a broker whose every peer receives every channel (one process, or a
+    broker that offers only start/publish/close): no interest to track, every channel live
+    at once, always connected, no counters. Brokers inherit these and add the rest."""
+
+    @property
+    def wants_interest(self) -> bool:
+        return False
+
+    def interest(self, channel: str, on: bool) -> None:
+        """Nothing to do: every peer receives every channel."""
+
+    @property
+    def confirms_subscriptions(self) -> bool:
+        return False
+
+    def subscribe_new(self, channels: list[str]) -> asyncio.Future[Any] | None:
+        return None
+
+    def confirmation(self, channels: Iterable[str]) -> asyncio.Future[Any] | None:
+        return None
+
+    @property
+    def connected(self) -> bool:
+        return True
+
+    @property
+    def state(self) -> BrokerState:
+        """Always `connected`: there is nothing to lose a connection to."""
+        return "connected"
+
+    def stats(self) -> dict[str, int]:
+        """No counters (the server then reports no `broker_*` ones)."""
+        return {}
+
+    async def sync(self, timeout: float | None = None) -> None:
+        """Nothing to wait for: subscriptions are in effect at once."""
+
+
+__all__ = [
+    "BROKER_STATES",
+    "Broker",
+    "BrokerState",
+    "BrokerUnavailable",
+    "OnMessage",
+    "OneProcess",
+]
