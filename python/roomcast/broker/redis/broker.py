@@ -121,6 +121,7 @@ class RedisBroker:
         }
         self._interest = Interest(self.wants_interest, self.unsubscribe_delay)
         self.interest = self._interest.interest  # bound once: no extra call per change
+        self.interest_many = self._interest.interest_many
         self._watchdog = Watchdog(
             self.watchdog_interval, publisher_only, self._commands.publish, self._stats
         )

@@ -85,6 +85,17 @@ class Interest:
         self.dirty.add(channel)
         self._schedule_flush()
 
+    def interest_many(self, adds: list[str], removes: list[str]) -> None:
+        """`interest(channel, True)` for each of `adds`, then `interest(channel, False)` for
+        each of `removes`. A login's channels are wanted already (`subscribe_new`): then the
+        adds cost one set test in all."""
+        interest = self.interest
+        if adds and not self.wanted.issuperset(adds):
+            for channel in adds:
+                interest(channel, True)
+        for channel in removes:
+            interest(channel, False)
+
     def subscribe_new(self, channels: list[str]) -> asyncio.Future[Any] | None:
         """Subscribe channels no one on this node has wanted before (a new client's own):
         `interest(channel, True)` for each, and the future of the flush that will confirm
