@@ -83,7 +83,8 @@ class Interest:
                     )
                 return
         self.dirty.add(channel)
-        self._schedule_flush()
+        if not self._flush_scheduled:
+            self._schedule_flush()
 
     def interest_many(self, adds: list[str], removes: list[str]) -> None:
         """`interest(channel, True)` for each of `adds`, then `interest(channel, False)` for
