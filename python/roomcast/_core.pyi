@@ -94,6 +94,11 @@ class Hub:
     def drain_interest(self) -> list[tuple[int, str, bool]]:
         """``(kind, name, present)`` per change since the last drain, in order; the last
         change of a name is its current state."""
+    def drain_interest_channels(
+        self, room_prefix: str, user_prefix: str, client_prefix: str
+    ) -> tuple[list[str], list[str]]:
+        """The same changes as channel names (the kind's prefix + the name): those gained,
+        then those lost; applying every gain, then every loss, equals replaying them."""
     # -- delivery ----------------------------------------------------------------
     def send(self, handle: int, payload: bytes) -> bool: ...
     def send_room(self, room: str, payload: bytes, exclude: list[str] | None = None) -> int: ...

@@ -69,14 +69,16 @@ class Authentication(HelperBase):
             logins.append((client, ahead))
 
     def _login_all(self, lifted: asyncio.Future[bool]) -> None:
-        for client, ahead in self._logins.pop(lifted, ()):
+        logins = self._logins.pop(lifted, ())
+        if lifted.cancelled() or not lifted.result():
+            self._barrier.unconfirmed += len(logins)  # as `count_unconfirmed`, once for all
+        for client, ahead in logins:
             self._login(client, ahead, lifted)
 
     def _login(self, client: Client, ahead: list[str], lifted: asyncio.Future[bool] | None) -> None:
-        """Authenticated (and subscribed): into the hub, `connected`, client_connected_fn."""
+        """Authenticated (and subscribed): into the hub, `connected`, client_connected_fn.
+        `lifted`: the barrier it waited for (counted by `_login_all`), if any."""
         barrier = self._barrier
-        if lifted is not None:
-            barrier.count_unconfirmed(lifted)
         if not client.logged_in():
             if lifted is not None:
                 if ahead:
@@ -122,12 +124,19 @@ class Authentication(HelperBase):
         if barrier.confirmation is None:
             return [], None
         # Its own channels are new (no one else can hold them): no look-up, no counting.
-        waiter = barrier.subscribe_new([_CLIENT_PREFIX + client.id, _ROOM_PREFIX + client.id])
+        client_id = client.id
+        waiter = barrier.subscribe_new([_CLIENT_PREFIX + client_id, _ROOM_PREFIX + client_id])
         if waiter is None:  # the broker is closing
             return [], None
-        shared = [_ROOM_PREFIX + room for room in self.default_rooms]
-        if client.user_id is not None:
-            shared.append(_USER_PREFIX + client.user_id)
+        user_id = client.user_id
+        if self.default_rooms:
+            shared = [_ROOM_PREFIX + room for room in self.default_rooms]
+            if user_id is not None:
+                shared.append(_USER_PREFIX + user_id)
+        elif user_id is not None:
+            shared = [_USER_PREFIX + user_id]
+        else:
+            return [], barrier.wait(waiter)
         late = barrier.confirmation(shared)  # usually None: live already
         if late is None:
             return [], barrier.wait(waiter)

@@ -36,15 +36,21 @@ _JOIN = WebSocketEvents.JOIN
 _AUTHENTICATED = State.AUTHENTICATED
 _DISCONNECTED = State.DISCONNECTED
 
-# The channel of each kind of interest change the hub reports.
-_INTEREST_PREFIXES = {
-    _core.INTEREST_ROOM: _ROOM_PREFIX,
-    _core.INTEREST_USER: _USER_PREFIX,
-    _core.INTEREST_CLIENT: _CLIENT_PREFIX,
-}
-
 Confirmation = Callable[[list[str]], "asyncio.Future[Any] | None"]
+InterestMany = Callable[[list[str], list[str]], None]
 Handler = Callable[[Client, Any, bool], None]
+
+
+def _one_by_one(interest: Callable[[str, bool], Any]) -> InterestMany:
+    """`interest_many` for a broker that takes one change at a time."""
+
+    def interest_many(adds: list[str], removes: list[str]) -> None:
+        for channel in adds:
+            interest(channel, True)
+        for channel in removes:
+            interest(channel, False)
+
+    return interest_many
 
 
 def reading(client: Client, on: bool) -> None:
@@ -89,6 +95,12 @@ class JoinBarrier:
             if self.interest is not None and broker.confirms_subscriptions
             else None  # patterns (or no Redis): every channel is always live
         )
+        # Channels gained then channels lost, in one call per drain when the broker can.
+        self.interest_many: InterestMany | None = None
+        if self.interest is not None:
+            self.interest_many = getattr(broker, "interest_many", None) or _one_by_one(
+                self.interest
+            )
         self.subscribe_new: Confirmation = broker.subscribe_new
         self._broker = broker
         self.hub: _core.Hub  # set by the helper once the hub exists (it needs `interest`)
@@ -107,16 +119,16 @@ class JoinBarrier:
 
     def sync_interest(self) -> None:
         """Forward the interest changes the hub recorded since the last drain."""
-        interest = self.interest
-        if interest is None:
+        interest_many = self.interest_many
+        if interest_many is None:
             return
-        prefixes = _INTEREST_PREFIXES
+        adds, removes = self.hub.drain_interest_channels(_ROOM_PREFIX, _USER_PREFIX, _CLIENT_PREFIX)
         ahead = self.ahead
-        for kind, name, present in self.hub.drain_interest():
-            channel = prefixes[kind] + name
-            if not present and ahead and channel in ahead:
-                continue  # a pending join still needs it (released by `release_early`)
-            interest(channel, present)
+        if removes and ahead:
+            # A pending join still needs those (released by `release_early`).
+            removes = [channel for channel in removes if channel not in ahead]
+        if adds or removes:
+            interest_many(adds, removes)
 
     def subscribe_early(self, channels: list[str]) -> None:
         """Subscribe `channels` ahead of the hub, for a join that takes effect once Redis

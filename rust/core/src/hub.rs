@@ -883,6 +883,17 @@ impl<S> Hub<S> {
         self.interest.drain(f);
     }
 
+    /// The changes since the last drain as their net effect: `add` for each name gained,
+    /// then `remove` for each lost (see [`InterestLog::drain_net`]); applying the adds
+    /// before the removes equals replaying [`Hub::drain_interest`] in order.
+    pub fn drain_interest_net(
+        &mut self,
+        add: impl FnMut(InterestKind, &str),
+        remove: impl FnMut(InterestKind, &str),
+    ) {
+        self.interest.drain_net(add, remove);
+    }
+
     // -- deadlines ------------------------------------------------------------------
 
     /// Runs the wheel up to `now`: calls `expired` once per connection whose deadline

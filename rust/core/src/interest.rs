@@ -6,8 +6,10 @@
 use std::mem;
 use std::rc::Rc;
 
+use rustc_hash::FxHashMap;
+
 /// What a change is about.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum InterestKind {
     /// A room gained its first member or lost its last.
     Room,
@@ -90,6 +92,58 @@ impl InterestLog {
             self.changes = changes;
         }
     }
+
+    /// Drains the changes as two batches with the effect of replaying them in order,
+    /// when every add is applied before every remove: `add` for each name whose first
+    /// change since the last drain gained it, then `remove` for each whose last change lost
+    /// it (a name gained and lost again is in both; one lost and regained is in neither:
+    /// it is where it was). Each in the order of the names' first changes.
+    pub fn drain_net(
+        &mut self,
+        mut add: impl FnMut(InterestKind, &str),
+        mut remove: impl FnMut(InterestKind, &str),
+    ) {
+        self.scheduled = false;
+        self.requested = false;
+        let changes = mem::take(&mut self.changes);
+        if changes.len() <= 1 {
+            for (kind, name, present) in &changes {
+                if *present {
+                    add(*kind, name);
+                } else {
+                    remove(*kind, name);
+                }
+            }
+        } else {
+            // Changes of one name alternate (gained, lost, gained...): the first and the
+            // last tell the net effect.
+            let mut last: FxHashMap<(InterestKind, &str), bool> = FxHashMap::default();
+            last.reserve(changes.len());
+            for (kind, name, present) in &changes {
+                last.insert((*kind, name), *present);
+            }
+            let mut removes = Vec::new();
+            for (kind, name, present) in &changes {
+                let Some(end) = last.remove(&(*kind, &**name)) else {
+                    continue; // not its first change
+                };
+                if *present {
+                    add(*kind, name);
+                }
+                if !end {
+                    removes.push((*kind, &**name));
+                }
+            }
+            for (kind, name) in removes {
+                remove(kind, name);
+            }
+        }
+        if self.changes.is_empty() {
+            let mut changes = changes;
+            changes.clear();
+            self.changes = changes;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -122,5 +176,38 @@ mod tests {
         );
         log.record(InterestKind::Client, &Rc::from("c"), false);
         assert!(log.take_request());
+    }
+
+    fn net(log: &mut InterestLog) -> (Vec<String>, Vec<String>) {
+        let (mut adds, mut removes) = (Vec::new(), Vec::new());
+        log.drain_net(
+            |_, name| adds.push(name.to_owned()),
+            |_, name| removes.push(name.to_owned()),
+        );
+        (adds, removes)
+    }
+
+    #[test]
+    fn net_drain_replays_in_order_with_adds_first() {
+        let mut log = InterestLog::new(true);
+        let [a, b, c, d, e] = ["a", "b", "c", "d", "e"].map(Rc::<str>::from);
+        log.record(InterestKind::Room, &a, true); // gained
+        log.record(InterestKind::Room, &b, false); // lost
+        log.record(InterestKind::Room, &c, true); // gained and lost again: both
+        log.record(InterestKind::Room, &c, false);
+        log.record(InterestKind::Room, &d, false); // lost and regained: neither
+        log.record(InterestKind::Room, &d, true);
+        log.record(InterestKind::User, &a, false); // another kind, same name
+        log.record(InterestKind::Room, &e, true); // gained, lost, gained: gained
+        log.record(InterestKind::Room, &e, false);
+        log.record(InterestKind::Room, &e, true);
+        assert!(log.take_request());
+        let (adds, removes) = net(&mut log);
+        assert_eq!(adds, ["a", "c", "e"]);
+        assert_eq!(removes, ["b", "c", "a"]);
+        assert_eq!(log.len(), 0);
+        log.record(InterestKind::Client, &a, false);
+        assert!(log.take_request());
+        assert_eq!(net(&mut log), (vec![], vec!["a".to_owned()]));
     }
 }

@@ -16,7 +16,7 @@ use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 use pyo3::{intern, PyTraverseError};
-use roomcast_core::{self as rc, Batch, Exclude, Frame, Handle};
+use roomcast_core::{self as rc, Batch, Exclude, Frame, Handle, InterestKind};
 use rustc_hash::FxHashMap;
 
 use crate::direct::{Direct, Sent};
@@ -513,6 +513,35 @@ impl Hub {
             changes.push((kind.code(), PyString::new(py, name), present))
         });
         PyList::new(py, changes)
+    }
+
+    /// The interest changes since the last drain as two lists of channel names (a
+    /// change's name after the prefix of its kind): those gained and those lost. Applying
+    /// all of the first, then all of the second, equals replaying ``drain_interest()``.
+    fn drain_interest_channels<'py>(
+        &mut self,
+        py: Python<'py>,
+        room_prefix: &str,
+        user_prefix: &str,
+        client_prefix: &str,
+    ) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
+        let channel = |kind: InterestKind, name: &str| {
+            let prefix = match kind {
+                InterestKind::Room => room_prefix,
+                InterestKind::User => user_prefix,
+                InterestKind::Client => client_prefix,
+            };
+            let mut channel = String::with_capacity(prefix.len() + name.len());
+            channel.push_str(prefix);
+            channel.push_str(name);
+            PyString::new(py, &channel)
+        };
+        let (mut adds, mut removes) = (Vec::new(), Vec::new());
+        self.core.drain_interest_net(
+            |kind, name| adds.push(channel(kind, name)),
+            |kind, name| removes.push(channel(kind, name)),
+        );
+        Ok((PyList::new(py, adds)?, PyList::new(py, removes)?))
     }
 
     fn rooms_of<'py>(&self, py: Python<'py>, handle: u64) -> PyResult<Bound<'py, PyList>> {

@@ -68,6 +68,14 @@ class RedisBroker:
     interest: Callable[[str, bool], None]
     """The node got its first local member of a channel (on) or lost its last (off); see
     `Interest.interest`."""
+    interest_many: Callable[[list[str], list[str]], None]
+    """`interest(channel, True)` for each of the first list, then `False` for the second."""
+    subscribe_new: Callable[[list[str]], asyncio.Future[Any] | None]
+    """See `Interest.subscribe_new`: subscribe a new client's own channels and return the
+    future of the flush that confirms them."""
+    confirmation: Callable[[Iterable[str]], asyncio.Future[Any] | None]
+    """See `Interest.confirmation`: None when every one of `channels` is live, else a
+    future resolved once Redis has confirmed them."""
 
     def __init__(
         self,
@@ -121,6 +129,9 @@ class RedisBroker:
         }
         self._interest = Interest(self.wants_interest, self.unsubscribe_delay)
         self.interest = self._interest.interest  # bound once: no extra call per change
+        self.interest_many = self._interest.interest_many
+        self.subscribe_new = self._interest.subscribe_new  # as `interest`: once a login
+        self.confirmation = self._interest.confirmation
         self._watchdog = Watchdog(
             self.watchdog_interval, publisher_only, self._commands.publish, self._stats
         )
@@ -222,16 +233,6 @@ class RedisBroker:
         """Whether a channel needs a subscription of its own (interest and sharded modes),
         whose confirmation `confirmation()` reports; with patterns every channel is live."""
         return self.subscribe_mode == INTEREST and not self.publisher_only
-
-    def subscribe_new(self, channels: list[str]) -> asyncio.Future[Any] | None:
-        """See `Interest.subscribe_new`: subscribe a new client's own channels and return
-        the future of the flush that confirms them."""
-        return self._interest.subscribe_new(channels)
-
-    def confirmation(self, channels: Iterable[str]) -> asyncio.Future[Any] | None:
-        """See `Interest.confirmation`: None when every one of `channels` is live, else a
-        future resolved once Redis has confirmed them."""
-        return self._interest.confirmation(channels)
 
     async def close(self) -> None:
         """Flush what is queued (briefly), then disconnect; idempotent."""

@@ -83,7 +83,19 @@ class Interest:
                     )
                 return
         self.dirty.add(channel)
-        self._schedule_flush()
+        if not self._flush_scheduled:
+            self._schedule_flush()
+
+    def interest_many(self, adds: list[str], removes: list[str]) -> None:
+        """`interest(channel, True)` for each of `adds`, then `interest(channel, False)` for
+        each of `removes`. A login's channels are wanted already (`subscribe_new`): then the
+        adds cost one set test in all."""
+        interest = self.interest
+        if adds and not self.wanted.issuperset(adds):
+            for channel in adds:
+                interest(channel, True)
+        for channel in removes:
+            interest(channel, False)
 
     def subscribe_new(self, channels: list[str]) -> asyncio.Future[Any] | None:
         """Subscribe channels no one on this node has wanted before (a new client's own):
@@ -93,8 +105,11 @@ class Interest:
             return None
         self.wanted.update(channels)
         self.dirty.update(channels)
-        next_flush = self._next()
-        self._schedule_flush()
+        next_flush = self._next_flush
+        if next_flush is None:
+            next_flush = self._next()
+        if not self._flush_scheduled:
+            self._schedule_flush()
         return next_flush
 
     def confirmation(self, channels: Iterable[str]) -> asyncio.Future[Any] | None:
@@ -123,8 +138,9 @@ class Interest:
                 if waiting is not None and not waiting.done() and waiting not in waits:
                     waits.append(waiting)
         if unsent:
-            waits.append(self._next())
-            self._schedule_flush()
+            waits.append(self._next_flush or self._next())
+            if not self._flush_scheduled:
+                self._schedule_flush()
         if not waits:
             return None
         if len(waits) == 1:
@@ -234,8 +250,12 @@ class Interest:
         if session.slot_map is None:  # one node: no slot look-up per channel
             only = session.shards[0]
             subscribed = only.subscribed
-            on = [c for c in dirty if c not in subscribed and (c in wanted or c in lingering)]
-            off = [c for c in dirty if c in subscribed and c not in wanted and c not in lingering]
+            # Set operations: no Python step per channel (logins make many new ones).
+            kept = dirty & wanted
+            if lingering:
+                kept |= lingering.keys() & dirty
+            on = list(kept - subscribed)
+            off = list(dirty.intersection(subscribed).difference(kept))
             return ([(only, on)] if on else []), ([(only, off)] if off else [])
         subscribe: dict[int, tuple[Shard, list[str]]] = {}
         unsubscribe: dict[int, tuple[Shard, list[str]]] = {}
