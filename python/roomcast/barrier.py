@@ -41,18 +41,6 @@ InterestMany = Callable[[list[str], list[str]], None]
 Handler = Callable[[Client, Any, bool], None]
 
 
-def _one_by_one(interest: Callable[[str, bool], Any]) -> InterestMany:
-    """`interest_many` for a broker that takes one change at a time."""
-
-    def interest_many(adds: list[str], removes: list[str]) -> None:
-        for channel in adds:
-            interest(channel, True)
-        for channel in removes:
-            interest(channel, False)
-
-    return interest_many
-
-
 def reading(client: Client, on: bool) -> None:
     """Resume or pause reading from a client's socket."""
     transport = client.transport
@@ -95,12 +83,10 @@ class JoinBarrier:
             if self.interest is not None and broker.confirms_subscriptions
             else None  # patterns (or no Redis): every channel is always live
         )
-        # Channels gained then channels lost, in one call per drain when the broker can.
-        self.interest_many: InterestMany | None = None
-        if self.interest is not None:
-            self.interest_many = getattr(broker, "interest_many", None) or _one_by_one(
-                self.interest
-            )
+        # Channels gained then channels lost, in one call per drain.
+        self.interest_many: InterestMany | None = (
+            broker.interest_many if self.interest is not None else None
+        )
         self.subscribe_new: Confirmation = broker.subscribe_new
         self._broker = broker
         self.hub: _core.Hub  # set by the helper once the hub exists (it needs `interest`)

@@ -57,6 +57,10 @@ class Broker(Protocol):
         """A `ws:room:`, `ws:user:` or `ws:client:` channel got its first local member (on)
         or lost its last (off). A no-op for brokers that receive everything anyway."""
 
+    def interest_many(self, adds: list[str], removes: list[str]) -> None:
+        """`interest(channel, True)` for each of `adds`, then `interest(channel, False)` for
+        each of `removes`, in one call (a drain of the hub's changes)."""
+
     @property
     def confirms_subscriptions(self) -> bool:
         """True when a channel is live only once its own subscription is confirmed (then the
@@ -104,6 +108,9 @@ class OneProcess:
         return False
 
     def interest(self, channel: str, on: bool) -> None:
+        """Nothing to do: every peer receives every channel."""
+
+    def interest_many(self, adds: list[str], removes: list[str]) -> None:
         """Nothing to do: every peer receives every channel."""
 
     @property
