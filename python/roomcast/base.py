@@ -77,6 +77,8 @@ class HelperBase:
     _barrier: JoinBarrier
     _held: dict[str, list[Any]]  # the barrier's, read on every inbound message
     _tasks: set[asyncio.Future[Any]]
+    # History rooms (`roomcast.history`): None when no room keeps history.
+    _is_history: Callable[[str], bool] | None = None
 
     # -- settings read by several parts ----------------------------------------------------
 
@@ -110,6 +112,14 @@ class HelperBase:
 
     def _forget_keys(self, client: Client) -> None:
         raise NotImplementedError  # auth.Authentication
+
+    def _send_history(self, room: str, event: str, data: Any, exclude: list[str] | None) -> int:
+        raise NotImplementedError  # history.History
+
+    def _joined(
+        self, client: Client, rooms: list[str], recover: dict[str, tuple[str, int]]
+    ) -> None:
+        raise NotImplementedError  # history.History
 
     # -- errors ------------------------------------------------------------------------------
 

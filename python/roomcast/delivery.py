@@ -46,7 +46,11 @@ class Delivery(HelperBase):
     def send_to_room(
         self, room: str, event: str, data: Any = MISSING, exclude: list[str] | None = None
     ) -> int:
-        """Deliver to every local authenticated member of `room` not in `exclude`."""
+        """Deliver to every local authenticated member of `room` not in `exclude`; a message
+        to a history room is numbered and kept first (SPEC §10)."""
+        is_history = self._is_history
+        if is_history is not None and is_history(room):
+            return self._send_history(room, event, data, exclude)
         count = self._hub.send_room(room, encode(event, data), exclude or None)
         return count + self._to_encrypted(room, None, exclude, event, data)
 
@@ -96,7 +100,10 @@ class Delivery(HelperBase):
             self.send_to_client(destination, topic, data)
             self._publish(_CLIENT, destination, topic, data)
         else:
-            if self._hub.has_room(destination):
+            is_history = self._is_history
+            if self._hub.has_room(destination) or (
+                is_history is not None and is_history(destination)
+            ):
                 self.send_to_room(destination, topic, data)
             self._publish(_ROOM, destination, topic, data)
 

@@ -31,6 +31,7 @@ from .constants import (
 )
 from .counters import Counters
 from .delivery import Delivery
+from .history import History
 from .http import HttpHandler, UpgradeRefused, WebServer
 from .inbound import Inbound
 from .log import TRACE, client_extra, fault
@@ -49,7 +50,7 @@ logger = logging.getLogger("roomcast")
 SWEEP_INTERVAL = 0.05
 
 
-class WebSocketServerHelper(Inbound, Authentication, Rooms, Delivery):
+class WebSocketServerHelper(Inbound, Authentication, Rooms, Delivery, History):
     """A WebSocket endpoint: authentication, rooms, users, broadcast and cross-node delivery.
 
     Callbacks may be plain functions or coroutine functions and are called with keyword
@@ -199,6 +200,7 @@ class WebSocketServerHelper(Inbound, Authentication, Rooms, Delivery):
                 "encryption is configured but outbound_transformer is missing: "
                 "encrypted clients could receive nothing"
             )
+        self._setup_history()
         self._loop = self._links.loop = self._barrier.loop = asyncio.get_running_loop()
         await self._broker.start(self._on_envelope)
         self._sweep_handle = self._loop.call_later(SWEEP_INTERVAL, self._sweep)

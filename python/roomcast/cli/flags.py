@@ -60,6 +60,10 @@ class ServeConfig:
     jwt_leeway: float = 0.0
     jwt_user_claim: str = "sub"
     allow_rooms: str = "*"
+    history_rooms: str | None = None
+    history_size: int = _SERVER.options["history_size"]
+    history_ttl: float = _SERVER.options["history_ttl"]
+    presence_rooms: str | None = None
     log_level: str = "info"
     workers: int = 1
     ssl_certfile: str | None = None
@@ -80,7 +84,14 @@ class ServeConfig:
             heartbeat_timeout=self.heartbeat_timeout,
             require_encryption=self.require_encryption,
             subscribe_timeout=self.subscribe_timeout,
-            options={"max_payload_length": self.max_payload_length, "backlog": self.backlog},
+            options={
+                "max_payload_length": self.max_payload_length,
+                "backlog": self.backlog,
+                "history_rooms": self.history_rooms,
+                "history_size": self.history_size,
+                "history_ttl": self.history_ttl,
+                "presence_rooms": self.presence_rooms,
+            },
         )
 
 
@@ -134,6 +145,12 @@ def _default_rooms(text: str) -> list[str]:
                 f"room name longer than {ROOM_NAME_MAX_LENGTH} characters: {room[:20]!r}..."
             )
     return rooms
+
+
+def _glob(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("a room glob must not be empty")
+    return text
 
 
 def _flag(text: str) -> bool:
@@ -216,6 +233,10 @@ _SERVE_FLAGS: list[tuple[str, Callable[[str], Any] | None, str]] = [
     ("--jwt-leeway-ms", _non_negative_int, "clock skew allowed on exp/nbf/iat (default 0)"),
     ("--jwt-user-claim", str, "claim that becomes the user id (default sub)"),
     ("--allow-rooms", str, "glob of room names clients may join (default '*')"),
+    ("--history-rooms", _glob, "glob of rooms that keep history (default none)"),
+    ("--history-size", _positive_int, "messages a history room keeps (default 100)"),
+    ("--history-ttl-ms", _positive_int, "ms a history room keeps a message (default 300000)"),
+    ("--presence-rooms", _glob, "glob of rooms with cluster-wide presence (default none)"),
     ("--log-level", str, "trace, debug, info, warning or error (default info)"),
     ("--log-format", str, "text, or json for one JSON object per line (default text)"),
     (
