@@ -126,10 +126,3 @@ class History(HelperBase):
                             self._to_one(client, entry.frame, entry.event, entry.data)
             data = {"room": room, "epoch": epoch, "offset": offset, "recovered": recovered}
             self._to_one(client, encode(JOINED, data), JOINED, data)
-
-    def _to_one(self, client: Client, frame: bytes, event: str, data: Any) -> None:
-        """One message to one client, behind whatever it was sent before."""
-        if client.encrypted:
-            self._sealer.deliver([client], event, data)
-        else:
-            self._hub.send(client.handle, frame)

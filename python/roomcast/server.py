@@ -36,6 +36,7 @@ from .http import HttpHandler, UpgradeRefused, WebServer
 from .inbound import Inbound
 from .log import TRACE, client_extra, fault
 from .options import resolve_server_options
+from .presence import Presence
 from .rooms import Rooms
 from .scheme import EncryptionScheme, scheme_of
 from .sealing import Sealer
@@ -50,7 +51,7 @@ logger = logging.getLogger("roomcast")
 SWEEP_INTERVAL = 0.05
 
 
-class WebSocketServerHelper(Inbound, Authentication, Rooms, Delivery, History):
+class WebSocketServerHelper(Inbound, Authentication, Rooms, Delivery, History, Presence):
     """A WebSocket endpoint: authentication, rooms, users, broadcast and cross-node delivery.
 
     Callbacks may be plain functions or coroutine functions and are called with keyword
@@ -200,7 +201,7 @@ class WebSocketServerHelper(Inbound, Authentication, Rooms, Delivery, History):
                 "encryption is configured but outbound_transformer is missing: "
                 "encrypted clients could receive nothing"
             )
-        self._setup_history()
+        self._setup_rooms()
         self._loop = self._links.loop = self._barrier.loop = asyncio.get_running_loop()
         await self._broker.start(self._on_envelope)
         self._sweep_handle = self._loop.call_later(SWEEP_INTERVAL, self._sweep)
