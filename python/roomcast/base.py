@@ -79,6 +79,7 @@ class HelperBase:
     _tasks: set[asyncio.Future[Any]]
     # History rooms (`roomcast.history`): None when no room keeps history.
     _is_history: Callable[[str], bool] | None = None
+    _remote: Any = None  # history.RedisHistory when history rooms live in redis
     # Presence rooms (`roomcast.presence`): None when no room has presence.
     _is_presence: Callable[[str], bool] | None = None
 
@@ -128,6 +129,9 @@ class HelperBase:
 
     def _setup_presence(self) -> None:
         raise NotImplementedError  # presence.Presence
+
+    def _deliver_history(self, room: str, envelope: Any) -> None:
+        raise NotImplementedError  # history.History
 
     def _on_presence(self, client: Client, data: Any) -> None:
         raise NotImplementedError  # presence.Presence

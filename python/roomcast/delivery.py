@@ -101,9 +101,12 @@ class Delivery(HelperBase):
             self._publish(_CLIENT, destination, topic, data)
         else:
             is_history = self._is_history
-            if self._hub.has_room(destination) or (
-                is_history is not None and is_history(destination)
-            ):
+            if is_history is not None and is_history(destination):
+                self._send_history(destination, topic, data, None)
+                if self._remote is None:  # in redis the history script published it
+                    self._publish(_ROOM, destination, topic, data)
+                return
+            if self._hub.has_room(destination):
                 self.send_to_room(destination, topic, data)
             self._publish(_ROOM, destination, topic, data)
 
@@ -133,9 +136,14 @@ class Delivery(HelperBase):
         if envelope is None:
             logger.error("malformed envelope on %s dropped", channel)
             return
+        type_, target = envelope.type, envelope.target
+        if envelope.offset is not None and self._remote is not None:
+            is_history = self._is_history
+            if type_ == _ROOM and target and is_history is not None and is_history(target):
+                self._deliver_history(target, envelope)  # this node's own ones too
+                return
         if envelope.server_id == self.server_id:
             return
-        type_, target = envelope.type, envelope.target
         if type_ == _BROADCAST:
             self.broadcast(envelope.event, envelope.data, envelope.exclude)
         elif target is None:

@@ -289,7 +289,7 @@ class WebSocketServerHelper(Inbound, Authentication, Rooms, Delivery, History, P
             self._on_disconnect(client)
         self._clients.clear()
         self._sealer.clear()
-        await self._broker.close()
+        await self._close_broker()
         for task in list(self._tasks):
             task.cancel()
         logger.debug("%s shut down", self.identifier)
