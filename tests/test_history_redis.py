@@ -242,3 +242,39 @@ def test_plain_rooms_on_redis_are_unchanged(redis_server):
             await ws.close()
 
     run(body())
+
+
+def test_roomcast_emit_goes_through_the_history_of_history_rooms(redis_server):
+    from test_redis_cli import emit
+
+    async def body():
+        redis = redis_at(redis_server.port)
+        async with history_node(redis) as a:
+            ws = await member(a, "chat:cli")
+            _, position = await joined(ws)
+            await settle(a)
+            url = redis_server.url
+            done = await asyncio.to_thread(
+                emit,
+                "--redis-url",
+                url,
+                "--room",
+                "chat:cli",
+                "--event",
+                "e",
+                "--data",
+                "1",
+                "--history-rooms",
+                "chat:*",
+            )
+            assert done.returncode == 0, done.stderr
+            assert await recv(ws) == {"event": "e", "data": 1, "room": "chat:cli", "offset": 1}
+            back = await member(
+                a, "chat:cli", {"chat:cli": {"epoch": position["epoch"], "offset": 0}}
+            )
+            before, data = await joined(back)
+            assert [m["data"] for m in before] == [1] and data["recovered"] is True
+            await ws.close()
+            await back.close()
+
+    run(body())

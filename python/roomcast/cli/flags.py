@@ -285,6 +285,15 @@ def build_parser() -> argparse.ArgumentParser:
     emit.add_argument("--data", default=None, help="JSON payload (absent: no data key)")
     emit.add_argument("--exclude", type=_rooms, default=None, help="client ids to skip (a,b)")
     emit.add_argument(
+        "--history-rooms",
+        type=_glob,
+        default=None,
+        help="the servers' --history-rooms: messages to these rooms go through their history "
+        "[env ROOMCAST_HISTORY_ROOMS]",
+    )
+    emit.add_argument("--history-size", type=_positive_int, default=None, help="as the servers'")
+    emit.add_argument("--history-ttl-ms", type=_positive_int, default=None, help="as the servers'")
+    emit.add_argument(
         "--redis-timeout-ms",
         type=_positive_int,
         default=None,

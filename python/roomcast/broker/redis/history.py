@@ -1,8 +1,9 @@
 """Room history in Redis: one stream per room, numbered and published by one Lua script.
 
-Keys of room R (one cluster slot, by the hash tag `{R}`): `ws:history:{R}:s`, a stream whose
-entry ids are `0-<offset>` (field `m`: the envelope as published, `t`: Redis time in ms), and
-`ws:history:{R}:m`, a hash with the room's `epoch` and last `offset`. The append script
+Keys of room R, in one cluster slot by the hash tag `{r:R}` (never empty, unlike `{R}` for
+the room ""): `ws:history:{r:R}:s`, a stream whose entry ids are `0-<offset>` (field `m`:
+the envelope as published, `t`: Redis time in ms), and
+`ws:history:{r:R}:m`, a hash with the room's `epoch` and last `offset`. The append script
 creates the epoch when the hash is missing (first message, or history lost to a restart or
 the TTL: clients then learn they cannot recover), takes the next offset, XADDs with MAXLEN,
 PUBLISHes the envelope with its offset and epoch, and refreshes both keys' TTL, atomically:
@@ -69,7 +70,7 @@ return {epoch, offset, ms, entries}
 
 def keys_of(room: str) -> list[str]:
     """The stream and meta keys of a room, in one cluster slot."""
-    return [f"ws:history:{{{room}}}:s", f"ws:history:{{{room}}}:m"]
+    return [f"ws:history:{{r:{room}}}:s", f"ws:history:{{r:{room}}}:m"]
 
 
 def client_for(target: RedisTarget) -> Any:
