@@ -133,6 +133,9 @@ class HelperBase:
     def _deliver_history(self, room: str, envelope: Any) -> None:
         raise NotImplementedError  # history.History
 
+    async def _close_presence(self) -> None:
+        raise NotImplementedError  # presence.Presence
+
     def _on_presence(self, client: Client, data: Any) -> None:
         raise NotImplementedError  # presence.Presence
 

@@ -109,7 +109,8 @@ class History(HelperBase):
         self._is_history = RoomGlob(glob)
 
     async def _close_broker(self) -> None:
-        """The history store's connections, then the broker's."""
+        """Presence's and the history store's connections, then the broker's."""
+        await self._close_presence()
         if self._remote is not None:
             await self._remote.close()
         await self._broker.close()

@@ -3,11 +3,13 @@ a member that asks (the client `presence` event)."""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 from typing import Any
 
 from .base import Callback, HelperBase
+from .broker.redis.presence import RedisPresence
 from .callbacks import check_callback
 from .connection import Client
 from .history import RoomGlob
@@ -26,6 +28,9 @@ Member = dict[str, str]
 
 class Presence(HelperBase):
     _validate_presence_fn: Callback | None = None
+    _presence_remote: RedisPresence | None = None  # cluster-wide presence through redis
+    _presence_task: asyncio.Task[None] | None = None
+    _presence_written: set[str] = set()
 
     @property
     def validate_presence_fn(self) -> Callback | None:
@@ -41,8 +46,53 @@ class Presence(HelperBase):
 
     def _setup_presence(self) -> None:
         glob = self.server_options["presence_rooms"]
-        if glob is not None:
-            self._is_presence = RoomGlob(glob)
+        if glob is None:
+            return
+        self._is_presence = RoomGlob(glob)
+        from .broker.redis import RedisBroker
+
+        if isinstance(self._broker, RedisBroker):
+            ttl = float(self.server_options["presence_ttl"])
+            self._presence_remote = RedisPresence(self._broker.target, ttl)
+            loop = asyncio.get_running_loop()
+            self._presence_task = loop.create_task(self._refresh_presence())
+
+    async def _refresh_presence(self) -> None:
+        """Write this node's members of every presence room to redis, every interval."""
+        remote = self._presence_remote
+        assert remote is not None
+        while True:
+            is_presence = self._is_presence
+            assert is_presence is not None
+            rooms: dict[str, list[Member]] = {}
+            for room in self._hub.room_names():
+                if is_presence(room):
+                    members = self._local_members(room)
+                    if members:
+                        rooms[room] = members
+            try:
+                await remote.write(self.server_id, rooms, self._presence_written - rooms.keys())
+                self._presence_written = set(rooms)
+            except Exception as exc:  # redis away: the next round tries again
+                logger.warning("presence not refreshed in redis: %s", exc)
+            await asyncio.sleep(remote.interval)
+
+    async def _close_presence(self) -> None:
+        """Stop refreshing and take this node's members out of presence (best effort)."""
+        task, self._presence_task = self._presence_task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        remote, self._presence_remote = self._presence_remote, None
+        if remote is not None:
+            try:
+                await remote.forget(self.server_id, self._presence_written)
+            except Exception as exc:
+                logger.warning("presence not cleared in redis: %s", exc)
+            await remote.close()
 
     async def presence(self, room: str) -> list[Member]:
         """The members of a presence room, each once: `{"clientId", "userId"?}` (no `userId`
@@ -50,7 +100,20 @@ class Presence(HelperBase):
         is_presence = self._is_presence
         if is_presence is None or not is_presence(room):
             return []
-        return self._local_members(room)
+        members = self._local_members(room)
+        remote = self._presence_remote
+        if remote is not None:
+            try:
+                others = await remote.read(room, self.server_id)
+            except Exception as exc:
+                logger.warning("presence of room %s unreadable in redis: %s", room, exc)
+                others = []
+            seen = {m["clientId"] for m in members}
+            for other in others:
+                if other.get("clientId") not in seen:
+                    seen.add(other["clientId"])
+                    members.append(other)
+        return members
 
     def _local_members(self, room: str) -> list[Member]:
         clients = self._clients

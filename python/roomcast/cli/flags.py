@@ -64,6 +64,7 @@ class ServeConfig:
     history_size: int = _SERVER.options["history_size"]
     history_ttl: float = _SERVER.options["history_ttl"]
     presence_rooms: str | None = None
+    presence_ttl: float = _SERVER.options["presence_ttl"]
     log_level: str = "info"
     workers: int = 1
     ssl_certfile: str | None = None
@@ -91,6 +92,7 @@ class ServeConfig:
                 "history_size": self.history_size,
                 "history_ttl": self.history_ttl,
                 "presence_rooms": self.presence_rooms,
+                "presence_ttl": self.presence_ttl,
             },
         )
 
@@ -237,6 +239,11 @@ _SERVE_FLAGS: list[tuple[str, Callable[[str], Any] | None, str]] = [
     ("--history-size", _positive_int, "messages a history room keeps (default 100)"),
     ("--history-ttl-ms", _positive_int, "ms a history room keeps a message (default 300000)"),
     ("--presence-rooms", _glob, "glob of rooms with cluster-wide presence (default none)"),
+    (
+        "--presence-ttl-ms",
+        _positive_int,
+        "ms a dead node's members stay in presence at most (default 30000)",
+    ),
     ("--log-level", str, "trace, debug, info, warning or error (default info)"),
     ("--log-format", str, "text, or json for one JSON object per line (default text)"),
     (
