@@ -278,3 +278,30 @@ def test_roomcast_emit_goes_through_the_history_of_history_rooms(redis_server):
             await back.close()
 
     run(body())
+
+
+def test_a_redis_restart_gives_a_new_epoch_and_no_recovery(redis_server):
+    async def body():
+        redis = redis_at(redis_server.port)
+        async with history_node(redis) as a:
+            ws = await member(a, "chat:restart")
+            _, position = await joined(ws)
+            await settle(a)
+            a.helper.send("chat:restart", {"topic": "m", "data": 1})
+            assert (await recv(ws))["offset"] == 1
+            await asyncio.to_thread(redis_server.kill)  # no persistence: history is gone
+            await asyncio.to_thread(redis_server.start)
+            await settle(a, timeout=20)  # reconnected and subscribed again
+            back = await member(
+                a, "chat:restart", {"chat:restart": {"epoch": position["epoch"], "offset": 1}}
+            )
+            before, data = await joined(back)
+            assert before == [] and data["recovered"] is False
+            assert data["epoch"] != position["epoch"] and data["offset"] == 0
+            a.helper.send("chat:restart", {"topic": "m", "data": 2})
+            message = await recv(back)
+            assert message["offset"] == 1 and message["data"] == 2  # numbered anew
+            await ws.close()
+            await back.close()
+
+    run(body(), timeout=60)
