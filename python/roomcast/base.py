@@ -77,6 +77,11 @@ class HelperBase:
     _barrier: JoinBarrier
     _held: dict[str, list[Any]]  # the barrier's, read on every inbound message
     _tasks: set[asyncio.Future[Any]]
+    # History rooms (`roomcast.history`): None when no room keeps history.
+    _is_history: Callable[[str], bool] | None = None
+    _remote: Any = None  # history.RedisHistory when history rooms live in redis
+    # Presence rooms (`roomcast.presence`): None when no room has presence.
+    _is_presence: Callable[[str], bool] | None = None
 
     # -- settings read by several parts ----------------------------------------------------
 
@@ -110,6 +115,42 @@ class HelperBase:
 
     def _forget_keys(self, client: Client) -> None:
         raise NotImplementedError  # auth.Authentication
+
+    def _send_history(self, room: str, event: str, data: Any, exclude: list[str] | None) -> int:
+        raise NotImplementedError  # history.History
+
+    def _setup_rooms(self) -> None:
+        """History and presence (SPEC §10) from the server options; at configure."""
+        self._setup_history()
+        self._setup_presence()
+
+    def _setup_history(self) -> None:
+        raise NotImplementedError  # history.History
+
+    def _setup_presence(self) -> None:
+        raise NotImplementedError  # presence.Presence
+
+    def _deliver_history(self, room: str, envelope: Any) -> None:
+        raise NotImplementedError  # history.History
+
+    async def _close_presence(self) -> None:
+        raise NotImplementedError  # presence.Presence
+
+    def _on_presence(self, client: Client, data: Any) -> None:
+        raise NotImplementedError  # presence.Presence
+
+    def _joined(
+        self, client: Client, rooms: list[str], recover: dict[str, tuple[str, int]]
+    ) -> None:
+        raise NotImplementedError  # history.History
+
+    def _to_one(self, client: Client, frame: bytes, event: str, data: Any) -> None:
+        """One message to one client (`frame` in clear, or `event`/`data` sealed), behind
+        whatever it was sent before."""
+        if client.encrypted:
+            self._sealer.deliver([client], event, data)
+        else:
+            self._hub.send(client.handle, frame)
 
     # -- errors ------------------------------------------------------------------------------
 

@@ -46,7 +46,11 @@ class Delivery(HelperBase):
     def send_to_room(
         self, room: str, event: str, data: Any = MISSING, exclude: list[str] | None = None
     ) -> int:
-        """Deliver to every local authenticated member of `room` not in `exclude`."""
+        """Deliver to every local authenticated member of `room` not in `exclude`; a message
+        to a history room is numbered and kept first (SPEC §10)."""
+        is_history = self._is_history
+        if is_history is not None and is_history(room):
+            return self._send_history(room, event, data, exclude)
         count = self._hub.send_room(room, encode(event, data), exclude or None)
         return count + self._to_encrypted(room, None, exclude, event, data)
 
@@ -96,6 +100,12 @@ class Delivery(HelperBase):
             self.send_to_client(destination, topic, data)
             self._publish(_CLIENT, destination, topic, data)
         else:
+            is_history = self._is_history
+            if is_history is not None and is_history(destination):
+                self._send_history(destination, topic, data, None)
+                if self._remote is None:  # in redis the history script published it
+                    self._publish(_ROOM, destination, topic, data)
+                return
             if self._hub.has_room(destination):
                 self.send_to_room(destination, topic, data)
             self._publish(_ROOM, destination, topic, data)
@@ -126,9 +136,14 @@ class Delivery(HelperBase):
         if envelope is None:
             logger.error("malformed envelope on %s dropped", channel)
             return
+        type_, target = envelope.type, envelope.target
+        if envelope.offset is not None and self._remote is not None:
+            is_history = self._is_history
+            if type_ == _ROOM and target and is_history is not None and is_history(target):
+                self._deliver_history(target, envelope)  # this node's own ones too
+                return
         if envelope.server_id == self.server_id:
             return
-        type_, target = envelope.type, envelope.target
         if type_ == _BROADCAST:
             self.broadcast(envelope.event, envelope.data, envelope.exclude)
         elif target is None:

@@ -10,7 +10,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from .broker import Broker, BrokerUnavailable, create_broker
+from .broker.redis.history import RedisHistory
 from .constants import EMITTER_SERVER_ID, ErrorMessages, WebSocketChannels, WebSocketMessageTypes
 from .protocol import MISSING, encode_envelope
 
@@ -26,12 +29,41 @@ class WebSocketEmitter:
     is unreachable. Delivery to clients is at-most-once, as for every broker.
     """
 
-    def __init__(self, redis_connection: Any = None, identifier: str = "WebSocketEmitter") -> None:
+    def __init__(
+        self,
+        redis_connection: Any = None,
+        identifier: str = "WebSocketEmitter",
+        *,
+        history_rooms: str | None = None,
+        history_size: int = 100,
+        history_ttl: float = 300.0,
+    ) -> None:
+        """`history_rooms` (a glob), `history_size` and `history_ttl` must be the servers'
+        (SPEC §10): messages to those rooms are numbered and kept, as the servers do."""
         if not redis_connection:
             raise ValueError(ErrorMessages.INVALID_REDIS)
         self.identifier = identifier
         self._broker: Broker = create_broker(redis_connection, publisher_only=True)
         self._configured = False
+        self._history: RedisHistory | None = None
+        self._is_history: Any = None
+        if history_rooms is not None:
+            from .broker.redis import RedisBroker
+            from .history import RoomGlob
+            from .options import resolve_server_options
+
+            resolve_server_options(
+                {
+                    "history_rooms": history_rooms,
+                    "history_size": history_size,
+                    "history_ttl": history_ttl,
+                }
+            )  # the servers' checks
+            broker = self._broker
+            if not isinstance(broker, RedisBroker) or broker.sharded:
+                raise ValueError("history_rooms needs redis with classic pub/sub (not sharded)")
+            self._history = RedisHistory(broker.target, history_size, history_ttl)
+            self._is_history = RoomGlob(history_rooms)
 
     @property
     def broker(self) -> Broker:
@@ -66,7 +98,22 @@ class WebSocketEmitter:
     async def to_room(
         self, room: str, event: str, data: Any = MISSING, exclude: list[str] | None = None
     ) -> int:
-        """To every member of a room on every node, except the client ids in `exclude`."""
+        """To every member of a room on every node, except the client ids in `exclude`; to a
+        history room through its history (numbered and kept)."""
+        history = self._history
+        if history is not None and self._is_history(room):
+            if not self._configured:
+                raise BrokerUnavailable(f"{self.identifier} is not configured: call configure()")
+            envelope = encode_envelope(
+                EMITTER_SERVER_ID, WebSocketMessageTypes.ROOM, event, data, room, exclude
+            )
+            try:
+                _, _, receivers = await history.append(
+                    room, WebSocketChannels.for_room(room), envelope
+                )
+            except (RedisError, OSError) as exc:
+                raise BrokerUnavailable(f"redis is unavailable: {exc}") from exc
+            return receivers
         return await self._publish(
             WebSocketChannels.for_room(room), WebSocketMessageTypes.ROOM, room, event, data, exclude
         )
@@ -81,6 +128,8 @@ class WebSocketEmitter:
 
     async def shutdown(self) -> None:
         """Disconnect; idempotent."""
+        if self._history is not None:
+            await self._history.close()
         await self._broker.close()
         self._configured = False
 

@@ -21,6 +21,7 @@ from .session import Action
 logger = logging.getLogger("roomcast")
 
 _HEARTBEAT = WebSocketEvents.HEARTBEAT
+_PRESENCE = "presence"  # SPEC §10; message_handler keeps it while no room has presence
 _HANDLE = Action.HANDLE
 _IGNORE = Action.IGNORE
 _AUTHENTICATE = Action.AUTHENTICATE
@@ -88,7 +89,9 @@ class Inbound(HelperBase):
             return  # the most frequent message; what `receive` says of it in every state
         action = client.receive(event, sealed)
         if action is _HANDLE:
-            if self.message_handler is not None:
+            if event == _PRESENCE and self._is_presence is not None:
+                self._on_presence(client, message.get("data"))
+            elif self.message_handler is not None:
                 self._invoke(
                     "message_handler",
                     self.message_handler,

@@ -24,6 +24,13 @@ OPTION_DEFAULTS: dict[str, Any] = {
     # within the window share one write per client (0: written at the end of the loop
     # iteration that queued them).
     "write_delay": 0.0,
+    # History and presence (SPEC §10): globs of room names (None: no room), the messages a
+    # history room keeps and for how many seconds, how long a dead node's members linger.
+    "history_rooms": None,
+    "history_size": 100,
+    "history_ttl": 300.0,
+    "presence_rooms": None,
+    "presence_ttl": 30.0,
 }
 # The original's camelCase names, accepted as aliases (`backlog` has none: it is ours).
 OPTION_ALIASES = {
@@ -37,6 +44,11 @@ OPTION_ALIASES = {
     "perMessageDeflate": "per_message_deflate",
     "handshakeTimeout": "handshake_timeout",
     "writeDelay": "write_delay",
+    "historyRooms": "history_rooms",
+    "historySize": "history_size",
+    "historyTtl": "history_ttl",
+    "presenceRooms": "presence_rooms",
+    "presenceTtl": "presence_ttl",
 }
 
 
@@ -62,4 +74,18 @@ def resolve_server_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
         raise ValueError(f"idle_timeout must not be negative: {resolved['idle_timeout']}")
     if not float(resolved["write_delay"]) >= 0:
         raise ValueError(f"write_delay must not be negative: {resolved['write_delay']}")
+    _check_history(resolved)
     return resolved
+
+
+def _check_history(resolved: dict[str, Any]) -> None:
+    for name in ("history_rooms", "presence_rooms"):
+        glob = resolved[name]
+        if glob is not None and (type(glob) is not str or not glob):
+            raise ValueError(f"{name} must be a non-empty glob string: {glob!r}")
+    if type(resolved["history_size"]) is not int or resolved["history_size"] < 1:
+        raise ValueError(f"history_size must be a positive integer: {resolved['history_size']}")
+    for name in ("history_ttl", "presence_ttl"):
+        if not float(resolved[name]) > 0:
+            raise ValueError(f"{name} must be positive: {resolved[name]}")
+        resolved[name] = float(resolved[name])

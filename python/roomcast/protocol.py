@@ -114,7 +114,7 @@ def encode_envelope(
 
 
 class Envelope:
-    __slots__ = ("data", "event", "exclude", "server_id", "target", "type")
+    __slots__ = ("data", "epoch", "event", "exclude", "offset", "server_id", "target", "type")
 
     def __init__(
         self,
@@ -124,6 +124,8 @@ class Envelope:
         event: str,
         data: Any,
         exclude: list[str] | None,
+        offset: int | None = None,
+        epoch: str | None = None,
     ) -> None:
         self.server_id = server_id
         self.type = type_
@@ -131,6 +133,9 @@ class Envelope:
         self.event = event
         self.data = data
         self.exclude = exclude
+        # A history room's position (SPEC §10), set by the Redis history script.
+        self.offset = offset
+        self.epoch = epoch
 
 
 def decode_envelope(raw: bytes | str) -> Envelope | None:
@@ -152,6 +157,8 @@ def decode_envelope(raw: bytes | str) -> Envelope | None:
         else:
             exclude = None
     target = parsed.get("target")
+    offset = parsed.get("offset")
+    epoch = parsed.get("epoch")
     return Envelope(
         server_id,
         parsed.get("type"),
@@ -159,4 +166,6 @@ def decode_envelope(raw: bytes | str) -> Envelope | None:
         event,
         parsed.get("data", MISSING),
         exclude,
+        offset if type(offset) is int else None,
+        epoch if type(epoch) is str else None,
     )

@@ -15,6 +15,7 @@ from typing import Any
 from .base import HelperBase
 from .connection import Client
 from .constants import WebSocketChannels
+from .history import recover_request
 from .log import client_extra, fault
 from .protocol import requested_rooms, sanitize_rooms
 from .session import State
@@ -45,6 +46,7 @@ class Rooms(HelperBase):
                 extra=client_extra(client),
             )
             return
+        recover = recover_request(data) if self._is_history is not None else None
         try:
             allowed = self.validate_room_fn(
                 client_id=client.id, user_id=client.user_id, rooms=rooms
@@ -59,9 +61,9 @@ class Rooms(HelperBase):
             assert self._loop is not None
             lifted: asyncio.Future[bool] = self._loop.create_future()
             self._barrier.hold(client, lifted, lambda: None)
-            self._spawn(self._join_when_validated(client, rooms, allowed, lifted))
+            self._spawn(self._join_when_validated(client, rooms, allowed, lifted, recover))
         else:
-            self._join_allowed(client, rooms, allowed)
+            self._join_allowed(client, rooms, allowed, recover)
 
     async def _join_when_validated(
         self,
@@ -69,6 +71,7 @@ class Rooms(HelperBase):
         rooms: list[str],
         allowed: Awaitable[Any],
         lifted: asyncio.Future[bool],
+        recover: dict[str, tuple[str, int]] | None = None,
     ) -> None:
         try:
             result = await allowed
@@ -79,11 +82,17 @@ class Rooms(HelperBase):
             result = None
         try:
             if result is not None:
-                self._join_allowed(client, rooms, result)
+                self._join_allowed(client, rooms, result, recover)
         finally:
             lifted.set_result(True)
 
-    def _join_allowed(self, client: Client, rooms: list[str], allowed: Any) -> None:
+    def _join_allowed(
+        self,
+        client: Client,
+        rooms: list[str],
+        allowed: Any,
+        recover: dict[str, tuple[str, int]] | None = None,
+    ) -> None:
         if client.state is not State.AUTHENTICATED:
             return
         if not allowed:
@@ -108,21 +117,31 @@ class Rooms(HelperBase):
                 barrier.hold(
                     client,
                     barrier.wait(waiter),
-                    lambda: self._join_now(client, rooms, channels),
+                    lambda: self._join_now(client, rooms, channels, recover),
                 )
                 return
             if client.id in barrier.held:
                 # Live already, but an earlier join of the client is not: after it.
-                barrier.hold(client, barrier.done(), lambda: self._join_now(client, rooms, []))
+                barrier.hold(
+                    client, barrier.done(), lambda: self._join_now(client, rooms, [], recover)
+                )
                 return
-        self._join_now(client, rooms, [])
+        self._join_now(client, rooms, [], recover)
 
-    def _join_now(self, client: Client, rooms: list[str], ahead: list[str]) -> None:
+    def _join_now(
+        self,
+        client: Client,
+        rooms: list[str],
+        ahead: list[str],
+        recover: dict[str, tuple[str, int]] | None = None,
+    ) -> None:
         joined = client.live
         if joined:
             hub, handle = self._hub, client.handle
             added = [r for r in rooms if hub.join(handle, r)]
             logger.debug("%s joined %r", client.id, added)
+            if recover is not None and added:
+                self._joined(client, added, recover)
         if ahead:
             self._barrier.release_early(ahead, joined)
 

@@ -31,10 +31,12 @@ from .constants import (
 )
 from .counters import Counters
 from .delivery import Delivery
+from .history import History
 from .http import HttpHandler, UpgradeRefused, WebServer
 from .inbound import Inbound
 from .log import TRACE, client_extra, fault
 from .options import resolve_server_options
+from .presence import Presence
 from .rooms import Rooms
 from .scheme import EncryptionScheme, scheme_of
 from .sealing import Sealer
@@ -49,7 +51,7 @@ logger = logging.getLogger("roomcast")
 SWEEP_INTERVAL = 0.05
 
 
-class WebSocketServerHelper(Inbound, Authentication, Rooms, Delivery):
+class WebSocketServerHelper(Inbound, Authentication, Rooms, Delivery, History, Presence):
     """A WebSocket endpoint: authentication, rooms, users, broadcast and cross-node delivery.
 
     Callbacks may be plain functions or coroutine functions and are called with keyword
@@ -199,6 +201,7 @@ class WebSocketServerHelper(Inbound, Authentication, Rooms, Delivery):
                 "encryption is configured but outbound_transformer is missing: "
                 "encrypted clients could receive nothing"
             )
+        self._setup_rooms()
         self._loop = self._links.loop = self._barrier.loop = asyncio.get_running_loop()
         await self._broker.start(self._on_envelope)
         self._sweep_handle = self._loop.call_later(SWEEP_INTERVAL, self._sweep)
@@ -286,7 +289,7 @@ class WebSocketServerHelper(Inbound, Authentication, Rooms, Delivery):
             self._on_disconnect(client)
         self._clients.clear()
         self._sealer.clear()
-        await self._broker.close()
+        await self._close_broker()
         for task in list(self._tasks):
             task.cancel()
         logger.debug("%s shut down", self.identifier)

@@ -47,7 +47,10 @@ async def emit(
         helper = connection_from_url(url, ready_timeout=timeout_ms / 1000)
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    emitter = WebSocketEmitter(helper, "roomcast-emit")
+    try:
+        emitter = WebSocketEmitter(helper, "roomcast-emit", **history_settings(args, environ))
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
     try:
         await emitter.configure()
         if args.room is not None:
@@ -67,3 +70,22 @@ async def emit(
     finally:
         await emitter.shutdown()
     out(f"roomcast: emitted {args.event!r} to {target} ({count} redis subscriptions got it)")
+
+
+def history_settings(args: argparse.Namespace, environ: dict[str, str]) -> dict[str, Any]:
+    """The emitter's history settings: flags first, then ROOMCAST_HISTORY_*."""
+    settings: dict[str, Any] = {}
+    for name, parse in (("rooms", str), ("size", _positive_int), ("ttl_ms", _positive_int)):
+        value = getattr(args, f"history_{name}")
+        variable = f"ROOMCAST_HISTORY_{name.upper()}"
+        if value is None and environ.get(variable):
+            try:
+                value = parse(environ[variable])
+            except argparse.ArgumentTypeError as exc:
+                raise CliError(f"{variable}: {exc}") from None
+        if value is not None:
+            if name == "ttl_ms":
+                settings["history_ttl"] = value / 1000
+            else:
+                settings[f"history_{name}"] = value
+    return settings

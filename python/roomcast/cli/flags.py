@@ -60,6 +60,11 @@ class ServeConfig:
     jwt_leeway: float = 0.0
     jwt_user_claim: str = "sub"
     allow_rooms: str = "*"
+    history_rooms: str | None = None
+    history_size: int = _SERVER.options["history_size"]
+    history_ttl: float = _SERVER.options["history_ttl"]
+    presence_rooms: str | None = None
+    presence_ttl: float = _SERVER.options["presence_ttl"]
     log_level: str = "info"
     workers: int = 1
     ssl_certfile: str | None = None
@@ -80,7 +85,15 @@ class ServeConfig:
             heartbeat_timeout=self.heartbeat_timeout,
             require_encryption=self.require_encryption,
             subscribe_timeout=self.subscribe_timeout,
-            options={"max_payload_length": self.max_payload_length, "backlog": self.backlog},
+            options={
+                "max_payload_length": self.max_payload_length,
+                "backlog": self.backlog,
+                "history_rooms": self.history_rooms,
+                "history_size": self.history_size,
+                "history_ttl": self.history_ttl,
+                "presence_rooms": self.presence_rooms,
+                "presence_ttl": self.presence_ttl,
+            },
         )
 
 
@@ -134,6 +147,12 @@ def _default_rooms(text: str) -> list[str]:
                 f"room name longer than {ROOM_NAME_MAX_LENGTH} characters: {room[:20]!r}..."
             )
     return rooms
+
+
+def _glob(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("a room glob must not be empty")
+    return text
 
 
 def _flag(text: str) -> bool:
@@ -216,6 +235,15 @@ _SERVE_FLAGS: list[tuple[str, Callable[[str], Any] | None, str]] = [
     ("--jwt-leeway-ms", _non_negative_int, "clock skew allowed on exp/nbf/iat (default 0)"),
     ("--jwt-user-claim", str, "claim that becomes the user id (default sub)"),
     ("--allow-rooms", str, "glob of room names clients may join (default '*')"),
+    ("--history-rooms", _glob, "glob of rooms that keep history (default none)"),
+    ("--history-size", _positive_int, "messages a history room keeps (default 100)"),
+    ("--history-ttl-ms", _positive_int, "ms a history room keeps a message (default 300000)"),
+    ("--presence-rooms", _glob, "glob of rooms with cluster-wide presence (default none)"),
+    (
+        "--presence-ttl-ms",
+        _positive_int,
+        "ms a dead node's members stay in presence at most (default 30000)",
+    ),
     ("--log-level", str, "trace, debug, info, warning or error (default info)"),
     ("--log-format", str, "text, or json for one JSON object per line (default text)"),
     (
@@ -263,6 +291,15 @@ def build_parser() -> argparse.ArgumentParser:
     emit.add_argument("--event", required=True, help="event name")
     emit.add_argument("--data", default=None, help="JSON payload (absent: no data key)")
     emit.add_argument("--exclude", type=_rooms, default=None, help="client ids to skip (a,b)")
+    emit.add_argument(
+        "--history-rooms",
+        type=_glob,
+        default=None,
+        help="the servers' --history-rooms: messages to these rooms go through their history "
+        "[env ROOMCAST_HISTORY_ROOMS]",
+    )
+    emit.add_argument("--history-size", type=_positive_int, default=None, help="as the servers'")
+    emit.add_argument("--history-ttl-ms", type=_positive_int, default=None, help="as the servers'")
     emit.add_argument(
         "--redis-timeout-ms",
         type=_positive_int,

@@ -88,13 +88,15 @@ def build_helper(config: ServeConfig, app: Any = None, out: Callable[[str], None
         redis_connection = connection_from_url(config.redis_url, ready_timeout=config.redis_timeout)
         out(f"roomcast: connecting to redis at {redis_connection.address}...")
     server_config = config.server_config()
-    return WebSocketServerHelper(
+    helper = WebSocketServerHelper(
         server_config.identifier,
         server_config.path,
         redis_connection,
         config=server_config,
         **callbacks,
     )
+    helper.validate_presence_fn = getattr(app, "validate_presence_fn", None)
+    return helper
 
 
 def demo_secret(config: ServeConfig, out: Callable[[str], None]) -> str:

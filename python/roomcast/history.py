@@ -1,0 +1,242 @@
+"""History rooms (SPEC §10): numbered delivery, `joined`, and recovery on join.
+
+Whether a room keeps history is decided once per room name (`RoomGlob` caches the glob's
+answer), so rooms without history pay one attribute test on the fan-out path and nothing
+else. The store sits behind the broker seam (`roomcast.broker.history`).
+"""
+
+from __future__ import annotations
+
+import logging
+from fnmatch import fnmatchcase
+from typing import Any
+
+import orjson
+
+from .base import HelperBase
+from .broker.history import HistoryStore, MemoryHistory
+from .broker.memory import MemoryBroker
+from .broker.redis.history import RedisHistory
+from .connection import Client
+from .constants import WebSocketChannels, WebSocketMessageTypes
+from .log import client_extra
+from .protocol import MISSING, Envelope, decode_envelope, encode, encode_envelope
+
+logger = logging.getLogger("roomcast")
+
+JOINED = "joined"
+_CACHE_LIMIT = 65536
+_NO_ONE: frozenset[str] = frozenset()
+# A live message held for a client whose recovery is being read: offset, frame, event,
+# data, excluded client ids.
+Held = tuple[int, bytes, str, Any, frozenset[str]]
+
+
+class RoomGlob:
+    """`fnmatchcase(room, pattern)`, remembered per room name (forgotten wholesale past
+    `_CACHE_LIMIT` names, so a flood of one-off rooms cannot grow it without bound)."""
+
+    __slots__ = ("_cache", "pattern")
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        self._cache: dict[str, bool] = {}
+
+    def __call__(self, room: str) -> bool:
+        hit = self._cache.get(room)
+        if hit is None:
+            if len(self._cache) >= _CACHE_LIMIT:
+                self._cache.clear()
+            hit = self._cache[room] = fnmatchcase(room, self.pattern)
+        return hit
+
+
+def history_frame(event: str, data: Any, room: str, offset: int) -> bytes:
+    """A history room's message: `{"event","data","room","offset"}` (no `data` if none)."""
+    if data is MISSING:
+        return orjson.dumps({"event": event, "room": room, "offset": offset})
+    return orjson.dumps({"event": event, "data": data, "room": room, "offset": offset})
+
+
+def recover_request(data: Any) -> dict[str, tuple[str, int]]:
+    """The well-formed entries of a join's `recover` map; malformed ones are ignored."""
+    if type(data) is not dict:
+        return {}
+    recover = data.get("recover")
+    if type(recover) is not dict:
+        return {}
+    wanted: dict[str, tuple[str, int]] = {}
+    for room, position in recover.items():
+        if type(position) is not dict:
+            continue
+        epoch, offset = position.get("epoch"), position.get("offset")
+        if type(epoch) is str and type(offset) is int and offset >= 0:
+            wanted[room] = (epoch, offset)
+    return wanted
+
+
+class History(HelperBase):
+    # Class defaults: no history rooms until `_setup_history` finds a glob.
+    _is_history: RoomGlob | None = None
+    _history: HistoryStore | None = None  # in this process (memory broker)
+    _remote: RedisHistory | None = None  # in redis: numbered by the script, delivered on receipt
+    # room -> client id -> live messages held while its recovery is read.
+    _recovering: dict[str, dict[str, list[Held]]]
+    # room -> client id -> the offset it joined at: a late live copy of an older message
+    # (pub/sub and the read race on two connections) is not sent to it again.
+    _floors: dict[str, dict[str, int]]
+
+    def _setup_history(self) -> None:
+        options = self.server_options
+        glob = options["history_rooms"]
+        if glob is None:
+            return
+        size, ttl = int(options["history_size"]), options["history_ttl"]
+        broker = self._broker
+        if isinstance(broker, MemoryBroker):
+            self._history = MemoryHistory(size, ttl)
+        else:
+            from .broker.redis import RedisBroker
+
+            if not isinstance(broker, RedisBroker) or broker.sharded:
+                raise ValueError(
+                    "history_rooms needs the memory:// broker or redis with classic pub/sub "
+                    "(not sharded)"
+                )
+            self._remote = RedisHistory(broker.target, size, ttl)
+            self._recovering = {}
+            self._floors = {}
+        self._is_history = RoomGlob(glob)
+
+    async def _close_broker(self) -> None:
+        """Presence's and the history store's connections, then the broker's."""
+        await self._close_presence()
+        if self._remote is not None:
+            await self._remote.close()
+        await self._broker.close()
+
+    def _send_history(self, room: str, event: str, data: Any, exclude: list[str] | None) -> int:
+        """Number and keep one room message, then deliver it to the local members (in redis:
+        the script publishes it, and every node, this one too, delivers it on receipt)."""
+        remote = self._remote
+        if remote is not None:
+            envelope = encode_envelope(
+                self.server_id, WebSocketMessageTypes.ROOM, event, data, room, exclude
+            )
+            remote.publish(room, WebSocketChannels.for_room(room), envelope)
+            return 0
+        store = self._history
+        assert store is not None
+        _, entry = store.append(
+            room,
+            event,
+            data,
+            frozenset(exclude) if exclude else _NO_ONE,
+            lambda offset: history_frame(event, data, room, offset),
+        )
+        count = self._hub.send_room(room, entry.frame, exclude or None)
+        if self._encrypted:
+            owners = self._hub.encrypted_owners(room, None, exclude or None)
+            self._sealer.deliver(owners, event, data)
+            count += len(owners)
+        return count
+
+    def _joined(
+        self, client: Client, rooms: list[str], recover: dict[str, tuple[str, int]]
+    ) -> None:
+        """After a client's join: per history room among `rooms` (just joined), the
+        recovered messages if asked and possible, then `joined`."""
+        is_history, store = self._is_history, self._history
+        assert is_history is not None
+        for room in rooms:
+            if not is_history(room):
+                continue
+            if store is None:  # redis: held from now on, read, then released in order
+                self._recovering.setdefault(room, {})[client.id] = []
+                self._spawn(self._recover(client, room, recover.get(room)))
+                continue
+            epoch, offset = store.position(room)
+            recovered = False
+            wanted = recover.get(room)
+            if wanted is not None:
+                entries = store.since(room, *wanted)
+                if entries is not None:
+                    recovered = True
+                    for entry in entries:
+                        if client.id not in entry.exclude:
+                            self._to_one(client, entry.frame, entry.event, entry.data)
+            data = {"room": room, "epoch": epoch, "offset": offset, "recovered": recovered}
+            self._to_one(client, encode(JOINED, data), JOINED, data)
+
+    def _deliver_history(self, room: str, envelope: Envelope) -> None:
+        """A history room's message from redis (from any node, this one included): to the
+        local members, except the excluded, those whose recovery is being read (held for
+        them) and those that already have it."""
+        offset = envelope.offset
+        assert offset is not None
+        event, data = envelope.event, envelope.data
+        frame = history_frame(event, data, room, offset)
+        exclude = envelope.exclude
+        recovering = self._recovering.get(room)
+        floors = self._floors.get(room)
+        if recovering or floors:
+            skip = list(exclude or ())
+            if recovering:
+                held = (offset, frame, event, data, frozenset(exclude or ()))
+                for client_id, messages in recovering.items():
+                    messages.append(held)
+                    skip.append(client_id)
+            if floors:
+                for client_id, floor in list(floors.items()):
+                    if offset <= floor:
+                        skip.append(client_id)
+                    else:  # pub/sub is in order: nothing older can follow
+                        del floors[client_id]
+                if not floors:
+                    del self._floors[room]
+            exclude = skip
+        self._hub.send_room(room, frame, exclude or None)
+        if self._encrypted:
+            owners = self._hub.encrypted_owners(room, None, exclude or None)
+            self._sealer.deliver(owners, event, data)
+
+    async def _recover(self, client: Client, room: str, wanted: tuple[str, int] | None) -> None:
+        remote = self._remote
+        assert remote is not None
+        epoch, offset = wanted if wanted is not None else (None, 0)
+        messages: list[bytes] | None = None
+        try:
+            epoch, offset, messages = await remote.read(room, epoch, offset)
+            if wanted is None:
+                messages = None
+        except Exception as exc:
+            logger.warning(
+                "history of room %s unreadable for %s: %s",
+                room,
+                client.id,
+                exc,
+                extra=client_extra(client),
+            )
+            epoch, offset = "", 0
+        finally:
+            recovering = self._recovering.get(room, {})
+            held = recovering.pop(client.id, [])
+            if not recovering:
+                self._recovering.pop(room, None)
+        if not client.live or not self._hub.in_room(client.handle, room):
+            return
+        if not epoch and held:  # unreadable: start from the first message held
+            offset = held[0][0] - 1
+        for raw in messages or ():
+            old = decode_envelope(raw)
+            if old is None or old.offset is None:
+                continue
+            if client.id not in (old.exclude or ()):
+                frame = history_frame(old.event, old.data, room, old.offset)
+                self._to_one(client, frame, old.event, old.data)
+        data = {"room": room, "epoch": epoch, "offset": offset, "recovered": messages is not None}
+        self._to_one(client, encode(JOINED, data), JOINED, data)
+        for position, frame, event, message, exclude in held:
+            if position > offset and client.id not in exclude:
+                self._to_one(client, frame, event, message)
+        self._floors.setdefault(room, {})[client.id] = max(offset, held[-1][0] if held else offset)
