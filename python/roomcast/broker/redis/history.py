@@ -19,6 +19,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 
 from ..history import new_epoch
@@ -125,13 +126,22 @@ class RedisHistory:
         self.ttl_ms = max(1, round(ttl * 1000))
         self.ttl = ttl
         self._client: Any = None
+        self._connecting = asyncio.Lock()
         self._queue: asyncio.Queue[tuple[str, str, bytes]] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self.failed = 0
 
-    def _redis(self) -> Any:
+    async def _redis(self) -> Any:
+        """The client, connected once: a cluster client's first commands, run concurrently
+        (several rooms recovering at once), would each start its discovery and one would
+        close connections the others are using."""
         if self._client is None:
-            self._client = client_for(self.target)
+            async with self._connecting:
+                if self._client is None:
+                    client = client_for(self.target)
+                    if self.target.cluster:
+                        await client.initialize()
+                    self._client = client
         return self._client
 
     async def append(self, room: str, channel: str, envelope: bytes) -> tuple[str, int, int]:
@@ -139,7 +149,7 @@ class RedisHistory:
         many subscribers it was published to)."""
         head = envelope[:-1]  # the script closes it with the offset and epoch
         reply = await _APPEND(
-            self._redis(),
+            await self._redis(),
             keys_of(room),
             [self.size, self.ttl_ms, new_epoch(), channel, head],
         )
@@ -168,9 +178,13 @@ class RedisHistory:
     ) -> tuple[str, int, list[bytes] | None]:
         """(epoch, offset, the envelopes after `offset`); None for the envelopes unless the
         epoch is the room's and every one of them is still kept and younger than the TTL."""
-        reply = await _READ(
-            self._redis(), keys_of(room), [self.ttl_ms, new_epoch(), epoch or "", offset]
-        )
+        args = [self.ttl_ms, new_epoch(), epoch or "", offset]
+        try:
+            reply = await _READ(await self._redis(), keys_of(room), args)
+        except (RedisConnectionError, RuntimeError):
+            # A pooled connection closed under us (uvloop says "the handler is closed"); the
+            # read is idempotent, so once more on a fresh connection.
+            reply = await _READ(await self._redis(), keys_of(room), args)
         room_epoch, room_offset, now, entries = (
             _text(reply[0]),
             int(reply[1]),
