@@ -200,14 +200,28 @@ class LoadGen:
 
 
 @contextmanager
-def clients(port: int, count: int, *args: str) -> Iterator[list[LoadGen]]:
-    """`count` authenticated clients in processes of at most CLIENTS_PER_LOADGEN."""
+def clients(
+    port: int,
+    count: int,
+    *args: str,
+    generators: int | None = None,
+    token_prefix: str = "user:g",
+) -> Iterator[list[LoadGen]]:
+    """`count` authenticated clients in processes of at most CLIENTS_PER_LOADGEN, or spread
+    evenly over `generators` processes when given."""
     url = f"ws://127.0.0.1:{port}/ws"
+    if generators is None:
+        sizes = [
+            min(CLIENTS_PER_LOADGEN, count - start)
+            for start in range(0, count, CLIENTS_PER_LOADGEN)
+        ]
+    else:
+        share = count // generators
+        sizes = [share] * (generators - 1) + [count - share * (generators - 1)]
     gens = []
     try:
-        for index, start in enumerate(range(0, count, CLIENTS_PER_LOADGEN)):
-            n = min(CLIENTS_PER_LOADGEN, count - start)
-            gens.append(LoadGen(url, n, "--token-prefix", f"user:g{index}-", *args))
+        for index, n in enumerate(sizes):
+            gens.append(LoadGen(url, n, "--token-prefix", f"{token_prefix}{index}-", *args))
         total = sum(gen.ready() for gen in gens)
         if total != count:
             raise RuntimeError(f"only {total} of {count} clients connected")

@@ -22,7 +22,7 @@ from typing import Any
 
 from .__main__ import (
     HERE,
-    LoadGen,
+    clients,
     cpu_seconds,
     emit,
     free_port,
@@ -68,23 +68,9 @@ def roomcast_serve(workers: int, redis_url: str, *extra: str) -> Iterator[tuple[
             proc.wait()
 
 
-@contextmanager
-def split_clients(port: int, count: int, generators: int) -> Iterator[list[LoadGen]]:
+def split_clients(port: int, count: int, generators: int) -> Any:
     """`count` authenticated clients spread over `generators` load-generator processes."""
-    url = f"ws://127.0.0.1:{port}/ws"
-    gens: list[LoadGen] = []
-    try:
-        share = count // generators
-        for index in range(generators):
-            n = share if index < generators - 1 else count - share * (generators - 1)
-            gens.append(LoadGen(url, n, "--token-prefix", f"g{index}-"))
-        total = sum(gen.ready() for gen in gens)
-        if total != count:
-            raise RuntimeError(f"only {total} of {count} clients connected")
-        yield gens
-    finally:
-        for gen in gens:
-            gen.stop()
+    return clients(port, count, generators=generators, token_prefix="g")
 
 
 def _cpu(pids: list[int]) -> float:
