@@ -7,6 +7,7 @@ else. The store sits behind the broker seam (`roomcast.broker.history`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from fnmatch import fnmatchcase
@@ -16,6 +17,7 @@ from .base import HelperBase
 from .broker.history import HistoryStore, MemoryHistory
 from .broker.memory import MemoryBroker
 from .broker.redis.history import RedisHistory
+from .broker.redis.settings import keep_settings
 from .connection import Client
 from .constants import WebSocketChannels, WebSocketMessageTypes
 from .log import client_extra
@@ -108,6 +110,9 @@ class History(HelperBase):
                     "(not sharded)"
                 )
             self._remote = RedisHistory(broker.target, size, ttl)
+            # The emitter reads them (`roomcast.broker.redis.settings`).
+            loop = asyncio.get_running_loop()
+            self._remote.own(loop.create_task(keep_settings(self._remote, glob)))
             self._recovering = {}
             self._floors = {}
         self._is_history = RoomGlob(glob)

@@ -298,11 +298,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--history-rooms",
         type=_glob,
         default=None,
-        help="the servers' --history-rooms: messages to these rooms go through their history "
-        "[env ROOMCAST_HISTORY_ROOMS]",
+        help="messages to these rooms go through their history (default: the servers' "
+        "--history-rooms, which they publish in redis) [env ROOMCAST_HISTORY_ROOMS]",
     )
-    emit.add_argument("--history-size", type=_positive_int, default=None, help="as the servers'")
-    emit.add_argument("--history-ttl-ms", type=_positive_int, default=None, help="as the servers'")
+    emit.add_argument(
+        "--history-size", type=_positive_int, default=None, help="default: the servers'"
+    )
+    emit.add_argument(
+        "--history-ttl-ms", type=_positive_int, default=None, help="default: the servers'"
+    )
     emit.add_argument(
         "--redis-timeout-ms",
         type=_positive_int,

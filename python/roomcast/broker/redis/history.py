@@ -145,9 +145,17 @@ class RedisHistory:
         self._connecting = asyncio.Lock()
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
-        self._settings: asyncio.Task[None] | None = None
+        self._beside: asyncio.Task[None] | None = None
         self.failed = 0
         self.pipelines = 0  # pipelines the writer sent
+
+    def own(self, task: asyncio.Task[None]) -> None:
+        """A task of the user's that uses `client()`, cancelled by `close` before it."""
+        self._beside = task
+
+    async def client(self) -> Any:
+        """The client reads use (not the writer's)."""
+        return await self._redis()
 
     async def _redis(self) -> Any:
         """The client, connected once: a cluster client's first commands, run concurrently
@@ -303,14 +311,14 @@ class RedisHistory:
         return room_epoch, room_offset, messages
 
     async def close(self) -> None:
-        for task in (self._writer, self._settings):
+        for task in (self._writer, self._beside):
             if task is not None:
                 task.cancel()
                 try:
                     await task
                 except asyncio.CancelledError:
                     pass
-        self._writer = self._settings = None
+        self._writer = self._beside = None
         while not self._queue.empty():
             _fail([self._queue.get_nowait()], RuntimeError("the history writer was closed"))
         for client in (self._client, self._writer_client):
