@@ -179,3 +179,29 @@ def test_members_on_other_nodes_hear_joins_and_leaves(redis_server, history):
             await wa.close()
 
     run(body())
+
+
+def test_helpers_sharing_a_memory_broker_announce_to_each_other_unnumbered():
+    options = {**EVENTS, "history_rooms": "team:*"}
+    network = "memory://presence-events"
+
+    async def body():
+        async with (
+            events_node(server_options=options, redis_connection=network) as a,
+            events_node(server_options=options, redis_connection=network) as b,
+        ):
+            wa, _ida = await authed(a.url)
+            await join(wa, ["team:m"])
+            got = {(await recv(wa))["event"], (await recv(wa))["event"]}
+            assert got == {"joined", "presence-join"}
+            wb, idb = await authed(b.url, "user:bob")
+            await join(wb, ["team:m"])
+            # From the other helper: plain, not numbered into this helper's history.
+            assert await recv(wa) == join_event("team:m", idb["id"], "bob")
+            a.helper.send_to_room("team:m", "m", 1)
+            assert (await recv(wa))["offset"] == 1
+            await wb.close()
+            assert await recv(wa) == leave_event("team:m", idb["id"], "bob")
+            await wa.close()
+
+    run(body())

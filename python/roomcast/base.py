@@ -150,7 +150,7 @@ class HelperBase:
     def _setup_presence(self) -> None:
         raise NotImplementedError  # presence.Presence
 
-    def _on_history_envelope(self, room: str, envelope: Any) -> None:
+    def _on_history_envelope(self, room: str, envelope: Any) -> bool:
         raise NotImplementedError  # history.History
 
     async def _close_presence(self) -> None:

@@ -137,11 +137,11 @@ class Delivery(HelperBase):
             logger.error("malformed envelope on %s dropped", channel)
             return
         type_, target = envelope.type, envelope.target
-        if self._remote is not None and type_ == _ROOM and target:
+        if type_ == _ROOM and target:
             is_history = self._is_history
             if is_history is not None and is_history(target):
-                self._on_history_envelope(target, envelope)  # this node's own ones too
-                return
+                if self._on_history_envelope(target, envelope):  # this node's own ones too
+                    return
         if envelope.server_id == self.server_id:
             return
         if type_ == _BROADCAST:

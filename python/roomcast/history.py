@@ -178,13 +178,18 @@ class History(HelperBase):
             data = {"room": room, "epoch": epoch, "offset": offset, "recovered": recovered}
             self._to_one(client, encode(JOINED, data), JOINED, data)
 
-    def _on_history_envelope(self, room: str, envelope: Envelope) -> None:
-        """A history room's envelope from redis: numbered (by the script), or not (from a
-        node or emitter that does not number it: delivered live as a plain message)."""
+    def _on_history_envelope(self, room: str, envelope: Envelope) -> bool:
+        """A history room's envelope: in redis, numbered (by the script), or not (from a
+        node or emitter that does not number it: delivered live as a plain message).
+        Presence events are plain messages on any broker. False: not handled here (from
+        another helper on the memory broker: `send_to_room` numbers it in this one)."""
+        if self._remote is None and envelope.event not in PRESENCE_EVENTS:
+            return False
         if envelope.offset is not None:
             self._deliver_history(room, envelope)
         elif envelope.server_id != self.server_id:
             self._deliver_unnumbered(room, envelope)
+        return True
 
     def _deliver_unnumbered(self, room: str, envelope: Envelope) -> None:
         """As a plain room message: no offset, not kept. Presence events are meant so; any
