@@ -189,16 +189,16 @@ class Rooms(HelperBase):
         if not hub.join(client.handle, room):
             return None
         if waiter is None:
-            if self._room_hooks:
-                self._rooms_joined(client, [room])
+            self._joined_by_server(client, room)
             return barrier.done()
         lifted = barrier.wait(waiter)
-        barrier.hold(client, lifted, lambda: self._room_joined_late(client, room))
+        barrier.hold(client, lifted, lambda: self._joined_by_server(client, room))
         return lifted
 
-    def _room_joined_late(self, client: Client, room: str) -> None:
-        """`join_room`'s room is live in redis: its `joined` (read from here on, so that
-        every later message reaches the client after it) and presence-join."""
+    def _joined_by_server(self, client: Client, room: str) -> None:
+        """`join_room`'s room is live (in redis: confirmed): its `joined` (the position is
+        read from here on, so every later message reaches the client after it) and
+        presence-join."""
         if self._room_hooks and client.live and self._hub.in_room(client.handle, room):
             self._rooms_joined(client, [room])
 
