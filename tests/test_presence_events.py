@@ -205,3 +205,36 @@ def test_helpers_sharing_a_memory_broker_announce_to_each_other_unnumbered():
             await wa.close()
 
     run(body())
+
+
+def test_default_rooms_and_presence_events_on_a_cluster(redis_cluster):
+    """On a real Redis Cluster: a default history+presence room answers `joined` after
+    `connected`, and members hear joins and leaves from the other node."""
+    from roomcast import RedisClusterHelper
+
+    options = {**EVENTS, "history_rooms": "team:*"}
+
+    def helper() -> RedisClusterHelper:
+        return RedisClusterHelper(redis_cluster.url, ready_timeout=5)
+
+    async def body():
+        async with (
+            node(helper(), default_rooms=["team:home"], server_options=options) as a,
+            node(helper(), default_rooms=["team:home"], server_options=options) as b,
+        ):
+            wa, ida = await authed(a.url, "user:ann")
+            got = [await recv(wa), await recv(wa)]
+            assert join_event("team:home", ida["id"], "ann") in got
+            [position] = [m["data"] for m in got if m["event"] == "joined"]
+            assert position["room"] == "team:home" and position["recovered"] is False
+            await settle(a, b)
+            wb, idb = await authed(b.url, "user:bob")
+            assert await recv(wa) == join_event("team:home", idb["id"], "bob")
+            b.helper.send("team:home", {"topic": "m", "data": 1})
+            message = await recv(wa)
+            assert message["offset"] == position["offset"] + 1 and message["data"] == 1
+            await wb.close()
+            assert await recv(wa) == leave_event("team:home", idb["id"], "bob")
+            await wa.close()
+
+    run(body())
