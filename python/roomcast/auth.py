@@ -97,6 +97,8 @@ class Authentication(HelperBase):
         if ahead:
             barrier.release_early(ahead, joined=True)
         hub.send(client.handle, encode(WebSocketEvents.CONNECTED, client.connected_data(iso_now())))
+        if self._room_hooks and self.default_rooms:
+            self._rooms_joined(client, self.default_rooms)  # `joined` after `connected`
         self.counters.auth["ok"] += 1
         logger.log(
             TRACE,

@@ -82,6 +82,9 @@ class HelperBase:
     _remote: Any = None  # history.RedisHistory when history rooms live in redis
     # Presence rooms (`roomcast.presence`): None when no room has presence.
     _is_presence: Callable[[str], bool] | None = None
+    _presence_events = False  # presence-join / presence-leave to the room's members
+    # Something happens when a client joins a room (history's `joined`, presence events).
+    _room_hooks = False
 
     # -- settings read by several parts ----------------------------------------------------
 
@@ -123,6 +126,23 @@ class HelperBase:
         """History and presence (SPEC §10) from the server options; at configure."""
         self._setup_history()
         self._setup_presence()
+        self._room_hooks = self._is_history is not None or self._presence_events
+
+    def _rooms_joined(
+        self, client: Client, rooms: list[str], recover: dict[str, tuple[str, int]] | None = None
+    ) -> None:
+        """After `client` joined `rooms` (a `join`, its default rooms at login, or
+        `join_room`): `joined` for each history room, `presence-join` for each presence
+        room (when enabled)."""
+        if self._is_history is not None:
+            self._joined(client, rooms, recover or {})
+        if self._presence_events:
+            self._announce(client, rooms, True)
+
+    def _rooms_left(self, client: Client, rooms: list[str]) -> None:
+        """After `client` left `rooms` (or before it is removed, disconnecting)."""
+        if self._presence_events:
+            self._announce(client, rooms, False)
 
     def _setup_history(self) -> None:
         raise NotImplementedError  # history.History
@@ -130,10 +150,13 @@ class HelperBase:
     def _setup_presence(self) -> None:
         raise NotImplementedError  # presence.Presence
 
-    def _deliver_history(self, room: str, envelope: Any) -> None:
+    def _on_history_envelope(self, room: str, envelope: Any) -> bool:
         raise NotImplementedError  # history.History
 
     async def _close_presence(self) -> None:
+        raise NotImplementedError  # presence.Presence
+
+    def _announce(self, client: Client, rooms: list[str], joining: bool) -> None:
         raise NotImplementedError  # presence.Presence
 
     def _on_presence(self, client: Client, data: Any) -> None:
@@ -144,11 +167,18 @@ class HelperBase:
     ) -> None:
         raise NotImplementedError  # history.History
 
-    def _to_one(self, client: Client, frame: bytes, event: str, data: Any) -> None:
-        """One message to one client (`frame` in clear, or `event`/`data` sealed), behind
-        whatever it was sent before."""
+    def _to_one(
+        self,
+        client: Client,
+        frame: bytes,
+        event: str,
+        data: Any,
+        position: tuple[str, int] | None = None,
+    ) -> None:
+        """One message to one client (`frame` in clear, or `event`/`data` sealed, with a
+        history room's `position` (room, offset)), behind whatever it was sent before."""
         if client.encrypted:
-            self._sealer.deliver([client], event, data)
+            self._sealer.deliver([client], event, data, position)
         else:
             self._hub.send(client.handle, frame)
 

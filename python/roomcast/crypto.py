@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from . import _core
 from .constants import WebSocketEvents
-from .protocol import MISSING, encode
+from .protocol import MISSING, encode, encode_at
 
 logger = logging.getLogger("roomcast")
 
@@ -183,16 +183,32 @@ class EcdhScheme:
         self._sessions[client_id] = (key, AESGCM(key))
         return {"server_public_key": self.public_key, "salt": b64encode(salt)}
 
-    def outbound_transformer(self, client: Any, event: str, data: Any = MISSING) -> Any:
-        """The message sealed for one client; None (dropped) when it has no key."""
+    def outbound_transformer(
+        self,
+        client: Any,
+        event: str,
+        data: Any = MISSING,
+        room: str | None = None,
+        offset: int | None = None,
+    ) -> Any:
+        """The message sealed for one client; None (dropped) when it has no key. A history
+        room's message (`room`, `offset`) has them sealed in with it."""
         session = self._sessions.get(client.id)
         if session is None:
             return None
-        return {"event": WebSocketEvents.ENCRYPTED, "data": seal(session[1], encode(event, data))}
+        plaintext = encode_at(event, data, room, offset)
+        return {"event": WebSocketEvents.ENCRYPTED, "data": seal(session[1], plaintext)}
 
-    def seal_batch(self, clients: Sequence[Any], event: str, data: Any) -> list[bytes | None]:
+    def seal_batch(
+        self,
+        clients: Sequence[Any],
+        event: str,
+        data: Any,
+        room: str | None = None,
+        offset: int | None = None,
+    ) -> list[bytes | None]:
         """One encoded wire message per client (None where it has no key), for fan-out."""
-        plaintext = encode(event, data)
+        plaintext = encode_at(event, data, room, offset)
         sessions = [self._sessions.get(client.id) for client in clients]
         if not self.native:
             return [None if s is None else _message(seal(s[1], plaintext)) for s in sessions]

@@ -137,11 +137,11 @@ class Delivery(HelperBase):
             logger.error("malformed envelope on %s dropped", channel)
             return
         type_, target = envelope.type, envelope.target
-        if envelope.offset is not None and self._remote is not None:
+        if type_ == _ROOM and target:
             is_history = self._is_history
-            if type_ == _ROOM and target and is_history is not None and is_history(target):
-                self._deliver_history(target, envelope)  # this node's own ones too
-                return
+            if is_history is not None and is_history(target):
+                if self._on_history_envelope(target, envelope):  # this node's own ones too
+                    return
         if envelope.server_id == self.server_id:
             return
         if type_ == _BROADCAST:

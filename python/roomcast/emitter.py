@@ -35,11 +35,14 @@ class WebSocketEmitter:
         identifier: str = "WebSocketEmitter",
         *,
         history_rooms: str | None = None,
-        history_size: int = 100,
-        history_ttl: float = 300.0,
+        history_size: int | None = None,
+        history_ttl: float | None = None,
     ) -> None:
-        """`history_rooms` (a glob), `history_size` and `history_ttl` must be the servers'
-        (SPEC §10): messages to those rooms are numbered and kept, as the servers do."""
+        """History settings (SPEC §10): by default `configure()` takes the servers' from
+        Redis (`roomcast.broker.redis.settings`), so that messages to their history rooms
+        are numbered and kept as the servers do. Given ones win (a mismatch with the
+        servers' is logged once); `history_size` and `history_ttl` default to the servers'
+        (or 100 and 300 s)."""
         if not redis_connection:
             raise ValueError(ErrorMessages.INVALID_REDIS)
         self.identifier = identifier
@@ -47,23 +50,59 @@ class WebSocketEmitter:
         self._configured = False
         self._history: RedisHistory | None = None
         self._is_history: Any = None
+        self._explicit: dict[str, Any] = {
+            name: value
+            for name, value in (
+                ("history_rooms", history_rooms),
+                ("history_size", history_size),
+                ("history_ttl", history_ttl),
+            )
+            if value is not None
+        }
         if history_rooms is not None:
-            from .broker.redis import RedisBroker
-            from .history import RoomGlob
-            from .options import resolve_server_options
+            self._use_history(self._explicit)
 
-            resolve_server_options(
-                {
-                    "history_rooms": history_rooms,
-                    "history_size": history_size,
-                    "history_ttl": history_ttl,
-                }
-            )  # the servers' checks
-            broker = self._broker
-            if not isinstance(broker, RedisBroker) or broker.sharded:
-                raise ValueError("history_rooms needs redis with classic pub/sub (not sharded)")
-            self._history = RedisHistory(broker.target, history_size, history_ttl)
-            self._is_history = RoomGlob(history_rooms)
+    def _use_history(self, settings: dict[str, Any]) -> None:
+        """Number and keep messages to the rooms of `settings["history_rooms"]`."""
+        from .broker.redis import RedisBroker
+        from .history import RoomGlob
+        from .options import resolve_server_options
+
+        resolved = resolve_server_options(settings)  # the servers' checks and defaults
+        broker = self._broker
+        if not isinstance(broker, RedisBroker) or broker.sharded:
+            raise ValueError("history_rooms needs redis with classic pub/sub (not sharded)")
+        size, ttl = resolved["history_size"], resolved["history_ttl"]
+        self._history = RedisHistory(broker.target, size, ttl)
+        self._is_history = RoomGlob(resolved["history_rooms"])
+
+    async def _servers_settings(self) -> None:
+        """Take the history settings the servers published (explicit ones win)."""
+        from .broker.redis import RedisBroker
+        from .broker.redis.settings import read_settings
+
+        broker = self._broker
+        if not isinstance(broker, RedisBroker) or broker.sharded:
+            return
+        try:
+            published = await read_settings(broker.target)
+        except (RedisError, OSError) as exc:
+            raise BrokerUnavailable(f"history settings unreadable in redis: {exc}") from exc
+        if published is None:
+            return
+        explicit = self._explicit
+        differ = {k: v for k, v in explicit.items() if published[k] != v}
+        if differ:
+            logger.warning(
+                "%s: the given history settings %s differ from the servers' in redis (%s): "
+                "the given ones are used",
+                self.identifier,
+                differ,
+                {k: published[k] for k in differ},
+            )
+        if len(explicit) < 3:  # (a history built from given rooms has not written yet)
+            self._use_history({**published, **explicit})
+            logger.debug("%s: the servers' history settings: %s", self.identifier, published)
 
     @property
     def broker(self) -> Broker:
@@ -76,6 +115,7 @@ class WebSocketEmitter:
         if self._configured:
             return
         await self._broker.start(None)
+        await self._servers_settings()
         self._configured = True
         logger.debug("%s ready", self.identifier)
 
@@ -125,6 +165,18 @@ class WebSocketEmitter:
         return await self._publish(
             WebSocketChannels.BROADCAST, WebSocketMessageTypes.BROADCAST, None, event, data, exclude
         )
+
+    @property
+    def history_settings(self) -> dict[str, Any] | None:
+        """The history settings in use (None: no history room), once configured."""
+        history = self._history
+        if history is None:
+            return None
+        return {
+            "history_rooms": self._is_history.pattern,
+            "history_size": history.size,
+            "history_ttl": history.ttl,
+        }
 
     async def shutdown(self) -> None:
         """Disconnect; idempotent."""

@@ -7,24 +7,30 @@ else. The store sits behind the broker seam (`roomcast.broker.history`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from fnmatch import fnmatchcase
 from typing import Any
-
-import orjson
 
 from .base import HelperBase
 from .broker.history import HistoryStore, MemoryHistory
 from .broker.memory import MemoryBroker
 from .broker.redis.history import RedisHistory
+from .broker.redis.settings import keep_settings
 from .connection import Client
 from .constants import WebSocketChannels, WebSocketMessageTypes
 from .log import client_extra
-from .protocol import MISSING, Envelope, decode_envelope, encode, encode_envelope
+from .protocol import Envelope, decode_envelope, encode, encode_at, encode_envelope
 
 logger = logging.getLogger("roomcast")
 
 JOINED = "joined"
+# Unnumbered messages to a history room are logged once per spell: again only after this
+# many seconds without one.
+UNNUMBERED_QUIET = 60
+# Presence events: plain messages even in a history room (`roomcast.presence`).
+PRESENCE_EVENTS = frozenset({"presence-join", "presence-leave"})
 _CACHE_LIMIT = 65536
 _NO_ONE: frozenset[str] = frozenset()
 # A live message held for a client whose recovery is being read: offset, frame, event,
@@ -53,9 +59,7 @@ class RoomGlob:
 
 def history_frame(event: str, data: Any, room: str, offset: int) -> bytes:
     """A history room's message: `{"event","data","room","offset"}` (no `data` if none)."""
-    if data is MISSING:
-        return orjson.dumps({"event": event, "room": room, "offset": offset})
-    return orjson.dumps({"event": event, "data": data, "room": room, "offset": offset})
+    return encode_at(event, data, room, offset)
 
 
 def recover_request(data: Any) -> dict[str, tuple[str, int]]:
@@ -85,6 +89,8 @@ class History(HelperBase):
     # room -> client id -> the offset it joined at: a late live copy of an older message
     # (pub/sub and the read race on two connections) is not sent to it again.
     _floors: dict[str, dict[str, int]]
+    _unnumbered = 0  # history room messages that came without an offset
+    _unnumbered_at = -float("inf")  # when the last one came (monotonic)
 
     def _setup_history(self) -> None:
         options = self.server_options
@@ -104,6 +110,9 @@ class History(HelperBase):
                     "(not sharded)"
                 )
             self._remote = RedisHistory(broker.target, size, ttl)
+            # The emitter reads them (`roomcast.broker.redis.settings`).
+            loop = asyncio.get_running_loop()
+            self._remote.own(loop.create_task(keep_settings(self._remote, glob)))
             self._recovering = {}
             self._floors = {}
         self._is_history = RoomGlob(glob)
@@ -137,7 +146,7 @@ class History(HelperBase):
         count = self._hub.send_room(room, entry.frame, exclude or None)
         if self._encrypted:
             owners = self._hub.encrypted_owners(room, None, exclude or None)
-            self._sealer.deliver(owners, event, data)
+            self._sealer.deliver(owners, event, data, (room, entry.offset))
             count += len(owners)
         return count
 
@@ -164,9 +173,59 @@ class History(HelperBase):
                     recovered = True
                     for entry in entries:
                         if client.id not in entry.exclude:
-                            self._to_one(client, entry.frame, entry.event, entry.data)
+                            position = (room, entry.offset)
+                            self._to_one(client, entry.frame, entry.event, entry.data, position)
             data = {"room": room, "epoch": epoch, "offset": offset, "recovered": recovered}
             self._to_one(client, encode(JOINED, data), JOINED, data)
+
+    def _on_history_envelope(self, room: str, envelope: Envelope) -> bool:
+        """A history room's envelope: in redis, numbered (by the script), or not (from a
+        node or emitter that does not number it: delivered live as a plain message).
+        Presence events are plain messages on any broker. False: not handled here (from
+        another helper on the memory broker: `send_to_room` numbers it in this one)."""
+        if self._remote is None and envelope.event not in PRESENCE_EVENTS:
+            return False
+        if envelope.offset is not None:
+            self._deliver_history(room, envelope)
+        elif envelope.server_id != self.server_id:
+            self._deliver_unnumbered(room, envelope)
+        return True
+
+    def _deliver_unnumbered(self, room: str, envelope: Envelope) -> None:
+        """As a plain room message: no offset, not kept. Presence events are meant so; any
+        other is counted (`stats()["history_unnumbered"]`) and logged once per spell."""
+        event, data, exclude = envelope.event, envelope.data, envelope.exclude
+        if event not in PRESENCE_EVENTS:
+            self._count_unnumbered(room, envelope.server_id)
+        self._hub.send_room(room, encode(event, data), exclude or None)
+        if self._encrypted:
+            owners = self._hub.encrypted_owners(room, None, exclude or None)
+            self._sealer.deliver(owners, event, data)
+
+    def _count_unnumbered(self, room: str, sender: str) -> None:
+        self._unnumbered += 1
+        now = time.monotonic()
+        if now - self._unnumbered_at > UNNUMBERED_QUIET:
+            logger.warning(
+                "message to history room %s without an offset (from %s: a node or emitter "
+                "that does not number it, e.g. the original's, or an emitter without the "
+                "history settings) delivered as a plain message, not kept; such messages are "
+                "counted in stats()['history_unnumbered'] and logged again after %d s "
+                "without one",
+                room,
+                sender,
+                UNNUMBERED_QUIET,
+            )
+        self._unnumbered_at = now
+
+    def _history_stats(self) -> dict[str, int]:
+        """For `stats()`: history messages delivered without an offset, history writes
+        dropped (redis unreachable)."""
+        if self._is_history is None:
+            return {}
+        remote = self._remote
+        dropped = 0 if remote is None else remote.failed
+        return {"history_unnumbered": self._unnumbered, "history_dropped": dropped}
 
     def _deliver_history(self, room: str, envelope: Envelope) -> None:
         """A history room's message from redis (from any node, this one included): to the
@@ -198,7 +257,7 @@ class History(HelperBase):
         self._hub.send_room(room, frame, exclude or None)
         if self._encrypted:
             owners = self._hub.encrypted_owners(room, None, exclude or None)
-            self._sealer.deliver(owners, event, data)
+            self._sealer.deliver(owners, event, data, (room, offset))
 
     async def _recover(self, client: Client, room: str, wanted: tuple[str, int] | None) -> None:
         remote = self._remote
@@ -233,10 +292,10 @@ class History(HelperBase):
                 continue
             if client.id not in (old.exclude or ()):
                 frame = history_frame(old.event, old.data, room, old.offset)
-                self._to_one(client, frame, old.event, old.data)
+                self._to_one(client, frame, old.event, old.data, (room, old.offset))
         data = {"room": room, "epoch": epoch, "offset": offset, "recovered": messages is not None}
         self._to_one(client, encode(JOINED, data), JOINED, data)
         for position, frame, event, message, exclude in held:
             if position > offset and client.id not in exclude:
-                self._to_one(client, frame, event, message)
+                self._to_one(client, frame, event, message, (room, position))
         self._floors.setdefault(room, {})[client.id] = max(offset, held[-1][0] if held else offset)

@@ -61,6 +61,17 @@ _BARRIER_METRICS = {
         "Logins and joins that went ahead unconfirmed (subscribe_timeout or broker away).",
     ),
 }
+# History rooms' figures (helper stats, present when some room keeps history).
+_HISTORY_METRICS = {
+    "history_unnumbered": (
+        "roomcast_history_unnumbered",
+        "Messages to history rooms that came without an offset, delivered as plain ones.",
+    ),
+    "history_dropped": (
+        "roomcast_history_dropped",
+        "History room messages not written (redis unreachable): dropped.",
+    ),
+}
 _BROKER_METRICS = {
     "published": ("roomcast_broker_published", "counter", "Envelopes published to the broker."),
     "received": ("roomcast_broker_received", "counter", "Envelopes received from the broker."),
@@ -214,7 +225,7 @@ def samples(helper: Node) -> list[Sample]:
         value = stats.get(f"broker_{key}")
         if value is not None:
             out.append(Sample(name, kind, doc, (), [((), value)]))
-    for key, (name, doc) in _BARRIER_METRICS.items():
+    for key, (name, doc) in (*_BARRIER_METRICS.items(), *_HISTORY_METRICS.items()):
         value = stats.get(key)
         if value is not None:
             out.append(Sample(name, "counter", doc, (), [((), value)]))

@@ -31,6 +31,8 @@ OPTION_DEFAULTS: dict[str, Any] = {
     "history_ttl": 300.0,
     "presence_rooms": None,
     "presence_ttl": 30.0,
+    # presence-join / presence-leave events to the members of presence rooms.
+    "presence_events": False,
 }
 # The original's camelCase names, accepted as aliases (`backlog` has none: it is ours).
 OPTION_ALIASES = {
@@ -49,6 +51,7 @@ OPTION_ALIASES = {
     "historyTtl": "history_ttl",
     "presenceRooms": "presence_rooms",
     "presenceTtl": "presence_ttl",
+    "presenceEvents": "presence_events",
 }
 
 
@@ -85,6 +88,10 @@ def _check_history(resolved: dict[str, Any]) -> None:
             raise ValueError(f"{name} must be a non-empty glob string: {glob!r}")
     if type(resolved["history_size"]) is not int or resolved["history_size"] < 1:
         raise ValueError(f"history_size must be a positive integer: {resolved['history_size']}")
+    if type(resolved["presence_events"]) is not bool:
+        raise ValueError(f"presence_events must be true or false: {resolved['presence_events']!r}")
+    if resolved["presence_events"] and resolved["presence_rooms"] is None:
+        raise ValueError("presence_events needs presence_rooms (the rooms that have presence)")
     for name in ("history_ttl", "presence_ttl"):
         if not float(resolved[name]) > 0:
             raise ValueError(f"{name} must be positive: {resolved[name]}")

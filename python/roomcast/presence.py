@@ -12,9 +12,10 @@ from .base import Callback, HelperBase
 from .broker.redis.presence import RedisPresence
 from .callbacks import check_callback
 from .connection import Client
+from .constants import WebSocketChannels, WebSocketMessageTypes
 from .history import RoomGlob
 from .log import client_extra
-from .protocol import encode
+from .protocol import encode, encode_envelope
 from .session import State
 
 logger = logging.getLogger("roomcast")
@@ -22,6 +23,9 @@ logger = logging.getLogger("roomcast")
 PRESENCE = "presence"
 PRESENCE_NOT_ALLOWED = "Presence not allowed"
 VALIDATE_PRESENCE_KEYWORDS = ("client_id", "user_id", "room")
+# Opt-in (`presence_events`): to the members of a presence room when a client joins or leaves.
+PRESENCE_JOIN = "presence-join"
+PRESENCE_LEAVE = "presence-leave"
 
 Member = dict[str, str]
 
@@ -49,6 +53,7 @@ class Presence(HelperBase):
         if glob is None:
             return
         self._is_presence = RoomGlob(glob)
+        self._presence_events = bool(self.server_options["presence_events"])
         from .broker.redis import RedisBroker
 
         if isinstance(self._broker, RedisBroker):
@@ -93,6 +98,31 @@ class Presence(HelperBase):
             except Exception as exc:
                 logger.warning("presence not cleared in redis: %s", exc)
             await remote.close()
+
+    def _announce(self, client: Client, rooms: list[str], joining: bool) -> None:
+        """`presence-join` / `presence-leave` of `client` to the members of each presence
+        room among `rooms`, here and (through the room's channel) on every other node; not
+        numbered or kept, even in a history room. A leaver (still in the hub when it is
+        disconnecting) does not get its own."""
+        is_presence = self._is_presence
+        assert is_presence is not None
+        event = PRESENCE_JOIN if joining else PRESENCE_LEAVE
+        exclude = None if joining else [client.id]
+        user_id = client.user_id
+        hub, publish = self._hub, self._broker.publish
+        for room in rooms:
+            if room == client.id or not is_presence(room):
+                continue
+            data = {"room": room, "clientId": client.id}
+            if user_id is not None:
+                data["userId"] = user_id
+            hub.send_room(room, encode(event, data), exclude)
+            if self._encrypted:
+                self._sealer.deliver(hub.encrypted_owners(room, None, exclude), event, data)
+            envelope = encode_envelope(
+                self.server_id, WebSocketMessageTypes.ROOM, event, data, room, None
+            )
+            publish(WebSocketChannels.for_room(room), envelope)
 
     async def presence(self, room: str) -> list[Member]:
         """The members of a presence room, each once: `{"clientId", "userId"?}` (no `userId`

@@ -60,6 +60,16 @@ def encode(event: str, data: Any = MISSING) -> bytes:
     return orjson.dumps({"event": event, "data": data})
 
 
+def encode_at(event: str, data: Any, room: str | None, offset: int | None) -> bytes:
+    """A message with its stream position when it has one (a history room's, SPEC §10):
+    `{"event","data","room","offset"}` (no `data` if none); else as `encode`."""
+    if room is None:
+        return encode(event, data)
+    if data is MISSING:
+        return orjson.dumps({"event": event, "room": room, "offset": offset})
+    return orjson.dumps({"event": event, "data": data, "room": room, "offset": offset})
+
+
 def error_payload(message: str) -> bytes:
     return encode(WebSocketEvents.ERROR, {"message": message})
 

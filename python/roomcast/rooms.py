@@ -140,15 +140,16 @@ class Rooms(HelperBase):
             hub, handle = self._hub, client.handle
             added = [r for r in rooms if hub.join(handle, r)]
             logger.debug("%s joined %r", client.id, added)
-            if recover is not None and added:
-                self._joined(client, added, recover)
+            if added and self._room_hooks:
+                self._rooms_joined(client, added, recover)
         if ahead:
             self._barrier.release_early(ahead, joined)
 
     def _on_leave(self, client: Client, data: Any) -> None:
         for room in requested_rooms(data):
             if type(room) is str and room != client.id:
-                self._hub.leave(client.handle, room)
+                if self._hub.leave(client.handle, room) and self._presence_events:
+                    self._rooms_left(client, [room])
 
     def join_room(self, client_id: str, room: str) -> bool:
         """Put a local client in `room` (no name rules: the server may use any name).
@@ -188,14 +189,26 @@ class Rooms(HelperBase):
         if not hub.join(client.handle, room):
             return None
         if waiter is None:
+            self._joined_by_server(client, room)
             return barrier.done()
         lifted = barrier.wait(waiter)
-        barrier.hold(client, lifted, lambda: None)
+        barrier.hold(client, lifted, lambda: self._joined_by_server(client, room))
         return lifted
+
+    def _joined_by_server(self, client: Client, room: str) -> None:
+        """`join_room`'s room is live (in redis: confirmed): its `joined` (the position is
+        read from here on, so every later message reaches the client after it) and
+        presence-join."""
+        if self._room_hooks and client.live and self._hub.in_room(client.handle, room):
+            self._rooms_joined(client, [room])
 
     def leave_room(self, client_id: str, room: str) -> bool:
         """Take a local client out of `room`; its own-id room cannot be left."""
         client = self._clients.get(client_id)
         if client is None or room == client_id:
             return False
-        return self._hub.leave(client.handle, room)
+        if not self._hub.leave(client.handle, room):
+            return False
+        if self._presence_events:
+            self._rooms_left(client, [room])
+        return True

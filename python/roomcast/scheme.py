@@ -3,7 +3,8 @@ is both)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 
@@ -26,7 +27,8 @@ class EncryptionScheme(Protocol):
 class BatchSealer(Protocol):
     """A scheme that seals one message for many clients at once (used for fan-out when the
     scheme's own `outbound_transformer` is the one in use): one wire message per client, or
-    None for a client it holds no key for."""
+    None for a client it holds no key for. A `seal_batch` (or transformer) that takes `room`
+    and `offset` keywords gets them for a history room's message (SPEC §10), to seal them in."""
 
     def outbound_transformer(self, client: Any, event: str, data: Any) -> Any: ...
     def seal_batch(self, clients: Sequence[Any], event: str, data: Any) -> list[bytes | None]: ...
@@ -45,3 +47,14 @@ def batch_sealer(scheme: EncryptionScheme | None, transformer: Any) -> BatchSeal
     if isinstance(scheme, BatchSealer) and transformer == scheme.outbound_transformer:
         return scheme
     return None
+
+
+def takes_position(fn: Callable[..., Any]) -> bool:
+    """Whether `fn` can be called with `room=` and `offset=` keywords."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    names = {p.name for p in parameters if p.kind is not inspect.Parameter.POSITIONAL_ONLY}
+    keywords = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+    return keywords or {"room", "offset"} <= names

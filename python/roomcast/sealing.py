@@ -19,8 +19,8 @@ from typing import Any
 from . import _core
 from .connection import Client
 from .log import client_extra
-from .protocol import MISSING, encode
-from .scheme import BatchSealer, EncryptionScheme, batch_sealer
+from .protocol import MISSING, encode, encode_at
+from .scheme import BatchSealer, EncryptionScheme, batch_sealer, takes_position
 from .session import State
 
 logger = logging.getLogger("roomcast")
@@ -35,6 +35,8 @@ ENCRYPTED_SLICE_CLIENTS = 32
 ENCRYPTED_CHUNK_BYTES = 256 * 1024
 
 Transformer = Callable[..., Any]
+# A history room's message's stream position (room, offset), sealed with it; None for others.
+Position = tuple[str, int] | None
 
 
 class Sealer:
@@ -54,9 +56,11 @@ class Sealer:
         self._scheme = scheme
         self._batch: BatchSealer | None = None
         self._transformer: Transformer | None = None
+        # Whether the transformer / batch sealer take `room` and `offset` keywords.
+        self._positioned = self._batch_positioned = False
         self.transformer = transformer
         self.batch_limit = batch_limit
-        self._queue: deque[tuple[list[Client], str, Any]] = deque()
+        self._queue: deque[tuple[list[Client], str, Any, Position]] = deque()
         self._running = False
         self._idle = asyncio.Event()
         self._idle.set()
@@ -69,6 +73,8 @@ class Sealer:
     def transformer(self, transformer: Transformer | None) -> None:
         self._transformer = transformer
         self._batch = batch_sealer(self._scheme, transformer)
+        self._positioned = transformer is not None and takes_position(transformer)
+        self._batch_positioned = self._batch is not None and takes_position(self._batch.seal_batch)
 
     @property
     def idle(self) -> bool:
@@ -79,14 +85,17 @@ class Sealer:
         """Return once every queued delivery has been sealed and handed to the hub."""
         await self._idle.wait()
 
-    def deliver(self, clients: list[Client], event: str, data: Any) -> None:
-        """Queue one message for `clients` (encrypted ones)."""
+    def deliver(
+        self, clients: list[Client], event: str, data: Any, position: Position = None
+    ) -> None:
+        """Queue one message for `clients` (encrypted ones); `position`: a history room's
+        message's (room, offset), sealed with it (SPEC §10)."""
         if self._transformer is None:
             logger.warning("encrypted clients skipped for %r: no outbound_transformer", event)
             return
         if not clients:
             return
-        self._queue.append((clients, event, data))
+        self._queue.append((clients, event, data, position))
         if not self._running:
             self._running = True
             self._idle.clear()
@@ -98,14 +107,14 @@ class Sealer:
     async def _run(self) -> None:
         try:
             while self._queue:
-                clients, event, data = self._queue.popleft()
+                clients, event, data, position = self._queue.popleft()
                 transformer = self._transformer
                 batch = self._batch
                 try:
                     if batch is not None:
-                        await self._seal_batched(batch, clients, event, data)
+                        await self._seal_batched(batch, clients, event, data, position)
                     elif transformer is not None:
-                        await self._transform_each(transformer, clients, event, data)
+                        await self._transform_each(transformer, clients, event, data, position)
                 except Exception:
                     logger.exception("encrypted delivery of %r failed", event)
         finally:
@@ -113,11 +122,17 @@ class Sealer:
             self._idle.set()
 
     async def _seal_batched(
-        self, batch: BatchSealer, clients: list[Client], event: str, data: Any
+        self,
+        batch: BatchSealer,
+        clients: list[Client],
+        event: str,
+        data: Any,
+        position: Position = None,
     ) -> None:
         """The scheme seals chunks of clients at once; the loop gets control between chunks
         (and flushes what the previous chunk queued)."""
         size = len(encode(event, data))
+        at = {} if position is None or not self._batch_positioned else _keywords(position)
         chunk = max(1, min(ENCRYPTED_SLICE_CLIENTS, ENCRYPTED_CHUNK_BYTES // max(size, 1)))
         hub = self._hub
         for first in range(0, len(clients), chunk):
@@ -125,7 +140,7 @@ class Sealer:
                 await asyncio.sleep(0)
             part = [c for c in clients[first : first + chunk] if c.state is _AUTHENTICATED]
             try:
-                payloads = batch.seal_batch(part, event, data)
+                payloads = batch.seal_batch(part, event, data, **at)
             except Exception:
                 logger.exception("seal_batch raised for %r", event)
                 continue
@@ -139,9 +154,16 @@ class Sealer:
                     logger.debug("no key for %s: %r dropped", client.id, event)
 
     async def _transform_each(
-        self, transformer: Transformer, clients: list[Client], event: str, data: Any
+        self,
+        transformer: Transformer,
+        clients: list[Client],
+        event: str,
+        data: Any,
+        position: Position = None,
     ) -> None:
-        """outbound_transformer per client, at most `batch_limit` awaiting at once."""
+        """outbound_transformer per client, at most `batch_limit` awaiting at once (with
+        `room` and `offset` for a history room's message when it takes them)."""
+        at = {} if position is None or not self._positioned else _keywords(position)
         in_flight: set[asyncio.Future[None]] = set()
         started = time.perf_counter()
         done = 0
@@ -158,7 +180,7 @@ class Sealer:
                 if client.state is not _AUTHENTICATED:
                     continue
                 try:
-                    result = transformer(client=client, event=event, data=data)
+                    result = transformer(client=client, event=event, data=data, **at)
                 except Exception:
                     logger.exception(
                         "outbound_transformer raised for %s", client.id, extra=client_extra(client)
@@ -199,4 +221,10 @@ class Sealer:
             )
             return
         if client.state is _AUTHENTICATED:
-            self._hub.send(client.handle, encode(result["event"], result.get("data", MISSING)))
+            data, room = result.get("data", MISSING), result.get("room")
+            message = encode_at(result["event"], data, room, result.get("offset"))
+            self._hub.send(client.handle, message)
+
+
+def _keywords(position: tuple[str, int]) -> dict[str, Any]:
+    return {"room": position[0], "offset": position[1]}

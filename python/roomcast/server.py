@@ -25,10 +25,7 @@ from .broker import Broker, create_broker
 from .callbacks import check_callbacks
 from .config import ServerConfig
 from .connection import Client, Links
-from .constants import (
-    CloseCode,
-    ErrorMessages,
-)
+from .constants import CloseCode, ErrorMessages
 from .counters import Counters
 from .delivery import Delivery
 from .history import History
@@ -324,6 +321,8 @@ class WebSocketServerHelper(Inbound, Authentication, Rooms, Delivery, History, P
         was_connected = client.disconnected()
         if was_connected is None:
             return
+        if was_connected and self._presence_events:
+            self._rooms_left(client, self._hub.rooms_of(client.handle))
         self._hub.remove(client.handle)
         self._clients.pop(client.id, None)
         self._held.pop(client.id, None)
@@ -384,11 +383,12 @@ class WebSocketServerHelper(Inbound, Authentication, Rooms, Delivery, History, P
         """Counters from the hub (connections, rooms, users, skipped messages, queued bytes),
         the join barrier's (`subscribe_waits`: logins and joins that waited for Redis to
         confirm a subscription; `subscribe_unconfirmed`: those that went ahead without it,
-        Redis being unreachable or slower than `subscribe_timeout`) and, prefixed `broker_`,
-        the broker's when it keeps any."""
+        Redis being unreachable or slower than `subscribe_timeout`), `history_*` (README)
+        and, prefixed `broker_`, the broker's when it keeps any."""
         stats = self._hub.stats()
         stats["subscribe_waits"] = self._barrier.waits
         stats["subscribe_unconfirmed"] = self._barrier.unconfirmed
+        stats.update(self._history_stats())
         for key, value in self._broker.stats().items():
             stats[f"broker_{key}"] = value
         return stats

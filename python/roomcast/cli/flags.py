@@ -65,6 +65,7 @@ class ServeConfig:
     history_ttl: float = _SERVER.options["history_ttl"]
     presence_rooms: str | None = None
     presence_ttl: float = _SERVER.options["presence_ttl"]
+    presence_events: bool = False
     log_level: str = "info"
     workers: int = 1
     ssl_certfile: str | None = None
@@ -93,6 +94,7 @@ class ServeConfig:
                 "history_ttl": self.history_ttl,
                 "presence_rooms": self.presence_rooms,
                 "presence_ttl": self.presence_ttl,
+                "presence_events": self.presence_events,
             },
         )
 
@@ -244,6 +246,7 @@ _SERVE_FLAGS: list[tuple[str, Callable[[str], Any] | None, str]] = [
         _positive_int,
         "ms a dead node's members stay in presence at most (default 30000)",
     ),
+    ("--presence-events", None, "presence-join/presence-leave events to presence room members"),
     ("--log-level", str, "trace, debug, info, warning or error (default info)"),
     ("--log-format", str, "text, or json for one JSON object per line (default text)"),
     (
@@ -295,11 +298,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--history-rooms",
         type=_glob,
         default=None,
-        help="the servers' --history-rooms: messages to these rooms go through their history "
-        "[env ROOMCAST_HISTORY_ROOMS]",
+        help="messages to these rooms go through their history (default: the servers' "
+        "--history-rooms, which they publish in redis) [env ROOMCAST_HISTORY_ROOMS]",
     )
-    emit.add_argument("--history-size", type=_positive_int, default=None, help="as the servers'")
-    emit.add_argument("--history-ttl-ms", type=_positive_int, default=None, help="as the servers'")
+    emit.add_argument(
+        "--history-size", type=_positive_int, default=None, help="default: the servers'"
+    )
+    emit.add_argument(
+        "--history-ttl-ms", type=_positive_int, default=None, help="default: the servers'"
+    )
     emit.add_argument(
         "--redis-timeout-ms",
         type=_positive_int,

@@ -74,9 +74,12 @@ def keys_of(room: str) -> list[str]:
     return [f"ws:history:{{r:{room}}}:s", f"ws:history:{{r:{room}}}:m"]
 
 
-def client_for(target: RedisTarget) -> Any:
-    """A redis-py client of its own (not the broker's connections) for `target`."""
+def client_for(target: RedisTarget, name: str | None = None) -> Any:
+    """A redis-py client of its own (not the broker's connections) for `target`; `name`
+    is its connections' CLIENT SETNAME."""
     kwargs = dict(target.connection_kwargs)
+    if name is not None:
+        kwargs["client_name"] = name
     if target.cluster:
         kwargs.pop("db", None)
         ssl = target.connection_class.__name__ == "SSLConnection"
@@ -110,14 +113,26 @@ class _Script:
 _APPEND = _Script(APPEND)
 _READ = _Script(READ)
 
+# The most appends one pipeline of the writer carries.
+WRITE_BATCH = 256
+# The writer's connections' name (CLIENT LIST shows one per Redis node it writes to).
+WRITER_NAME = "roomcast-history-writer"
+
+Appended = tuple[str, int, int]  # epoch, offset, subscribers it was published to
+# room, channel, envelope, and the future of whoever waits for the offset (None: no one).
+_Pending = tuple[str, str, bytes, "asyncio.Future[Appended] | None"]
+
 
 class RedisHistory:
     """History rooms' streams in Redis, for a node or the emitter.
 
-    `publish` queues an append (which also publishes) and never waits: one task writes them
-    in order, so one node's messages to a room keep their order. `append` waits for the
-    offset. `read` gives a room's position and, when they can all be given, the messages
-    after an offset.
+    Every append of one process goes through one writer task, in the order `publish` and
+    `append` were called: it takes what is queued (up to `WRITE_BATCH`) and sends it as one
+    pipeline of script calls on its own connection (one per cluster node), so one client's
+    successive messages to a room get offsets in the order it sent them, and a busy node
+    writes in a few round trips, not a pool of concurrent EVALs. `publish` never waits;
+    `append` waits for the offset. `read` gives a room's position and, when they can all be
+    given, the messages after an offset.
     """
 
     def __init__(self, target: RedisTarget, size: int, ttl: float) -> None:
@@ -125,11 +140,22 @@ class RedisHistory:
         self.size = size
         self.ttl_ms = max(1, round(ttl * 1000))
         self.ttl = ttl
-        self._client: Any = None
+        self._client: Any = None  # reads
+        self._writer_client: Any = None  # the writer's
         self._connecting = asyncio.Lock()
-        self._queue: asyncio.Queue[tuple[str, str, bytes]] = asyncio.Queue()
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
+        self._beside: asyncio.Task[None] | None = None
         self.failed = 0
+        self.pipelines = 0  # pipelines the writer sent
+
+    def own(self, task: asyncio.Task[None]) -> None:
+        """A task of the user's that uses `client()`, cancelled by `close` before it."""
+        self._beside = task
+
+    async def client(self) -> Any:
+        """The client reads use (not the writer's)."""
+        return await self._redis()
 
     async def _redis(self) -> Any:
         """The client, connected once: a cluster client's first commands, run concurrently
@@ -144,34 +170,106 @@ class RedisHistory:
                     self._client = client
         return self._client
 
-    async def append(self, room: str, channel: str, envelope: bytes) -> tuple[str, int, int]:
-        """Number, keep and publish one room envelope (a JSON object): (epoch, offset, how
-        many subscribers it was published to)."""
-        head = envelope[:-1]  # the script closes it with the offset and epoch
-        reply = await _APPEND(
-            await self._redis(),
-            keys_of(room),
-            [self.size, self.ttl_ms, new_epoch(), channel, head],
-        )
-        epoch, offset, receivers = reply
-        return _text(epoch), int(offset), int(receivers)
+    async def append(self, room: str, channel: str, envelope: bytes) -> Appended:
+        """Number, keep and publish one room envelope (a JSON object), behind every append
+        queued before it: (epoch, offset, how many subscribers it was published to)."""
+        future: asyncio.Future[Appended] = asyncio.get_running_loop().create_future()
+        self._enqueue((room, channel, envelope, future))
+        return await future
 
     def publish(self, room: str, channel: str, envelope: bytes) -> None:
-        self._queue.put_nowait((room, channel, envelope))
+        """`append` without waiting: a failure is counted in `failed` and logged."""
+        self._enqueue((room, channel, envelope, None))
+
+    def _enqueue(self, pending: _Pending) -> None:
+        self._queue.put_nowait(pending)
         if self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(self._write())
 
     async def _write(self) -> None:
         queue = self._queue
         while True:
-            room, channel, envelope = await queue.get()
+            batch = [await queue.get()]
+            while len(batch) < WRITE_BATCH and not queue.empty():
+                batch.append(queue.get_nowait())
             try:
-                await self.append(room, channel, envelope)
+                replies = await self._append_many(batch)
             except asyncio.CancelledError:
+                _fail(batch, RuntimeError("the history writer was closed"))
                 raise
             except Exception as exc:  # at-most-once, as every broker
-                self.failed += 1
-                logger.warning("history message to room %s dropped: %s", room, exc)
+                replies = [exc] * len(batch)
+            dropped: list[str] = []
+            error: BaseException | None = None
+            for (room, _, _, future), reply in zip(batch, replies, strict=True):
+                if isinstance(reply, BaseException):
+                    error = reply
+                    if future is None:
+                        dropped.append(room)
+                    elif not future.done():
+                        future.set_exception(reply)
+                elif future is not None and not future.done():
+                    epoch, offset, receivers = reply
+                    future.set_result((_text(epoch), int(offset), int(receivers)))
+            if dropped:
+                self.failed += len(dropped)
+                logger.warning(
+                    "%d history message(s) dropped (room %s%s): %s",
+                    len(dropped),
+                    dropped[0],
+                    " and others" if len(set(dropped)) > 1 else "",
+                    error,
+                )
+
+    async def _writer_redis(self) -> Any:
+        if self._writer_client is None:
+            client = client_for(self.target, WRITER_NAME)
+            if self.target.cluster:
+                await client.initialize()
+            self._writer_client = client
+        return self._writer_client
+
+    async def _append_many(self, batch: list[_Pending]) -> list[Any]:
+        """One pipeline of appends; a reply (a list) or an exception per append. Each
+        connection's first script call of the pipeline is an EVAL (which loads the script,
+        for a Redis that restarted), the others EVALSHA: Redis runs one connection's
+        commands in order, so the script is known by then and none fails, whatever other
+        writers do meanwhile."""
+        client = await self._writer_redis()
+        calls: list[tuple[list[str], list[Any]]] = []
+        for room, channel, envelope, _ in batch:
+            args = [self.size, self.ttl_ms, new_epoch(), channel, envelope[:-1]]
+            calls.append((keys_of(room), args))
+        try:
+            replies = await self._pipeline(client, calls)
+        except (RedisConnectionError, RuntimeError):
+            # Its pooled connection was closed under it (a Redis restart): once more on a
+            # fresh one. (A connection lost midway could run a few twice: rare, and
+            # better than losing every message queued at a restart.)
+            replies = await self._pipeline(client, calls)
+        for i, reply in enumerate(replies):
+            if isinstance(reply, NoScriptError):  # moved to a node that lost it: rare
+                try:
+                    replies[i] = await _APPEND(client, *calls[i])
+                except Exception as exc:
+                    replies[i] = exc
+        return replies
+
+    async def _pipeline(self, client: Any, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        cluster = self.target.cluster
+        pipe = client.pipeline(transaction=False)
+        loaded: set[str] = set()
+        for keys, args in calls:
+            where = client.get_node_from_key(keys[0]).name if cluster else ""
+            if where in loaded:
+                # (execute_command: redis-py's cluster pipeline refuses `evalsha()`, which
+                # could fail NOSCRIPT; here the EVAL ahead of it loaded the script.)
+                pipe.execute_command("EVALSHA", _APPEND.sha, 2, *keys, *args)
+            else:
+                loaded.add(where)
+                pipe.eval(APPEND, 2, *keys, *args)
+        self.pipelines += 1
+        return list(await pipe.execute(raise_on_error=False))
 
     async def read(
         self, room: str, epoch: str | None, offset: int
@@ -213,16 +311,26 @@ class RedisHistory:
         return room_epoch, room_offset, messages
 
     async def close(self) -> None:
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            writer.cancel()
-            try:
-                await writer
-            except asyncio.CancelledError:
-                pass
-        client, self._client = self._client, None
-        if client is not None:
-            await client.aclose()
+        for task in (self._writer, self._beside):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+        self._writer = self._beside = None
+        while not self._queue.empty():
+            _fail([self._queue.get_nowait()], RuntimeError("the history writer was closed"))
+        for client in (self._client, self._writer_client):
+            if client is not None:
+                await client.aclose()
+        self._client = self._writer_client = None
+
+
+def _fail(batch: list[_Pending], error: BaseException) -> None:
+    for *_, future in batch:
+        if future is not None and not future.done():
+            future.set_exception(error)
 
 
 def _text(value: Any) -> str:
