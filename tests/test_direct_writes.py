@@ -67,9 +67,7 @@ def test_one_flush_to_many_connections_with_a_slow_one_among_them(write_path):
             uses_ring(node.helper, write_path)
             fast = [(await authed(node.url, f"user:f{i}"))[0] for i in range(10)]
             slow = await connected_raw(node.port, rcvbuf=4096)
-            (slow_client,) = [
-                c for c in node.helper.get_clients().values() if c.user_id == "slow"
-            ]
+            (slow_client,) = [c for c in node.helper.get_clients().values() if c.user_id == "slow"]
             sock = slow_client.transport.underlying_transport.get_extra_info("socket")
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
             pad = "y" * 700
