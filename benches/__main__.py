@@ -97,6 +97,9 @@ def server(
     """Start a server of `kind` (extra arguments go to roomcast's bench server), on
     `redis_url` when given, pinned to `cpus` (a taskset list) when given; yield (port, pid)."""
     port = free_port()
+    env = {**os.environ, "APP_ENV_LOGGER_LEVEL": "error"}
+    if kind == "roomcast-send":  # roomcast with one send(2) per direct write, not io_uring
+        kind, env["ROOMCAST_IO_URING"] = "roomcast", "0"
     with ExitStack() as stack:
         if kind == "roomcast" or kind == "pyloop":
             fanout = "rust" if kind == "roomcast" else "python"
@@ -127,7 +130,7 @@ def server(
             stderr=subprocess.DEVNULL,
             text=True,
             cwd=workdir,
-            env={**os.environ, "APP_ENV_LOGGER_LEVEL": "error"},
+            env=env,
         )
         try:
             assert proc.stdout is not None

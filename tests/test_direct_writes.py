@@ -8,10 +8,26 @@ import socket
 import ssl
 
 import orjson
+import pytest
 from roomcast import WebSocketServerHelper
 from roomcast.tls import server_context
 from serving_support import make_certificates
 from support import RawClient, authed, recv, run, running, token_auth
+
+
+@pytest.fixture(autouse=True, params=["io_uring", "send"])
+def write_path(request, monkeypatch):
+    """Every test runs with a flush's direct writes submitted in one io_uring call, and with
+    one send(2) each (the fallback where io_uring is missing or forbidden)."""
+    monkeypatch.setenv("ROOMCAST_IO_URING", "1" if request.param == "io_uring" else "0")
+    return request.param
+
+
+def uses_ring(helper: WebSocketServerHelper, write_path: str) -> None:
+    stats = helper._hub.stats()
+    if write_path == "io_uring" and not stats["io_uring"]:
+        pytest.skip("io_uring is not available to this process")
+    assert stats["io_uring"] == (write_path == "io_uring")
 
 
 async def connected_raw(port: int, rcvbuf: int | None = None) -> RawClient:
@@ -24,9 +40,10 @@ async def connected_raw(port: int, rcvbuf: int | None = None) -> RawClient:
     return raw
 
 
-def test_a_plain_connection_gets_its_messages_straight_from_the_hub_in_order():
+def test_a_plain_connection_gets_its_messages_straight_from_the_hub_in_order(write_path):
     async def body():
         async with running() as node:
+            uses_ring(node.helper, write_path)
             ws, _ = await authed(node.url)
             before = node.helper._hub.stats()["direct_writes"]
             for i in range(50):
@@ -40,12 +57,49 @@ def test_a_plain_connection_gets_its_messages_straight_from_the_hub_in_order():
     run(body())
 
 
-def test_a_slow_reader_gets_every_message_once_in_order_across_partial_sends():
+def test_one_flush_to_many_connections_with_a_slow_one_among_them(write_path):
+    """A fan-out's writes go out together (one submission with io_uring); one reader with
+    tiny buffers among ten fast ones gets partial sends and EAGAIN, the others do not, and
+    every client gets every message once and in order."""
+
+    async def body():
+        async with running() as node:
+            uses_ring(node.helper, write_path)
+            fast = [(await authed(node.url, f"user:f{i}"))[0] for i in range(10)]
+            slow = await connected_raw(node.port, rcvbuf=4096)
+            (slow_client,) = [c for c in node.helper.get_clients().values() if c.user_id == "slow"]
+            sock = slow_client.transport.underlying_transport.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            pad = "y" * 700
+            for i in range(300):
+                node.helper.broadcast("n", {"i": i, "pad": pad})
+                if i % 3 == 2:
+                    await asyncio.sleep(0)  # flushes of one and of several messages
+            stats = node.helper._hub.stats()
+            assert stats["skipped"] == 0
+            if write_path == "io_uring":
+                assert stats["ring_submits"] > 0
+            for ws in fast:
+                assert [(await recv(ws))["data"]["i"] for _ in range(300)] == list(range(300))
+            seen = []
+            for _ in range(300):
+                opcode, payload = await slow.read_frame()
+                assert opcode == 0x1
+                seen.append(orjson.loads(payload)["data"]["i"])
+            assert seen == list(range(300))
+            for ws in fast:
+                await ws.close()
+
+    run(body())
+
+
+def test_a_slow_reader_gets_every_message_once_in_order_across_partial_sends(write_path):
     """A 4 KB receive buffer: direct sends fill the socket, the rest goes to uvloop's
     buffer, later flushes must queue behind it; nothing is lost, doubled or reordered."""
 
     async def body():
         async with running() as node:
+            uses_ring(node.helper, write_path)
             raw = await connected_raw(node.port, rcvbuf=4096)
             (client,) = node.helper.get_clients().values()
             transport = client.transport.underlying_transport

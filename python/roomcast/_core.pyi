@@ -53,7 +53,8 @@ class Hub:
     after a ``drain_interest()``; pass something that schedules the drain.
     ``direct_writes``: connections whose ``write`` is a plain uvloop TCP transport's get
     their batches sent straight to the socket when uvloop holds nothing unsent for them
-    (the rest, and every other case, still goes through ``write``).
+    (the rest, and every other case, still goes through ``write``); a flush submits them
+    all in one io_uring call where the kernel allows it, else one ``send(2)`` each.
     """
 
     def __new__(
@@ -114,5 +115,7 @@ class Hub:
     def stats(self) -> dict[str, int]:
         """connections, authenticated, rooms, users, memberships, pending_bytes,
         backpressured, wheel_entries (now); skipped, delivered, frames_out, bytes_out,
-        direct_writes (batches sent straight to a socket)
-        (counted since the hub was created)."""
+        direct_writes (batches sent straight to a socket), ring_submits (flushes whose
+        direct writes went to the kernel in one io_uring submission) (counted since the hub
+        was created); io_uring (1 when this hub submits through io_uring: the kernel
+        supports it and ``ROOMCAST_IO_URING`` is not ``0``)."""

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from multidict import CIMultiDict, CIMultiDictProxy
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
 from . import _core
@@ -30,6 +31,11 @@ _BINARY = WSMsgType.BINARY
 _CONTINUATION = WSMsgType.CONTINUATION
 _CLOSE = WSMsgType.CLOSE
 _PONG = WSMsgType.PONG
+
+# picows keeps the upgrade request and response on the transport for the connection's life
+# (read-only attributes); their headers (~2 KB per connection) are never read after the
+# upgrade, so each is swapped for this one empty, read-only mapping.
+_NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
 
 # How long a closing connection may take to answer our close frame before we drop it.
 CLOSE_GRACE = 2.0
@@ -120,6 +126,9 @@ class Client(WSListener, SessionMachine):
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
+        for message in (transport.request, transport.response):
+            if message is not None:
+                message.headers = _NO_HEADERS  # type: ignore[assignment]  # read-only on purpose
         self._links.on_connect(self, transport)
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:

@@ -77,6 +77,16 @@ impl Direct {
         Ok(queued == 0)
     }
 
+    /// The socket's fd (to be written only after `ready` said so, under the same GIL hold).
+    pub fn fd(&self) -> i32 {
+        self.fd
+    }
+
+    /// Whether `data` may go to the socket now (see the module comment).
+    pub fn ready(&self, py: Python<'_>, data: &[u8]) -> bool {
+        !data.is_empty() && self.clear(py).unwrap_or(false)
+    }
+
     /// Sends `data` now if the transport allows it (see the module comment).
     pub fn send(&self, py: Python<'_>, data: &[u8]) -> Sent {
         if data.is_empty() || !self.clear(py).unwrap_or(false) {

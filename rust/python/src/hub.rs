@@ -20,6 +20,7 @@ use roomcast_core::{self as rc, Batch, Exclude, Frame, Handle, InterestKind};
 use rustc_hash::FxHashMap;
 
 use crate::direct::{Direct, Sent};
+use crate::ring::{Ring, Staged};
 
 /// What the hub keeps per connection on behalf of Python.
 struct Sink {
@@ -188,8 +189,92 @@ impl BytesCache {
     }
 }
 
-/// Hands one connection's batch to its socket (when `sink.direct` allows it now) or to
-/// `writes` for its `write` call; counts batches that went (at least partly) direct.
+/// A flush's direct writes, staged for one submission to the ring: their bytes (one copy
+/// per distinct batch in a row: a fan-out's recipients share it) and, per write, its
+/// socket and its transport's `write` for what the socket does not take.
+#[derive(Default)]
+struct Stage {
+    arena: Vec<u8>,
+    items: Vec<Staged>,
+    writes: Vec<Py<PyAny>>,
+    results: Vec<i32>,
+}
+
+impl Stage {
+    fn push(&mut self, fd: i32, data: &[u8], write: Py<PyAny>) {
+        let start = match self.items.last() {
+            Some(last) if self.arena[last.start..last.start + last.len] == *data => last.start,
+            _ => {
+                self.arena.extend_from_slice(data);
+                self.arena.len() - data.len()
+            }
+        };
+        self.items.push(Staged {
+            fd,
+            start,
+            len: data.len(),
+        });
+        self.writes.push(write);
+    }
+
+    /// Sends what was staged through `ring`; what a socket did not take goes to `writes`
+    /// for its transport, as after `Direct::send`. Leaves the stage empty.
+    fn submit(
+        &mut self,
+        py: Python<'_>,
+        ring: &mut Ring,
+        writes: &mut Vec<(Py<PyAny>, Py<PyBytes>)>,
+        direct_count: &mut u64,
+    ) {
+        ring.send_all(&self.arena, &self.items, &mut self.results);
+        for ((item, write), &result) in self
+            .items
+            .iter()
+            .zip(self.writes.drain(..))
+            .zip(&self.results)
+        {
+            // A negative result (EAGAIN, or an error uvloop should meet) sent nothing.
+            let taken = usize::try_from(result).unwrap_or(0).min(item.len);
+            if taken > 0 {
+                *direct_count += 1;
+            }
+            if taken < item.len {
+                let rest = &self.arena[item.start + taken..item.start + item.len];
+                writes.push((write, PyBytes::new(py, rest).unbind()));
+            }
+        }
+        self.items.clear();
+        self.arena.clear();
+    }
+}
+
+/// Keeps Python's cyclic garbage collector off while alive (restoring its previous state).
+struct NoGc {
+    was_enabled: bool,
+}
+
+impl NoGc {
+    fn new(_py: Python<'_>) -> NoGc {
+        // SAFETY: the GIL is held (we have `py`); PyGC_Disable only sets the collector's
+        // enabled flag and returns the previous one.
+        let was_enabled = unsafe { pyo3::ffi::PyGC_Disable() } == 1;
+        NoGc { was_enabled }
+    }
+}
+
+impl Drop for NoGc {
+    fn drop(&mut self) {
+        if self.was_enabled {
+            // SAFETY: dropped within the same GIL hold as `new` (a local of `flush`);
+            // PyGC_Enable only sets the collector's enabled flag.
+            unsafe { pyo3::ffi::PyGC_Enable() };
+        }
+    }
+}
+
+/// Hands one connection's batch to its socket (when `sink.direct` allows it now: at once,
+/// or staged in `stage` for one submission after the flush) or to `writes` for its `write`
+/// call; counts batches that went (at least partly) direct.
 fn deliver(
     py: Python<'_>,
     sink: &Sink,
@@ -197,6 +282,7 @@ fn deliver(
     cache: &mut BytesCache,
     writes: &mut Vec<(Py<PyAny>, Py<PyBytes>)>,
     direct_count: &mut u64,
+    stage: Option<&mut Stage>,
 ) {
     if let Some(direct) = &sink.direct {
         let joined;
@@ -210,22 +296,29 @@ fn deliver(
                 joined.bind(py).as_bytes()
             }
         };
-        match direct.send(py, data) {
-            Sent::All => {
-                *direct_count += 1;
+        if let Some(stage) = stage {
+            if direct.ready(py, data) {
+                stage.push(direct.fd(), data, sink.write.clone_ref(py));
                 return;
             }
-            Sent::Part(n) => {
-                if n > 0 {
+        } else {
+            match direct.send(py, data) {
+                Sent::All => {
                     *direct_count += 1;
+                    return;
                 }
-                writes.push((
-                    sink.write.clone_ref(py),
-                    PyBytes::new(py, &data[n..]).unbind(),
-                ));
-                return;
+                Sent::Part(n) => {
+                    if n > 0 {
+                        *direct_count += 1;
+                    }
+                    writes.push((
+                        sink.write.clone_ref(py),
+                        PyBytes::new(py, &data[n..]).unbind(),
+                    ));
+                    return;
+                }
+                Sent::Not => {}
             }
-            Sent::Not => {}
         }
     }
     if let Some(bytes) = cache.bytes(py, batch) {
@@ -261,6 +354,12 @@ pub struct Hub {
     direct_writes: bool,
     /// Batches written (at least partly) straight to a socket.
     direct_count: u64,
+    /// One submission per flush for the direct writes, when the kernel allows it.
+    ring: Option<Ring>,
+    /// Reused between flushes; empty outside `flush`.
+    stage: Stage,
+    /// Flushes whose direct writes went to the ring.
+    ring_submits: u64,
 }
 
 impl Hub {
@@ -397,6 +496,9 @@ impl Hub {
             writes: Vec::new(),
             direct_writes,
             direct_count: 0,
+            ring: if direct_writes { Ring::new() } else { None },
+            stage: Stage::default(),
+            ring_submits: 0,
         })
     }
 
@@ -633,9 +735,33 @@ impl Hub {
             let mut writes = mem::take(&mut this.writes);
             let mut cache = BytesCache::default();
             let mut direct = 0;
+            let mut stage = this.ring.is_some().then(|| mem::take(&mut this.stage));
+            // From a connection's `ready` check to the submission no Python code may run
+            // that could close its transport (see `crate::direct`): the flush only calls
+            // uvloop's C getters, but an allocation could start a garbage collection, and
+            // a finalizer could do anything. So no collection until the writes are sent.
+            let _no_gc = stage.is_some().then(|| NoGc::new(py));
             this.core.flush(|sink, batch| {
-                deliver(py, sink, &batch, &mut cache, &mut writes, &mut direct);
+                let stage = stage.as_mut();
+                deliver(
+                    py,
+                    sink,
+                    &batch,
+                    &mut cache,
+                    &mut writes,
+                    &mut direct,
+                    stage,
+                );
             });
+            if let (Some(ring), Some(stage)) = (this.ring.as_mut(), stage.as_mut()) {
+                if !stage.items.is_empty() {
+                    stage.submit(py, ring, &mut writes, &mut direct);
+                    this.ring_submits += 1;
+                }
+            }
+            if let Some(stage) = stage {
+                this.stage = stage;
+            }
             this.direct_count += direct;
             writes
         };
@@ -660,7 +786,7 @@ impl Hub {
             this.core
                 .flush_one(Handle::from_raw(handle), |sink, batch| {
                     let mut cache = BytesCache::default();
-                    deliver(py, sink, &batch, &mut cache, &mut writes, &mut direct);
+                    deliver(py, sink, &batch, &mut cache, &mut writes, &mut direct, None);
                 });
             this.direct_count += direct;
         }
@@ -709,6 +835,8 @@ impl Hub {
         dict.set_item(intern!(py, "pending_bytes"), s.pending_bytes)?;
         dict.set_item(intern!(py, "wheel_entries"), s.wheel_entries)?;
         dict.set_item(intern!(py, "direct_writes"), self.direct_count)?;
+        dict.set_item(intern!(py, "io_uring"), u64::from(self.ring.is_some()))?;
+        dict.set_item(intern!(py, "ring_submits"), self.ring_submits)?;
         Ok(dict)
     }
 

@@ -6,6 +6,7 @@ use roomcast_core::{Expiry, InterestKind};
 mod direct;
 mod frame;
 mod hub;
+mod ring;
 mod seal;
 
 #[pymodule]
