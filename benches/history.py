@@ -219,6 +219,8 @@ def recovery(broker: str, rounds: int, quick: bool) -> dict[str, Any]:
         for _ in range(rounds):
             first = burst("-", 0, 0)  # join, remember the position, disconnect
             epoch, offset = first["epoch"], first["offset"]
+            if not epoch:
+                raise RuntimeError(f"{broker}: the history was unreadable on join: {first}")
             http_json(port, f"/publish?room={room}&count={missed}&size={PAYLOAD}")
             _wait_published(port, url, room, offset + missed)
             time.sleep(0.5)  # the disconnects of the first burst are done
