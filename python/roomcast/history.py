@@ -27,9 +27,6 @@ logger = logging.getLogger("roomcast")
 JOINED = "joined"
 _CACHE_LIMIT = 65536
 _NO_ONE: frozenset[str] = frozenset()
-# A live message held for a client whose recovery is being read: offset, frame, event,
-# data, excluded client ids.
-Held = tuple[int, bytes, str, Any, frozenset[str]]
 
 
 class RoomGlob:
@@ -80,11 +77,9 @@ class History(HelperBase):
     _is_history: RoomGlob | None = None
     _history: HistoryStore | None = None  # in this process (memory broker)
     _remote: RedisHistory | None = None  # in redis: numbered by the script, delivered on receipt
-    # room -> client id -> live messages held while its recovery is read.
-    _recovering: dict[str, dict[str, list[Held]]]
-    # room -> client id -> the offset it joined at: a late live copy of an older message
-    # (pub/sub and the read race on two connections) is not sent to it again.
-    _floors: dict[str, dict[str, int]]
+    # A room's offset order, the live messages held while a member's recovery is read and
+    # the floors after it (a late live copy of a recovered message is not sent again) are
+    # the hub's: `send_history`, `hold_history`, `release_history` (rust/core/src/history.rs).
 
     def _setup_history(self) -> None:
         options = self.server_options
@@ -104,8 +99,6 @@ class History(HelperBase):
                     "(not sharded)"
                 )
             self._remote = RedisHistory(broker.target, size, ttl)
-            self._recovering = {}
-            self._floors = {}
         self._is_history = RoomGlob(glob)
 
     async def _close_broker(self) -> None:
@@ -127,16 +120,16 @@ class History(HelperBase):
             return 0
         store = self._history
         assert store is not None
-        _, entry = store.append(
+        epoch, entry = store.append(
             room,
             event,
             data,
             frozenset(exclude) if exclude else _NO_ONE,
             lambda offset: history_frame(event, data, room, offset),
         )
-        count = self._hub.send_room(room, entry.frame, exclude or None)
-        if self._encrypted:
-            owners = self._hub.encrypted_owners(room, None, exclude or None)
+        owners: list[Any] | None = [] if self._encrypted else None
+        count = self._hub.send_history(room, epoch, entry.offset, entry.frame, exclude, owners)
+        if owners:
             self._sealer.deliver(owners, event, data)
             count += len(owners)
         return count
@@ -152,7 +145,7 @@ class History(HelperBase):
             if not is_history(room):
                 continue
             if store is None:  # redis: held from now on, read, then released in order
-                self._recovering.setdefault(room, {})[client.id] = []
+                self._hub.hold_history(client.handle, room)
                 self._spawn(self._recover(client, room, recover.get(room)))
                 continue
             epoch, offset = store.position(room)
@@ -170,34 +163,15 @@ class History(HelperBase):
 
     def _deliver_history(self, room: str, envelope: Envelope) -> None:
         """A history room's message from redis (from any node, this one included): to the
-        local members, except the excluded, those whose recovery is being read (held for
-        them) and those that already have it."""
+        local members in the room's offset order, except the excluded, those whose recovery
+        is being read (held for them) and those that already have it (the hub decides)."""
         offset = envelope.offset
         assert offset is not None
         event, data = envelope.event, envelope.data
         frame = history_frame(event, data, room, offset)
-        exclude = envelope.exclude
-        recovering = self._recovering.get(room)
-        floors = self._floors.get(room)
-        if recovering or floors:
-            skip = list(exclude or ())
-            if recovering:
-                held = (offset, frame, event, data, frozenset(exclude or ()))
-                for client_id, messages in recovering.items():
-                    messages.append(held)
-                    skip.append(client_id)
-            if floors:
-                for client_id, floor in list(floors.items()):
-                    if offset <= floor:
-                        skip.append(client_id)
-                    else:  # pub/sub is in order: nothing older can follow
-                        del floors[client_id]
-                if not floors:
-                    del self._floors[room]
-            exclude = skip
-        self._hub.send_room(room, frame, exclude or None)
-        if self._encrypted:
-            owners = self._hub.encrypted_owners(room, None, exclude or None)
+        owners: list[Any] | None = [] if self._encrypted else None
+        self._hub.send_history(room, envelope.epoch or "", offset, frame, envelope.exclude, owners)
+        if owners:
             self._sealer.deliver(owners, event, data)
 
     async def _recover(self, client: Client, room: str, wanted: tuple[str, int] | None) -> None:
@@ -218,15 +192,16 @@ class History(HelperBase):
                 extra=client_extra(client),
             )
             epoch, offset = "", 0
-        finally:
-            recovering = self._recovering.get(room, {})
-            held = recovering.pop(client.id, [])
-            if not recovering:
-                self._recovering.pop(room, None)
-        if not client.live or not self._hub.in_room(client.handle, room):
-            return
-        if not epoch and held:  # unreadable: start from the first message held
-            offset = held[0][0] - 1
+        except BaseException:  # cancelled: stop holding
+            self._hub.hold_history(client.handle, room, False)
+            raise
+        hub = self._hub
+        if not client.live or not hub.in_room(client.handle, room):
+            return  # the hub forgot what it held when the client left the room
+        if not epoch:  # unreadable: start from the first message held
+            first = hub.held_first(client.handle, room)
+            if first is not None:
+                offset = first - 1
         for raw in messages or ():
             old = decode_envelope(raw)
             if old is None or old.offset is None:
@@ -236,7 +211,8 @@ class History(HelperBase):
                 self._to_one(client, frame, old.event, old.data)
         data = {"room": room, "epoch": epoch, "offset": offset, "recovered": messages is not None}
         self._to_one(client, encode(JOINED, data), JOINED, data)
-        for position, frame, event, message, exclude in held:
-            if position > offset and client.id not in exclude:
-                self._to_one(client, frame, event, message)
-        self._floors.setdefault(room, {})[client.id] = max(offset, held[-1][0] if held else offset)
+        # The live messages held meanwhile, after `offset`, in order, once each: queued by
+        # the hub (plaintext), or handed back to be sealed (encrypted).
+        for payload in hub.release_history(client.handle, room, epoch, offset):
+            held = orjson.loads(payload)
+            self._to_one(client, payload, held["event"], held.get("data", MISSING))

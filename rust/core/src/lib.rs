@@ -18,6 +18,7 @@
 mod deadline;
 mod exclude;
 pub mod frame;
+mod history;
 mod hub;
 mod ids;
 mod interest;
@@ -30,7 +31,7 @@ mod wheel;
 pub use deadline::Expiry;
 pub use exclude::Exclude;
 pub use frame::Frame;
-pub use hub::{Batch, Config, Hub, HubFull, Stats};
+pub use hub::{Batch, Config, Hub, HubFull, Released, Stats};
 pub use ids::Handle;
 pub use interest::InterestKind;
 pub use wheel::TICK_MS;
