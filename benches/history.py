@@ -55,12 +55,14 @@ def _script_sha(url: str) -> str:
 
 
 def _round(
-    pid: int, gens: list[LoadGen], command: str, deliveries: int, per_client: int
+    port: int, pid: int, gens: list[LoadGen], command: str, deliveries: int, per_client: int
 ) -> dict[str, float]:
     """One measured round: `command` to the first load generator; server CPU per delivery
     with the idle CPU of the second before subtracted; every client must get `per_client`
-    more messages, each once and in order."""
+    more messages, each once and in order. Also how many frames the hub wrote per socket
+    write (what coalescing saved)."""
     base = counts(gens)
+    stats0 = http_json(port, "/stats")
     idle0 = cpu_seconds(pid)
     time.sleep(1.0)
     idle = cpu_seconds(pid) - idle0
@@ -81,7 +83,15 @@ def _round(
         or final["max"] != base["max"] + per_client
     ):
         raise RuntimeError(f"{command}: expected {deliveries} more after {base}, got {final}")
-    return {"busy": (cpu - idle * wall) / deliveries, "cpu": cpu / deliveries, "util": cpu / wall}
+    stats = http_json(port, "/stats")
+    frames = stats["frames_out"] - stats0["frames_out"]
+    writes = max(1, stats["direct_writes"] - stats0["direct_writes"])
+    return {
+        "busy": (cpu - idle * wall) / deliveries,
+        "cpu": cpu / deliveries,
+        "util": cpu / wall,
+        "frames_per_write": frames / writes,
+    }
 
 
 def history_fanout(broker: str, rounds: int, quick: bool) -> list[dict[str, Any]]:
@@ -126,7 +136,8 @@ def history_fanout(broker: str, rounds: int, quick: bool) -> list[dict[str, Any]
                         script = sha if mode == "history" else "-"
                         command = f"rroom {redis_addr} {rooms} {messages} {rate} {PAYLOAD} {script}"
                     deliveries = messages * (count // ROOMS)
-                    samples[mode].append(_round(pid, gens, command, deliveries, messages // ROOMS))
+                    per_client = messages // ROOMS
+                    samples[mode].append(_round(port, pid, gens, command, deliveries, per_client))
 
             def med(mode: str, key: str, taken: dict[str, list[Any]] = samples) -> float:
                 return statistics.median(s[key] for s in taken[mode])
@@ -148,6 +159,9 @@ def history_fanout(broker: str, rounds: int, quick: bool) -> list[dict[str, Any]
                         "plain_rounds": [round(s["busy"] * 1e9) for s in samples["plain"]],
                         "history_rounds": [round(s["busy"] * 1e9) for s in samples["history"]],
                         "server_util": max(med("plain", "util"), med("history", "util")),
+                        # Frames per socket write (the HTTP /stats polls add a few writes).
+                        "plain_frames_per_write": med("plain", "frames_per_write"),
+                        "history_frames_per_write": med("history", "frames_per_write"),
                         "loadgen": "compiled" if binary is not None else "python",
                         "pinned": cpus is not None,
                         "lost": 0,
@@ -373,7 +387,8 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
                 f"historyfanout {row['broker']:>6} {row['regime']:>6}: plain "
                 f"{row['plain_ns_per_delivery']:,.0f} ns, history "
                 f"{row['history_ns_per_delivery']:,.0f} ns per delivery: "
-                f"x{row['ratio']:.2f} (medians of {row['rounds']})"
+                f"x{row['ratio']:.2f} (medians of {row['rounds']}); frames per write "
+                f"{row['plain_frames_per_write']:.1f} / {row['history_frames_per_write']:.1f}"
             )
         elif row["scenario"] == "recovery":
             print(
