@@ -7,8 +7,11 @@
   `memory://` a client publishes (`publish` events, delivered with `send_to_room`); on
   `redis://` the load generator writes what an emitter writes (plain: a room envelope
   PUBLISHed on `ws:room:R`; history: the same envelope through the history script, which
-  numbers, keeps and publishes it), so the server's side is receive, decode, deliver. Two
-  regimes: steady (200 messages/s, one at a time) and bursts (2,000 messages back to back).
+  numbers, keeps and publishes it), so the server's side is receive, decode, deliver; and a
+  third mode, `numbered`: history envelopes PUBLISHed already numbered (as the script would),
+  so they reach the server as fast as plain ones (the script's own pace into Redis spreads a
+  burst out, which changes how many messages each socket write carries). Two regimes: steady
+  (200 messages/s, one at a time) and bursts (2,000 messages back to back).
 - `recovery`: 1,000 clients that each joined a history room, disconnected, and missed 100
   messages reconnect at once, each asking to recover: the time from the burst until every
   one has its `joined` with `recovered: true` after exactly the 100 missed messages, in
@@ -125,15 +128,16 @@ def history_fanout(broker: str, rounds: int, quick: bool) -> list[dict[str, Any]
         for regime, (rate, amount) in regimes.items():
             messages = int(rate * amount) if rate else int(amount)
             messages -= messages % ROOMS
-            samples: dict[str, list[dict[str, float]]] = {"plain": [], "history": []}
+            modes = ["plain", "history"] + (["numbered"] if url is not None else [])
+            samples: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
             for index in range(rounds):
-                order = ("plain", "history") if index % 2 == 0 else ("history", "plain")
+                order = modes if index % 2 == 0 else modes[::-1]
                 for mode in order:
                     rooms = ",".join(plain if mode == "plain" else hist)
                     if url is None:
                         command = f"publish {messages} {rate} {PAYLOAD} {rooms}"
                     else:
-                        script = sha if mode == "history" else "-"
+                        script = {"plain": "-", "history": sha, "numbered": "="}[mode]
                         command = f"rroom {redis_addr} {rooms} {messages} {rate} {PAYLOAD} {script}"
                     deliveries = messages * (count // ROOMS)
                     per_client = messages // ROOMS
@@ -143,6 +147,17 @@ def history_fanout(broker: str, rounds: int, quick: bool) -> list[dict[str, Any]
                 return statistics.median(s[key] for s in taken[mode])
 
             plain_ns, hist_ns = med("plain", "busy") * 1e9, med("history", "busy") * 1e9
+            numbered: dict[str, Any] = {}
+            if "numbered" in samples:
+                # History envelopes PUBLISHed already numbered: the server's work for a
+                # history message, with the arrival pattern of plain ones.
+                numbered_ns = med("numbered", "busy") * 1e9
+                numbered = {
+                    "numbered_ns_per_delivery": numbered_ns,
+                    "numbered_ratio": numbered_ns / plain_ns,
+                    "numbered_rounds": [round(s["busy"] * 1e9) for s in samples["numbered"]],
+                    "numbered_frames_per_write": med("numbered", "frames_per_write"),
+                }
             rows.append(
                 emit(
                     {
@@ -162,6 +177,7 @@ def history_fanout(broker: str, rounds: int, quick: bool) -> list[dict[str, Any]
                         # Frames per socket write (the HTTP /stats polls add a few writes).
                         "plain_frames_per_write": med("plain", "frames_per_write"),
                         "history_frames_per_write": med("history", "frames_per_write"),
+                        **numbered,
                         "loadgen": "compiled" if binary is not None else "python",
                         "pinned": cpus is not None,
                         "lost": 0,
@@ -389,6 +405,13 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
                 f"{row['history_ns_per_delivery']:,.0f} ns per delivery: "
                 f"x{row['ratio']:.2f} (medians of {row['rounds']}); frames per write "
                 f"{row['plain_frames_per_write']:.1f} / {row['history_frames_per_write']:.1f}"
+                + (
+                    f"; numbered without the script {row['numbered_ns_per_delivery']:,.0f} ns: "
+                    f"x{row['numbered_ratio']:.2f}, {row['numbered_frames_per_write']:.1f} "
+                    "frames per write"
+                    if "numbered_ratio" in row
+                    else ""
+                )
             )
         elif row["scenario"] == "recovery":
             print(

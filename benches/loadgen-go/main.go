@@ -19,7 +19,9 @@
 //	                               N room envelopes, round-robin over ROOMS, as an emitter
 //	                               writes them: PUBLISHed on ws:room:<room> (SHA "-"), or
 //	                               through the history script (EVALSHA SHA: numbered, kept,
-//	                               published; see python/roomcast/broker/redis/history.py)
+//	                               published; see python/roomcast/broker/redis/history.py),
+//	                               or PUBLISHed already numbered as the script would (SHA
+//	                               "=": offsets counted here per room, epoch "numbered")
 //	cpu                            {"cpu": seconds of CPU this process used}
 //	quit
 //
@@ -551,6 +553,9 @@ func publishWS(st *state, n int, rate float64, size int, rooms string) error {
 
 var redisConns = map[string]net.Conn{}
 
+// numbered: the last offset given per room by `rroom ... =`.
+var numbered = map[string]int64{}
+
 func publishRedis(addr, channel string, n int, rate float64, size int) error {
 	conn := redisConns[addr]
 	if conn == nil {
@@ -609,7 +614,14 @@ func publishRoom(addr string, rooms []string, n int, rate float64, size int, sha
 				`","event":"bench","data":{"i":` + strconv.FormatInt(seq, 10) + `,"t":` +
 				strconv.FormatFloat(mono(), 'f', 9, 64) + `,"pad":"` + pad + `"}}`
 			channel := "ws:room:" + room
-			if sha == "-" {
+			if sha == "=" {
+				// As the history script publishes it (numbered), without the script: the
+				// server's side of a history message, arriving as fast as a plain one.
+				numbered[room]++
+				body = body[:len(body)-1] + `,"offset":` + strconv.FormatInt(numbered[room], 10) +
+					`,"epoch":"numbered"}`
+			}
+			if sha == "-" || sha == "=" {
 				out = append(out, "*3\r\n$7\r\nPUBLISH\r\n"...)
 				out = bulk(out, channel)
 				out = bulk(out, body)
