@@ -44,6 +44,8 @@ from .compiled import (
 
 ROOMS = 10
 PAYLOAD = 100
+# The load generators send no heartbeats: longer than any scenario here.
+HEARTBEAT_TIMEOUT = 3600.0
 
 
 def _script_sha(url: str) -> str:
@@ -114,7 +116,9 @@ def history_fanout(broker: str, rounds: int, quick: bool) -> list[dict[str, Any]
             _pin_redis(url)
             sha = _script_sha(url)
         extra = ("--history-rooms", "hist-*")
-        port, pid = stack.enter_context(server("roomcast", 90.0, *extra, redis_url=url, cpus=cpus))
+        port, pid = stack.enter_context(
+            server("roomcast", HEARTBEAT_TIMEOUT, *extra, redis_url=url, cpus=cpus)
+        )
         gens = stack.enter_context(fast_clients(port, count, binary))
         for rooms in (plain, hist):
             for gen in gens:
@@ -235,7 +239,9 @@ def recovery(broker: str, rounds: int, quick: bool) -> dict[str, Any]:
             url = stack.enter_context(redis_server())
             _pin_redis(url)
         extra = ("--history-rooms", "hist-*", "--history-size", str(missed))
-        port, pid = stack.enter_context(server("roomcast", 90.0, *extra, redis_url=url, cpus=cpus))
+        port, pid = stack.enter_context(
+            server("roomcast", HEARTBEAT_TIMEOUT, *extra, redis_url=url, cpus=cpus)
+        )
         gen = stack.enter_context(_recoverer(port, count, room))
 
         def burst(epoch: str, offset: int, expect: int) -> dict[str, Any]:
