@@ -13,7 +13,9 @@ the Redis hop adds), interest (4 nodes on disjoint rooms: envelopes each node re
 at 10,000 connections; fan-out CPU with and without scraping); the last two in serving.py;
 steady (messages arriving one at a time, server pinned to one core; `--write-delay` adds
 roomcast rows with that window) and saturate (Redis-published broadcasts at rising rates), both
-with the compiled load generator, in compiled.py.
+with the compiled load generator, in compiled.py; historyfanout (history room vs plain room,
+memory and Redis, steady and bursts), recovery (1,000 clients reconnecting at once, 100 missed
+each) and historymem (Redis memory of kept messages), in history.py.
 
 Servers, measured one after the other in the same invocation so every figure is also a ratio:
 - roomcast: the server with its Rust fan-out;
@@ -1018,12 +1020,16 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     for scenario in args.scenarios:
         single = ("sweep", "burst", "deadline", "encrypted", "crossnode", "redishop", "interest")
-        single += ("workers", "scrape", "redisconnect")
+        single += ("workers", "scrape", "redisconnect", "historyfanout", "recovery", "historymem")
         for kind in servers if scenario not in single else [None]:
             if scenario == "fanout":
                 for count in counts:
                     messages = max(20, 500_000 // count) if not args.quick else 20
                     rows.append(delivery(kind, "fanout", count, messages, rounds, None))
+            elif scenario in ("historyfanout", "recovery", "historymem"):
+                from . import history
+
+                rows += history.run(scenario, rounds, args.quick)
             elif scenario in ("steady", "saturate"):
                 from . import compiled
 
@@ -1084,9 +1090,11 @@ def main() -> None:
 
                 rows += scrape(10_000 if not args.quick else 50, 100, rounds, args.quick)
     print_table(rows)
+    from .history import print_rows as print_history
     from .serving import print_rows
 
     print_rows(rows)
+    print_history(rows)
 
 
 if __name__ == "__main__":

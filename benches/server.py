@@ -1,7 +1,8 @@
 """Bench server: roomcast with the bench protocol and an HTTP control surface.
 
 `python -m benches.server PORT [--fanout rust|python] [--heartbeat-timeout S]
-[--redis-url URL] [--encryption] [--write-delay S]`.
+[--redis-url URL] [--encryption] [--write-delay S] [--history-rooms GLOB]
+[--history-size N]`.
 A custom `publish` event from a client is delivered as `bench` to `data.room`, or to
 everyone. `--fanout rust` (default) uses roomcast's fan-out; `--fanout python` is baseline (a):
 the same server delivering with a plain Python loop calling picows' `transport.send` per client.
@@ -246,7 +247,12 @@ async def main() -> None:
     parser.add_argument("--encryption", action="store_true", help="bind the built-in scheme")
     parser.add_argument("--redis-url", default="memory://")
     parser.add_argument("--write-delay", type=float, default=0.0, help="server_options write_delay")
+    parser.add_argument("--history-rooms", default=None, help="server_options history_rooms")
+    parser.add_argument("--history-size", type=int, default=100)
     args = parser.parse_args()
+    options: dict[str, Any] = {"idle_timeout": 0, "write_delay": args.write_delay}
+    if args.history_rooms:
+        options.update(history_rooms=args.history_rooms, history_size=args.history_size)
     helper = WebSocketServerHelper(
         "bench",
         "/ws",
@@ -255,7 +261,7 @@ async def main() -> None:
         validate_room_fn=lambda client_id, user_id, rooms: rooms,
         heartbeat_timeout=args.heartbeat_timeout,
         encryption=EcdhScheme() if args.encryption else None,
-        server_options={"idle_timeout": 0, "write_delay": args.write_delay},
+        server_options=options,
     )
     helper.message_handler = make_message_handler(helper, args.fanout)
     await helper.serve("127.0.0.1", args.port, make_http_handler(helper))

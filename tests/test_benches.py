@@ -94,3 +94,30 @@ def test_steady_bench_falls_back_to_the_python_load_generator():
         ("steadyrooms", "python"),
     ]
     assert all(r["lost"] == 0 for r in rows)
+
+
+def test_history_benches_complete_exactly_once_with_the_compiled_load_generator():
+    if shutil.which("go") is None or shutil.which("redis-server") is None:
+        pytest.skip("needs go (the compiled load generator) and redis-server")
+    result = subprocess.run(
+        [sys.executable, "-m", "benches", "historyfanout", "recovery", "historymem", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    fanout = [(r["broker"], r["regime"]) for r in rows if r["scenario"] == "historyfanout"]
+    assert fanout == [
+        ("memory", "steady"),
+        ("memory", "burst"),
+        ("redis", "steady"),
+        ("redis", "burst"),
+    ]
+    assert all(r["lost"] == 0 for r in rows if r["scenario"] == "historyfanout")
+    recovery = [r for r in rows if r["scenario"] == "recovery"]
+    assert [r["broker"] for r in recovery] == ["memory", "redis"]
+    assert all(r["exact"] for r in recovery)
+    memory = [r for r in rows if r["scenario"] == "historymem"]
+    assert len(memory) == 2 and all(r["stream_bytes"] > 0 for r in memory)

@@ -15,6 +15,13 @@
 //	publish N RATE SIZE ROOMS      client 0 sends N `publish` events (RATE/s, 0 = at once)
 //	rpublish HOST:PORT CH N RATE SIZE
 //	                               PUBLISHes N broadcast envelopes on Redis channel CH
+//	rroom HOST:PORT ROOMS N RATE SIZE SHA
+//	                               N room envelopes, round-robin over ROOMS, as an emitter
+//	                               writes them: PUBLISHed on ws:room:<room> (SHA "-"), or
+//	                               through the history script (EVALSHA SHA: numbered, kept,
+//	                               published; see python/roomcast/broker/redis/history.py),
+//	                               or PUBLISHed already numbered as the script would (SHA
+//	                               "=": offsets counted here per room, epoch "numbered")
 //	cpu                            {"cpu": seconds of CPU this process used}
 //	quit
 //
@@ -23,6 +30,10 @@
 // "i" not above the last one it saw counts it as `bad` (a duplicate or a reordering), so
 // count == expected per client and bad == 0 prove every client got every message exactly
 // once. Latency is timed on the messages of every 100th client (from "t").
+//
+// With -recover ROOM it measures recovery instead (recover.go): each `round` command
+// connects COUNT fresh clients at once, each joins ROOM asking to recover from a position,
+// checks what it gets, and disconnects.
 package main
 
 import (
@@ -161,15 +172,36 @@ func parseHeader(b []byte) (fin bool, opcode byte, start int, length int, ok boo
 // dial connects, upgrades and authenticates one client; returns its fd (a dup, owned by the
 // caller, non-blocking) and any bytes that arrived after `connected`.
 func dial(u *url.URL, token string, source net.IP) (int, []byte, error) {
+	conn, carry, err := dialConn(u, token, source)
+	if err != nil {
+		return -1, nil, err
+	}
+	defer conn.Close()
+	fd, err := detach(conn)
+	return fd, carry, err
+}
+
+// dialConn connects, upgrades and authenticates one client; returns the connection (no
+// deadline set) and any bytes that arrived after `connected`.
+func dialConn(u *url.URL, token string, source net.IP) (net.Conn, []byte, error) {
 	dialer := net.Dialer{Timeout: 30 * time.Second}
 	if source != nil {
 		dialer.LocalAddr = &net.TCPAddr{IP: source}
 	}
 	conn, err := dialer.Dial("tcp", u.Host)
 	if err != nil {
-		return -1, nil, err
+		return nil, nil, err
 	}
-	defer conn.Close()
+	carry, err := upgrade(conn, u, token)
+	if err != nil {
+		conn.Close()
+		return nil, nil, err
+	}
+	conn.SetDeadline(time.Time{})
+	return conn, carry, nil
+}
+
+func upgrade(conn net.Conn, u *url.URL, token string) ([]byte, error) {
 	conn.SetDeadline(time.Now().Add(30 * time.Second))
 	request := "GET " + u.RequestURI() + " HTTP/1.1\r\nHost: " + u.Host +
 		"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: " + wsKey() +
@@ -179,7 +211,7 @@ func dial(u *url.URL, token string, source net.IP) (int, []byte, error) {
 		"data":  map[string]string{"type": "Bearer", "token": token},
 	})
 	if _, err := conn.Write([]byte(request)); err != nil {
-		return -1, nil, err
+		return nil, err
 	}
 	buf := make([]byte, 0, 4096)
 	tmp := make([]byte, 4096)
@@ -187,7 +219,7 @@ func dial(u *url.URL, token string, source net.IP) (int, []byte, error) {
 	for {
 		n, err := conn.Read(tmp)
 		if err != nil {
-			return -1, nil, fmt.Errorf("reading handshake: %w", err)
+			return nil, fmt.Errorf("reading handshake: %w", err)
 		}
 		buf = append(buf, tmp[:n]...)
 		if !upgraded {
@@ -196,12 +228,12 @@ func dial(u *url.URL, token string, source net.IP) (int, []byte, error) {
 				continue
 			}
 			if !bytes.HasPrefix(buf, []byte("HTTP/1.1 101")) {
-				return -1, nil, fmt.Errorf("upgrade refused: %q", firstLine(buf))
+				return nil, fmt.Errorf("upgrade refused: %q", firstLine(buf))
 			}
 			buf = buf[end+4:]
 			upgraded = true
 			if _, err := conn.Write(maskedFrame(1, auth)); err != nil {
-				return -1, nil, err
+				return nil, err
 			}
 		}
 		// Look for the `connected` text frame.
@@ -213,11 +245,10 @@ func dial(u *url.URL, token string, source net.IP) (int, []byte, error) {
 			payload := buf[start : start+length]
 			buf = buf[start+length:]
 			if opcode == 8 {
-				return -1, nil, fmt.Errorf("closed during authentication: %q", payload)
+				return nil, fmt.Errorf("closed during authentication: %q", payload)
 			}
 			if fin && opcode == 1 && bytes.Contains(payload, []byte(`"event":"connected"`)) {
-				fd, err := detach(conn)
-				return fd, append([]byte(nil), buf...), err
+				return append([]byte(nil), buf...), nil
 			}
 		}
 	}
@@ -522,6 +553,9 @@ func publishWS(st *state, n int, rate float64, size int, rooms string) error {
 
 var redisConns = map[string]net.Conn{}
 
+// numbered: the last offset given per room by `rroom ... =`.
+var numbered = map[string]int64{}
+
 func publishRedis(addr, channel string, n int, rate float64, size int) error {
 	conn := redisConns[addr]
 	if conn == nil {
@@ -552,6 +586,67 @@ func publishRedis(addr, channel string, n int, rate float64, size int) error {
 	return firstErr
 }
 
+// publishRoom sends n room envelopes round-robin over rooms, as the emitter writes them:
+// PUBLISHed on ws:room:<room> when sha is "-", else through the history script (EVALSHA sha
+// with the room's stream and meta keys), which numbers, keeps and publishes each one.
+func publishRoom(addr string, rooms []string, n int, rate float64, size int, sha string) error {
+	conn := redisConns[addr]
+	if conn == nil {
+		var err error
+		conn, err = net.Dial("tcp", addr)
+		if err != nil {
+			return err
+		}
+		redisConns[addr] = conn
+		go io.Copy(io.Discard, conn) // the replies
+	}
+	pad := strings.Repeat("x", size)
+	bulk := func(out []byte, s string) []byte {
+		return fmt.Appendf(out, "$%d\r\n%s\r\n", len(s), s)
+	}
+	var firstErr error
+	paced(n, rate, func(from, to int) {
+		var out []byte
+		for k := from; k < to; k++ {
+			seq++
+			room := rooms[k%len(rooms)]
+			body := `{"serverId":"emitter","type":"room","target":"` + room +
+				`","event":"bench","data":{"i":` + strconv.FormatInt(seq, 10) + `,"t":` +
+				strconv.FormatFloat(mono(), 'f', 9, 64) + `,"pad":"` + pad + `"}}`
+			channel := "ws:room:" + room
+			if sha == "=" {
+				// As the history script publishes it (numbered), without the script: the
+				// server's side of a history message, arriving as fast as a plain one.
+				numbered[room]++
+				body = body[:len(body)-1] + `,"offset":` + strconv.FormatInt(numbered[room], 10) +
+					`,"epoch":"numbered"}`
+			}
+			if sha == "-" || sha == "=" {
+				out = append(out, "*3\r\n$7\r\nPUBLISH\r\n"...)
+				out = bulk(out, channel)
+				out = bulk(out, body)
+				continue
+			}
+			// KEYS: stream, meta. ARGV: maxlen, ttl ms, new epoch, channel, envelope
+			// without its closing brace.
+			out = append(out, "*10\r\n$7\r\nEVALSHA\r\n"...)
+			out = bulk(out, sha)
+			out = bulk(out, "2")
+			out = bulk(out, "ws:history:{r:"+room+"}:s")
+			out = bulk(out, "ws:history:{r:"+room+"}:m")
+			out = bulk(out, "100")
+			out = bulk(out, "300000")
+			out = bulk(out, fmt.Sprintf("%08x", uint32(seq)))
+			out = bulk(out, channel)
+			out = bulk(out, body[:len(body)-1])
+		}
+		if _, err := conn.Write(out); err != nil && firstErr == nil {
+			firstErr = err
+		}
+	})
+	return firstErr
+}
+
 // -- commands ----------------------------------------------------------------------------------
 
 func cpuSeconds() float64 {
@@ -569,6 +664,7 @@ func main() {
 	prefix := flag.String("token-prefix", "user:u", "token of client i: PREFIX<i>")
 	sources := flag.Int("sources", 1, "spread clients over this many 127.0.0.x source addresses")
 	pollMs := flag.Float64("poll-ms", 0, "wait this long between read passes (0: read at once)")
+	recoverRoom := flag.String("recover", "", "measure recovery on this room (see recover.go)")
 	flag.Parse()
 	if flag.NArg() != 2 {
 		fmt.Fprintln(os.Stderr, "usage: loadgen URL COUNT [-token-prefix P] [-sources K]")
@@ -585,6 +681,10 @@ func main() {
 		os.Exit(2)
 	}
 	initClock()
+	if *recoverRoom != "" {
+		recoverMain(u, count, *prefix, *recoverRoom)
+		return
+	}
 	epfd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -661,6 +761,12 @@ func main() {
 			rate, _ := strconv.ParseFloat(fields[4], 64)
 			size, _ := strconv.Atoi(fields[5])
 			err := publishRedis(fields[1], fields[2], n, rate, size)
+			reply(map[string]any{"sent": n, "error": errString(err)})
+		case "rroom":
+			n, _ := strconv.Atoi(fields[3])
+			rate, _ := strconv.ParseFloat(fields[4], 64)
+			size, _ := strconv.Atoi(fields[5])
+			err := publishRoom(fields[1], strings.Split(fields[2], ","), n, rate, size, fields[6])
 			reply(map[string]any{"sent": n, "error": errString(err)})
 		case "cpu":
 			reply(map[string]any{"cpu": cpuSeconds()})

@@ -104,6 +104,27 @@ class Hub:
     def send(self, handle: int, payload: bytes) -> bool: ...
     def send_room(self, room: str, payload: bytes, exclude: list[str] | None = None) -> int: ...
     def send_user(self, user_id: str, payload: bytes) -> int: ...
+    def send_history(
+        self,
+        room: str,
+        epoch: str,
+        offset: int,
+        payload: bytes,
+        exclude: list[str] | None = None,
+        encrypted: list[Any] | None = None,
+    ) -> int:
+        """Message ``offset`` of history room ``room`` to its members, in the room's offset
+        order (held for recovering members, skipped for floored ones); the owners of the
+        encrypted members that get it are appended to ``encrypted`` when given."""
+    def hold_history(self, handle: int, room: str, hold: bool = True) -> bool:
+        """Holds the member's live messages of ``room`` from now on (its recovery is being
+        read); ``hold=False`` stops and drops them. False if not a member."""
+    def held_first(self, handle: int, room: str) -> int | None:
+        """Offset of the first live message held for the member in ``room``, if any."""
+    def release_history(self, handle: int, room: str, epoch: str, offset: int) -> list[bytes]:
+        """Ends the member's recovery once its replay and ``joined`` are queued: queues the
+        held messages above ``offset`` in offset order, each once, and returns ``[]``; for
+        an encrypted member, returns their payloads for the caller to seal instead."""
     def broadcast(self, payload: bytes, exclude: list[str] | None = None) -> int: ...
     def encrypted_owners(
         self, room: str | None, user_id: str | None, exclude: list[str] | None = None

@@ -13,6 +13,8 @@ import time
 from fnmatch import fnmatchcase
 from typing import Any
 
+import orjson
+
 from .base import HelperBase
 from .broker.history import HistoryStore, MemoryHistory
 from .broker.memory import MemoryBroker
@@ -21,7 +23,7 @@ from .broker.redis.settings import keep_settings
 from .connection import Client
 from .constants import WebSocketChannels, WebSocketMessageTypes
 from .log import client_extra
-from .protocol import Envelope, decode_envelope, encode, encode_at, encode_envelope
+from .protocol import MISSING, Envelope, decode_envelope, encode, encode_at, encode_envelope
 
 logger = logging.getLogger("roomcast")
 
@@ -33,9 +35,6 @@ UNNUMBERED_QUIET = 60
 PRESENCE_EVENTS = frozenset({"presence-join", "presence-leave"})
 _CACHE_LIMIT = 65536
 _NO_ONE: frozenset[str] = frozenset()
-# A live message held for a client whose recovery is being read: offset, frame, event,
-# data, excluded client ids.
-Held = tuple[int, bytes, str, Any, frozenset[str]]
 
 
 class RoomGlob:
@@ -84,11 +83,9 @@ class History(HelperBase):
     _is_history: RoomGlob | None = None
     _history: HistoryStore | None = None  # in this process (memory broker)
     _remote: RedisHistory | None = None  # in redis: numbered by the script, delivered on receipt
-    # room -> client id -> live messages held while its recovery is read.
-    _recovering: dict[str, dict[str, list[Held]]]
-    # room -> client id -> the offset it joined at: a late live copy of an older message
-    # (pub/sub and the read race on two connections) is not sent to it again.
-    _floors: dict[str, dict[str, int]]
+    # A room's offset order, the live messages held while a member's recovery is read and
+    # the floors after it (a late live copy of a recovered message is not sent again) are
+    # the hub's: `send_history`, `hold_history`, `release_history` (rust/core/src/history.rs).
     _unnumbered = 0  # history room messages that came without an offset
     _unnumbered_at = -float("inf")  # when the last one came (monotonic)
 
@@ -113,8 +110,6 @@ class History(HelperBase):
             # The emitter reads them (`roomcast.broker.redis.settings`).
             loop = asyncio.get_running_loop()
             self._remote.own(loop.create_task(keep_settings(self._remote, glob)))
-            self._recovering = {}
-            self._floors = {}
         self._is_history = RoomGlob(glob)
 
     async def _close_broker(self) -> None:
@@ -136,16 +131,16 @@ class History(HelperBase):
             return 0
         store = self._history
         assert store is not None
-        _, entry = store.append(
+        epoch, entry = store.append(
             room,
             event,
             data,
             frozenset(exclude) if exclude else _NO_ONE,
             lambda offset: history_frame(event, data, room, offset),
         )
-        count = self._hub.send_room(room, entry.frame, exclude or None)
-        if self._encrypted:
-            owners = self._hub.encrypted_owners(room, None, exclude or None)
+        owners: list[Any] | None = [] if self._encrypted else None
+        count = self._hub.send_history(room, epoch, entry.offset, entry.frame, exclude, owners)
+        if owners:
             self._sealer.deliver(owners, event, data, (room, entry.offset))
             count += len(owners)
         return count
@@ -161,7 +156,7 @@ class History(HelperBase):
             if not is_history(room):
                 continue
             if store is None:  # redis: held from now on, read, then released in order
-                self._recovering.setdefault(room, {})[client.id] = []
+                self._hub.hold_history(client.handle, room)
                 self._spawn(self._recover(client, room, recover.get(room)))
                 continue
             epoch, offset = store.position(room)
@@ -229,34 +224,15 @@ class History(HelperBase):
 
     def _deliver_history(self, room: str, envelope: Envelope) -> None:
         """A history room's message from redis (from any node, this one included): to the
-        local members, except the excluded, those whose recovery is being read (held for
-        them) and those that already have it."""
+        local members in the room's offset order, except the excluded, those whose recovery
+        is being read (held for them) and those that already have it (the hub decides)."""
         offset = envelope.offset
         assert offset is not None
         event, data = envelope.event, envelope.data
         frame = history_frame(event, data, room, offset)
-        exclude = envelope.exclude
-        recovering = self._recovering.get(room)
-        floors = self._floors.get(room)
-        if recovering or floors:
-            skip = list(exclude or ())
-            if recovering:
-                held = (offset, frame, event, data, frozenset(exclude or ()))
-                for client_id, messages in recovering.items():
-                    messages.append(held)
-                    skip.append(client_id)
-            if floors:
-                for client_id, floor in list(floors.items()):
-                    if offset <= floor:
-                        skip.append(client_id)
-                    else:  # pub/sub is in order: nothing older can follow
-                        del floors[client_id]
-                if not floors:
-                    del self._floors[room]
-            exclude = skip
-        self._hub.send_room(room, frame, exclude or None)
-        if self._encrypted:
-            owners = self._hub.encrypted_owners(room, None, exclude or None)
+        owners: list[Any] | None = [] if self._encrypted else None
+        self._hub.send_history(room, envelope.epoch or "", offset, frame, envelope.exclude, owners)
+        if owners:
             self._sealer.deliver(owners, event, data, (room, offset))
 
     async def _recover(self, client: Client, room: str, wanted: tuple[str, int] | None) -> None:
@@ -277,15 +253,16 @@ class History(HelperBase):
                 extra=client_extra(client),
             )
             epoch, offset = "", 0
-        finally:
-            recovering = self._recovering.get(room, {})
-            held = recovering.pop(client.id, [])
-            if not recovering:
-                self._recovering.pop(room, None)
-        if not client.live or not self._hub.in_room(client.handle, room):
-            return
-        if not epoch and held:  # unreadable: start from the first message held
-            offset = held[0][0] - 1
+        except BaseException:  # cancelled: stop holding
+            self._hub.hold_history(client.handle, room, False)
+            raise
+        hub = self._hub
+        if not client.live or not hub.in_room(client.handle, room):
+            return  # the hub forgot what it held when the client left the room
+        if not epoch:  # unreadable: start from the first message held
+            first = hub.held_first(client.handle, room)
+            if first is not None:
+                offset = first - 1
         for raw in messages or ():
             old = decode_envelope(raw)
             if old is None or old.offset is None:
@@ -295,7 +272,10 @@ class History(HelperBase):
                 self._to_one(client, frame, old.event, old.data, (room, old.offset))
         data = {"room": room, "epoch": epoch, "offset": offset, "recovered": messages is not None}
         self._to_one(client, encode(JOINED, data), JOINED, data)
-        for position, frame, event, message, exclude in held:
-            if position > offset and client.id not in exclude:
-                self._to_one(client, frame, event, message, (room, position))
-        self._floors.setdefault(room, {})[client.id] = max(offset, held[-1][0] if held else offset)
+        # The live messages held meanwhile, after `offset`, in order, once each: queued by
+        # the hub (plaintext), or handed back to be sealed (encrypted).
+        for payload in hub.release_history(client.handle, room, epoch, offset):
+            held = orjson.loads(payload)
+            self._to_one(
+                client, payload, held["event"], held.get("data", MISSING), (room, held["offset"])
+            )

@@ -74,6 +74,16 @@ impl Frame {
         &self.0
     }
 
+    /// The payload of a text frame (the bytes after its header).
+    pub fn text_payload(&self) -> &[u8] {
+        let header = match self.0.get(1).map(|b| b & 0x7f) {
+            Some(126) => 4,
+            Some(127) => 10,
+            _ => 2,
+        };
+        self.0.get(header..).unwrap_or(&[])
+    }
+
     pub fn len(&self) -> usize {
         self.0.len()
     }
@@ -136,6 +146,14 @@ mod tests {
         for len in [0, 1, 125, 126, 65535, 65536] {
             let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
             assert_eq!(Frame::text(&payload).as_bytes(), &text_frame(&payload)[..]);
+        }
+    }
+
+    #[test]
+    fn text_payload_is_what_was_framed() {
+        for len in [0, 1, 125, 126, 65535, 65536] {
+            let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            assert_eq!(Frame::text(&payload).text_payload(), &payload[..]);
         }
     }
 

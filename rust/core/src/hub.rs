@@ -13,6 +13,7 @@ use std::mem;
 use crate::deadline::{Clocks, Due, Expiry, Timeouts};
 use crate::exclude::Exclude;
 use crate::frame::Frame;
+use crate::history::{self, RoomHistory};
 use crate::ids::{ClientId, Handle};
 use crate::interest::{InterestKind, InterestLog};
 use crate::rooms::{ConnRooms, Moved, Rooms};
@@ -84,6 +85,15 @@ pub struct Stats {
     pub pending_bytes: usize,
     /// Wheel entries, stale ones included.
     pub wheel_entries: usize,
+}
+
+/// What [`Hub::release_history`] did with a recovering member's held messages.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Released {
+    /// Queued for a plaintext member (each counted like [`Hub::send`]).
+    pub queued: usize,
+    /// For an encrypted member, whose messages the caller seals: the frames, in order.
+    pub encrypted: Vec<Frame>,
 }
 
 /// The frames a flush writes to one connection, in queue order.
@@ -722,6 +732,150 @@ impl<S> Hub<S> {
             }
         }
         queued
+    }
+
+    /// Delivers message `offset` of history room `room` (see `crate::history`): queued for
+    /// each authenticated plaintext member not in `exclude` when it is the newest of the
+    /// room's `epoch`, except members whose recovery is being read (held for them) and
+    /// floored members; `encrypted` is called with each encrypted member that would get it
+    /// (the caller seals). Returns how many were queued.
+    pub fn send_history(
+        &mut self,
+        room: &str,
+        epoch: &str,
+        offset: u64,
+        payload: &[u8],
+        exclude: &Exclude<'_>,
+        mut encrypted: impl FnMut(&S),
+    ) -> usize {
+        let Some((members, history)) = self
+            .rooms
+            .id(room)
+            .and_then(|id| self.rooms.with_history(id))
+        else {
+            return 0;
+        };
+        let newest = history.advance(epoch, offset);
+        let mut frame = LazyFrame::new(payload);
+        let mut queued = 0;
+        if history.is_plain() {
+            if !newest {
+                return 0;
+            }
+            for &crate::rooms::Member { slot, .. } in members {
+                let Some(conn) = member_mut(&mut self.slots, slot) else {
+                    continue;
+                };
+                if conn.takes_plain(exclude) {
+                    if self.out.offer(slot, conn, frame.get()) {
+                        queued += 1;
+                    }
+                } else if conn.takes_encrypted(exclude) {
+                    encrypted(&conn.sink);
+                }
+            }
+            return queued;
+        }
+        history.pass_floors(epoch, offset);
+        for &crate::rooms::Member { slot, .. } in members {
+            let Some(conn) = member_mut(&mut self.slots, slot) else {
+                continue;
+            };
+            if !conn.authenticated || exclude.contains(&conn.client) {
+                continue;
+            }
+            if history.hold(slot, offset, || frame.get().clone())
+                || !newest
+                || history.floored(slot)
+            {
+                continue;
+            }
+            if conn.encrypted {
+                encrypted(&conn.sink);
+            } else if self.out.offer(slot, conn, frame.get()) {
+                queued += 1;
+            }
+        }
+        queued
+    }
+
+    /// The member's history state in `room` (created on demand) when it is a member.
+    fn member_history(&mut self, handle: Handle, room: &str) -> Option<&mut RoomHistory> {
+        let conn = live(&self.slots, handle)?;
+        let id = self.rooms.id(room)?;
+        if !self
+            .rooms
+            .contains(handle.slot(), conn.rooms.as_slice(), id)
+        {
+            return None;
+        }
+        self.rooms.with_history(id).map(|(_, history)| history)
+    }
+
+    /// Holds the member's live messages of history room `room` from now on (its recovery is
+    /// being read), or with `hold` false stops and drops them. False if not a member.
+    pub fn hold_history(&mut self, handle: Handle, room: &str, hold: bool) -> bool {
+        let slot = handle.slot();
+        let Some(history) = self.member_history(handle, room) else {
+            return false;
+        };
+        if hold {
+            history.start(slot);
+        } else {
+            history.stop(slot);
+        }
+        true
+    }
+
+    /// Offset of the first live message held for the member in `room`.
+    pub fn held_first(&self, handle: Handle, room: &str) -> Option<u64> {
+        let conn = live(&self.slots, handle)?;
+        let id = self.rooms.id(room)?;
+        if !self
+            .rooms
+            .contains(handle.slot(), conn.rooms.as_slice(), id)
+        {
+            return None;
+        }
+        self.rooms.history(id)?.first_held(handle.slot())
+    }
+
+    /// Ends the member's recovery in `room` after its replay and `joined` (at `epoch`,
+    /// `offset`) were queued: the held messages above `offset`, in offset order, each once,
+    /// are queued (plaintext) or handed back (encrypted); live copies up to the highest
+    /// offset seen are skipped from now on (its floor).
+    pub fn release_history(
+        &mut self,
+        handle: Handle,
+        room: &str,
+        epoch: &str,
+        offset: u64,
+    ) -> Released {
+        let slot = handle.slot();
+        let Some(history) = self.member_history(handle, room) else {
+            return Released::default();
+        };
+        let (frames, highest) = history::release(history.stop(slot).unwrap_or_default(), offset);
+        history.set_floor(slot, epoch, offset.max(highest));
+        let Some(conn) = live_mut(&mut self.slots, handle) else {
+            return Released::default();
+        };
+        if conn.encrypted {
+            return Released {
+                queued: 0,
+                encrypted: frames,
+            };
+        }
+        let mut queued = 0;
+        for frame in &frames {
+            if self.out.offer(slot, conn, frame) {
+                queued += 1;
+            }
+        }
+        Released {
+            queued,
+            encrypted: Vec::new(),
+        }
     }
 
     /// Like [`Hub::send_room`] for the sessions of `user`.

@@ -10,6 +10,10 @@
 //! calls out: it hands sinks and byte batches to closures and reports what the caller
 //! must do next (schedule a flush, close an overflowing connection).
 //!
+//! History rooms (SPEC §10) keep their offset order, the live messages held while a
+//! member's recovery is read, and the floors after it in the room (`history`), so their
+//! fan-out stays one pass over the members.
+//!
 //! [`seal`] seals one message under many AES-256-GCM keys for encrypted fan-out.
 //!
 //! Threading: a [`Hub`] belongs to one thread (frames are `Rc`-shared); [`seal`] is
@@ -18,6 +22,7 @@
 mod deadline;
 mod exclude;
 pub mod frame;
+mod history;
 mod hub;
 mod ids;
 mod interest;
@@ -30,7 +35,7 @@ mod wheel;
 pub use deadline::Expiry;
 pub use exclude::Exclude;
 pub use frame::Frame;
-pub use hub::{Batch, Config, Hub, HubFull, Stats};
+pub use hub::{Batch, Config, Hub, HubFull, Released, Stats};
 pub use ids::Handle;
 pub use interest::InterestKind;
 pub use wheel::TICK_MS;

@@ -11,6 +11,7 @@ use std::rc::Rc;
 
 use rustc_hash::FxHashMap;
 
+use crate::history::RoomHistory;
 use crate::ids::RoomId;
 use crate::interest::{InterestKind, InterestLog};
 use crate::small::SmallVec;
@@ -38,6 +39,8 @@ type Members = SmallVec<Member, 1>;
 struct Room {
     name: Rc<str>,
     members: Members,
+    /// A history room's order, held messages and floors (see `crate::history`).
+    history: Option<Box<RoomHistory>>,
 }
 
 /// A member of another connection moved inside a room's member list: its connection's
@@ -90,6 +93,18 @@ impl Rooms {
     #[inline]
     pub fn members(&self, id: RoomId) -> &[Member] {
         self.room(id).map_or(&[], |room| room.members.as_slice())
+    }
+
+    /// The room's members and its history state (created on first use).
+    pub fn with_history(&mut self, id: RoomId) -> Option<(&[Member], &mut RoomHistory)> {
+        let room = self.room_mut(id)?;
+        let history = room.history.get_or_insert_with(Box::default);
+        Some((room.members.as_slice(), history))
+    }
+
+    /// The room's history state, if it has one.
+    pub fn history(&self, id: RoomId) -> Option<&RoomHistory> {
+        self.room(id)?.history.as_deref()
     }
 
     pub fn name(&self, id: RoomId) -> &str {
@@ -171,6 +186,7 @@ impl Rooms {
         let room = Room {
             name: name.clone(),
             members: Members::new(),
+            history: None,
         };
         if id.0 as usize == self.slab.len() {
             self.slab.push(Some(room));
@@ -229,7 +245,10 @@ impl Rooms {
         if pos >= room.members.len() {
             return None;
         }
-        room.members.swap_remove(pos);
+        let left = room.members.swap_remove(pos);
+        if let Some(history) = &mut room.history {
+            history.forget(left.slot);
+        }
         self.memberships -= 1;
         let moved = room.members.as_slice().get(pos).map(|member| Moved {
             slot: member.slot,

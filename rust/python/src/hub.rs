@@ -694,6 +694,75 @@ impl Hub {
         queueing(slf, |this| this.core.send_room(room, payload, &exclude))
     }
 
+    /// Message ``offset`` of history room ``room`` to its members, in the room's offset
+    /// order (held for recovering members, skipped for floored ones); the owners of the
+    /// encrypted members that get it are appended to ``encrypted`` when given.
+    #[pyo3(signature = (room, epoch, offset, payload, exclude = None, encrypted = None))]
+    fn send_history(
+        slf: &Bound<'_, Self>,
+        room: &str,
+        epoch: &str,
+        offset: u64,
+        payload: &[u8],
+        exclude: Option<&Bound<'_, PyAny>>,
+        encrypted: Option<&Bound<'_, PyList>>,
+    ) -> PyResult<usize> {
+        let py = slf.py();
+        let ids = exclude_ids(exclude)?;
+        let exclude = Exclude::new(as_strs(&ids)?);
+        let mut owners: Vec<Py<PyAny>> = Vec::new();
+        let queued = queueing(slf, |this| {
+            this.core
+                .send_history(room, epoch, offset, payload, &exclude, |sink| {
+                    if encrypted.is_some() {
+                        owners.push(sink.owner.clone_ref(py));
+                    }
+                })
+        })?;
+        if let Some(list) = encrypted {
+            for owner in owners {
+                list.append(owner)?;
+            }
+        }
+        Ok(queued)
+    }
+
+    /// Holds the member's live messages of history room ``room`` from now on (its
+    /// recovery is being read); ``hold=False`` stops and drops them. False if not a member.
+    #[pyo3(signature = (handle, room, hold = true))]
+    fn hold_history(&mut self, handle: u64, room: &str, hold: bool) -> bool {
+        self.core.hold_history(Handle::from_raw(handle), room, hold)
+    }
+
+    /// Offset of the first live message held for the member in ``room``, if any.
+    fn held_first(&self, handle: u64, room: &str) -> Option<u64> {
+        self.core.held_first(Handle::from_raw(handle), room)
+    }
+
+    /// Ends the member's recovery in ``room`` once its replay and ``joined`` (at ``epoch``,
+    /// ``offset``) are queued: queues the held messages above ``offset`` in offset order,
+    /// each once, and returns ``[]``; for an encrypted member, returns their payloads for
+    /// the caller to seal instead.
+    fn release_history<'py>(
+        slf: &Bound<'py, Self>,
+        handle: u64,
+        room: &str,
+        epoch: &str,
+        offset: u64,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let py = slf.py();
+        let released = queueing(slf, |this| {
+            this.core
+                .release_history(Handle::from_raw(handle), room, epoch, offset)
+        })?;
+        let payloads: Vec<Bound<'py, PyBytes>> = released
+            .encrypted
+            .iter()
+            .map(|frame| PyBytes::new(py, frame.text_payload()))
+            .collect();
+        PyList::new(py, payloads)
+    }
+
     fn send_user(slf: &Bound<'_, Self>, user_id: &str, payload: &[u8]) -> PyResult<usize> {
         queueing(slf, |this| this.core.send_user(user_id, payload))
     }

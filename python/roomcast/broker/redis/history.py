@@ -69,6 +69,12 @@ return {epoch, offset, ms, entries}
 """
 
 
+# Reads in flight at once per node: a reconnect burst (a thousand recoveries) waits its
+# turn instead of failing past redis-py's connection limit (100 per pool or cluster node)
+# with "Too many connections", which clients would see as `recovered: false`.
+CONCURRENT_READS = 64
+
+
 def keys_of(room: str) -> list[str]:
     """The stream and meta keys of a room, in one cluster slot."""
     return [f"ws:history:{{r:{room}}}:s", f"ws:history:{{r:{room}}}:m"]
@@ -146,6 +152,7 @@ class RedisHistory:
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._beside: asyncio.Task[None] | None = None
+        self._reads = asyncio.Semaphore(CONCURRENT_READS)
         self.failed = 0
         self.pipelines = 0  # pipelines the writer sent
 
@@ -277,12 +284,13 @@ class RedisHistory:
         """(epoch, offset, the envelopes after `offset`); None for the envelopes unless the
         epoch is the room's and every one of them is still kept and younger than the TTL."""
         args = [self.ttl_ms, new_epoch(), epoch or "", offset]
-        try:
-            reply = await _READ(await self._redis(), keys_of(room), args)
-        except (RedisConnectionError, RuntimeError):
-            # A pooled connection closed under us (uvloop says "the handler is closed"); the
-            # read is idempotent, so once more on a fresh connection.
-            reply = await _READ(await self._redis(), keys_of(room), args)
+        async with self._reads:
+            try:
+                reply = await _READ(await self._redis(), keys_of(room), args)
+            except (RedisConnectionError, RuntimeError):
+                # A pooled connection closed under us (uvloop says "the handler is closed");
+                # the read is idempotent, so once more on a fresh connection.
+                reply = await _READ(await self._redis(), keys_of(room), args)
         room_epoch, room_offset, now, entries = (
             _text(reply[0]),
             int(reply[1]),
@@ -352,4 +360,4 @@ def _bytes(value: Any) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode()
 
 
-__all__ = ["APPEND", "READ", "RedisHistory", "client_for", "keys_of"]
+__all__ = ["APPEND", "CONCURRENT_READS", "READ", "RedisHistory", "client_for", "keys_of"]
