@@ -124,10 +124,9 @@ class Authentication(HelperBase):
         if barrier.confirmation is None:
             return [], None
         # Its own channels are new (no one else can hold them): no look-up, no counting.
+        # The shared ones (default rooms, its user) are held against an unsubscribe until
+        # the login takes effect, even when live already: another client may leave them.
         client_id = client.id
-        waiter = barrier.subscribe_new([_CLIENT_PREFIX + client_id, _ROOM_PREFIX + client_id])
-        if waiter is None:  # the broker is closing
-            return [], None
         user_id = client.user_id
         if self.default_rooms:
             shared = [_ROOM_PREFIX + room for room in self.default_rooms]
@@ -136,13 +135,14 @@ class Authentication(HelperBase):
         elif user_id is not None:
             shared = [_USER_PREFIX + user_id]
         else:
-            return [], barrier.wait(waiter)
-        late = barrier.confirmation(shared)  # usually None: live already
-        if late is None:
-            return [], barrier.wait(waiter)
-        barrier.subscribe_early(shared)
-        if late is not waiter:
-            waiter = asyncio.gather(waiter, late)
+            shared = []
+        waiter = barrier.subscribe_new(
+            [_CLIENT_PREFIX + client_id, _ROOM_PREFIX + client_id], shared
+        )
+        if waiter is None:  # the broker is closing
+            return [], None
+        if shared:
+            barrier.hold_early(shared)
         return shared, barrier.wait(waiter)
 
     async def _handshake(self, client: Client, data: dict[str, Any]) -> bool:

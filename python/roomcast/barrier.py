@@ -37,6 +37,7 @@ _AUTHENTICATED = State.AUTHENTICATED
 _DISCONNECTED = State.DISCONNECTED
 
 Confirmation = Callable[[list[str]], "asyncio.Future[Any] | None"]
+SubscribeNew = Callable[[list[str], list[str] | None], "asyncio.Future[Any] | None"]
 InterestMany = Callable[[list[str], list[str]], None]
 Handler = Callable[[Client, Any, bool], None]
 
@@ -87,7 +88,7 @@ class JoinBarrier:
         self.interest_many: InterestMany | None = (
             broker.interest_many if self.interest is not None else None
         )
-        self.subscribe_new: Confirmation = broker.subscribe_new
+        self.subscribe_new: SubscribeNew = broker.subscribe_new
         self._broker = broker
         self.hub: _core.Hub  # set by the helper once the hub exists (it needs `interest`)
         self._clients = clients
@@ -127,6 +128,13 @@ class JoinBarrier:
             ahead[channel] = count + 1
             if not count:
                 interest(channel, True)
+
+    def hold_early(self, channels: list[str]) -> None:
+        """`subscribe_early` for channels the broker wants already (`subscribe_new` with
+        `shared`): only held until `release_early`."""
+        ahead = self.ahead
+        for channel in channels:
+            ahead[channel] = ahead.get(channel, 0) + 1
 
     def release_early(self, channels: list[str], joined: bool) -> None:
         """The join that subscribed `channels` early took effect (`joined`: the hub holds
