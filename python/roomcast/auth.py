@@ -59,13 +59,16 @@ class Authentication(HelperBase):
         ahead, lifted = self._subscribe_ahead(client)
         if lifted is None:
             self._login(client, ahead, None)
+        elif lifted.done():  # Redis is known to be unreachable: no wait
+            self._barrier.count_unconfirmed(lifted)
+            self._login(client, ahead, lifted)
         else:
             # The rest runs when Redis confirms (or the bound passes), not in this task; the
-            # logins waiting for one confirmation complete together, in arrival order.
+            # logins waiting for one confirmation complete together, in arrival order, right
+            # when the barrier lifts (`JoinBarrier.wait`'s `then`).
             logins = self._logins.get(lifted)
             if logins is None:
                 logins = self._logins[lifted] = []
-                lifted.add_done_callback(self._login_all)
             logins.append((client, ahead))
 
     def _login_all(self, lifted: asyncio.Future[bool]) -> None:
@@ -143,7 +146,7 @@ class Authentication(HelperBase):
             return [], None
         if shared:
             barrier.hold_early(shared)
-        return shared, barrier.wait(waiter)
+        return shared, barrier.wait(waiter, self._login_all)
 
     async def _handshake(self, client: Client, data: dict[str, Any]) -> bool:
         """Run handshake_fn; on refusal close the client and return False."""

@@ -97,6 +97,7 @@ class JoinBarrier:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.held: dict[str, list[Any]] = {}
         self._lifts: dict[asyncio.Future[Any], asyncio.Future[bool]] = {}
+        self._then: dict[asyncio.Future[bool], Callable[[asyncio.Future[bool]], None]] = {}
         self.ahead: dict[str, int] = {}
         self.waits = 0
         self.unconfirmed = 0
@@ -161,13 +162,22 @@ class JoinBarrier:
 
     # -- the barrier ---------------------------------------------------------------------
 
-    def wait(self, waiter: asyncio.Future[Any]) -> asyncio.Future[bool]:
+    def wait(
+        self,
+        waiter: asyncio.Future[Any],
+        then: Callable[[asyncio.Future[bool]], None] | None = None,
+    ) -> asyncio.Future[bool]:
         """A future resolved True once `waiter` (a broker confirmation) is, or False after
         `subscribe_timeout` or at once while Redis is unreachable: no one waits longer.
-        Everyone waiting for one confirmation shares it (and its timer); do not cancel it."""
+        Everyone waiting for one confirmation shares it (and its timer); do not cancel it.
+        `then(lifted)` runs as soon as it is resolved, before its done-callbacks (a loop
+        iteration later): once per future however many callers pass it (the logins of a
+        flush), and not at all for a future returned done."""
         lifted = self._lifts.get(waiter)
         if lifted is not None:
             self.waits += 1
+            if then is not None and lifted not in self._then:
+                self._then[lifted] = then
             return lifted
         loop = self.loop
         assert loop is not None
@@ -178,6 +188,8 @@ class JoinBarrier:
             return lifted
         self.waits += 1
         self._lifts[waiter] = lifted
+        if then is not None:
+            self._then[lifted] = then
 
         def confirmed(_: Any) -> None:
             self._lifts.pop(waiter, None)
@@ -188,16 +200,26 @@ class JoinBarrier:
                 self._confirm_late = False
                 logger.warning("redis confirms subscriptions again")
             lifted.set_result(True)
+            self._run_then(lifted)
 
         def late() -> None:
             self._lifts.pop(waiter, None)
             if not lifted.done():
                 self._unconfirmed_join(f"no confirmation within {self.subscribe_timeout:g} s")
                 lifted.set_result(False)
+                self._run_then(lifted)
 
         timer = loop.call_later(self.subscribe_timeout, late)
         waiter.add_done_callback(confirmed)
         return lifted
+
+    def _run_then(self, lifted: asyncio.Future[bool]) -> None:
+        then = self._then.pop(lifted, None)
+        if then is not None:
+            try:
+                then(lifted)
+            except Exception:
+                logger.exception("a barrier's follow-up raised")
 
     def done(self) -> asyncio.Future[bool]:
         """A barrier already lifted."""

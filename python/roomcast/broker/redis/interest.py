@@ -273,9 +273,12 @@ class Interest:
             waiting = loop.create_future()
         sent: list[str] = []
         barriers = []
+        flushed = waiting
+        one = len(subscribe) == 1  # then its PING's answer confirms the flush right away
         for shard, channels in subscribe:
             shard.send_subscriptions(channels, True, wake=False)
-            barriers.append(shard.barrier(wake=False))
+            then = (lambda: self._confirmed(flushed)) if one else None
+            barriers.append(shard.barrier(wake=False, then=then))
             sent += channels
         # One write per shard: its unsubscribes, subscribes and PING together.
         for shard, _ in unsubscribe:
@@ -284,11 +287,11 @@ class Interest:
             shard.push()
         self._unconfirmed.update(dict.fromkeys(sent, waiting))
         self._flushes_unconfirmed += 1
-        confirmed = barriers[0] if len(barriers) == 1 else asyncio.gather(*barriers)
         self._flush_in_flight = True
         self._flushed_at = loop.time()
-        flushed = waiting
-        confirmed.add_done_callback(lambda done: self._confirm(flushed, done))
+        if not one:
+            confirmed = asyncio.gather(*barriers)
+            confirmed.add_done_callback(lambda done: self._confirm(flushed, done))
 
     def _changes(
         self, session: Session
@@ -321,6 +324,10 @@ class Interest:
         they stay unconfirmed until the next session has subscribed again (`attach`)."""
         if done.cancelled() or done.exception() is not None:
             return
+        self._confirmed(waiting)
+
+    def _confirmed(self, waiting: asyncio.Future[None]) -> None:
+        """`_confirm` once every PING of the flush was answered."""
         self._flush_in_flight = False
         self._flush_scheduled = False  # held while in flight (see `flush`)
         if self.dirty or self._next_flush is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio.connection import Connection
@@ -62,6 +63,7 @@ class Shard:
         self.sub_wake = asyncio.Event()
         self.sub_transport: Any = None
         self.barriers: dict[bytes, asyncio.Future[None]] = {}
+        self.barrier_calls: dict[bytes, Callable[[], None]] = {}
         self._barrier_seq = 0
 
     def set_probe(self, channel: str) -> None:
@@ -107,13 +109,18 @@ class Shard:
         self.sub_out.append(pack(b"PSUBSCRIBE", *(p.encode() for p in patterns)))
         self.sub_wake.set()
 
-    def barrier(self, wake: bool = True) -> asyncio.Future[None]:
+    def barrier(
+        self, wake: bool = True, then: Callable[[], None] | None = None
+    ) -> asyncio.Future[None]:
         """Resolved when Redis answers a PING sent after everything queued on `sub` (woken
-        as `send_subscriptions`)."""
+        as `send_subscriptions`). `then` is called right when the answer is read (not a loop
+        iteration later, as the future's callbacks are), unless the session fails first."""
         self._barrier_seq += 1
         token = b"roomcast-sync-%d" % self._barrier_seq
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.barriers[token] = future
+        if then is not None:
+            self.barrier_calls[token] = then
         self.sub_out.append(pack(b"PING", token))
         if wake:
             self.sub_wake.set()
@@ -251,6 +258,7 @@ class Session:
                     barrier.set_exception(BrokerUnavailable("redis connection lost"))
                     barrier.exception()
             shard.barriers.clear()
+            shard.barrier_calls.clear()
         return lost
 
     # -- connection tasks --------------------------------------------------------------------
@@ -305,9 +313,16 @@ class Session:
 
     def _on_control(self, shard: Shard, kind: bytes, reply: list[Any]) -> None:
         if kind == b"pong":
-            barrier = shard.barriers.pop(reply[1], None)
+            token = reply[1]
+            barrier = shard.barriers.pop(token, None)
             if barrier is not None and not barrier.done():
                 barrier.set_result(None)
+            then = shard.barrier_calls.pop(token, None)
+            if then is not None:
+                try:
+                    then()
+                except Exception:
+                    logger.exception("confirmation callback raised")
         elif kind == b"sunsubscribe":
             channel = reply[1].decode()
             pending = shard.unsubscribing.get(channel, 0)
