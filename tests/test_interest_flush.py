@@ -2,7 +2,8 @@
 (its own and its shared ones) in one `subscribe_new` call, flushes that do not spin on
 uvloop's 1 ms clock or while one is unconfirmed, subscriber commands written at once when the
 socket takes them (through the writer task otherwise), and a login's shared channels kept
-subscribed while it waits, even when another client leaves them meanwhile."""
+subscribed while it waits, even when another client leaves them meanwhile, and logins that
+complete as soon as Redis' answer is read."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 
 from redis_support import FreezingProxy, node, raw_redis
 from roomcast import RedisHelper, WebSocketEmitter
+from roomcast.barrier import JoinBarrier
 from roomcast.broker.redis import RedisBroker, RedisTarget
 from roomcast.broker.redis.interest import FLUSH_SPACING
 from roomcast.broker.redis.session import Shard
@@ -247,5 +249,50 @@ def test_a_login_keeps_its_live_user_channel_while_another_session_of_it_leaves(
         finally:
             await emitter.shutdown()
             await proxy.close()
+
+    run(body())
+
+
+def test_a_confirmation_and_a_lifted_barrier_run_their_follow_ups_at_once(redis_server):
+    """A flush's PING answer calls its follow-up as it is read, before the future's
+    callbacks; a barrier's `then` runs once per lifted barrier (the logins of a flush share
+    one), before its done-callbacks, with True when confirmed and False past the bound."""
+
+    async def body():
+        broker = broker_at(redis_server.port)
+        await broker.start(lambda channel, data: None)
+        try:
+            await broker.sync()
+            session = broker._session
+            assert session is not None
+            shard = session.shards[0]
+            order: list[Any] = []
+            answered = shard.barrier(wake=False, then=lambda: order.append("then"))
+            answered.add_done_callback(lambda _: order.append("callback"))
+            shard.push()
+            await asyncio.wait_for(asyncio.shield(answered), 5)
+            await asyncio.sleep(0)
+            assert order == ["then", "callback"]
+
+            barrier = JoinBarrier(broker, {}, lambda client, payload, is_text: None, 0.2)
+            barrier.loop = asyncio.get_running_loop()
+            order.clear()
+            waiter: asyncio.Future[None] = barrier.loop.create_future()
+            lifted = barrier.wait(waiter, lambda done: order.append(("then", done.result())))
+            assert barrier.wait(waiter, lambda done: order.append("again")) is lifted
+            lifted.add_done_callback(lambda _: order.append("callback"))
+            waiter.set_result(None)
+            await asyncio.wait_for(asyncio.shield(lifted), 5)
+            await asyncio.sleep(0)
+            assert order == [("then", True), "callback"]
+
+            order.clear()
+            never: asyncio.Future[None] = barrier.loop.create_future()
+            late = barrier.wait(never, lambda done: order.append(("then", done.result())))
+            assert await asyncio.wait_for(asyncio.shield(late), 5) is False
+            assert order == [("then", False)]
+            assert barrier.unconfirmed == 0  # counted by whoever waited (count_unconfirmed)
+        finally:
+            await broker.close()
 
     run(body())
