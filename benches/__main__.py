@@ -458,43 +458,57 @@ def connect(kind: str, count: int, rounds: int) -> dict[str, Any]:
     )
 
 
-def redis_connect(variants: list[tuple[str, str]], count: int, rounds: int) -> list[dict[str, Any]]:
+def redis_connect(
+    variants: list[tuple[str, str]], count: int, rounds: int, default_gc: bool = False
+) -> list[dict[str, Any]]:
     """Connect + authenticate `count` clients (200 in flight) on a server using its own
     redis-server, pinned to the last core: rate, p99 time to `connected`, server CPU per
-    connect. `variants` are (server, mode) pairs, mode being roomcast's subscription mode
-    (interest or pattern); rounds alternate between them, so a change in the machine's
-    background load hits every variant alike."""
+    connect, and for roomcast the garbage collector's share (its time per connect and its
+    longest stall). `variants` are (server, mode) pairs, mode being roomcast's subscription
+    mode (interest or pattern); rounds alternate between them, so a change in the machine's
+    background load hits every variant alike. `default_gc`: roomcast keeps CPython's GC
+    settings instead of tuning them as `roomcast serve` does."""
     cpu = (os.cpu_count() or 1) - 1
-    samples: dict[tuple[str, str], list[tuple[float, float, float]]] = {v: [] for v in variants}
+    samples: dict[tuple[str, str], list[tuple[float, ...]]] = {v: [] for v in variants}
+    extra = ("--default-gc",) if default_gc else ()
     for _ in range(rounds):
         for kind, mode in variants:
             with ExitStack() as stack:
                 url = stack.enter_context(redis_server())
                 if kind == "roomcast":
                     url += f"?subscribe={mode}"
-                port, pid = stack.enter_context(server(kind, 90.0, redis_url=url, cpus=str(cpu)))
+                port, pid = stack.enter_context(
+                    server(kind, 90.0, *extra, redis_url=url, cpus=str(cpu))
+                )
+                gc_ms = gc_max_ms = float("nan")
+                if kind == "roomcast":
+                    http_json(port, "/gc-reset")
                 cpu0 = cpu_seconds(pid)
                 with clients(port, count) as gens:
                     cost = (cpu_seconds(pid) - cpu0) / count
                     rate = count / max(gen.connect_seconds for gen in gens)
                     p99 = max(gen.connect_p99 for gen in gens)
-            samples[(kind, mode)].append((cost, rate, p99))
+                    if kind == "roomcast":
+                        stats = http_json(port, "/stats")
+                        gc_ms, gc_max_ms = stats["gc_pause_ms"], stats["gc_pause_max_ms"]
+            samples[(kind, mode)].append((cost, rate, p99, gc_ms / count, gc_max_ms))
     rows = []
     for (kind, mode), runs in samples.items():
-        rows.append(
-            emit(
-                {
-                    "scenario": "redisconnect",
-                    "server": kind if kind != "roomcast" else mode,
-                    "clients": count,
-                    "rounds": rounds,
-                    "connects_per_s": statistics.median(r[1] for r in runs),
-                    "cpu_us_per_connect": statistics.median(r[0] for r in runs) * 1e6,
-                    "p99_connect_ms": statistics.median(r[2] for r in runs) * 1000,
-                    "cpu_us_per_round": [round(r[0] * 1e6, 1) for r in runs],
-                }
-            )
-        )
+        row = {
+            "scenario": "redisconnect",
+            "server": kind if kind != "roomcast" else mode,
+            "clients": count,
+            "rounds": rounds,
+            "connects_per_s": statistics.median(r[1] for r in runs),
+            "cpu_us_per_connect": statistics.median(r[0] for r in runs) * 1e6,
+            "p99_connect_ms": statistics.median(r[2] for r in runs) * 1000,
+            "cpu_us_per_round": [round(r[0] * 1e6, 1) for r in runs],
+        }
+        if kind == "roomcast":
+            row["gc_us_per_connect"] = statistics.median(r[3] for r in runs) * 1000
+            row["gc_max_pause_ms"] = statistics.median(r[4] for r in runs)
+            row["gc"] = "default" if default_gc else "tuned"
+        rows.append(emit(row))
     return rows
 
 
@@ -931,6 +945,11 @@ def print_table(rows: list[dict[str, Any]]) -> None:
                     f"  {row['connects_per_s']:>8,.0f} connects/s  "
                     f"p99 {row['p99_connect_ms']:,.0f} ms"
                 )
+                if "gc" in row:
+                    extra += (
+                        f"  GC ({row['gc']}) {row['gc_us_per_connect']:.1f} us/connect, "
+                        f"longest stall {row['gc_max_pause_ms']:.0f} ms"
+                    )
             ratios = ""
             if base_b and kind != "picows":
                 ratios += f"  {value / base_b:.2f}x (b)"
@@ -999,6 +1018,11 @@ def main() -> None:
         default="",
         help="steady: also run roomcast with these write_delay values (seconds, comma-separated)",
     )
+    parser.add_argument(
+        "--default-gc",
+        action="store_true",
+        help="redisconnect: roomcast keeps CPython's GC settings (not tuned as roomcast serve)",
+    )
     args = parser.parse_args()
 
     servers = args.servers.split(",")
@@ -1057,7 +1081,8 @@ def main() -> None:
                     variants += [("roomcast", "interest"), ("roomcast", "pattern")]
                 if "ignis" in servers:
                     variants.append(("ignis", "pattern"))  # the original subscribes by pattern
-                rows += redis_connect(variants, 5000 if not args.quick else 50, rounds)
+                count = 5000 if not args.quick else 50
+                rows += redis_connect(variants, count, rounds, args.default_gc)
             elif scenario in ("heartbeat", "memory"):
                 if not any(r["scenario"] == "heartbeat" and r["server"] == kind for r in rows):
                     count = 5000 if not args.quick else 50

@@ -2,7 +2,8 @@
 
 `python -m benches.server PORT [--fanout rust|python] [--heartbeat-timeout S]
 [--redis-url URL] [--encryption] [--write-delay S] [--history-rooms GLOB]
-[--history-size N]`.
+[--history-size N] [--default-gc]`. The server tunes the garbage collector once listening, as
+`roomcast serve` does (`roomcast.runner.tune_gc`), unless `--default-gc`.
 A custom `publish` event from a client is delivered as `bench` to `data.room`, or to
 everyone. `--fanout rust` (default) uses roomcast's fan-out; `--fanout python` is baseline (a):
 the same server delivering with a plain Python loop calling picows' `transport.send` per client.
@@ -15,7 +16,9 @@ Control endpoints (GET):
   (`perf_counter`) in `data.t`. Without `rate`, as fast as the broker takes them (the
   publish buffer is kept short, so nothing is dropped); with `rate`, evenly paced. Returns
   at once; `/stats` tells when it is done (`bench_publishing` 0).
-- `/stats`: the hub's and the broker's counters.
+- `/stats`: the hub's and the broker's counters, and the garbage collector's since start-up
+  (`gc_collections` per generation, `gc_pause_ms` in all, `gc_pause_max_ms`: the longest
+  stall one collection caused); `/gc-reset` starts those afresh.
 - `/encrypted?mode=rust|python|inline&size=N&count=K` (with `--encryption`): K room messages
   to every encrypted client, in the background; `/result` answers `{"pending": true}` until
   they are all sealed and written to the sockets, then the timing. `rust` and `python` are
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import time
 from typing import Any
 from urllib.parse import parse_qs
@@ -38,6 +42,7 @@ from picows import WSMsgType
 from roomcast import HttpRequest, HttpResponse, WebSocketClientStates, WebSocketServerHelper
 from roomcast.crypto import EcdhScheme
 from roomcast.protocol import encode
+from roomcast.runner import tune_gc
 
 AUTHENTICATED = WebSocketClientStates.AUTHENTICATED
 PROBE_INTERVAL = 0.001
@@ -56,6 +61,41 @@ def python_loop(clients: Any, event: str, data: Any) -> int:
             client.transport.send(WSMsgType.TEXT, frame)
             count += 1
     return count
+
+
+class GcPauses:
+    """Collections and the time each took (the loop stalls for as long), from `gc.callbacks`."""
+
+    def __init__(self) -> None:
+        self.collections = [0, 0, 0]
+        self.total = 0.0
+        self.longest = 0.0
+        self._started = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        pause = time.perf_counter() - self._started
+        self.collections[info["generation"]] += 1
+        self.total += pause
+        self.longest = max(self.longest, pause)
+
+    def reset(self) -> dict[str, Any]:
+        self.collections = [0, 0, 0]
+        self.total = self.longest = 0.0
+        return self.stats()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "gc_collections": list(self.collections),
+            "gc_pause_ms": self.total * 1000,
+            "gc_pause_max_ms": self.longest * 1000,
+        }
+
+
+GC_PAUSES = GcPauses()
 
 
 def make_message_handler(helper: WebSocketServerHelper, fanout: str):
@@ -165,7 +205,11 @@ def make_http_handler(helper: WebSocketServerHelper):
             task.add_done_callback(state["tasks"].discard)
             return HttpResponse.json({"started": True})
         if request.path == "/stats":
-            return HttpResponse.json({**helper.stats(), "bench_publishing": state["publishing"]})
+            return HttpResponse.json(
+                {**helper.stats(), **GC_PAUSES.stats(), "bench_publishing": state["publishing"]}
+            )
+        if request.path == "/gc-reset":
+            return HttpResponse.json(GC_PAUSES.reset())
         if request.path == "/encrypted":
             results.clear()
             task = asyncio.ensure_future(
@@ -249,6 +293,9 @@ async def main() -> None:
     parser.add_argument("--write-delay", type=float, default=0.0, help="server_options write_delay")
     parser.add_argument("--history-rooms", default=None, help="server_options history_rooms")
     parser.add_argument("--history-size", type=int, default=100)
+    parser.add_argument(
+        "--default-gc", action="store_true", help="keep CPython's GC settings (no tune_gc)"
+    )
     args = parser.parse_args()
     options: dict[str, Any] = {"idle_timeout": 0, "write_delay": args.write_delay}
     if args.history_rooms:
@@ -265,6 +312,8 @@ async def main() -> None:
     )
     helper.message_handler = make_message_handler(helper, args.fanout)
     await helper.serve("127.0.0.1", args.port, make_http_handler(helper))
+    if not args.default_gc:
+        tune_gc()  # as `roomcast serve` and `helper.run` do once listening
     print("ready", flush=True)
     await asyncio.Event().wait()
 

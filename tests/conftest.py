@@ -1,11 +1,23 @@
+import gc
 import logging
 
 import pytest
 from redis_support import RedisCluster, RedisServer
+from roomcast.runner import CPYTHON_GC_THRESHOLDS
 
 # Keep roomcast's logs visible in failure reports without flooding them.
 logging.getLogger("roomcast").setLevel(logging.INFO)
 logging.getLogger("roomcast.picows").setLevel(logging.WARNING)
+
+
+@pytest.fixture(autouse=True)
+def default_gc():
+    """`helper.run` tunes the garbage collector for the process (`roomcast.runner.tune_gc`):
+    each test starts from CPython's settings again."""
+    yield
+    if gc.get_freeze_count() or gc.get_threshold() != CPYTHON_GC_THRESHOLDS:
+        gc.unfreeze()
+        gc.set_threshold(*CPYTHON_GC_THRESHOLDS)
 
 
 @pytest.fixture

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import socket
 
 import pytest
 from roomcast import WebSocketServerHelper
+from roomcast.runner import CPYTHON_GC_THRESHOLDS, GC_THRESHOLDS
 from support import authed, closed_with, eventually, run, token_auth
 
 
@@ -95,3 +97,34 @@ def test_invalid_default_rooms_are_refused_at_construction():
         with pytest.raises(ValueError, match="invalid default room"):
             helper(default_rooms=["ok", room])
     assert helper(default_rooms=["x" * 256]).default_rooms == ["x" * 256]
+
+
+def test_run_tunes_the_garbage_collector_once_listening_unless_the_application_did():
+    """Once listening, what is alive is frozen out of the collector's sight and the
+    thresholds become GC_THRESHOLDS; an application's own thresholds are left alone."""
+
+    async def body():
+        stop = asyncio.Event()
+        task, url = await started(helper(), shutdown_trigger=stop.wait())
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert gc.get_freeze_count() > 1000  # modules, the helper, the loop...
+        ws, _ = await authed(url, "user:ann")  # serves as before
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        await ws.close()
+
+        gc.unfreeze()
+        gc.set_threshold(5000, 10, 10)
+        stop = asyncio.Event()
+        task, url = await started(helper(), shutdown_trigger=stop.wait())
+        assert gc.get_threshold() == (5000, 10, 10)
+        assert gc.get_freeze_count() == 0
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+    assert gc.get_threshold() == CPYTHON_GC_THRESHOLDS
+    try:
+        run(body())
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*CPYTHON_GC_THRESHOLDS)

@@ -59,13 +59,16 @@ class Authentication(HelperBase):
         ahead, lifted = self._subscribe_ahead(client)
         if lifted is None:
             self._login(client, ahead, None)
+        elif lifted.done():  # Redis is known to be unreachable: no wait
+            self._barrier.count_unconfirmed(lifted)
+            self._login(client, ahead, lifted)
         else:
             # The rest runs when Redis confirms (or the bound passes), not in this task; the
-            # logins waiting for one confirmation complete together, in arrival order.
+            # logins waiting for one confirmation complete together, in arrival order, right
+            # when the barrier lifts (`JoinBarrier.wait`'s `then`).
             logins = self._logins.get(lifted)
             if logins is None:
                 logins = self._logins[lifted] = []
-                lifted.add_done_callback(self._login_all)
             logins.append((client, ahead))
 
     def _login_all(self, lifted: asyncio.Future[bool]) -> None:
@@ -126,10 +129,9 @@ class Authentication(HelperBase):
         if barrier.confirmation is None:
             return [], None
         # Its own channels are new (no one else can hold them): no look-up, no counting.
+        # The shared ones (default rooms, its user) are held against an unsubscribe until
+        # the login takes effect, even when live already: another client may leave them.
         client_id = client.id
-        waiter = barrier.subscribe_new([_CLIENT_PREFIX + client_id, _ROOM_PREFIX + client_id])
-        if waiter is None:  # the broker is closing
-            return [], None
         user_id = client.user_id
         if self.default_rooms:
             shared = [_ROOM_PREFIX + room for room in self.default_rooms]
@@ -138,14 +140,15 @@ class Authentication(HelperBase):
         elif user_id is not None:
             shared = [_USER_PREFIX + user_id]
         else:
-            return [], barrier.wait(waiter)
-        late = barrier.confirmation(shared)  # usually None: live already
-        if late is None:
-            return [], barrier.wait(waiter)
-        barrier.subscribe_early(shared)
-        if late is not waiter:
-            waiter = asyncio.gather(waiter, late)
-        return shared, barrier.wait(waiter)
+            shared = []
+        waiter = barrier.subscribe_new(
+            [_CLIENT_PREFIX + client_id, _ROOM_PREFIX + client_id], shared
+        )
+        if waiter is None:  # the broker is closing
+            return [], None
+        if shared:
+            barrier.hold_early(shared)
+        return shared, barrier.wait(waiter, self._login_all)
 
     async def _handshake(self, client: Client, data: dict[str, Any]) -> bool:
         """Run handshake_fn; on refusal close the client and return False."""

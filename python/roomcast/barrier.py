@@ -37,6 +37,7 @@ _AUTHENTICATED = State.AUTHENTICATED
 _DISCONNECTED = State.DISCONNECTED
 
 Confirmation = Callable[[list[str]], "asyncio.Future[Any] | None"]
+SubscribeNew = Callable[[list[str], list[str] | None], "asyncio.Future[Any] | None"]
 InterestMany = Callable[[list[str], list[str]], None]
 Handler = Callable[[Client, Any, bool], None]
 
@@ -87,7 +88,7 @@ class JoinBarrier:
         self.interest_many: InterestMany | None = (
             broker.interest_many if self.interest is not None else None
         )
-        self.subscribe_new: Confirmation = broker.subscribe_new
+        self.subscribe_new: SubscribeNew = broker.subscribe_new
         self._broker = broker
         self.hub: _core.Hub  # set by the helper once the hub exists (it needs `interest`)
         self._clients = clients
@@ -96,6 +97,7 @@ class JoinBarrier:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.held: dict[str, list[Any]] = {}
         self._lifts: dict[asyncio.Future[Any], asyncio.Future[bool]] = {}
+        self._then: dict[asyncio.Future[bool], Callable[[asyncio.Future[bool]], None]] = {}
         self.ahead: dict[str, int] = {}
         self.waits = 0
         self.unconfirmed = 0
@@ -128,6 +130,13 @@ class JoinBarrier:
             if not count:
                 interest(channel, True)
 
+    def hold_early(self, channels: list[str]) -> None:
+        """`subscribe_early` for channels the broker wants already (`subscribe_new` with
+        `shared`): only held until `release_early`."""
+        ahead = self.ahead
+        for channel in channels:
+            ahead[channel] = ahead.get(channel, 0) + 1
+
     def release_early(self, channels: list[str], joined: bool) -> None:
         """The join that subscribed `channels` early took effect (`joined`: the hub holds
         them now) or never will: give back what neither the hub nor another join holds."""
@@ -153,13 +162,22 @@ class JoinBarrier:
 
     # -- the barrier ---------------------------------------------------------------------
 
-    def wait(self, waiter: asyncio.Future[Any]) -> asyncio.Future[bool]:
+    def wait(
+        self,
+        waiter: asyncio.Future[Any],
+        then: Callable[[asyncio.Future[bool]], None] | None = None,
+    ) -> asyncio.Future[bool]:
         """A future resolved True once `waiter` (a broker confirmation) is, or False after
         `subscribe_timeout` or at once while Redis is unreachable: no one waits longer.
-        Everyone waiting for one confirmation shares it (and its timer); do not cancel it."""
+        Everyone waiting for one confirmation shares it (and its timer); do not cancel it.
+        `then(lifted)` runs as soon as it is resolved, before its done-callbacks (a loop
+        iteration later): once per future however many callers pass it (the logins of a
+        flush), and not at all for a future returned done."""
         lifted = self._lifts.get(waiter)
         if lifted is not None:
             self.waits += 1
+            if then is not None and lifted not in self._then:
+                self._then[lifted] = then
             return lifted
         loop = self.loop
         assert loop is not None
@@ -170,6 +188,8 @@ class JoinBarrier:
             return lifted
         self.waits += 1
         self._lifts[waiter] = lifted
+        if then is not None:
+            self._then[lifted] = then
 
         def confirmed(_: Any) -> None:
             self._lifts.pop(waiter, None)
@@ -180,16 +200,26 @@ class JoinBarrier:
                 self._confirm_late = False
                 logger.warning("redis confirms subscriptions again")
             lifted.set_result(True)
+            self._run_then(lifted)
 
         def late() -> None:
             self._lifts.pop(waiter, None)
             if not lifted.done():
                 self._unconfirmed_join(f"no confirmation within {self.subscribe_timeout:g} s")
                 lifted.set_result(False)
+                self._run_then(lifted)
 
         timer = loop.call_later(self.subscribe_timeout, late)
         waiter.add_done_callback(confirmed)
         return lifted
+
+    def _run_then(self, lifted: asyncio.Future[bool]) -> None:
+        then = self._then.pop(lifted, None)
+        if then is not None:
+            try:
+                then(lifted)
+            except Exception:
+                logger.exception("a barrier's follow-up raised")
 
     def done(self) -> asyncio.Future[bool]:
         """A barrier already lifted."""

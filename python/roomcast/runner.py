@@ -8,6 +8,7 @@ callbacks, close the broker, then return.
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import logging
 import signal
@@ -20,6 +21,27 @@ from .http import HttpHandler, WebServer
 logger = logging.getLogger("roomcast")
 
 SHUTDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+CPYTHON_GC_THRESHOLDS = (700, 10, 10)
+GC_THRESHOLDS = (20_000, 20, 10)
+"""What `tune_gc` sets: the youngest generation is collected every 20,000 allocations (not
+700) and the middle one every 20 of those: a connection's short-lived objects (tasks,
+futures, frames) are freed by reference counting long before, and the full collections that
+walk every connection's objects (tens of ms with thousands of clients) come ~57 times less
+often. The oldest generation still runs only once it grew by a quarter (CPython's rule)."""
+
+
+def tune_gc() -> bool:
+    """Garbage collection for a long-running server, once it is up: what is alive then
+    (modules, configuration, the application) is moved out of the collector's sight for good
+    (`gc.freeze`), and the thresholds become `GC_THRESHOLDS`. Left alone (False) when the
+    application set thresholds of its own, or disabled the collector."""
+    if not gc.isenabled() or gc.get_threshold() != CPYTHON_GC_THRESHOLDS:
+        return False
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+    return True
 
 
 class Servable(Protocol):
@@ -80,7 +102,8 @@ async def run(
     `on_listening(server)` runs once the port is bound (awaited if it is a coroutine).
 
     Errors of start-up (BrokerUnavailable, OSError for a port in use) propagate after the
-    helper was shut down.
+    helper was shut down. Once listening, the garbage collector is tuned for a server
+    (`tune_gc`), unless the application tuned it itself.
     """
     try:
         server = await helper.serve(host, port, http_handler, **serve_options)
@@ -90,6 +113,7 @@ async def run(
         await helper.shutdown()
         raise
     try:
+        tune_gc()
         logger.info(
             "%s listening on ws://%s:%d%s",
             helper.identifier,

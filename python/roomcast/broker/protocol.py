@@ -67,9 +67,13 @@ class Broker(Protocol):
         server's join barrier waits on `subscribe_new` and `confirmation`)."""
         ...
 
-    def subscribe_new(self, channels: list[str]) -> asyncio.Future[Any] | None:
+    def subscribe_new(
+        self, channels: list[str], shared: list[str] | None = None
+    ) -> asyncio.Future[Any] | None:
         """`interest(channel, True)` for channels nobody on this node wanted before, and the
-        future of the flush that confirms them (None when there is nothing to wait for)."""
+        future of the flush that confirms them (None when there is nothing to wait for).
+        `shared`: channels other clients may hold (a login's user, default rooms), wanted
+        from now on too; the future then also covers their confirmation."""
         ...
 
     def confirmation(self, channels: Iterable[str]) -> asyncio.Future[Any] | None:
@@ -117,7 +121,9 @@ class OneProcess:
     def confirms_subscriptions(self) -> bool:
         return False
 
-    def subscribe_new(self, channels: list[str]) -> asyncio.Future[Any] | None:
+    def subscribe_new(
+        self, channels: list[str], shared: list[str] | None = None
+    ) -> asyncio.Future[Any] | None:
         return None
 
     def confirmation(self, channels: Iterable[str]) -> asyncio.Future[Any] | None:

@@ -70,9 +70,9 @@ class RedisBroker:
     `Interest.interest`."""
     interest_many: Callable[[list[str], list[str]], None]
     """`interest(channel, True)` for each of the first list, then `False` for the second."""
-    subscribe_new: Callable[[list[str]], asyncio.Future[Any] | None]
-    """See `Interest.subscribe_new`: subscribe a new client's own channels and return the
-    future of the flush that confirms them."""
+    subscribe_new: Callable[[list[str], list[str] | None], asyncio.Future[Any] | None]
+    """See `Interest.subscribe_new`: subscribe a new client's own channels (and want its
+    shared ones) and return the future of the flush that confirms them."""
     confirmation: Callable[[Iterable[str]], asyncio.Future[Any] | None]
     """See `Interest.confirmation`: None when every one of `channels` is live, else a
     future resolved once Redis has confirmed them."""

@@ -124,4 +124,22 @@ class Replies:
         return await self.conn.read_response(disconnect_on_error=False)
 
 
-__all__ = ["PARSER_ENV", "TESTED_MAJORS", "Replies", "fast_path_enabled", "use_public_parser"]
+def transport_of(conn: Connection) -> Any:
+    """The asyncio transport a connected redis-py connection writes to (its stream writer's),
+    or None when this redis-py keeps it elsewhere: then writes go through
+    `send_packed_command` only."""
+    writer: Any = getattr(conn, "_writer", None)
+    transport = getattr(writer, "transport", None)
+    if all(hasattr(transport, name) for name in ("write", "is_closing", "get_write_buffer_size")):
+        return transport
+    return None
+
+
+__all__ = [
+    "PARSER_ENV",
+    "TESTED_MAJORS",
+    "Replies",
+    "fast_path_enabled",
+    "transport_of",
+    "use_public_parser",
+]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio.connection import Connection
@@ -22,7 +23,7 @@ from redis.exceptions import ResponseError
 
 from ..protocol import BrokerUnavailable, OnMessage
 from .cluster import SlotMap, by_slot, shard_index
-from .replies import Replies
+from .replies import Replies, transport_of
 from .wire import Commands, pack, pack_channels
 
 logger = logging.getLogger("roomcast.redis")
@@ -56,10 +57,13 @@ class Shard:
         self.queued_bytes = 0
         self.in_flight = 0  # commands written whose replies are awaited
         self.wake = asyncio.Event()
-        # Subscriber commands (packed) waiting to be written.
+        # Subscriber commands (packed) waiting to be written, and the subscriber's transport
+        # while its writer task runs (for `push`).
         self.sub_out: deque[bytes] = deque()
         self.sub_wake = asyncio.Event()
+        self.sub_transport: Any = None
         self.barriers: dict[bytes, asyncio.Future[None]] = {}
+        self.barrier_calls: dict[bytes, Callable[[], None]] = {}
         self._barrier_seq = 0
 
     def set_probe(self, channel: str) -> None:
@@ -74,8 +78,9 @@ class Shard:
         self.queued_bytes += len(command)
         self.wake.set()
 
-    def send_subscriptions(self, channels: list[str], on: bool) -> None:
-        """Queue (S)SUBSCRIBE or (S)UNSUBSCRIBE of `channels` on the subscriber."""
+    def send_subscriptions(self, channels: list[str], on: bool, wake: bool = True) -> None:
+        """Queue (S)SUBSCRIBE or (S)UNSUBSCRIBE of `channels` on the subscriber (and wake
+        its writer, unless `wake` is False: the caller then calls `push`)."""
         if not channels:
             return
         commands = self.commands
@@ -97,21 +102,52 @@ class Shard:
                     for i in range(0, len(channels), SUBSCRIBE_CHUNK)
                 )
             )
-        self.sub_wake.set()
+        if wake:
+            self.sub_wake.set()
 
     def send_patterns(self, patterns: list[str]) -> None:
         self.sub_out.append(pack(b"PSUBSCRIBE", *(p.encode() for p in patterns)))
         self.sub_wake.set()
 
-    def barrier(self) -> asyncio.Future[None]:
-        """Resolved when Redis answers a PING sent after everything queued on `sub`."""
+    def barrier(
+        self, wake: bool = True, then: Callable[[], None] | None = None
+    ) -> asyncio.Future[None]:
+        """Resolved when Redis answers a PING sent after everything queued on `sub` (woken
+        as `send_subscriptions`). `then` is called right when the answer is read (not a loop
+        iteration later, as the future's callbacks are), unless the session fails first."""
         self._barrier_seq += 1
         token = b"roomcast-sync-%d" % self._barrier_seq
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.barriers[token] = future
+        if then is not None:
+            self.barrier_calls[token] = then
         self.sub_out.append(pack(b"PING", token))
-        self.sub_wake.set()
+        if wake:
+            self.sub_wake.set()
         return future
+
+    def push(self) -> None:
+        """Write what is queued for the subscriber, in one write and at once when nothing
+        written before is still buffered (the socket takes it: the common case); otherwise
+        the writer task writes it, bounded by the command timeout. Saves the task's wake-up
+        and a coroutine per flush of subscription changes."""
+        out = self.sub_out
+        if not out:
+            return
+        transport = self.sub_transport
+        if (
+            transport is not None
+            and not transport.is_closing()
+            and not transport.get_write_buffer_size()
+        ):
+            data = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()
+            try:
+                transport.write(data)
+                return
+            except Exception:  # closed under us: the writer task fails the session
+                out.appendleft(data)
+        self.sub_wake.set()
 
 
 class Session:
@@ -161,6 +197,7 @@ class Session:
         if shard.sub is not None:
             self.tasks.append(loop.create_task(self._read(shard)))
             self.tasks.append(loop.create_task(self._write_sub(shard)))
+            shard.sub_transport = transport_of(shard.sub)
 
     async def confirmed(self, timeout: float) -> None:
         """Wait until every subscriber connection answered a PING queued after its
@@ -208,6 +245,7 @@ class Session:
                 if conn is not None:
                     await conn.disconnect(nowait=True)
             shard.sub = shard.pub = None
+            shard.sub_transport = None
             for _, future in shard.queue:
                 lost += 1
                 if future is not None and not future.done():
@@ -220,6 +258,7 @@ class Session:
                     barrier.set_exception(BrokerUnavailable("redis connection lost"))
                     barrier.exception()
             shard.barriers.clear()
+            shard.barrier_calls.clear()
         return lost
 
     # -- connection tasks --------------------------------------------------------------------
@@ -274,9 +313,16 @@ class Session:
 
     def _on_control(self, shard: Shard, kind: bytes, reply: list[Any]) -> None:
         if kind == b"pong":
-            barrier = shard.barriers.pop(reply[1], None)
+            token = reply[1]
+            barrier = shard.barriers.pop(token, None)
             if barrier is not None and not barrier.done():
                 barrier.set_result(None)
+            then = shard.barrier_calls.pop(token, None)
+            if then is not None:
+                try:
+                    then()
+                except Exception:
+                    logger.exception("confirmation callback raised")
         elif kind == b"sunsubscribe":
             channel = reply[1].decode()
             pending = shard.unsubscribing.get(channel, 0)
