@@ -11,6 +11,7 @@ crossnode (published on one node, delivered on another through Redis), redishop 
 the Redis hop adds), interest (4 nodes on disjoint rooms: envelopes each node receives), workers
 (`roomcast serve --workers 1` vs `2`: connect and fan-out), scrape (cost of a /metrics scrape
 at 10,000 connections; fan-out CPU with and without scraping); the last two in serving.py;
+hundredk (100,000 idle connections on `roomcast serve --workers 6`, in hundredk.py);
 steady (messages arriving one at a time, server pinned to one core; `--write-delay` adds
 roomcast rows with that window) and saturate (Redis-published broadcasts at rising rates), both
 with the compiled load generator, in compiled.py.
@@ -1015,7 +1016,7 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     for scenario in args.scenarios:
         single = ("sweep", "burst", "deadline", "encrypted", "crossnode", "redishop", "interest")
-        single += ("workers", "scrape", "redisconnect")
+        single += ("workers", "scrape", "redisconnect", "hundredk")
         for kind in servers if scenario not in single else [None]:
             if scenario == "fanout":
                 for count in counts:
@@ -1080,10 +1081,20 @@ def main() -> None:
                 from .serving import scrape
 
                 rows += scrape(10_000 if not args.quick else 50, 100, rounds, args.quick)
+            elif scenario == "hundredk":
+                from .hundredk import Plan, hundredk
+
+                plan = Plan.quick() if args.quick else Plan(rounds=rounds)
+                plan.rounds = rounds
+                rows.append(hundredk(plan))
     print_table(rows)
+    from .hundredk import print_row
     from .serving import print_rows
 
     print_rows(rows)
+    for row in rows:
+        if row["scenario"] == "hundredk":
+            print_row(row)
 
 
 if __name__ == "__main__":

@@ -2,10 +2,10 @@
 // clients in one process, read by a single epoll loop into one large buffer, so that a
 // delivery costs the load generator far less than it costs the server.
 //
-//	loadgen [-token-prefix P] [-sources K] [-poll-ms MS] URL COUNT
+//	loadgen [-token-prefix P] [-sources K] [-source-first F] [-poll-ms MS] [-heartbeat S] URL COUNT
 //
 // It connects COUNT clients (source addresses spread over 127.0.0.10 .. 127.0.0.(9+K) when
-// K > 1), authenticates each with {"event":"authenticate","data":{"type":"Bearer","token":
+// K > 1, or over 127.0.0.F .. 127.0.0.(F+K-1) when F > 0), authenticates each with {"event":"authenticate","data":{"type":"Bearer","token":
 // P<i>}} and waits for its `connected`, prints {"ready": n, "seconds": s}, then answers one
 // JSON line per stdin command, the same protocol as benches/loadgen.py:
 //
@@ -16,13 +16,20 @@
 //	rpublish HOST:PORT CH N RATE SIZE
 //	                               PUBLISHes N broadcast envelopes on Redis channel CH
 //	cpu                            {"cpu": seconds of CPU this process used}
+//	silent K                       K clients, evenly spread, stop sending heartbeats (they
+//	                               still answer pings, as a browser does)
+//	closes T                       the silent clients' closes: {"silent","closed","codes",
+//	                               "late_p50","late_max"}, lateness after (last heartbeat sent
+//	                               + T seconds); "others_closed" counts the rest
 //	quit
 //
 // Every message it sends carries "i" (a sequence number, increasing across commands) and
 // "t" (CLOCK_MONOTONIC seconds, the clock of Python's perf_counter). A client that sees an
 // "i" not above the last one it saw counts it as `bad` (a duplicate or a reordering), so
 // count == expected per client and bad == 0 prove every client got every message exactly
-// once. Latency is timed on the messages of every 100th client (from "t").
+// once. Latency is timed on the messages of every 100th client (from "t"). With -heartbeat S,
+// every client sends {"event":"heartbeat"} every S seconds, the clients spread evenly over
+// the period; `count` then also reports the pings received.
 package main
 
 import (
@@ -78,6 +85,11 @@ type client struct {
 	closed   bool
 	sampled  bool
 	inFrag   bool
+	silent   bool
+	lastBeat float64 // when it last sent a heartbeat (or authenticated)
+	closedAt float64 // when a close frame arrived
+	code     int     // the close frame's status code
+	pings    int64
 }
 
 type state struct {
@@ -251,7 +263,7 @@ func detach(conn net.Conn) (int, error) {
 	return fd, nil
 }
 
-func connectAll(u *url.URL, count int, prefix string, sources int, st *state) error {
+func connectAll(u *url.URL, count int, prefix string, sources, first int, st *state) error {
 	type result struct {
 		c     *client
 		carry []byte
@@ -262,7 +274,9 @@ func connectAll(u *url.URL, count int, prefix string, sources int, st *state) er
 	perSource := (count + sources - 1) / sources
 	for i := 0; i < count; i++ {
 		var source net.IP
-		if sources > 1 {
+		if first > 0 {
+			source = net.IPv4(127, 0, 0, byte(first+i/perSource))
+		} else if sources > 1 {
 			source = net.IPv4(127, 0, 0, byte(10+i/perSource))
 		}
 		sem <- struct{}{}
@@ -273,7 +287,8 @@ func connectAll(u *url.URL, count int, prefix string, sources int, st *state) er
 				results <- result{err: fmt.Errorf("client %d: %w", i, err)}
 				return
 			}
-			results <- result{c: &client{index: i, fd: fd, lastI: -1, sampled: i%sampleEvery == 0}, carry: carry}
+			results <- result{c: &client{index: i, fd: fd, lastI: -1, sampled: i%sampleEvery == 0,
+				lastBeat: mono()}, carry: carry}
 		}(i, source)
 	}
 	var firstErr error
@@ -326,8 +341,15 @@ func (st *state) consume(c *client, data []byte, now float64) {
 			c.received++
 			st.check(c, payload, now)
 		case 8:
+			if !c.closed {
+				c.closedAt = now
+				if len(payload) >= 2 {
+					c.code = int(payload[0])<<8 | int(payload[1])
+				}
+			}
 			c.closed = true
 		case 9:
+			c.pings++
 			writeAll(c.fd, maskedFrame(10, payload))
 		}
 	}
@@ -552,6 +574,57 @@ func publishRedis(addr, channel string, n int, rate float64, size int) error {
 	return firstErr
 }
 
+// heartbeats sends every client that is not silent a heartbeat every `every`, in slots of
+// 100 ms: client i in slot i % slots.
+func (st *state) heartbeats(every time.Duration) {
+	const tick = 100 * time.Millisecond
+	slots := max(1, int(every/tick))
+	frame := maskedFrame(1, []byte(`{"event":"heartbeat"}`))
+	ticker := time.NewTicker(tick)
+	for k := 0; ; k++ {
+		<-ticker.C
+		st.mu.Lock()
+		now := mono()
+		for _, c := range st.clients {
+			if c.index%slots == k%slots && !c.silent && !c.closed {
+				writeAll(c.fd, frame)
+				c.lastBeat = now
+			}
+		}
+		st.mu.Unlock()
+	}
+}
+
+func (st *state) closes(timeout float64) map[string]any {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	var late []float64
+	codes := map[string]int{}
+	silent, others := 0, 0
+	for _, c := range st.clients {
+		if !c.silent {
+			if c.closed {
+				others++
+			}
+			continue
+		}
+		silent++
+		if c.closed {
+			codes[strconv.Itoa(c.code)]++
+			late = append(late, c.closedAt-(c.lastBeat+timeout))
+		}
+	}
+	out := map[string]any{"silent": silent, "closed": len(late), "codes": codes,
+		"others_closed": others}
+	if len(late) > 0 {
+		sort.Float64s(late)
+		out["late_min"] = late[0]
+		out["late_p50"] = late[len(late)/2]
+		out["late_max"] = late[len(late)-1]
+	}
+	return out
+}
+
 // -- commands ----------------------------------------------------------------------------------
 
 func cpuSeconds() float64 {
@@ -569,6 +642,8 @@ func main() {
 	prefix := flag.String("token-prefix", "user:u", "token of client i: PREFIX<i>")
 	sources := flag.Int("sources", 1, "spread clients over this many 127.0.0.x source addresses")
 	pollMs := flag.Float64("poll-ms", 0, "wait this long between read passes (0: read at once)")
+	first := flag.Int("source-first", 0, "bind clients to 127.0.0.F onwards (0: see -sources)")
+	beat := flag.Float64("heartbeat", 0, "seconds between each client's heartbeats (0: none)")
 	flag.Parse()
 	if flag.NArg() != 2 {
 		fmt.Fprintln(os.Stderr, "usage: loadgen URL COUNT [-token-prefix P] [-sources K]")
@@ -593,13 +668,16 @@ func main() {
 	st := &state{byFd: map[int]*client{}, epfd: epfd}
 	go st.readLoop(time.Duration(*pollMs * float64(time.Millisecond)))
 	started := time.Now()
-	if err := connectAll(u, count, *prefix, max(1, *sources), st); err != nil {
+	if err := connectAll(u, count, *prefix, max(1, *sources), *first, st); err != nil {
 		fmt.Fprintln(os.Stderr, "loadgen:", err)
 	}
 	st.mu.Lock()
 	ready := len(st.clients)
 	st.mu.Unlock()
 	reply(map[string]any{"ready": ready, "seconds": time.Since(started).Seconds()})
+	if *beat > 0 {
+		go st.heartbeats(time.Duration(*beat * float64(time.Second)))
+	}
 
 	in := bufio.NewScanner(os.Stdin)
 	for in.Scan() {
@@ -610,11 +688,12 @@ func main() {
 		switch fields[0] {
 		case "count":
 			st.mu.Lock()
-			var total, bad, closed int64
+			var total, bad, closed, pings int64
 			lo, hi := int64(-1), int64(0)
 			for _, c := range st.clients {
 				total += c.received
 				bad += c.bad
+				pings += c.pings
 				if c.closed {
 					closed++
 				}
@@ -626,7 +705,7 @@ func main() {
 			last := st.last
 			st.mu.Unlock()
 			reply(map[string]any{"received": total, "min": max(lo, 0), "max": hi,
-				"closed": closed, "bad": bad, "last": last})
+				"closed": closed, "bad": bad, "last": last, "pings": pings})
 		case "latency":
 			st.mu.Lock()
 			samples := st.latencies
@@ -664,6 +743,23 @@ func main() {
 			reply(map[string]any{"sent": n, "error": errString(err)})
 		case "cpu":
 			reply(map[string]any{"cpu": cpuSeconds()})
+		case "silent":
+			k, _ := strconv.Atoi(fields[1])
+			st.mu.Lock()
+			n := len(st.clients)
+			marked := 0
+			for j := 0; j < k && j < n; j++ {
+				c := st.clients[j*n/k]
+				if !c.silent {
+					c.silent = true
+					marked++
+				}
+			}
+			st.mu.Unlock()
+			reply(map[string]any{"silent": marked})
+		case "closes":
+			timeout, _ := strconv.ParseFloat(fields[1], 64)
+			reply(st.closes(timeout))
 		default:
 			reply(map[string]any{"error": "unknown command: " + fields[0]})
 		}
