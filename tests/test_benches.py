@@ -94,3 +94,21 @@ def test_steady_bench_falls_back_to_the_python_load_generator():
         ("steadyrooms", "python"),
     ]
     assert all(r["lost"] == 0 for r in rows)
+
+
+def test_hundredk_bench_smoke_connects_all_and_closes_only_the_silent_with_4002():
+    if shutil.which("go") is None or shutil.which("redis-server") is None:
+        pytest.skip("needs go (the compiled load generator) and redis-server")
+    result = subprocess.run(
+        [sys.executable, "-m", "benches", "hundredk", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    [row] = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert row["scenario"] == "hundredk"
+    assert row["connect_errors"] == 0 and row["connected"] == row["clients"]
+    assert sum(row["fds_per_worker"]) > row["clients"]  # every worker took its share
+    assert row["silent_close_codes"] == {"4002": row["silent"]} and row["others_closed"] == 0

@@ -19,7 +19,8 @@
 //	silent K                       K clients, evenly spread, stop sending heartbeats (they
 //	                               still answer pings, as a browser does)
 //	closes T                       the silent clients' closes: {"silent","closed","codes",
-//	                               "late_p50","late_max"}, lateness after (last heartbeat sent
+//	                               "late_min","late_p50","late_p99","late_max","late_over_1s"},
+//	                               lateness after (last heartbeat sent
 //	                               + T seconds); "others_closed" counts the rest
 //	quit
 //
@@ -620,7 +621,15 @@ func (st *state) closes(timeout float64) map[string]any {
 		sort.Float64s(late)
 		out["late_min"] = late[0]
 		out["late_p50"] = late[len(late)/2]
+		out["late_p99"] = late[min(len(late)-1, len(late)*99/100)]
 		out["late_max"] = late[len(late)-1]
+		over := 0
+		for _, l := range late {
+			if l > 1.0 {
+				over++
+			}
+		}
+		out["late_over_1s"] = over
 	}
 	return out
 }
