@@ -74,6 +74,18 @@ def cpu_seconds(pid: int) -> float:
     return total / 1e9
 
 
+def run_delay(pid: int) -> float:
+    """Seconds the threads of `pid` have spent runnable but waiting for a CPU (schedstat's
+    second field): how much other processes on its core held it back."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return total / 1e9
+
+
 def rss_bytes(pid: int) -> int:
     return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
 
@@ -918,7 +930,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
                     f"  p99<100ms: {row['p99_under_100ms_per_s']:>11,.0f}/s  at the top: "
                     f"p99 {row['p99_ms']:.0f} ms, "
                     f"{row['cpu_ns_per_delivery']:,.0f} ns CPU/delivery, loadgen "
-                    f"{row['loadgen_ns_per_delivery']:,.0f} ns/delivery ({row['loadgen']})"
+                    f"{row['loadgen_ns_per_delivery']:,.0f} ns/delivery ({row['loadgen']}), "
+                    f"server waited {row['server_wait']:.0%} for its CPU"
                 )
             if scenario == "connect":
                 extra = f"  {row['connects_per_s']:>8,.0f} connects/s"
@@ -1016,17 +1029,22 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     for scenario in args.scenarios:
         single = ("sweep", "burst", "deadline", "encrypted", "crossnode", "redishop", "interest")
-        single += ("workers", "scrape", "redisconnect", "hundredk")
+        single += ("workers", "scrape", "redisconnect", "hundredk", "saturate")
         for kind in servers if scenario not in single else [None]:
             if scenario == "fanout":
                 for count in counts:
                     messages = max(20, 500_000 // count) if not args.quick else 20
                     rows.append(delivery(kind, "fanout", count, messages, rounds, None))
-            elif scenario in ("steady", "saturate"):
+            elif scenario == "steady":
                 from . import compiled
 
                 delays = tuple(float(d) for d in args.write_delay.split(",") if d)
                 rows += compiled.run(scenario, kind, counts, rounds, args.quick, delays)
+            elif scenario == "saturate":
+                from . import compiled
+
+                delays = tuple(float(d) for d in args.write_delay.split(",") if d)
+                rows += compiled.run_saturate(servers, counts, rounds, args.quick, delays)
             elif scenario == "redisfanout":
                 if kind in ("roomcast", "ignis"):  # the servers that speak the Redis envelope
                     for count in counts:
