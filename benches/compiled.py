@@ -9,7 +9,9 @@
   twice in a row: one retry); reports per server at 1,000 / 5,000 / 10,000 clients the
   highest rate kept up with, the highest kept up with at p99 < 100 ms, and at the former
   the server's and the load generator's CPU per delivery (Redis and the load generator share
-  CPU 1).
+  CPU 1). The servers take turns sweep by sweep, each sweep on a fresh redis-server, server
+  and load generators; every step records how long server, load generator and Redis waited
+  for their CPU (schedstat's run delay: other jobs on this shared machine).
 
 The load generator is built on demand with `go build` into a cache directory
 (`$XDG_CACHE_HOME/roomcast-benches`, keyed by a hash of its source); without `go`, these
