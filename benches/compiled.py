@@ -39,6 +39,7 @@ from .__main__ import (
     LoadGen,
     cpu_seconds,
     emit,
+    http_json,
     redis_server,
     run_delay,
     server,
@@ -268,9 +269,9 @@ def _pin_redis(url: str) -> int:
 @contextmanager
 def _saturate_setup(
     kind: str, count: int, binary: Path, write_delay: float
-) -> Iterator[tuple[str, int, int, list[LoadGen]]]:
+) -> Iterator[tuple[str, int, int, int, list[LoadGen]]]:
     """A fresh redis-server, server and load generators for one sweep; yields (redis URL,
-    redis pid, server pid, load generators)."""
+    redis pid, server port, server pid, load generators)."""
     cpus = SERVER_CPU if pinnable() else None
     with ExitStack() as stack:
         url = stack.enter_context(redis_server())
@@ -279,7 +280,7 @@ def _saturate_setup(
         port, pid = stack.enter_context(server(kind, 90.0, *extra, redis_url=url, cpus=cpus))
         gens = stack.enter_context(fast_clients(port, count, binary, POLL_MS))
         wait_subscribed(url, {"ws:broadcast": 1})
-        yield url, redis_pid, pid, gens
+        yield url, redis_pid, port, pid, gens
 
 
 def _numsub(url: str, channel: str) -> int:
@@ -297,85 +298,108 @@ def _sweep(
 ) -> dict[str, Any]:
     """One sweep on a fresh setup: rising rates until a step is not kept up with twice in a
     row (or messages are lost)."""
-    with _saturate_setup(kind, count, binary, write_delay) as (url, redis_pid, pid, gens):
-        redis_addr = url.removeprefix("redis://")
-        base = counts(gens)["received"]
-        deliveries_per_s = START_PER_S
-        best_p99: dict[str, Any] | None = None
-        best_kept: dict[str, Any] | None = None
-        steps = []
+    with _saturate_setup(kind, count, binary, write_delay) as setup:
+        return _sweep_on(kind, count, step_seconds, *setup)
+
+
+def _sweep_on(
+    kind: str,
+    count: int,
+    step_seconds: float,
+    url: str,
+    redis_pid: int,
+    port: int,
+    pid: int,
+    gens: list[LoadGen],
+) -> dict[str, Any]:
+    """One sweep on the setup given (see _saturate_setup)."""
+    redis_addr = url.removeprefix("redis://")
+    base = counts(gens)["received"]
+    deliveries_per_s = START_PER_S
+    best_p99: dict[str, Any] | None = None
+    best_kept: dict[str, Any] | None = None
+    steps = []
+    retried = False
+    while deliveries_per_s <= 40_000_000:
+        msg_rate = deliveries_per_s / count
+        messages = max(10, int(msg_rate * step_seconds))
+        latency(gens)
+        expected = base + messages * count
+        cpu0, t0 = cpu_seconds(pid), time.perf_counter()
+        lg0 = [cpu_seconds(g.proc.pid) for g in gens]
+        redis0 = cpu_seconds(redis_pid)
+        waits0 = [run_delay(p) for p in (pid, gens[0].proc.pid, redis_pid)]
+        gens[0].ask(f"rpublish {redis_addr} ws:broadcast {messages} {msg_rate} 100")
+        got = wait_count(gens, expected, step_seconds * 3 + 5)
+        wall = time.perf_counter() - t0
+        cpu = cpu_seconds(pid) - cpu0
+        lg = sum(cpu_seconds(g.proc.pid) - c for g, c in zip(gens, lg0, strict=True))
+        redis_cpu = cpu_seconds(redis_pid) - redis0
+        waits = [
+            (run_delay(p) - w) / wall
+            for p, w in zip((pid, gens[0].proc.pid, redis_pid), waits0, strict=True)
+        ]
+        p50, p99, _ = latency(gens)
+        complete = got["received"] == expected and got["bad"] == 0
+        # Kept up: everything delivered within the step plus a little (no backlog).
+        kept_up = complete and wall <= step_seconds * 1.25 + 0.5
+        delivered = messages * count
+        step: dict[str, Any] = {
+            "offered_per_s": deliveries_per_s,
+            "delivered_per_s": delivered / max(wall, 1e-9),
+            "cpu_ns_per_delivery": cpu / delivered * 1e9,
+            "server_util": cpu / wall,
+            "loadgen_ns_per_delivery": lg / delivered * 1e9,
+            "loadgen_util": lg / wall,
+            "redis_util": redis_cpu / wall,
+            # Share of the step each one spent runnable, waiting for its CPU (other
+            # processes on its core: on this shared machine, other engineers' jobs).
+            "server_wait": waits[0],
+            "loadgen_wait": waits[1],
+            "redis_wait": waits[2],
+            "p50_ms": p50 * 1000,
+            "p99_ms": p99 * 1000,
+            "kept_up": kept_up,
+        }
+        steps.append(step)
+        if not kept_up:
+            base = wait_quiet(gens, quiet=2.0, timeout=120.0)
+            final = counts(gens)
+            if final["bad"]:
+                raise RuntimeError(f"{kind}: duplicated or reordered at {step}")
+            if base != expected:
+                # Lost. Say where: every client short by the same number means envelopes
+                # never reached the server (or it dropped them all); an uneven shortfall
+                # means per-client drops (a client past the backpressure limit).
+                step["lost"] = expected - base
+                step["lost_where"] = {
+                    "min_per_client": final["min"],
+                    "max_per_client": final["max"],
+                    "closed_clients": final["closed"],
+                    "uneven_by": final["max"] - final["min"],
+                    "subscribers_now": _numsub(url, "ws:broadcast"),
+                }
+                break
+            if retried:
+                break
+            retried = True  # one retry: a transient stall on this shared machine
+            continue
         retried = False
-        while deliveries_per_s <= 40_000_000:
-            msg_rate = deliveries_per_s / count
-            messages = max(10, int(msg_rate * step_seconds))
-            latency(gens)
-            expected = base + messages * count
-            cpu0, t0 = cpu_seconds(pid), time.perf_counter()
-            lg0 = [cpu_seconds(g.proc.pid) for g in gens]
-            redis0 = cpu_seconds(redis_pid)
-            waits0 = [run_delay(p) for p in (pid, gens[0].proc.pid, redis_pid)]
-            gens[0].ask(f"rpublish {redis_addr} ws:broadcast {messages} {msg_rate} 100")
-            got = wait_count(gens, expected, step_seconds * 3 + 5)
-            wall = time.perf_counter() - t0
-            cpu = cpu_seconds(pid) - cpu0
-            lg = sum(cpu_seconds(g.proc.pid) - c for g, c in zip(gens, lg0, strict=True))
-            redis_cpu = cpu_seconds(redis_pid) - redis0
-            waits = [
-                (run_delay(p) - w) / wall
-                for p, w in zip((pid, gens[0].proc.pid, redis_pid), waits0, strict=True)
-            ]
-            p50, p99, _ = latency(gens)
-            complete = got["received"] == expected and got["bad"] == 0
-            # Kept up: everything delivered within the step plus a little (no backlog).
-            kept_up = complete and wall <= step_seconds * 1.25 + 0.5
-            delivered = messages * count
-            step: dict[str, Any] = {
-                "offered_per_s": deliveries_per_s,
-                "delivered_per_s": delivered / max(wall, 1e-9),
-                "cpu_ns_per_delivery": cpu / delivered * 1e9,
-                "server_util": cpu / wall,
-                "loadgen_ns_per_delivery": lg / delivered * 1e9,
-                "loadgen_util": lg / wall,
-                "redis_util": redis_cpu / wall,
-                # Share of the step each one spent runnable, waiting for its CPU (other
-                # processes on its core: on this shared machine, other engineers' jobs).
-                "server_wait": waits[0],
-                "loadgen_wait": waits[1],
-                "redis_wait": waits[2],
-                "p50_ms": p50 * 1000,
-                "p99_ms": p99 * 1000,
-                "kept_up": kept_up,
-            }
-            steps.append(step)
-            if not kept_up:
-                base = wait_quiet(gens, quiet=2.0, timeout=120.0)
-                final = counts(gens)
-                if final["bad"]:
-                    raise RuntimeError(f"{kind}: duplicated or reordered at {step}")
-                if base != expected:
-                    # Lost. Say where: every client short by the same number means envelopes
-                    # never reached the server (or it dropped them all); an uneven shortfall
-                    # means per-client drops (a client past the backpressure limit).
-                    step["lost"] = expected - base
-                    step["lost_where"] = {
-                        "min_per_client": final["min"],
-                        "max_per_client": final["max"],
-                        "closed_clients": final["closed"],
-                        "uneven_by": final["max"] - final["min"],
-                        "subscribers_now": _numsub(url, "ws:broadcast"),
-                    }
-                    break
-                if retried:
-                    break
-                retried = True  # one retry: a transient stall on this shared machine
-                continue
-            retried = False
-            base = expected
-            best_kept = step
-            if p99 < P99_LIMIT:
-                best_p99 = step
-            deliveries_per_s *= 1.5
-    return {"p99": best_p99, "kept": best_kept, "failed_at": steps[-1], "steps": steps}
+        base = expected
+        best_kept = step
+        if p99 < P99_LIMIT:
+            best_p99 = step
+        deliveries_per_s *= 1.5
+    rebuilds = None
+    if kind == "roomcast":  # its Redis session rebuilt by the watchdog during the sweep
+        rebuilds = http_json(port, "/stats").get("broker_watchdog_rebuilds")
+    return {
+        "p99": best_p99,
+        "kept": best_kept,
+        "failed_at": steps[-1],
+        "steps": steps,
+        "watchdog_rebuilds": rebuilds,
+    }
 
 
 def saturate(
@@ -439,6 +463,8 @@ def _saturate_row(
             "p99_ms": med("p99_ms"),
             "failed_at": [s["failed_at"] for s in sweeps],
             "steps": [s["steps"] for s in sweeps],
+            "watchdog_rebuilds": [s["watchdog_rebuilds"] for s in sweeps],
+            "lost": [s["failed_at"].get("lost", 0) for s in sweeps],
             "saturated": "server" if med("server_util") >= SATURATED else "-",
             "pinned": cpus is not None,
         }
