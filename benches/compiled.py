@@ -57,6 +57,7 @@ P99_LIMIT = 0.100
 # latencies it reports include up to this much of its own delay.
 POLL_MS = 10.0
 START_PER_S = 100_000.0  # deliveries/s of a sweep's first step (x1.5 per step)
+SATURATE_HEARTBEAT_TIMEOUT = 3600.0  # s: longer than any sweep
 
 
 def compiled_loadgen() -> Path | None:
@@ -277,7 +278,12 @@ def _saturate_setup(
         url = stack.enter_context(redis_server())
         redis_pid = _pin_redis(url)
         extra = ("--write-delay", str(write_delay)) if write_delay else ()
-        port, pid = stack.enter_context(server(kind, 90.0, *extra, redis_url=url, cpus=cpus))
+        # The load generator sends no heartbeats: with the default 90 s, a setup that lives
+        # longer (several sweeps) sees every client closed with 4002 (the loss one earlier
+        # version of this scenario reported).
+        port, pid = stack.enter_context(
+            server(kind, SATURATE_HEARTBEAT_TIMEOUT, *extra, redis_url=url, cpus=cpus)
+        )
         gens = stack.enter_context(fast_clients(port, count, binary, POLL_MS))
         wait_subscribed(url, {"ws:broadcast": 1})
         yield url, redis_pid, port, pid, gens
@@ -367,6 +373,8 @@ def _sweep_on(
             final = counts(gens)
             if final["bad"]:
                 raise RuntimeError(f"{kind}: duplicated or reordered at {step}")
+            if final["closed"]:
+                raise RuntimeError(f"{kind}: {final['closed']} clients closed at {step}")
             if base != expected:
                 # Lost. Say where: every client short by the same number means envelopes
                 # never reached the server (or it dropped them all); an uneven shortfall
