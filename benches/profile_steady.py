@@ -20,7 +20,15 @@ import time
 from contextlib import ExitStack
 
 from .__main__ import cpu_seconds, redis_server, server, wait_subscribed
-from .compiled import SERVER_CPU, _pin_redis, compiled_loadgen, counts, fast_clients, pinnable
+from .compiled import (
+    SERVER_CPU,
+    _pin_redis,
+    compiled_loadgen,
+    counts,
+    fast_clients,
+    latency,
+    pinnable,
+)
 
 
 def main() -> None:
@@ -66,9 +74,14 @@ def main() -> None:
         perf.send_signal(2)
         perf.wait()
         got = counts(gens)["received"]
+        p50, p99, samples = latency(gens)
     delivered = messages * args.clients
     print(f"{args.server}: {got - before} of {delivered} delivered; ", end="")
-    print(f"server CPU {cpu * 1e9 / delivered:,.0f} ns per delivery (perf overhead included)")
+    print(
+        f"server CPU {cpu * 1e9 / delivered:,.0f} ns per delivery (perf overhead included); ",
+        end="",
+    )
+    print(f"latency p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms ({samples} samples)")
     for sort in ("dso", "sym"):
         report = subprocess.run(
             ["perf", "report", "-i", args.out, "--no-children", "--sort", sort, "--stdio"],

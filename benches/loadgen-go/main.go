@@ -28,7 +28,10 @@
 // "t" (CLOCK_MONOTONIC seconds, the clock of Python's perf_counter). A client that sees an
 // "i" not above the last one it saw counts it as `bad` (a duplicate or a reordering), so
 // count == expected per client and bad == 0 prove every client got every message exactly
-// once. Latency is timed on the messages of every 100th client (from "t"). With -heartbeat S,
+// once. Latency is timed on the messages of every 100th client (from "t"), which a reader
+// thread of their own reads as soon as anything arrives (with -poll-ms, the main loop reads
+// every other client between pauses: the pause and its pass over thousands of sockets are
+// the load generator's delay, not the server's, and stay out of the latencies). With -heartbeat S,
 // every client sends {"event":"heartbeat"} every S seconds, the clients spread evenly over
 // the period; `count` then also reports the pings received.
 package main
@@ -94,12 +97,27 @@ type client struct {
 }
 
 type state struct {
-	mu        sync.Mutex
+	mu        sync.Mutex // the main loop's clients (every one not sampled), clients, byFd, last
 	clients   []*client
 	byFd      map[int]*client
-	latencies []float64
 	last      float64
 	epfd      int
+	smu       sync.Mutex // the sampled clients', sampledFd, latencies, slast
+	sampledFd map[int]*client
+	latencies []float64
+	slast     float64
+	sepfd     int
+}
+
+// lock takes both locks (commands that look at every client).
+func (st *state) lock() {
+	st.mu.Lock()
+	st.smu.Lock()
+}
+
+func (st *state) unlock() {
+	st.smu.Unlock()
+	st.mu.Unlock()
 }
 
 // -- connecting ------------------------------------------------------------------------------
@@ -301,15 +319,21 @@ func connectAll(u *url.URL, count int, prefix string, sources, first int, st *st
 			}
 			continue
 		}
-		st.mu.Lock()
+		st.lock()
 		st.clients = append(st.clients, r.c)
-		st.byFd[r.c.fd] = r.c
+		epfd := st.epfd
+		if r.c.sampled {
+			st.sampledFd[r.c.fd] = r.c
+			epfd = st.sepfd
+		} else {
+			st.byFd[r.c.fd] = r.c
+		}
 		if len(r.carry) > 0 {
 			st.consume(r.c, r.carry, mono())
 		}
-		st.mu.Unlock()
+		st.unlock()
 		ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP, Fd: int32(r.c.fd)}
-		if err := syscall.EpollCtl(st.epfd, syscall.EPOLL_CTL_ADD, r.c.fd, &ev); err != nil {
+		if err := syscall.EpollCtl(epfd, syscall.EPOLL_CTL_ADD, r.c.fd, &ev); err != nil {
 			return err
 		}
 	}
@@ -319,7 +343,8 @@ func connectAll(u *url.URL, count int, prefix string, sources, first int, st *st
 
 // -- reading -----------------------------------------------------------------------------------
 
-// consume parses every whole frame in data for c (under st.mu); an incomplete tail is kept.
+// consume parses every whole frame in data for c (under st.mu, or st.smu for a sampled
+// client); an incomplete tail is kept.
 func (st *state) consume(c *client, data []byte, now float64) {
 	if len(c.carry) > 0 {
 		c.carry = append(c.carry, data...)
@@ -456,6 +481,50 @@ func (st *state) readLoop(pollEvery time.Duration) {
 	}
 }
 
+// sampledLoop reads the sampled clients as soon as anything arrives, each read timed on its
+// own (they are 1 % of the clients).
+func (st *state) sampledLoop() {
+	runtime.LockOSThread()
+	buf := make([]byte, 1<<16)
+	events := make([]syscall.EpollEvent, 256)
+	for {
+		n, err := syscall.EpollWait(st.sepfd, events, 100)
+		if err != nil {
+			if errors.Is(err, syscall.EINTR) {
+				continue
+			}
+			panic(err)
+		}
+		st.smu.Lock()
+		for _, ev := range events[:max(n, 0)] {
+			c := st.sampledFd[int(ev.Fd)]
+			if c == nil {
+				continue
+			}
+			for {
+				m, err := syscall.Read(c.fd, buf)
+				if m > 0 {
+					now := mono()
+					before := c.received
+					st.consume(c, buf[:m], now)
+					if c.received != before {
+						st.slast = now
+					}
+				}
+				if m == len(buf) {
+					continue
+				}
+				if m == 0 || (err != nil && err != syscall.EAGAIN && err != syscall.EINTR) {
+					c.closed = true
+					syscall.EpollCtl(st.sepfd, syscall.EPOLL_CTL_DEL, c.fd, nil)
+				}
+				break
+			}
+		}
+		st.smu.Unlock()
+	}
+}
+
 // -- writing -----------------------------------------------------------------------------------
 
 // writeAll writes b to a non-blocking fd, waiting for room when the socket is full.
@@ -584,7 +653,7 @@ func (st *state) heartbeats(every time.Duration) {
 	ticker := time.NewTicker(tick)
 	for k := 0; ; k++ {
 		<-ticker.C
-		st.mu.Lock()
+		st.lock()
 		now := mono()
 		for _, c := range st.clients {
 			if c.index%slots == k%slots && !c.silent && !c.closed {
@@ -592,13 +661,13 @@ func (st *state) heartbeats(every time.Duration) {
 				c.lastBeat = now
 			}
 		}
-		st.mu.Unlock()
+		st.unlock()
 	}
 }
 
 func (st *state) closes(timeout float64) map[string]any {
-	st.mu.Lock()
-	defer st.mu.Unlock()
+	st.lock()
+	defer st.unlock()
 	var late []float64
 	codes := map[string]int{}
 	silent, others := 0, 0
@@ -674,8 +743,17 @@ func main() {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	st := &state{byFd: map[int]*client{}, epfd: epfd}
+	sepfd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	// Two threads even when pinned to one CPU: the kernel, not Go's scheduler, decides when
+	// the sampled reader runs (it wakes up ahead of the main loop's long passes).
+	runtime.GOMAXPROCS(max(2, runtime.GOMAXPROCS(0)))
+	st := &state{byFd: map[int]*client{}, epfd: epfd, sampledFd: map[int]*client{}, sepfd: sepfd}
 	go st.readLoop(time.Duration(*pollMs * float64(time.Millisecond)))
+	go st.sampledLoop()
 	started := time.Now()
 	if err := connectAll(u, count, *prefix, max(1, *sources), *first, st); err != nil {
 		fmt.Fprintln(os.Stderr, "loadgen:", err)
@@ -696,7 +774,7 @@ func main() {
 		}
 		switch fields[0] {
 		case "count":
-			st.mu.Lock()
+			st.lock()
 			var total, bad, closed, pings int64
 			lo, hi := int64(-1), int64(0)
 			for _, c := range st.clients {
@@ -711,15 +789,15 @@ func main() {
 				}
 				hi = max(hi, c.received)
 			}
-			last := st.last
-			st.mu.Unlock()
+			last := max(st.last, st.slast)
+			st.unlock()
 			reply(map[string]any{"received": total, "min": max(lo, 0), "max": hi,
 				"closed": closed, "bad": bad, "last": last, "pings": pings})
 		case "latency":
-			st.mu.Lock()
+			st.smu.Lock()
 			samples := st.latencies
 			st.latencies = nil
-			st.mu.Unlock()
+			st.smu.Unlock()
 			sort.Float64s(samples)
 			out := map[string]any{"samples": len(samples)}
 			if len(samples) > 0 {
@@ -754,7 +832,7 @@ func main() {
 			reply(map[string]any{"cpu": cpuSeconds()})
 		case "silent":
 			k, _ := strconv.Atoi(fields[1])
-			st.mu.Lock()
+			st.lock()
 			n := len(st.clients)
 			marked := 0
 			for j := 0; j < k && j < n; j++ {
@@ -764,7 +842,7 @@ func main() {
 					marked++
 				}
 			}
-			st.mu.Unlock()
+			st.unlock()
 			reply(map[string]any{"silent": marked})
 		case "closes":
 			timeout, _ := strconv.ParseFloat(fields[1], 64)
