@@ -94,6 +94,7 @@ type client struct {
 	closedAt float64 // when a close frame arrived
 	code     int     // the close frame's status code
 	pings    int64
+	iAt      int // where "i": was in its last message (a server frames every one alike)
 }
 
 type state struct {
@@ -406,7 +407,12 @@ func number(payload, key []byte) (float64, bool) {
 }
 
 func (st *state) check(c *client, payload []byte, now float64) {
-	if at := bytes.Index(payload, keyI); at >= 0 {
+	at := c.iAt
+	if at+len(keyI) > len(payload) || !bytes.Equal(payload[at:at+len(keyI)], keyI) {
+		at = bytes.Index(payload, keyI) // the first frame, or a frame framed otherwise
+		c.iAt = max(at, 0)
+	}
+	if at >= 0 {
 		var i int64
 		for _, ch := range payload[at+len(keyI):] {
 			if ch < '0' || ch > '9' {
