@@ -11,6 +11,7 @@ crossnode (published on one node, delivered on another through Redis), redishop 
 the Redis hop adds), interest (4 nodes on disjoint rooms: envelopes each node receives), workers
 (`roomcast serve --workers 1` vs `2`: connect and fan-out), scrape (cost of a /metrics scrape
 at 10,000 connections; fan-out CPU with and without scraping); the last two in serving.py;
+hundredk (100,000 idle connections on `roomcast serve --workers 6`, in hundredk.py);
 steady (messages arriving one at a time, server pinned to one core; `--write-delay` adds
 roomcast rows with that window) and saturate (Redis-published broadcasts at rising rates), both
 with the compiled load generator, in compiled.py; historyfanout (history room vs plain room,
@@ -72,6 +73,18 @@ def cpu_seconds(pid: int) -> float:
             total += int((task / "schedstat").read_text().split()[0])
         except (FileNotFoundError, ProcessLookupError):
             pass  # a thread that just ended
+    return total / 1e9
+
+
+def run_delay(pid: int) -> float:
+    """Seconds the threads of `pid` have spent runnable but waiting for a CPU (schedstat's
+    second field): how much other processes on its core held it back."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (FileNotFoundError, ProcessLookupError):
+            pass
     return total / 1e9
 
 
@@ -936,7 +949,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
                     f"  p99<100ms: {row['p99_under_100ms_per_s']:>11,.0f}/s  at the top: "
                     f"p99 {row['p99_ms']:.0f} ms, "
                     f"{row['cpu_ns_per_delivery']:,.0f} ns CPU/delivery, loadgen "
-                    f"{row['loadgen_ns_per_delivery']:,.0f} ns/delivery ({row['loadgen']})"
+                    f"{row['loadgen_ns_per_delivery']:,.0f} ns/delivery ({row['loadgen']}), "
+                    f"server waited {row['server_wait']:.0%} for its CPU"
                 )
             if scenario == "connect":
                 extra = f"  {row['connects_per_s']:>8,.0f} connects/s"
@@ -1045,6 +1059,7 @@ def main() -> None:
     for scenario in args.scenarios:
         single = ("sweep", "burst", "deadline", "encrypted", "crossnode", "redishop", "interest")
         single += ("workers", "scrape", "redisconnect", "historyfanout", "recovery", "historymem")
+        single += ("hundredk", "saturate")
         for kind in servers if scenario not in single else [None]:
             if scenario == "fanout":
                 for count in counts:
@@ -1054,11 +1069,16 @@ def main() -> None:
                 from . import history
 
                 rows += history.run(scenario, rounds, args.quick)
-            elif scenario in ("steady", "saturate"):
+            elif scenario == "steady":
                 from . import compiled
 
                 delays = tuple(float(d) for d in args.write_delay.split(",") if d)
                 rows += compiled.run(scenario, kind, counts, rounds, args.quick, delays)
+            elif scenario == "saturate":
+                from . import compiled
+
+                delays = tuple(float(d) for d in args.write_delay.split(",") if d)
+                rows += compiled.run_saturate(servers, counts, rounds, args.quick, delays)
             elif scenario == "redisfanout":
                 if kind in ("roomcast", "ignis"):  # the servers that speak the Redis envelope
                     for count in counts:
@@ -1114,12 +1134,22 @@ def main() -> None:
                 from .serving import scrape
 
                 rows += scrape(10_000 if not args.quick else 50, 100, rounds, args.quick)
+            elif scenario == "hundredk":
+                from .hundredk import Plan, hundredk
+
+                plan = Plan.quick() if args.quick else Plan(rounds=rounds)
+                plan.rounds = rounds
+                rows.append(hundredk(plan))
     print_table(rows)
     from .history import print_rows as print_history
+    from .hundredk import print_row
     from .serving import print_rows
 
     print_rows(rows)
     print_history(rows)
+    for row in rows:
+        if row["scenario"] == "hundredk":
+            print_row(row)
 
 
 if __name__ == "__main__":

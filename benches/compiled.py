@@ -9,7 +9,9 @@
   twice in a row: one retry); reports per server at 1,000 / 5,000 / 10,000 clients the
   highest rate kept up with, the highest kept up with at p99 < 100 ms, and at the former
   the server's and the load generator's CPU per delivery (Redis and the load generator share
-  CPU 1).
+  CPU 1). The servers take turns sweep by sweep, each sweep on a fresh redis-server, server
+  and load generators; every step records how long server, load generator and Redis waited
+  for their CPU (schedstat's run delay: other jobs on this shared machine).
 
 The load generator is built on demand with `go build` into a cache directory
 (`$XDG_CACHE_HOME/roomcast-benches`, keyed by a hash of its source); without `go`, these
@@ -37,7 +39,9 @@ from .__main__ import (
     LoadGen,
     cpu_seconds,
     emit,
+    http_json,
     redis_server,
+    run_delay,
     server,
     wait_subscribed,
 )
@@ -53,6 +57,7 @@ P99_LIMIT = 0.100
 # latencies it reports include up to this much of its own delay.
 POLL_MS = 10.0
 START_PER_S = 100_000.0  # deliveries/s of a sweep's first step (x1.5 per step)
+SATURATE_HEARTBEAT_TIMEOUT = 3600.0  # s: longer than any sweep
 
 
 def compiled_loadgen() -> Path | None:
@@ -262,87 +267,177 @@ def _pin_redis(url: str) -> int:
     return int(redis_pid)
 
 
-def saturate(
-    kind: str,
-    count: int,
-    rounds: int,
-    step_seconds: float,
-    binary: Path | None,
-    write_delay: float = 0.0,
-) -> dict[str, Any]:
-    """Rising rates of Redis-published broadcasts; the highest step delivered in full with
-    p99 < 100 ms, per sweep, and the median over `rounds` sweeps (roomcast with
-    `write_delay` when given)."""
-    sweeps = []
+@contextmanager
+def _saturate_setup(
+    kind: str, count: int, binary: Path, write_delay: float
+) -> Iterator[tuple[str, int, int, int, list[LoadGen]]]:
+    """A fresh redis-server, server and load generators for one sweep; yields (redis URL,
+    redis pid, server port, server pid, load generators)."""
     cpus = SERVER_CPU if pinnable() else None
     with ExitStack() as stack:
         url = stack.enter_context(redis_server())
         redis_pid = _pin_redis(url)
-        redis_addr = url.removeprefix("redis://")
         extra = ("--write-delay", str(write_delay)) if write_delay else ()
-        port, pid = stack.enter_context(server(kind, 90.0, *extra, redis_url=url, cpus=cpus))
+        # The load generator sends no heartbeats: with the default 90 s, a setup that lives
+        # longer (several sweeps) sees every client closed with 4002 (the loss one earlier
+        # version of this scenario reported).
+        port, pid = stack.enter_context(
+            server(kind, SATURATE_HEARTBEAT_TIMEOUT, *extra, redis_url=url, cpus=cpus)
+        )
         gens = stack.enter_context(fast_clients(port, count, binary, POLL_MS))
         wait_subscribed(url, {"ws:broadcast": 1})
-        base = counts(gens)["received"]
-        for _ in range(rounds):
-            deliveries_per_s = START_PER_S
-            best_p99: dict[str, Any] | None = None
-            best_kept: dict[str, Any] | None = None
-            steps = []
-            retried = False
-            while deliveries_per_s <= 40_000_000:
-                msg_rate = deliveries_per_s / count
-                messages = max(10, int(msg_rate * step_seconds))
-                latency(gens)
-                expected = base + messages * count
-                cpu0, t0 = cpu_seconds(pid), time.perf_counter()
-                lg0 = [cpu_seconds(g.proc.pid) for g in gens]
-                redis0 = cpu_seconds(redis_pid)
-                gens[0].ask(f"rpublish {redis_addr} ws:broadcast {messages} {msg_rate} 100")
-                got = wait_count(gens, expected, step_seconds * 3 + 5)
-                wall = time.perf_counter() - t0
-                cpu = cpu_seconds(pid) - cpu0
-                lg = sum(cpu_seconds(g.proc.pid) - c for g, c in zip(gens, lg0, strict=True))
-                redis_cpu = cpu_seconds(redis_pid) - redis0
-                p50, p99, _ = latency(gens)
-                complete = got["received"] == expected and got["bad"] == 0
-                # Kept up: everything delivered within the step plus a little (no backlog).
-                kept_up = complete and wall <= step_seconds * 1.25 + 0.5
-                delivered = messages * count
-                step: dict[str, Any] = {
-                    "offered_per_s": deliveries_per_s,
-                    "delivered_per_s": delivered / max(wall, 1e-9),
-                    "cpu_ns_per_delivery": cpu / delivered * 1e9,
-                    "server_util": cpu / wall,
-                    "loadgen_ns_per_delivery": lg / delivered * 1e9,
-                    "loadgen_util": lg / wall,
-                    "redis_util": redis_cpu / wall,
-                    "p50_ms": p50 * 1000,
-                    "p99_ms": p99 * 1000,
-                    "kept_up": kept_up,
+        yield url, redis_pid, port, pid, gens
+
+
+def _numsub(url: str, channel: str) -> int:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        return int(dict(client.pubsub_numsub(channel)).get(channel.encode(), 0))
+    finally:
+        client.close()
+
+
+def _sweep(
+    kind: str, count: int, step_seconds: float, binary: Path, write_delay: float
+) -> dict[str, Any]:
+    """One sweep on a fresh setup: rising rates until a step is not kept up with twice in a
+    row (or messages are lost)."""
+    with _saturate_setup(kind, count, binary, write_delay) as setup:
+        return _sweep_on(kind, count, step_seconds, *setup)
+
+
+def _sweep_on(
+    kind: str,
+    count: int,
+    step_seconds: float,
+    url: str,
+    redis_pid: int,
+    port: int,
+    pid: int,
+    gens: list[LoadGen],
+) -> dict[str, Any]:
+    """One sweep on the setup given (see _saturate_setup)."""
+    redis_addr = url.removeprefix("redis://")
+    base = counts(gens)["received"]
+    deliveries_per_s = START_PER_S
+    best_p99: dict[str, Any] | None = None
+    best_kept: dict[str, Any] | None = None
+    steps = []
+    retried = False
+    while deliveries_per_s <= 40_000_000:
+        msg_rate = deliveries_per_s / count
+        messages = max(10, int(msg_rate * step_seconds))
+        latency(gens)
+        expected = base + messages * count
+        cpu0, t0 = cpu_seconds(pid), time.perf_counter()
+        lg0 = [cpu_seconds(g.proc.pid) for g in gens]
+        redis0 = cpu_seconds(redis_pid)
+        waits0 = [run_delay(p) for p in (pid, gens[0].proc.pid, redis_pid)]
+        gens[0].ask(f"rpublish {redis_addr} ws:broadcast {messages} {msg_rate} 100")
+        got = wait_count(gens, expected, step_seconds * 3 + 5)
+        wall = time.perf_counter() - t0
+        cpu = cpu_seconds(pid) - cpu0
+        lg = sum(cpu_seconds(g.proc.pid) - c for g, c in zip(gens, lg0, strict=True))
+        redis_cpu = cpu_seconds(redis_pid) - redis0
+        waits = [
+            (run_delay(p) - w) / wall
+            for p, w in zip((pid, gens[0].proc.pid, redis_pid), waits0, strict=True)
+        ]
+        p50, p99, _ = latency(gens)
+        complete = got["received"] == expected and got["bad"] == 0
+        # Kept up: everything delivered within the step plus a little (no backlog).
+        kept_up = complete and wall <= step_seconds * 1.25 + 0.5
+        delivered = messages * count
+        step: dict[str, Any] = {
+            "offered_per_s": deliveries_per_s,
+            "delivered_per_s": delivered / max(wall, 1e-9),
+            "cpu_ns_per_delivery": cpu / delivered * 1e9,
+            "server_util": cpu / wall,
+            "loadgen_ns_per_delivery": lg / delivered * 1e9,
+            "loadgen_util": lg / wall,
+            "redis_util": redis_cpu / wall,
+            # Share of the step each one spent runnable, waiting for its CPU (other
+            # processes on its core: on this shared machine, other engineers' jobs).
+            "server_wait": waits[0],
+            "loadgen_wait": waits[1],
+            "redis_wait": waits[2],
+            "p50_ms": p50 * 1000,
+            "p99_ms": p99 * 1000,
+            "kept_up": kept_up,
+        }
+        steps.append(step)
+        if not kept_up:
+            base = wait_quiet(gens, quiet=2.0, timeout=120.0)
+            final = counts(gens)
+            if final["bad"]:
+                raise RuntimeError(f"{kind}: duplicated or reordered at {step}")
+            if final["closed"]:
+                raise RuntimeError(f"{kind}: {final['closed']} clients closed at {step}")
+            if base != expected:
+                # Lost. Say where: every client short by the same number means envelopes
+                # never reached the server (or it dropped them all); an uneven shortfall
+                # means per-client drops (a client past the backpressure limit).
+                step["lost"] = expected - base
+                step["lost_where"] = {
+                    "min_per_client": final["min"],
+                    "max_per_client": final["max"],
+                    "closed_clients": final["closed"],
+                    "uneven_by": final["max"] - final["min"],
+                    "subscribers_now": _numsub(url, "ws:broadcast"),
                 }
-                steps.append(step)
-                if not kept_up:
-                    base = wait_quiet(gens)
-                    if counts(gens)["bad"]:
-                        raise RuntimeError(f"{kind}: duplicated or reordered at {step}")
-                    if base != expected:
-                        # Lost: roomcast's broker rebuilds its Redis session when its watchdog
-                        # probe is stuck behind the backlog (at-most-once). The sweep ends.
-                        step["lost"] = expected - base
-                        wait_subscribed(url, {"ws:broadcast": 1})
-                        break
-                    if retried:
-                        break
-                    retried = True  # one retry: a transient stall on this shared machine
-                    continue
-                retried = False
-                base = expected
-                best_kept = step
-                if p99 < P99_LIMIT:
-                    best_p99 = step
-                deliveries_per_s *= 1.5
-            sweeps.append({"p99": best_p99, "kept": best_kept, "failed_at": steps[-1]})
+                break
+            if retried:
+                break
+            retried = True  # one retry: a transient stall on this shared machine
+            continue
+        retried = False
+        base = expected
+        best_kept = step
+        if p99 < P99_LIMIT:
+            best_p99 = step
+        deliveries_per_s *= 1.5
+    rebuilds = None
+    if kind == "roomcast":  # its Redis session rebuilt by the watchdog during the sweep
+        rebuilds = http_json(port, "/stats").get("broker_watchdog_rebuilds")
+    return {
+        "p99": best_p99,
+        "kept": best_kept,
+        "failed_at": steps[-1],
+        "steps": steps,
+        "watchdog_rebuilds": rebuilds,
+    }
+
+
+def saturate(
+    kinds: list[str],
+    count: int,
+    rounds: int,
+    step_seconds: float,
+    binary: Path,
+    write_delay: float = 0.0,
+) -> list[dict[str, Any]]:
+    """Rising rates of Redis-published broadcasts, `rounds` sweeps per server, the servers
+    taking turns sweep by sweep (each sweep on a fresh redis-server, server and load
+    generators), so that the load other jobs put on this shared machine falls on both alike.
+    Per server: the highest step kept up with and the highest with p99 < 100 ms, medians
+    over the sweeps (roomcast with `write_delay` when given)."""
+    per_kind: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
+    for _ in range(rounds):
+        for kind in kinds:
+            delay = write_delay if kind == "roomcast" else 0.0
+            per_kind[kind].append(_sweep(kind, count, step_seconds, binary, delay))
+    return [
+        _saturate_row(kind, count, rounds, sweeps, write_delay if kind == "roomcast" else 0.0)
+        for kind, sweeps in per_kind.items()
+    ]
+
+
+def _saturate_row(
+    kind: str, count: int, rounds: int, sweeps: list[dict[str, Any]], write_delay: float
+) -> dict[str, Any]:
+    cpus = SERVER_CPU if pinnable() else None
     under_p99 = [s["p99"]["offered_per_s"] if s["p99"] else 0.0 for s in sweeps]
     kept = [s["kept"]["offered_per_s"] if s["kept"] else 0.0 for s in sweeps]
     kept_steps = [s["kept"] for s in sweeps if s["kept"]]
@@ -362,14 +457,22 @@ def saturate(
             "p99_under_100ms_per_s_sweeps": under_p99,
             # At the highest rate kept up:
             "cpu_ns_per_delivery": med("cpu_ns_per_delivery"),
+            # What one core would sustain if the server had it to itself (1 / CPU per
+            # delivery at the top step): the capacity figure other jobs cannot distort.
+            "per_core_second": 1e9 / med("cpu_ns_per_delivery") if kept_steps else 0.0,
             "server_util": med("server_util"),
-            "loadgen": "compiled" if binary is not None else "python",
+            "server_wait": med("server_wait"),
+            "loadgen": "compiled",
             "loadgen_ns_per_delivery": med("loadgen_ns_per_delivery"),
             "loadgen_util": med("loadgen_util"),
+            "loadgen_wait": med("loadgen_wait"),
             "redis_util": med("redis_util"),
             "p50_ms": med("p50_ms"),
             "p99_ms": med("p99_ms"),
             "failed_at": [s["failed_at"] for s in sweeps],
+            "steps": [s["steps"] for s in sweeps],
+            "watchdog_rebuilds": [s["watchdog_rebuilds"] for s in sweeps],
+            "lost": [s["failed_at"].get("lost", 0) for s in sweeps],
             "saturated": "server" if med("server_util") >= SATURATED else "-",
             "pinned": cpus is not None,
         }
@@ -398,12 +501,26 @@ def run(
             count = 1000 if not quick else counts[0]
             rooms = [f"room-{i}" for i in range(10)]
             rows.append(steady(kind, count, 200.0, seconds, rounds, rooms, binary, delay))
-    elif scenario == "saturate":
-        if binary is None:
-            print("note: skipping saturate (it needs the compiled load generator)", flush=True)
-        elif kind in ("roomcast", "ignis"):  # the servers that speak the Redis envelope
-            for delay in (0.0, *write_delays) if kind == "roomcast" else (0.0,):
-                for count in counts:
-                    step = 0.3 if quick else 2.0
-                    rows.append(saturate(kind, count, rounds, step, binary, delay))
+    return rows
+
+
+def run_saturate(
+    servers: list[str],
+    counts: list[int],
+    rounds: int,
+    quick: bool,
+    write_delays: tuple[float, ...] = (),
+) -> list[dict]:
+    """`saturate` for every server that speaks the Redis envelope, sweeps interleaved."""
+    binary = compiled_loadgen()
+    if binary is None:
+        print("note: skipping saturate (it needs the compiled load generator)", flush=True)
+        return []
+    kinds = [kind for kind in servers if kind in ("roomcast", "ignis")]
+    rows = []
+    for delay in (0.0, *write_delays):
+        for count in counts:
+            step = 0.3 if quick else 2.0
+            chosen = kinds if not delay else [k for k in kinds if k == "roomcast"]
+            rows += saturate(chosen, count, rounds, step, binary, delay)
     return rows

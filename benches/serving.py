@@ -36,13 +36,16 @@ APP = "benches.serving_app:app"
 
 
 @contextmanager
-def roomcast_serve(workers: int, redis_url: str, *extra: str) -> Iterator[tuple[int, list[int]]]:
+def roomcast_serve(
+    workers: int, redis_url: str, *extra: str, heartbeat_timeout_ms: int = 600_000
+) -> Iterator[tuple[int, list[int]]]:
     """`roomcast serve --workers N` on a free port; yields (port, pids of the serving
     processes: the workers, or the one process)."""
     port = free_port()
     command = [sys.executable, "-m", "roomcast", "serve", "--port", str(port)]
     command += ["--workers", str(workers), "--redis-url", redis_url, "--app", APP]
-    command += ["--log-level", "error", "--heartbeat-timeout-ms", "600000", *extra]
+    command += ["--log-level", "error", "--heartbeat-timeout-ms", str(heartbeat_timeout_ms)]
+    command += extra
     proc = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=HERE.parent
     )

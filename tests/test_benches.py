@@ -121,3 +121,21 @@ def test_history_benches_complete_exactly_once_with_the_compiled_load_generator(
     assert all(r["exact"] for r in recovery)
     memory = [r for r in rows if r["scenario"] == "historymem"]
     assert len(memory) == 2 and all(r["stream_bytes"] > 0 for r in memory)
+
+
+def test_hundredk_bench_smoke_connects_all_and_closes_only_the_silent_with_4002():
+    if shutil.which("go") is None or shutil.which("redis-server") is None:
+        pytest.skip("needs go (the compiled load generator) and redis-server")
+    result = subprocess.run(
+        [sys.executable, "-m", "benches", "hundredk", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    [row] = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert row["scenario"] == "hundredk"
+    assert row["connect_errors"] == 0 and row["connected"] == row["clients"]
+    assert sum(row["fds_per_worker"]) > row["clients"]  # every worker took its share
+    assert row["silent_close_codes"] == {"4002": row["silent"]} and row["others_closed"] == 0

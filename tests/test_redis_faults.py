@@ -11,8 +11,10 @@ from redis_support import (  # redis_parser: a fixture, tests with it run on bot
     FreezingProxy,
     free_port,
     node,
+    raw_redis,
     redis_parser,  # noqa: F401
     settle,
+    wait_numsub,
 )
 from roomcast import BrokerUnavailable, RedisHelper, WebSocketEmitter, WebSocketServerHelper
 from support import authed, eventually, nothing_more, recv, run, send, token_auth
@@ -193,6 +195,42 @@ def test_watchdog_rebuilds_a_subscriber_that_silently_stopped_receiving(redis_se
     with caplog.at_level(logging.INFO, logger="roomcast.redis"):
         run(body())
     assert any("stopped receiving" in r.getMessage() for r in caplog.records)
+
+
+def test_watchdog_leaves_a_subscriber_that_is_behind_but_receiving(redis_server, caplog):
+    """A subscriber behind by more than the watchdog interval (its probe waits in Redis'
+    output buffer behind a backlog) is alive: no rebuild, which would throw the backlog
+    away, and every message arrives."""
+    sent = 1500
+    pad = "x" * 2000  # a backlog of many socket reads, so the loop runs between them
+
+    async def body():
+        broker = redis_at(redis_server.port, watchdog_interval=0.2).create_broker()
+        got: list[bytes] = []
+
+        def slow(channel: str, data: bytes) -> None:
+            time.sleep(0.002)  # a consumer far slower than the publisher: ~3 s of backlog
+            got.append(data)
+
+        await broker.start(slow)
+        try:
+            broker.interest("flood", True)
+            await broker.sync(timeout=5)
+            async with raw_redis(redis_server.port) as client:
+                await wait_numsub(client, "flood", 1)
+                async with client.pipeline(transaction=False) as pipe:
+                    for i in range(sent):
+                        pipe.publish("flood", f"{i}:{pad}")
+                    await pipe.execute()
+            await eventually(lambda: len(got) == sent, timeout=30)
+            assert got == [f"{i}:{pad}".encode() for i in range(sent)]
+            assert broker.stats()["watchdog_rebuilds"] == 0
+        finally:
+            await broker.close()
+
+    with caplog.at_level(logging.INFO, logger="roomcast.redis"):
+        run(body(), timeout=60)
+    assert not any("stopped receiving" in r.getMessage() for r in caplog.records)
 
 
 def test_publish_buffer_limit_drops_instead_of_growing(redis_server, caplog):

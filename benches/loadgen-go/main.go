@@ -2,10 +2,10 @@
 // clients in one process, read by a single epoll loop into one large buffer, so that a
 // delivery costs the load generator far less than it costs the server.
 //
-//	loadgen [-token-prefix P] [-sources K] [-poll-ms MS] URL COUNT
+//	loadgen [-token-prefix P] [-sources K] [-source-first F] [-poll-ms MS] [-heartbeat S] URL COUNT
 //
 // It connects COUNT clients (source addresses spread over 127.0.0.10 .. 127.0.0.(9+K) when
-// K > 1), authenticates each with {"event":"authenticate","data":{"type":"Bearer","token":
+// K > 1, or over 127.0.0.F .. 127.0.0.(F+K-1) when F > 0), authenticates each with {"event":"authenticate","data":{"type":"Bearer","token":
 // P<i>}} and waits for its `connected`, prints {"ready": n, "seconds": s}, then answers one
 // JSON line per stdin command, the same protocol as benches/loadgen.py:
 //
@@ -23,13 +23,24 @@
 //	                               or PUBLISHed already numbered as the script would (SHA
 //	                               "=": offsets counted here per room, epoch "numbered")
 //	cpu                            {"cpu": seconds of CPU this process used}
+//	silent K                       K clients, evenly spread, stop sending heartbeats (they
+//	                               still answer pings, as a browser does)
+//	closes T                       the silent clients' closes: {"silent","closed","codes",
+//	                               "late_min","late_p50","late_p99","late_max","late_over_1s"},
+//	                               lateness after (last heartbeat sent
+//	                               + T seconds); "others_closed" counts the rest
 //	quit
 //
 // Every message it sends carries "i" (a sequence number, increasing across commands) and
 // "t" (CLOCK_MONOTONIC seconds, the clock of Python's perf_counter). A client that sees an
 // "i" not above the last one it saw counts it as `bad` (a duplicate or a reordering), so
 // count == expected per client and bad == 0 prove every client got every message exactly
-// once. Latency is timed on the messages of every 100th client (from "t").
+// once. Latency is timed on the messages of every 100th client (from "t"), which a reader
+// thread of their own reads as soon as anything arrives (with -poll-ms, the main loop reads
+// every other client between pauses: the pause and its pass over thousands of sockets are
+// the load generator's delay, not the server's, and stay out of the latencies). With -heartbeat S,
+// every client sends {"event":"heartbeat"} every S seconds, the clients spread evenly over
+// the period; `count` then also reports the pings received.
 //
 // With -recover ROOM it measures recovery instead (recover.go): each `round` command
 // connects COUNT fresh clients at once, each joins ROOM asking to recover from a position,
@@ -89,15 +100,36 @@ type client struct {
 	closed   bool
 	sampled  bool
 	inFrag   bool
+	silent   bool
+	lastBeat float64 // when it last sent a heartbeat (or authenticated)
+	closedAt float64 // when a close frame arrived
+	code     int     // the close frame's status code
+	pings    int64
+	iAt      int // where "i": was in its last message (a server frames every one alike)
 }
 
 type state struct {
-	mu        sync.Mutex
+	mu        sync.Mutex // the main loop's clients (every one not sampled), clients, byFd, last
 	clients   []*client
 	byFd      map[int]*client
-	latencies []float64
 	last      float64
 	epfd      int
+	smu       sync.Mutex // the sampled clients', sampledFd, latencies, slast
+	sampledFd map[int]*client
+	latencies []float64
+	slast     float64
+	sepfd     int
+}
+
+// lock takes both locks (commands that look at every client).
+func (st *state) lock() {
+	st.mu.Lock()
+	st.smu.Lock()
+}
+
+func (st *state) unlock() {
+	st.smu.Unlock()
+	st.mu.Unlock()
 }
 
 // -- connecting ------------------------------------------------------------------------------
@@ -282,7 +314,7 @@ func detach(conn net.Conn) (int, error) {
 	return fd, nil
 }
 
-func connectAll(u *url.URL, count int, prefix string, sources int, st *state) error {
+func connectAll(u *url.URL, count int, prefix string, sources, first int, st *state) error {
 	type result struct {
 		c     *client
 		carry []byte
@@ -293,7 +325,9 @@ func connectAll(u *url.URL, count int, prefix string, sources int, st *state) er
 	perSource := (count + sources - 1) / sources
 	for i := 0; i < count; i++ {
 		var source net.IP
-		if sources > 1 {
+		if first > 0 {
+			source = net.IPv4(127, 0, 0, byte(first+i/perSource))
+		} else if sources > 1 {
 			source = net.IPv4(127, 0, 0, byte(10+i/perSource))
 		}
 		sem <- struct{}{}
@@ -304,7 +338,8 @@ func connectAll(u *url.URL, count int, prefix string, sources int, st *state) er
 				results <- result{err: fmt.Errorf("client %d: %w", i, err)}
 				return
 			}
-			results <- result{c: &client{index: i, fd: fd, lastI: -1, sampled: i%sampleEvery == 0}, carry: carry}
+			results <- result{c: &client{index: i, fd: fd, lastI: -1, sampled: i%sampleEvery == 0,
+				lastBeat: mono()}, carry: carry}
 		}(i, source)
 	}
 	var firstErr error
@@ -316,15 +351,21 @@ func connectAll(u *url.URL, count int, prefix string, sources int, st *state) er
 			}
 			continue
 		}
-		st.mu.Lock()
+		st.lock()
 		st.clients = append(st.clients, r.c)
-		st.byFd[r.c.fd] = r.c
+		epfd := st.epfd
+		if r.c.sampled {
+			st.sampledFd[r.c.fd] = r.c
+			epfd = st.sepfd
+		} else {
+			st.byFd[r.c.fd] = r.c
+		}
 		if len(r.carry) > 0 {
 			st.consume(r.c, r.carry, mono())
 		}
-		st.mu.Unlock()
+		st.unlock()
 		ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP, Fd: int32(r.c.fd)}
-		if err := syscall.EpollCtl(st.epfd, syscall.EPOLL_CTL_ADD, r.c.fd, &ev); err != nil {
+		if err := syscall.EpollCtl(epfd, syscall.EPOLL_CTL_ADD, r.c.fd, &ev); err != nil {
 			return err
 		}
 	}
@@ -334,7 +375,8 @@ func connectAll(u *url.URL, count int, prefix string, sources int, st *state) er
 
 // -- reading -----------------------------------------------------------------------------------
 
-// consume parses every whole frame in data for c (under st.mu); an incomplete tail is kept.
+// consume parses every whole frame in data for c (under st.mu, or st.smu for a sampled
+// client); an incomplete tail is kept.
 func (st *state) consume(c *client, data []byte, now float64) {
 	if len(c.carry) > 0 {
 		c.carry = append(c.carry, data...)
@@ -357,8 +399,15 @@ func (st *state) consume(c *client, data []byte, now float64) {
 			c.received++
 			st.check(c, payload, now)
 		case 8:
+			if !c.closed {
+				c.closedAt = now
+				if len(payload) >= 2 {
+					c.code = int(payload[0])<<8 | int(payload[1])
+				}
+			}
 			c.closed = true
 		case 9:
+			c.pings++
 			writeAll(c.fd, maskedFrame(10, payload))
 		}
 	}
@@ -389,7 +438,12 @@ func number(payload, key []byte) (float64, bool) {
 }
 
 func (st *state) check(c *client, payload []byte, now float64) {
-	if at := bytes.Index(payload, keyI); at >= 0 {
+	at := c.iAt
+	if at+len(keyI) > len(payload) || !bytes.Equal(payload[at:at+len(keyI)], keyI) {
+		at = bytes.Index(payload, keyI) // the first frame, or a frame framed otherwise
+		c.iAt = max(at, 0)
+	}
+	if at >= 0 {
 		var i int64
 		for _, ch := range payload[at+len(keyI):] {
 			if ch < '0' || ch > '9' {
@@ -461,6 +515,50 @@ func (st *state) readLoop(pollEvery time.Duration) {
 			st.last = mono()
 		}
 		st.mu.Unlock()
+	}
+}
+
+// sampledLoop reads the sampled clients as soon as anything arrives, each read timed on its
+// own (they are 1 % of the clients).
+func (st *state) sampledLoop() {
+	runtime.LockOSThread()
+	buf := make([]byte, 1<<16)
+	events := make([]syscall.EpollEvent, 256)
+	for {
+		n, err := syscall.EpollWait(st.sepfd, events, 100)
+		if err != nil {
+			if errors.Is(err, syscall.EINTR) {
+				continue
+			}
+			panic(err)
+		}
+		st.smu.Lock()
+		for _, ev := range events[:max(n, 0)] {
+			c := st.sampledFd[int(ev.Fd)]
+			if c == nil {
+				continue
+			}
+			for {
+				m, err := syscall.Read(c.fd, buf)
+				if m > 0 {
+					now := mono()
+					before := c.received
+					st.consume(c, buf[:m], now)
+					if c.received != before {
+						st.slast = now
+					}
+				}
+				if m == len(buf) {
+					continue
+				}
+				if m == 0 || (err != nil && err != syscall.EAGAIN && err != syscall.EINTR) {
+					c.closed = true
+					syscall.EpollCtl(st.sepfd, syscall.EPOLL_CTL_DEL, c.fd, nil)
+				}
+				break
+			}
+		}
+		st.smu.Unlock()
 	}
 }
 
@@ -647,6 +745,65 @@ func publishRoom(addr string, rooms []string, n int, rate float64, size int, sha
 	return firstErr
 }
 
+// heartbeats sends every client that is not silent a heartbeat every `every`, in slots of
+// 100 ms: client i in slot i % slots.
+func (st *state) heartbeats(every time.Duration) {
+	const tick = 100 * time.Millisecond
+	slots := max(1, int(every/tick))
+	frame := maskedFrame(1, []byte(`{"event":"heartbeat"}`))
+	ticker := time.NewTicker(tick)
+	for k := 0; ; k++ {
+		<-ticker.C
+		st.lock()
+		now := mono()
+		for _, c := range st.clients {
+			if c.index%slots == k%slots && !c.silent && !c.closed {
+				writeAll(c.fd, frame)
+				c.lastBeat = now
+			}
+		}
+		st.unlock()
+	}
+}
+
+func (st *state) closes(timeout float64) map[string]any {
+	st.lock()
+	defer st.unlock()
+	var late []float64
+	codes := map[string]int{}
+	silent, others := 0, 0
+	for _, c := range st.clients {
+		if !c.silent {
+			if c.closed {
+				others++
+			}
+			continue
+		}
+		silent++
+		if c.closed {
+			codes[strconv.Itoa(c.code)]++
+			late = append(late, c.closedAt-(c.lastBeat+timeout))
+		}
+	}
+	out := map[string]any{"silent": silent, "closed": len(late), "codes": codes,
+		"others_closed": others}
+	if len(late) > 0 {
+		sort.Float64s(late)
+		out["late_min"] = late[0]
+		out["late_p50"] = late[len(late)/2]
+		out["late_p99"] = late[min(len(late)-1, len(late)*99/100)]
+		out["late_max"] = late[len(late)-1]
+		over := 0
+		for _, l := range late {
+			if l > 1.0 {
+				over++
+			}
+		}
+		out["late_over_1s"] = over
+	}
+	return out
+}
+
 // -- commands ----------------------------------------------------------------------------------
 
 func cpuSeconds() float64 {
@@ -665,6 +822,8 @@ func main() {
 	sources := flag.Int("sources", 1, "spread clients over this many 127.0.0.x source addresses")
 	pollMs := flag.Float64("poll-ms", 0, "wait this long between read passes (0: read at once)")
 	recoverRoom := flag.String("recover", "", "measure recovery on this room (see recover.go)")
+	first := flag.Int("source-first", 0, "bind clients to 127.0.0.F onwards (0: see -sources)")
+	beat := flag.Float64("heartbeat", 0, "seconds between each client's heartbeats (0: none)")
 	flag.Parse()
 	if flag.NArg() != 2 {
 		fmt.Fprintln(os.Stderr, "usage: loadgen URL COUNT [-token-prefix P] [-sources K]")
@@ -690,16 +849,28 @@ func main() {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	st := &state{byFd: map[int]*client{}, epfd: epfd}
+	sepfd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	// Two threads even when pinned to one CPU: the kernel, not Go's scheduler, decides when
+	// the sampled reader runs (it wakes up ahead of the main loop's long passes).
+	runtime.GOMAXPROCS(max(2, runtime.GOMAXPROCS(0)))
+	st := &state{byFd: map[int]*client{}, epfd: epfd, sampledFd: map[int]*client{}, sepfd: sepfd}
 	go st.readLoop(time.Duration(*pollMs * float64(time.Millisecond)))
+	go st.sampledLoop()
 	started := time.Now()
-	if err := connectAll(u, count, *prefix, max(1, *sources), st); err != nil {
+	if err := connectAll(u, count, *prefix, max(1, *sources), *first, st); err != nil {
 		fmt.Fprintln(os.Stderr, "loadgen:", err)
 	}
 	st.mu.Lock()
 	ready := len(st.clients)
 	st.mu.Unlock()
 	reply(map[string]any{"ready": ready, "seconds": time.Since(started).Seconds()})
+	if *beat > 0 {
+		go st.heartbeats(time.Duration(*beat * float64(time.Second)))
+	}
 
 	in := bufio.NewScanner(os.Stdin)
 	for in.Scan() {
@@ -709,12 +880,13 @@ func main() {
 		}
 		switch fields[0] {
 		case "count":
-			st.mu.Lock()
-			var total, bad, closed int64
+			st.lock()
+			var total, bad, closed, pings int64
 			lo, hi := int64(-1), int64(0)
 			for _, c := range st.clients {
 				total += c.received
 				bad += c.bad
+				pings += c.pings
 				if c.closed {
 					closed++
 				}
@@ -723,15 +895,15 @@ func main() {
 				}
 				hi = max(hi, c.received)
 			}
-			last := st.last
-			st.mu.Unlock()
+			last := max(st.last, st.slast)
+			st.unlock()
 			reply(map[string]any{"received": total, "min": max(lo, 0), "max": hi,
-				"closed": closed, "bad": bad, "last": last})
+				"closed": closed, "bad": bad, "last": last, "pings": pings})
 		case "latency":
-			st.mu.Lock()
+			st.smu.Lock()
 			samples := st.latencies
 			st.latencies = nil
-			st.mu.Unlock()
+			st.smu.Unlock()
 			sort.Float64s(samples)
 			out := map[string]any{"samples": len(samples)}
 			if len(samples) > 0 {
@@ -770,6 +942,23 @@ func main() {
 			reply(map[string]any{"sent": n, "error": errString(err)})
 		case "cpu":
 			reply(map[string]any{"cpu": cpuSeconds()})
+		case "silent":
+			k, _ := strconv.Atoi(fields[1])
+			st.lock()
+			n := len(st.clients)
+			marked := 0
+			for j := 0; j < k && j < n; j++ {
+				c := st.clients[j*n/k]
+				if !c.silent {
+					c.silent = true
+					marked++
+				}
+			}
+			st.unlock()
+			reply(map[string]any{"silent": marked})
+		case "closes":
+			timeout, _ := strconv.ParseFloat(fields[1], 64)
+			reply(st.closes(timeout))
 		default:
 			reply(map[string]any{"error": "unknown command: " + fields[0]})
 		}

@@ -52,6 +52,8 @@ class Shard:
         self.probe_bytes = b""
         self.probe_sent: float | None = None  # loop time of the unanswered probe's ack
         self.probe_pending = False
+        # Messages the subscriber has delivered (the watchdog tells "behind" from "dead").
+        self.progress = 0
         # Publisher queue: packed command, optional future for the reply.
         self.queue: deque[tuple[bytes, asyncio.Future[Any] | None]] = deque()
         self.queued_bytes = 0
@@ -299,6 +301,7 @@ class Session:
                     shard.probe_pending = False
                     shard.probe_sent = None
                     continue
+                shard.progress += 1
                 stats["received"] += 1
                 if on_message is None:
                     continue

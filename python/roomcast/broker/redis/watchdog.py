@@ -2,8 +2,11 @@
 
 Every interval each shard's probe channel (one only this node subscribes to) is published to;
 the publish's acknowledgement starts a clock, and the probe must come back through the
-subscriber within another interval or the session is failed (and rebuilt). A publisher alone
-(the emitter) is only PINGed, so a lost connection is noticed while idle.
+subscriber within another interval or the session is failed (and rebuilt), unless other
+messages kept arriving on that subscriber over the last interval: then it is behind (the
+probe waits in Redis' output buffer behind a backlog), not dead, and rebuilding it would only
+throw the backlog away. A publisher alone (the emitter) is only PINGed, so a lost connection
+is noticed while idle.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ class Watchdog:
         self.stats = stats
         self.session: Session | None = None
         self._handle: asyncio.TimerHandle | None = None
+        # Each shard's message count at the last tick (by address: a rebuilt session's
+        # shards start again from 0, which counts as movement once).
+        self._progress: dict[str, int] = {}
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start ticking (once; later calls do nothing)."""
@@ -52,13 +58,17 @@ class Watchdog:
                     shard.enqueue(PING)
             return
         now = loop.time()
+        progress = self._progress
         for shard in session.shards:
+            moved = progress.get(shard.address) != shard.progress
+            progress[shard.address] = shard.progress
             if shard.probe_pending:
-                if shard.probe_sent is not None and now - shard.probe_sent >= self.interval:
+                sent = shard.probe_sent
+                if sent is not None and now - sent >= self.interval and not moved:
                     self.stats["watchdog_rebuilds"] += 1
                     session.fail(
                         f"subscriber {shard.address} stopped receiving "
-                        f"(probe not back after {now - shard.probe_sent:.1f} s)"
+                        f"(probe not back after {now - sent:.1f} s)"
                     )
                     return
                 continue  # waiting for the publish of the probe to be acknowledged
