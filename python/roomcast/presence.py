@@ -8,6 +8,7 @@ import inspect
 import logging
 from typing import Any
 
+from .aio import stop_task
 from .base import Callback, HelperBase
 from .broker.redis.presence import RedisPresence
 from .callbacks import check_callback
@@ -85,12 +86,7 @@ class Presence(HelperBase):
     async def _close_presence(self) -> None:
         """Stop refreshing and take this node's members out of presence (best effort)."""
         task, self._presence_task = self._presence_task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await stop_task(task)
         remote, self._presence_remote = self._presence_remote, None
         if remote is not None:
             try:

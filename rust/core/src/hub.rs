@@ -14,7 +14,7 @@ use crate::deadline::{Clocks, Due, Expiry, Timeouts};
 use crate::exclude::Exclude;
 use crate::frame::Frame;
 use crate::history::{self, RoomHistory};
-use crate::ids::{ClientId, Handle};
+use crate::ids::{ClientId, Handle, RoomId};
 use crate::interest::{InterestKind, InterestLog};
 use crate::rooms::{ConnRooms, Moved, Rooms};
 use crate::users::{UserLink, Users};
@@ -670,13 +670,16 @@ impl<S> Hub<S> {
     }
 
     pub fn in_room(&self, handle: Handle, room: &str) -> bool {
-        let Some(conn) = live(&self.slots, handle) else {
-            return false;
-        };
-        self.rooms.id(room).is_some_and(|id| {
-            self.rooms
-                .contains(handle.slot(), conn.rooms.as_slice(), id)
-        })
+        self.member_room(handle, room).is_some()
+    }
+
+    /// The id of `room` when `handle` is a live connection and a member of it.
+    fn member_room(&self, handle: Handle, room: &str) -> Option<RoomId> {
+        let conn = live(&self.slots, handle)?;
+        let id = self.rooms.id(room)?;
+        self.rooms
+            .contains(handle.slot(), conn.rooms.as_slice(), id)
+            .then_some(id)
     }
 
     pub fn has_room(&self, room: &str) -> bool {
@@ -801,14 +804,7 @@ impl<S> Hub<S> {
 
     /// The member's history state in `room` (created on demand) when it is a member.
     fn member_history(&mut self, handle: Handle, room: &str) -> Option<&mut RoomHistory> {
-        let conn = live(&self.slots, handle)?;
-        let id = self.rooms.id(room)?;
-        if !self
-            .rooms
-            .contains(handle.slot(), conn.rooms.as_slice(), id)
-        {
-            return None;
-        }
+        let id = self.member_room(handle, room)?;
         self.rooms.with_history(id).map(|(_, history)| history)
     }
 
@@ -829,14 +825,7 @@ impl<S> Hub<S> {
 
     /// Offset of the first live message held for the member in `room`.
     pub fn held_first(&self, handle: Handle, room: &str) -> Option<u64> {
-        let conn = live(&self.slots, handle)?;
-        let id = self.rooms.id(room)?;
-        if !self
-            .rooms
-            .contains(handle.slot(), conn.rooms.as_slice(), id)
-        {
-            return None;
-        }
+        let id = self.member_room(handle, room)?;
         self.rooms.history(id)?.first_held(handle.slot())
     }
 

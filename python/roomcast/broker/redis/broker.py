@@ -25,6 +25,7 @@ from typing import Any
 
 from redis.exceptions import AuthenticationError, AuthorizationError
 
+from ...aio import stop_task
 from ...constants import WebSocketChannels
 from ..protocol import BrokerState, BrokerUnavailable, OnMessage
 from .cluster import discover, probe_channel
@@ -242,13 +243,8 @@ class RedisBroker:
         self._state = _CLOSED
         self._interest.close()
         self._watchdog.stop()
-        if self._supervisor is not None:
-            self._supervisor.cancel()
-            try:
-                await self._supervisor
-            except asyncio.CancelledError:
-                pass
-            self._supervisor = None
+        await stop_task(self._supervisor)
+        self._supervisor = None
         session, self._session = self._session, None
         self._interest.session = self._watchdog.session = None
         if session is not None:

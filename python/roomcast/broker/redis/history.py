@@ -22,6 +22,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 
+from ...aio import stop_task
 from ..history import new_epoch
 from .target import RedisTarget
 
@@ -320,12 +321,7 @@ class RedisHistory:
 
     async def close(self) -> None:
         for task in (self._writer, self._beside):
-            if task is not None:
-                task.cancel()
-                try:
-                    await task
-                except asyncio.CancelledError:
-                    pass
+            await stop_task(task)
         self._writer = self._beside = None
         while not self._queue.empty():
             _fail([self._queue.get_nowait()], RuntimeError("the history writer was closed"))
