@@ -494,27 +494,43 @@ func (st *state) readLoop(pollEvery time.Duration) {
 			if c == nil {
 				continue
 			}
-			for {
-				m, err := syscall.Read(c.fd, buf)
-				if m > 0 {
-					before := c.received
-					st.consume(c, buf[:m], now)
-					any = any || c.received != before
-				}
-				if m == len(buf) {
-					continue
-				}
-				if m == 0 || (err != nil && err != syscall.EAGAIN && err != syscall.EINTR) {
-					c.closed = true
-					syscall.EpollCtl(st.epfd, syscall.EPOLL_CTL_DEL, c.fd, nil)
-				}
-				break
+			if st.drain(c, buf, st.epfd, now) > 0 {
+				any = true
 			}
 		}
 		if any {
 			st.last = mono()
 		}
 		st.mu.Unlock()
+	}
+}
+
+// drain reads what client c has until the socket is empty, timing its messages at `now`
+// (0: at each read, for the sampled clients); on EOF or an error c is closed and leaves epfd.
+// It returns the time of the last read that brought a message, or 0.
+func (st *state) drain(c *client, buf []byte, epfd int, now float64) float64 {
+	last := 0.0
+	for {
+		m, err := syscall.Read(c.fd, buf)
+		if m > 0 {
+			at := now
+			if at == 0 {
+				at = mono()
+			}
+			before := c.received
+			st.consume(c, buf[:m], at)
+			if c.received != before {
+				last = at
+			}
+		}
+		if m == len(buf) {
+			continue
+		}
+		if m == 0 || (err != nil && err != syscall.EAGAIN && err != syscall.EINTR) {
+			c.closed = true
+			syscall.EpollCtl(epfd, syscall.EPOLL_CTL_DEL, c.fd, nil)
+		}
+		return last
 	}
 }
 
@@ -538,24 +554,8 @@ func (st *state) sampledLoop() {
 			if c == nil {
 				continue
 			}
-			for {
-				m, err := syscall.Read(c.fd, buf)
-				if m > 0 {
-					now := mono()
-					before := c.received
-					st.consume(c, buf[:m], now)
-					if c.received != before {
-						st.slast = now
-					}
-				}
-				if m == len(buf) {
-					continue
-				}
-				if m == 0 || (err != nil && err != syscall.EAGAIN && err != syscall.EINTR) {
-					c.closed = true
-					syscall.EpollCtl(st.sepfd, syscall.EPOLL_CTL_DEL, c.fd, nil)
-				}
-				break
+			if last := st.drain(c, buf, st.sepfd, 0); last > 0 {
+				st.slast = last
 			}
 		}
 		st.smu.Unlock()
