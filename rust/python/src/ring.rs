@@ -14,8 +14,14 @@
 
 use io_uring::{opcode, types, IoUring, Probe};
 
-/// Entries per submission; a flush with more staged writes submits in chunks.
-const DEPTH: u32 = 1024;
+/// Entries per submission; a flush with more staged writes submits in chunks. Not more:
+/// on loopback each send also runs the receiving socket's stack in softirq context, and
+/// with 1,024 sends per `io_uring_enter` the kernel handed part of that work to
+/// `ksoftirqd` on the server's core (160–260 ns per delivery at steady arrival, time the
+/// process is not charged for but the core spends, and latency while it waits its turn);
+/// with 32–256 per submission almost none (5–50 ns), at 1/128 of the system calls of
+/// one `send(2)` each. (`python -m benches steady`, which counts ksoftirqd's time.)
+const DEPTH: u32 = 128;
 
 /// A batch staged for the ring: its socket and its bytes in the flush's arena.
 pub struct Staged {
