@@ -218,15 +218,16 @@ impl Stage {
     }
 
     /// Sends what was staged through `ring`; what a socket did not take goes to `writes`
-    /// for its transport, as after `Direct::send`. Leaves the stage empty.
+    /// for its transport, as after `Direct::send`. Leaves the stage empty; returns whether
+    /// the ring was entered (a few writes go by `send(2)`).
     fn submit(
         &mut self,
         py: Python<'_>,
         ring: &mut Ring,
         writes: &mut Vec<(Py<PyAny>, Py<PyBytes>)>,
         direct_count: &mut u64,
-    ) {
-        ring.send_all(&self.arena, &self.items, &mut self.results);
+    ) -> bool {
+        let used_ring = ring.send_all(&self.arena, &self.items, &mut self.results);
         for ((item, write), &result) in self
             .items
             .iter()
@@ -245,6 +246,7 @@ impl Stage {
         }
         self.items.clear();
         self.arena.clear();
+        used_ring
     }
 }
 
@@ -823,8 +825,7 @@ impl Hub {
                 );
             });
             if let (Some(ring), Some(stage)) = (this.ring.as_mut(), stage.as_mut()) {
-                if !stage.items.is_empty() {
-                    stage.submit(py, ring, &mut writes, &mut direct);
+                if !stage.items.is_empty() && stage.submit(py, ring, &mut writes, &mut direct) {
                     this.ring_submits += 1;
                 }
             }
