@@ -137,7 +137,7 @@ class Hub:
         """connections, authenticated, rooms, users, memberships, pending_bytes,
         backpressured, wheel_entries (now); skipped, delivered, frames_out, bytes_out,
         direct_writes (batches sent straight to a socket), ring_submits (flushes whose
-        direct writes went to the kernel through io_uring: four or more of them; fewer go
+        direct writes went to the kernel through io_uring: 16 or more of them; fewer go
         by ``send(2)``) (counted since the hub
         was created); io_uring (1 when this hub submits through io_uring: the kernel
         supports it and ``ROOMCAST_IO_URING`` is not ``0``)."""

@@ -23,10 +23,11 @@ use io_uring::{opcode, types, IoUring, Probe};
 /// one `send(2)` each. (`python -m benches steady`, which counts ksoftirqd's time.)
 const DEPTH: u32 = 128;
 
-/// Fewer staged writes than this go by `send(2)` one at a time: for one or two sends (a
-/// sweep's pings, a reply), entering the ring costs more than it saves (heartbeats at 5,000
-/// clients: 6.6 µs of server CPU each with the ring for every flush, 5.4 µs without).
-const RING_MIN: usize = 4;
+/// Fewer staged writes than this go by `send(2)` one at a time: for a few sends (a reply, a
+/// sweep's pings, a small room) the ring costs the kernel more than it saves
+/// (`benches/uring-probe`: 8–11 % more CPU per send than `send(2)` for 1–8 sockets, 2–4 % more
+/// for 16, level at 32–128, 3 % less at 1,000).
+const RING_MIN: usize = 16;
 
 /// A batch staged for the ring: its socket and its bytes in the flush's arena.
 pub struct Staged {
