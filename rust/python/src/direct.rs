@@ -134,42 +134,56 @@ impl Direct {
 
     /// Sends `data` now if the transport allows it (see the module comment).
     pub fn send(&self, py: Python<'_>, data: &[u8]) -> Sent {
-        if data.is_empty() || !self.clear(py).unwrap_or(false) {
+        if !self.ready(py, data) {
             return Sent::Not;
         }
-        loop {
-            // SAFETY: `data` is a live, initialised slice for the whole call and `send` only
-            // reads `data.len()` bytes from it without keeping the pointer. The fd is a
-            // plain integer to the kernel (a bad one is EBADF, not memory unsafety); that it
-            // is still this connection's socket is what `clear` established just above,
-            // with the GIL held throughout, so uvloop (which closes fds on this thread,
-            // under the GIL) cannot close it in between.
-            let n = unsafe {
-                libc::send(
-                    self.fd,
-                    data.as_ptr().cast(),
-                    data.len(),
-                    libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-                )
-            };
-            if let Ok(n) = usize::try_from(n) {
-                return if n == data.len() {
+        // That `fd` is still this connection's socket is what `clear` established just
+        // above, with the GIL held throughout, so uvloop (which closes fds on this thread,
+        // under the GIL) cannot close it in between.
+        match send_now(self.fd, data) {
+            n if n >= 0 => {
+                let n = n as usize;
+                if n == data.len() {
                     Sent::All
                 } else {
                     Sent::Part(n)
-                };
+                }
             }
-            match std::io::Error::last_os_error().raw_os_error() {
-                Some(libc::EINTR) => continue,
-                Some(libc::EAGAIN) => return Sent::Part(0),
-                // EPIPE, ECONNRESET...: let uvloop meet the error and close the transport.
-                _ => return Sent::Not,
-            }
+            n if n == -libc::EAGAIN => Sent::Part(0),
+            // EPIPE, ECONNRESET...: let uvloop meet the error and close the transport.
+            _ => Sent::Not,
         }
     }
 
     pub fn traverse(&self, visit: &pyo3::gc::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
         visit.call(&self.transport)?;
         visit.call(&self.sock)
+    }
+}
+
+/// `send(2)` of `data` to `fd` now, without waiting (`MSG_DONTWAIT`): the bytes taken, or a
+/// negative errno (`-EAGAIN` for a full socket). The caller has checked that `fd` is still
+/// the connection's socket (`Direct::ready`), under the same GIL hold.
+pub fn send_now(fd: i32, data: &[u8]) -> i32 {
+    loop {
+        // SAFETY: `data` is a live, initialised slice for the whole call and `send` only
+        // reads `data.len()` bytes from it without keeping the pointer. The fd is a plain
+        // integer to the kernel (a bad one is EBADF, not memory unsafety).
+        let n = unsafe {
+            libc::send(
+                fd,
+                data.as_ptr().cast(),
+                data.len(),
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
+        };
+        if n >= 0 {
+            return i32::try_from(n).unwrap_or(i32::MAX);
+        }
+        match std::io::Error::last_os_error().raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(errno) => return -errno,
+            None => return -libc::EIO,
+        }
     }
 }

@@ -14,6 +14,8 @@
 
 use io_uring::{opcode, types, IoUring, Probe};
 
+use crate::direct::send_now;
+
 /// Entries per submission; a flush with more staged writes submits in chunks. Not more:
 /// on loopback each send also runs the receiving socket's stack in softirq context, and
 /// with 1,024 sends per `io_uring_enter` the kernel handed part of that work to
@@ -150,33 +152,6 @@ impl Ring {
             libc::close(fds[1]);
         }
         inline
-    }
-}
-
-/// `send(2)` of `data` to `fd` now, as a ring request would do it: bytes taken, or a
-/// negative errno.
-fn send_now(fd: i32, data: &[u8]) -> i32 {
-    loop {
-        // SAFETY: `data` is a live, initialised slice for the whole call and `send` only reads
-        // `data.len()` bytes from it without keeping the pointer; the fd is a plain integer to
-        // the kernel (that it is still the connection's socket is the caller's check, as for
-        // a ring request).
-        let n = unsafe {
-            libc::send(
-                fd,
-                data.as_ptr().cast(),
-                data.len(),
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
-        if n >= 0 {
-            return i32::try_from(n).unwrap_or(i32::MAX);
-        }
-        match std::io::Error::last_os_error().raw_os_error() {
-            Some(libc::EINTR) => continue,
-            Some(errno) => return -errno,
-            None => return -libc::EIO,
-        }
     }
 }
 
