@@ -21,6 +21,7 @@ expensive per delivery and says so in each row (`loadgen`); `saturate` is skippe
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -71,6 +72,7 @@ START_PER_S = 100_000.0  # deliveries/s of a sweep's first step (x1.5 per step)
 SATURATE_HEARTBEAT_TIMEOUT = 3600.0  # s: longer than any sweep
 
 
+@functools.cache
 def softirq_thread(cpu: str) -> int | None:
     """The pid of `ksoftirqd/<cpu>`."""
     for comm in Path("/proc").glob("[0-9]*/comm"):
@@ -96,14 +98,9 @@ def server_cpu(pid: int) -> tuple[float, float]:
     own = cpu_seconds(pid)
     if not pinnable():
         return own, 0.0
-    softirq = _SOFTIRQ.get("pid")
-    if softirq is None:
-        softirq = _SOFTIRQ["pid"] = softirq_thread(SERVER_CPU) or 0
+    softirq = softirq_thread(SERVER_CPU)
     extra = cpu_seconds(softirq) if softirq else 0.0
     return own + extra, extra
-
-
-_SOFTIRQ: dict[str, int] = {}
 
 
 def server_cpu_since(pid: int, before: tuple[float, float]) -> tuple[float, float]:
