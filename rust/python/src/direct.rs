@@ -41,22 +41,20 @@ impl Getters {
         })
     }
 
-    /// Those of the first transport seen (there is one uvloop per process), if these two
-    /// objects are of the same types.
-    fn for_objects(
-        py: Python<'_>,
-        transport: &Bound<'_, PyAny>,
-        sock: &Bound<'_, PyAny>,
-    ) -> Option<&'static Getters> {
-        static GETTERS: PyOnceLock<Option<Getters>> = PyOnceLock::new();
-        let getters = GETTERS
+    /// Whether these two objects are of the types whose getters were taken: those of the
+    /// first transport seen (there is one uvloop per process).
+    fn fit(py: Python<'_>, transport: &Bound<'_, PyAny>, sock: &Bound<'_, PyAny>) -> bool {
+        GETTERS
             .get_or_init(py, || Getters::of(transport, sock))
-            .as_ref()?;
-        (transport.get_type().is(getters.transport_type.bind(py))
-            && sock.get_type().is(getters.sock_type.bind(py)))
-        .then_some(getters)
+            .as_ref()
+            .is_some_and(|getters| {
+                transport.get_type().is(getters.transport_type.bind(py))
+                    && sock.get_type().is(getters.sock_type.bind(py))
+            })
     }
 }
+
+static GETTERS: PyOnceLock<Option<Getters>> = PyOnceLock::new();
 
 /// What a connection needs for direct writes.
 pub struct Direct {
@@ -64,7 +62,6 @@ pub struct Direct {
     /// uvloop's cached pseudo-socket: `fileno()` is -1 once the transport closed its fd.
     sock: Py<PyAny>,
     fd: i32,
-    getters: &'static Getters,
 }
 
 /// How much of a batch `send` took.
@@ -98,18 +95,22 @@ impl Direct {
             .ok()?
             .extract()
             .ok()?;
-        let getters = Getters::for_objects(py, &transport, &sock)?;
+        if !Getters::fit(py, &transport, &sock) {
+            return None;
+        }
         (fd >= 0).then(|| Direct {
             transport: transport.unbind(),
             sock: sock.unbind(),
             fd,
-            getters,
         })
     }
 
     /// uvloop still owns our fd and has nothing queued for it.
     fn clear(&self, py: Python<'_>) -> PyResult<bool> {
-        let getters = self.getters;
+        // Set before any `Direct` was made (`Getters::fit`).
+        let Some(getters) = GETTERS.get(py).and_then(Option::as_ref) else {
+            return Ok(false);
+        };
         let fd: i32 = getters.fileno.bind(py).call1((&self.sock,))?.extract()?;
         if fd != self.fd {
             return Ok(false);
