@@ -9,6 +9,8 @@ from collections.abc import Callable
 from typing import Any, Self, final
 
 __all__ = [
+    "DEFAULT_DEFLATE_LEVEL",
+    "DEFAULT_DEFLATE_THRESHOLD",
     "EXPIRED_AUTH",
     "EXPIRED_HEARTBEAT",
     "EXPIRED_IDLE",
@@ -16,6 +18,9 @@ __all__ = [
     "INTEREST_ROOM",
     "INTEREST_USER",
     "Hub",
+    "InflatedTooBig",
+    "Inflater",
+    "InvalidDeflate",
     "frame_text",
     "seal_messages",
 ]
@@ -29,6 +34,10 @@ EXPIRED_IDLE: int  # nothing at all received for idle_timeout -> close (idle)
 INTEREST_ROOM: int  # a room got its first member / lost its last
 INTEREST_USER: int  # a user got its first local session / lost its last
 INTEREST_CLIENT: int  # a client authenticated / an authenticated client went away
+
+# permessage-deflate: messages shorter than this go uncompressed; zlib's level.
+DEFAULT_DEFLATE_THRESHOLD: int
+DEFAULT_DEFLATE_LEVEL: int
 
 def frame_text(payload: bytes) -> bytes:
     """One unmasked, final server-to-client text frame carrying ``payload``."""
@@ -69,6 +78,8 @@ class Hub:
         on_overflow: Callable[[Any], Any] | None = None,
         on_interest: Callable[[], Any] | None = None,
         direct_writes: bool = False,
+        deflate_threshold: int = ...,
+        deflate_level: int = ...,
     ) -> Self: ...
     # -- registry ----------------------------------------------------------------
     def add(self, client_id: str, write: Callable[[bytes], Any], owner: Any) -> int: ...
@@ -79,6 +90,12 @@ class Hub:
     def touch(self, handle: int) -> None: ...
     def touch_recv(self, handle: int) -> None: ...
     def set_encrypted(self, handle: int, encrypted: bool) -> None: ...
+    def set_deflate(self, handle: int, window_bits: int | None) -> None:
+        """The connection negotiated permessage-deflate with server window ``window_bits``
+        (8-15), or with None did not: its messages of at least ``deflate_threshold`` bytes
+        are compressed from now on, once per message for every such recipient (sealed
+        messages to an encrypted connection excepted)."""
+    def is_deflate(self, handle: int) -> bool: ...
     def set_backpressured(self, handle: int, backpressured: bool) -> None: ...
     def is_backpressured(self, handle: int) -> bool: ...
     def skipped(self, handle: int) -> int: ...
@@ -141,3 +158,21 @@ class Hub:
         by ``send(2)``) (counted since the hub
         was created); io_uring (1 when this hub submits through io_uring: the kernel
         supports it and ``ROOMCAST_IO_URING`` is not ``0``)."""
+
+class InflatedTooBig(ValueError):
+    """The message inflates to more than the limit (inflation stopped there)."""
+
+class InvalidDeflate(ValueError):
+    """The message is not valid deflate data."""
+
+@final
+class Inflater:
+    """Inflates compressed messages (RFC 7692 payloads, no context takeover) to at most
+    ``limit`` bytes each; nothing past the limit is allocated. One per server."""
+
+    def __new__(cls) -> Self: ...
+    def inflate(self, payload: bytes, limit: int) -> bytes:
+        """The message whose compressed payload is ``payload``; raises InflatedTooBig or
+        InvalidDeflate."""
+    def inflate_parts(self, parts: list[bytes], limit: int) -> bytes:
+        """The same for a payload split over several frames."""

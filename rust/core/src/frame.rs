@@ -1,9 +1,12 @@
-//! Server-to-client WebSocket framing (RFC 6455 §5.2): unmasked, final frames only.
+//! Server-to-client WebSocket framing (RFC 6455 §5.2): unmasked, final frames only; a
+//! text frame's payload may be compressed (RSV1 set, RFC 7692 §6).
 
 use std::fmt;
 use std::rc::Rc;
 
 const FIN_TEXT: u8 = 0x81;
+/// FIN, RSV1 ("per-message compressed"), text.
+const FIN_RSV1_TEXT: u8 = 0xc1;
 const FIN_PING: u8 = 0x89;
 
 /// Length of the header of a text frame carrying `payload_len` bytes.
@@ -25,10 +28,14 @@ pub fn text_frame_len(payload_len: usize) -> usize {
 /// Writes a text frame carrying `payload` into `out`, which must be exactly
 /// [`text_frame_len`]`(payload.len())` bytes long.
 pub fn encode_text(payload: &[u8], out: &mut [u8]) {
+    encode(FIN_TEXT, payload, out);
+}
+
+fn encode(first: u8, payload: &[u8], out: &mut [u8]) {
     let len = payload.len();
     let header = text_header_len(len);
     debug_assert_eq!(out.len(), header + len);
-    out[0] = FIN_TEXT;
+    out[0] = first;
     match header {
         2 => out[1] = len as u8,
         4 => {
@@ -57,12 +64,27 @@ pub struct Frame(Rc<[u8]>);
 impl Frame {
     /// Frames `payload` as one text frame (one allocation).
     pub fn text(payload: &[u8]) -> Frame {
+        Frame::build(FIN_TEXT, payload)
+    }
+
+    /// Frames `deflated`, a message's RFC 7692 compressed payload, as one text frame with
+    /// RSV1 set.
+    pub fn deflated_text(deflated: &[u8]) -> Frame {
+        Frame::build(FIN_RSV1_TEXT, deflated)
+    }
+
+    fn build(first: u8, payload: &[u8]) -> Frame {
         let mut bytes: Rc<[u8]> = std::iter::repeat_n(0, text_frame_len(payload.len())).collect();
         // A freshly collected Rc is unique, so this always succeeds.
         if let Some(buf) = Rc::get_mut(&mut bytes) {
-            encode_text(payload, buf);
+            encode(first, payload, buf);
         }
         Frame(bytes)
+    }
+
+    /// True for a frame whose payload is compressed (RSV1).
+    pub fn is_deflated(&self) -> bool {
+        self.0.first().is_some_and(|b| b & 0x40 != 0)
     }
 
     /// An empty ping frame.
@@ -155,6 +177,14 @@ mod tests {
             let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
             assert_eq!(Frame::text(&payload).text_payload(), &payload[..]);
         }
+    }
+
+    #[test]
+    fn deflated_frame_sets_rsv1_only() {
+        let frame = Frame::deflated_text(&[9; 200]);
+        assert_eq!(frame.as_bytes()[..4], [0xc1, 126, 0, 200]);
+        assert_eq!(frame.text_payload(), &[9; 200][..]);
+        assert!(frame.is_deflated() && !Frame::text(b"x").is_deflated());
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub use history_delivery::Released;
 pub use queue::Batch;
 
 use crate::deadline::{Clocks, Due, Expiry, Timeouts};
+use crate::deflate::{Outgoing, MAX_WINDOW_BITS, MIN_WINDOW_BITS};
 use crate::exclude::Exclude;
 use crate::frame::Frame;
 use crate::ids::{ClientId, Handle, RoomId};
@@ -46,6 +47,11 @@ pub struct Config {
     pub send_pings: bool,
     /// Record interest changes for [`Hub::drain_interest`].
     pub track_interest: bool,
+    /// Messages shorter than this go uncompressed to connections that negotiated
+    /// permessage-deflate (see [`Hub::set_deflate`]).
+    pub deflate_threshold: usize,
+    /// zlib level (0-9) of the outgoing compression.
+    pub deflate_level: u32,
 }
 
 impl Default for Config {
@@ -57,9 +63,16 @@ impl Default for Config {
             idle_timeout_ms: 0,
             send_pings: false,
             track_interest: false,
+            deflate_threshold: DEFAULT_DEFLATE_THRESHOLD,
+            deflate_level: DEFAULT_DEFLATE_LEVEL,
         }
     }
 }
+
+/// Messages shorter than this are not worth compressing (benches/README.md).
+pub const DEFAULT_DEFLATE_THRESHOLD: usize = 256;
+/// zlib's level for outgoing messages (benches/README.md).
+pub const DEFAULT_DEFLATE_LEVEL: u32 = 6;
 
 /// Every one of the 2^32 connection slots is in use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,6 +102,8 @@ pub struct Stats {
     pub frames_out: u64,
     /// Bytes handed to connections' writers by flushes.
     pub bytes_out: u64,
+    /// Messages compressed for permessage-deflate (once per message, not per recipient).
+    pub deflated: u64,
     /// Connections marked backpressured now.
     pub backpressured: usize,
     /// Bytes queued and not yet flushed.
@@ -135,6 +150,7 @@ pub struct Hub<S> {
     fired: Vec<Entry>,
     ping: Frame,
     interest: InterestLog,
+    deflate: Outgoing,
 }
 
 impl<S> Hub<S> {
@@ -161,6 +177,7 @@ impl<S> Hub<S> {
             fired: Vec::new(),
             ping: Frame::ping(),
             interest: InterestLog::new(config.track_interest),
+            deflate: Outgoing::new(config.deflate_threshold, config.deflate_level),
         }
     }
 
@@ -185,6 +202,7 @@ impl<S> Hub<S> {
             backpressured: false,
             dirty: false,
             overflow_reported: false,
+            deflate_window: 0,
             pending: Pending::default(),
             skipped: 0,
             client: ClientId::new(client_id),
@@ -359,6 +377,20 @@ impl<S> Hub<S> {
         }
     }
 
+    /// The connection negotiated permessage-deflate with a `window_bits` server window
+    /// (8-15; clamped), or with None did not: its messages of at least the threshold are
+    /// compressed from now on (once per message, shared with every such recipient).
+    pub fn set_deflate(&mut self, handle: Handle, window_bits: Option<u8>) {
+        if let Some(conn) = live_mut(&mut self.slots, handle) {
+            conn.deflate_window =
+                window_bits.map_or(0, |bits| bits.clamp(MIN_WINDOW_BITS, MAX_WINDOW_BITS));
+        }
+    }
+
+    pub fn is_deflate(&self, handle: Handle) -> bool {
+        live(&self.slots, handle).is_some_and(|c| c.deflate_window != 0)
+    }
+
     pub fn set_backpressured(&mut self, handle: Handle, backpressured: bool) {
         if let Some(conn) = live_mut(&mut self.slots, handle) {
             if conn.backpressured != backpressured {
@@ -468,13 +500,23 @@ impl<S> Hub<S> {
 
     // -- delivery -------------------------------------------------------------------
 
-    /// Queues `payload` as a text frame for one connection, whatever its state; false
-    /// if the handle is dead or the message was skipped for backpressure.
+    /// Queues `payload` as a text frame for one connection, whatever its state (compressed
+    /// when it negotiated permessage-deflate, unless it is encrypted: a sealed message is
+    /// unique per recipient and compresses poorly); false if the handle is dead or the
+    /// message was skipped for backpressure.
     pub fn send(&mut self, handle: Handle, payload: &[u8]) -> bool {
         let Some(conn) = live_mut(&mut self.slots, handle) else {
             return false;
         };
-        self.out.offer(handle.slot(), conn, &Frame::text(payload))
+        let window = if conn.encrypted {
+            0
+        } else {
+            conn.deflate_window
+        };
+        let frame = LazyFrame::new(payload)
+            .for_window(window, &mut self.deflate)
+            .clone();
+        self.out.offer(handle.slot(), conn, &frame)
     }
 
     /// Queues one shared frame for every authenticated plaintext member of `room` not
@@ -489,7 +531,13 @@ impl<S> Hub<S> {
             let Some(conn) = member_mut(&mut self.slots, slot) else {
                 continue;
             };
-            if conn.takes_plain(exclude) && self.out.offer(slot, conn, frame.get()) {
+            if conn.takes_plain(exclude)
+                && self.out.offer(
+                    slot,
+                    conn,
+                    frame.for_window(conn.deflate_window, &mut self.deflate),
+                )
+            {
                 queued += 1;
             }
         }
@@ -504,7 +552,13 @@ impl<S> Hub<S> {
             let Some(conn) = member_mut(&mut self.slots, slot) else {
                 continue;
             };
-            if conn.takes_plain(&exclude) && self.out.offer(slot, conn, frame.get()) {
+            if conn.takes_plain(&exclude)
+                && self.out.offer(
+                    slot,
+                    conn,
+                    frame.for_window(conn.deflate_window, &mut self.deflate),
+                )
+            {
                 queued += 1;
             }
         }
@@ -519,7 +573,13 @@ impl<S> Hub<S> {
             let Some(conn) = slot.conn_mut() else {
                 continue;
             };
-            if conn.takes_plain(exclude) && self.out.offer(index as u32, conn, frame.get()) {
+            if conn.takes_plain(exclude)
+                && self.out.offer(
+                    index as u32,
+                    conn,
+                    frame.for_window(conn.deflate_window, &mut self.deflate),
+                )
+            {
                 queued += 1;
             }
         }
@@ -714,6 +774,7 @@ impl<S> Hub<S> {
             delivered: self.out.delivered,
             frames_out: self.out.frames_out,
             bytes_out: self.out.bytes_out,
+            deflated: self.deflate.compressed,
             backpressured: self.backpressured,
             pending_bytes: self.out.pending_bytes,
             wheel_entries: self.wheel.len(),

@@ -15,6 +15,8 @@
 //! fan-out stays one pass over the members.
 //!
 //! [`seal`] seals one message under many AES-256-GCM keys for encrypted fan-out.
+//! [`deflate`] compresses and inflates permessage-deflate messages with no state per
+//! connection: a fan-out is compressed once for every recipient that negotiated it.
 //!
 //! Modules:
 //! - `hub`: the [`Hub`] (registry, rooms and users, plain fan-out, flushes, interest,
@@ -26,12 +28,14 @@
 //! - `rooms`, `users`, `ids`, `small`: the indices and the types they are built from;
 //! - `deadline`, `wheel`: per-connection deadlines and the timer wheel that fires them;
 //! - `interest`: the log of rooms, users and clients gained and lost locally;
-//! - `exclude`, [`frame`], [`seal`]: a fan-out's exclusions, WebSocket framing, sealing.
+//! - `exclude`, [`frame`], [`seal`], [`deflate`]: a fan-out's exclusions, WebSocket
+//!   framing, sealing, permessage-deflate.
 //!
 //! Threading: a [`Hub`] belongs to one thread (frames are `Rc`-shared); [`seal`] is
 //! plain data in, data out and may run on any thread.
 
 mod deadline;
+pub mod deflate;
 mod exclude;
 pub mod frame;
 mod history;
@@ -47,7 +51,9 @@ mod wheel;
 pub use deadline::Expiry;
 pub use exclude::Exclude;
 pub use frame::Frame;
-pub use hub::{Batch, Config, Hub, HubFull, Released, Stats};
+pub use hub::{
+    Batch, Config, Hub, HubFull, Released, Stats, DEFAULT_DEFLATE_LEVEL, DEFAULT_DEFLATE_THRESHOLD,
+};
 pub use ids::Handle;
 pub use interest::InterestKind;
 pub use wheel::TICK_MS;

@@ -1,5 +1,6 @@
 //! Behaviour of the hub through its public API, with an injected clock.
 
+use roomcast_core::deflate::Inflater;
 use roomcast_core::frame::text_frame;
 use roomcast_core::{Config, Exclude, Expiry, Frame, Handle, Hub, InterestKind, TICK_MS};
 
@@ -835,4 +836,221 @@ fn stats_count_backpressured_connections_once_each() {
     assert_eq!(hub.stats().delivered, 0);
     hub.remove(a);
     assert_eq!(hub.stats().backpressured, 0);
+}
+
+// -- permessage-deflate ---------------------------------------------------------------
+
+/// A JSON message of about 1.5 KB that compresses well.
+fn json_message() -> Vec<u8> {
+    let items: Vec<String> = (0..30)
+        .map(|i| {
+            format!(
+                "{{\"id\":{i},\"name\":\"player-{}\",\"score\":{}}}",
+                i % 5,
+                i * 7
+            )
+        })
+        .collect();
+    format!("{{\"event\":\"scores\",\"data\":[{}]}}", items.join(",")).into_bytes()
+}
+
+fn inflate(frame: &[u8]) -> Vec<u8> {
+    let header = match frame[1] & 0x7f {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    };
+    let mut inflater = Inflater::new();
+    inflater
+        .inflate(&[&frame[header..]], 1 << 20)
+        .unwrap()
+        .to_vec()
+}
+
+#[test]
+fn broadcast_is_compressed_once_for_every_deflate_recipient() {
+    let mut hub = hub();
+    let message = json_message();
+    for id in 1..=6 {
+        let h = authed(&mut hub, id, 0);
+        if id % 2 == 0 {
+            hub.set_deflate(h, Some(15));
+        }
+    }
+    assert_eq!(hub.broadcast(&message, &Exclude::none()), 6);
+    assert_eq!(hub.stats().deflated, 1);
+    let out = flush(&mut hub);
+    assert_eq!(out.len(), 6);
+    for (sink, bytes, _) in &out {
+        if sink % 2 == 0 {
+            assert_eq!(bytes[0], 0xc1, "RSV1 set for {sink}");
+            assert!(bytes.len() < message.len() / 2);
+            assert_eq!(inflate(bytes), message);
+        } else {
+            assert_eq!(bytes, &text_frame(&message));
+        }
+    }
+    // The compressed recipients share one frame: their bytes are identical.
+    assert_eq!(out[1].1, out[3].1);
+}
+
+#[test]
+fn room_and_user_deliveries_are_compressed_once_each() {
+    let mut hub = hub();
+    let message = json_message();
+    let a = authed(&mut hub, 1, 0);
+    let b = hub.add("c2", 2, 0).unwrap();
+    hub.authenticate(b, Some("u"), 0);
+    hub.set_deflate(a, Some(15));
+    hub.set_deflate(b, Some(15));
+    hub.join(a, "r");
+    hub.join(b, "r");
+    assert_eq!(hub.send_room("r", &message, &Exclude::none()), 2);
+    assert_eq!(hub.send_user("u", &message), 1);
+    assert_eq!(hub.stats().deflated, 2);
+    for (_, bytes, _) in flush(&mut hub) {
+        assert_eq!(bytes[0], 0xc1);
+    }
+}
+
+#[test]
+fn short_messages_go_uncompressed() {
+    let mut hub = hub_with(Config {
+        deflate_threshold: 100,
+        ..Config::default()
+    });
+    let a = authed(&mut hub, 1, 0);
+    hub.set_deflate(a, Some(15));
+    let short = vec![b'a'; 99];
+    hub.broadcast(&short, &Exclude::none());
+    assert_eq!(flush(&mut hub), vec![(1, text_frame(&short), 1)]);
+    assert_eq!(hub.stats().deflated, 0);
+    let long = vec![b'a'; 100];
+    hub.broadcast(&long, &Exclude::none());
+    let out = flush(&mut hub);
+    assert_eq!(out[0].1[0], 0xc1);
+    assert_eq!(inflate(&out[0].1), long);
+}
+
+#[test]
+fn incompressible_message_goes_plain_with_rsv1_clear() {
+    let mut hub = hub();
+    let a = authed(&mut hub, 1, 0);
+    hub.set_deflate(a, Some(15));
+    let mut x: u32 = 99;
+    let noise: Vec<u8> = (0..2000)
+        .map(|_| {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            (x >> 16) as u8
+        })
+        .collect();
+    hub.broadcast(&noise, &Exclude::none());
+    assert_eq!(flush(&mut hub), vec![(1, text_frame(&noise), 1)]);
+}
+
+#[test]
+fn small_server_window_gets_longer_messages_plain() {
+    let mut hub = hub();
+    let small = authed(&mut hub, 1, 0);
+    let full = authed(&mut hub, 2, 0);
+    hub.set_deflate(small, Some(9));
+    hub.set_deflate(full, Some(15));
+    let message = json_message();
+    assert!(message.len() > 512);
+    hub.broadcast(&message, &Exclude::none());
+    let fits = &message[..500];
+    hub.broadcast(fits, &Exclude::none());
+    let out = flush(&mut hub);
+    let small_bytes = &out.iter().find(|o| o.0 == 1).unwrap().1;
+    let full_bytes = &out.iter().find(|o| o.0 == 2).unwrap().1;
+    // The long message goes plain to the 2^9 window, compressed to the full one; the
+    // 500-byte one fits 2^9 and is the same compressed frame for both.
+    let plain = text_frame(&message);
+    assert_eq!(&small_bytes[..plain.len()], &plain[..]);
+    let first = frame_len(full_bytes);
+    assert_eq!(full_bytes[0], 0xc1);
+    assert_eq!(inflate(&full_bytes[..first]), message);
+    assert_eq!(small_bytes[plain.len()..], full_bytes[first..]);
+    assert_eq!(inflate(&full_bytes[first..]), fits);
+}
+
+/// Length of the first frame in a batch of frames.
+fn frame_len(bytes: &[u8]) -> usize {
+    let (header, len) = match bytes[1] & 0x7f {
+        126 => (4, usize::from(u16::from_be_bytes([bytes[2], bytes[3]]))),
+        127 => unreachable!(),
+        n => (2, usize::from(n)),
+    };
+    header + len
+}
+
+#[test]
+fn no_deflate_means_todays_frames() {
+    let mut hub = hub();
+    let a = authed(&mut hub, 1, 0);
+    hub.set_deflate(a, Some(15));
+    hub.set_deflate(a, None);
+    assert!(!hub.is_deflate(a));
+    let message = json_message();
+    hub.broadcast(&message, &Exclude::none());
+    assert!(hub.send(a, &message));
+    assert_eq!(
+        flush(&mut hub),
+        vec![(1, [text_frame(&message), text_frame(&message)].concat(), 2)]
+    );
+    assert_eq!(hub.stats().deflated, 0);
+}
+
+#[test]
+fn burst_mixes_compressed_and_plain_frames_in_one_batch() {
+    let mut hub = hub();
+    let a = authed(&mut hub, 1, 0);
+    hub.set_deflate(a, Some(15));
+    let message = json_message();
+    hub.broadcast(b"short", &Exclude::none());
+    hub.broadcast(&message, &Exclude::none());
+    hub.broadcast(&message, &Exclude::none());
+    let out = flush(&mut hub);
+    assert_eq!(out.len(), 1);
+    let (_, bytes, frames) = &out[0];
+    assert_eq!(*frames, 3);
+    assert_eq!(&bytes[..7], &text_frame(b"short")[..]);
+    let rest = &bytes[7..];
+    let one = frame_len(rest);
+    assert_eq!(rest.len(), 2 * one);
+    assert_eq!(inflate(&rest[..one]), message);
+    assert_eq!(rest[..one], rest[one..]);
+}
+
+#[test]
+fn encrypted_connection_gets_its_sealed_messages_uncompressed() {
+    let mut hub = hub();
+    let a = authed(&mut hub, 1, 0);
+    hub.set_deflate(a, Some(15));
+    hub.set_encrypted(a, true);
+    let sealed = json_message();
+    assert!(hub.send(a, &sealed));
+    assert_eq!(flush(&mut hub), vec![(1, text_frame(&sealed), 1)]);
+    hub.set_encrypted(a, false);
+    assert!(hub.send(a, &sealed));
+    assert_eq!(flush(&mut hub)[0].1[0], 0xc1);
+}
+
+#[test]
+fn history_room_delivery_is_compressed_once() {
+    let mut hub = hub();
+    let message = json_message();
+    for id in 1..=3 {
+        let h = authed(&mut hub, id, 0);
+        hub.set_deflate(h, Some(15));
+        hub.join(h, "h");
+    }
+    assert_eq!(
+        hub.send_history("h", "e", 1, &message, &Exclude::none(), |_| {}),
+        3
+    );
+    assert_eq!(hub.stats().deflated, 1);
+    for (_, bytes, _) in flush(&mut hub) {
+        assert_eq!(inflate(&bytes), message);
+    }
 }

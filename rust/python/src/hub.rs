@@ -80,6 +80,8 @@ impl Hub {
         on_overflow = None,
         on_interest = None,
         direct_writes = false,
+        deflate_threshold = rc::DEFAULT_DEFLATE_THRESHOLD,
+        deflate_level = rc::DEFAULT_DEFLATE_LEVEL,
     ))]
     // One parameter per Python keyword argument.
     #[allow(clippy::too_many_arguments)]
@@ -93,7 +95,14 @@ impl Hub {
         on_overflow: Option<&Bound<'_, PyAny>>,
         on_interest: Option<&Bound<'_, PyAny>>,
         direct_writes: bool,
+        deflate_threshold: usize,
+        deflate_level: u32,
     ) -> PyResult<Self> {
+        if deflate_level > 9 {
+            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                "deflate_level must be 0-9: {deflate_level}"
+            )));
+        }
         if !schedule.is_callable() {
             return Err(PyTypeError::new_err("schedule must be callable"));
         }
@@ -112,6 +121,8 @@ impl Hub {
             idle_timeout_ms: millis("idle_timeout", idle_timeout)?,
             send_pings,
             track_interest: on_interest.is_some(),
+            deflate_threshold,
+            deflate_level,
         };
         let clock = Clock::new();
         Ok(Hub {
@@ -201,6 +212,18 @@ impl Hub {
 
     fn set_encrypted(&mut self, handle: u64, encrypted: bool) {
         self.core.set_encrypted(Handle::from_raw(handle), encrypted);
+    }
+
+    /// The connection negotiated permessage-deflate with server window ``window_bits``
+    /// (8-15), or with None did not: its messages of at least ``deflate_threshold`` bytes
+    /// are compressed from now on, once per message for every such recipient.
+    #[pyo3(signature = (handle, window_bits))]
+    fn set_deflate(&mut self, handle: u64, window_bits: Option<u8>) {
+        self.core.set_deflate(Handle::from_raw(handle), window_bits);
+    }
+
+    fn is_deflate(&self, handle: u64) -> bool {
+        self.core.is_deflate(Handle::from_raw(handle))
     }
 
     fn set_backpressured(&mut self, handle: u64, backpressured: bool) {
@@ -526,6 +549,7 @@ impl Hub {
         dict.set_item(intern!(py, "delivered"), s.delivered)?;
         dict.set_item(intern!(py, "frames_out"), s.frames_out)?;
         dict.set_item(intern!(py, "bytes_out"), s.bytes_out)?;
+        dict.set_item(intern!(py, "deflated"), s.deflated)?;
         dict.set_item(intern!(py, "backpressured"), s.backpressured)?;
         dict.set_item(intern!(py, "pending_bytes"), s.pending_bytes)?;
         dict.set_item(intern!(py, "wheel_entries"), s.wheel_entries)?;

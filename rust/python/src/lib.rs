@@ -10,12 +10,14 @@
 //! - `direct`, `ring`: writing a batch straight to a uvloop socket, and one io_uring
 //!   submission for all of a flush's direct writes;
 //! - `convert`: the hub's clock and arguments in Python's terms;
-//! - `frame`, `seal`: the `frame_text` and `seal_messages` functions.
+//! - `frame`, `seal`: the `frame_text` and `seal_messages` functions;
+//! - `deflate`: the `Inflater` of inbound permessage-deflate messages.
 
 use pyo3::prelude::*;
 use roomcast_core::{Expiry, InterestKind};
 
 mod convert;
+mod deflate;
 mod direct;
 mod followup;
 mod frame;
@@ -27,6 +29,23 @@ mod write;
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<hub::Hub>()?;
+    m.add_class::<deflate::Inflater>()?;
+    m.add(
+        "InflatedTooBig",
+        m.py().get_type::<deflate::InflatedTooBig>(),
+    )?;
+    m.add(
+        "InvalidDeflate",
+        m.py().get_type::<deflate::InvalidDeflate>(),
+    )?;
+    m.add(
+        "DEFAULT_DEFLATE_THRESHOLD",
+        roomcast_core::DEFAULT_DEFLATE_THRESHOLD,
+    )?;
+    m.add(
+        "DEFAULT_DEFLATE_LEVEL",
+        roomcast_core::DEFAULT_DEFLATE_LEVEL,
+    )?;
     m.add_function(wrap_pyfunction!(frame::frame_text, m)?)?;
     m.add_function(wrap_pyfunction!(seal::seal_messages, m)?)?;
     m.add("EXPIRED_AUTH", Expiry::Auth.code())?;

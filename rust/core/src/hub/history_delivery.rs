@@ -57,7 +57,8 @@ impl<S> Hub<S> {
                     continue;
                 };
                 if conn.takes_plain(exclude) {
-                    if self.out.offer(slot, conn, frame.get()) {
+                    let frame = frame.for_window(conn.deflate_window, &mut self.deflate);
+                    if self.out.offer(slot, conn, frame) {
                         queued += 1;
                     }
                 } else if conn.takes_encrypted(exclude) {
@@ -82,7 +83,11 @@ impl<S> Hub<S> {
             }
             if conn.encrypted {
                 encrypted(&conn.sink);
-            } else if self.out.offer(slot, conn, frame.get()) {
+            } else if self.out.offer(
+                slot,
+                conn,
+                frame.for_window(conn.deflate_window, &mut self.deflate),
+            ) {
                 queued += 1;
             }
         }

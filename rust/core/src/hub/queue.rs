@@ -7,6 +7,7 @@
 //! `drain` hands the caller one [`Batch`] per connection when the hub flushes.
 
 use crate::deadline::Clocks;
+use crate::deflate::Outgoing;
 use crate::exclude::Exclude;
 use crate::frame::Frame;
 use crate::ids::{ClientId, Handle};
@@ -76,6 +77,9 @@ pub(super) struct Conn<S> {
     /// Listed in `Outbox::dirty` with frames pending.
     pub(super) dirty: bool,
     pub(super) overflow_reported: bool,
+    /// The server window (`server_max_window_bits`) of a connection that negotiated
+    /// permessage-deflate; 0 when it did not.
+    pub(super) deflate_window: u8,
     pub(super) pending: Pending,
     pub(super) skipped: u64,
     pub(super) client: ClientId,
@@ -247,10 +251,14 @@ pub(super) fn drain<S>(
     out.bytes_out += bytes as u64;
 }
 
-/// The frame for a fan-out, built on the first recipient only.
+/// The frames for a fan-out, each built on the first recipient that needs it: the plain
+/// one, and the compressed one for connections that negotiated permessage-deflate.
 pub(super) struct LazyFrame<'a> {
     payload: &'a [u8],
     frame: Option<Frame>,
+    /// The frame the connections that negotiated compression get: compressed, or the
+    /// plain one when compressing does not shorten the message.
+    deflated: Option<Frame>,
 }
 
 impl<'a> LazyFrame<'a> {
@@ -258,13 +266,32 @@ impl<'a> LazyFrame<'a> {
         LazyFrame {
             payload,
             frame: None,
+            deflated: None,
         }
     }
 
+    /// The plain frame.
     #[inline]
     pub(super) fn get(&mut self) -> &Frame {
         let payload = self.payload;
         self.frame.get_or_insert_with(|| Frame::text(payload))
+    }
+
+    /// The frame for a connection with server window `window_bits` (0: plain only):
+    /// compressed at most once per fan-out.
+    #[inline]
+    pub(super) fn for_window(&mut self, window_bits: u8, out: &mut Outgoing) -> &Frame {
+        if !out.wanted(self.payload.len(), window_bits) {
+            return self.get();
+        }
+        let frame = match self.deflated.take() {
+            Some(frame) => frame,
+            None => match out.frame(self.payload) {
+                Some(frame) => frame,
+                None => self.get().clone(),
+            },
+        };
+        self.deflated.insert(frame)
     }
 }
 
