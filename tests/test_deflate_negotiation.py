@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from roomcast.deflate import Agreement, negotiate, parse
 
 BASE = "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
@@ -69,7 +68,9 @@ def test_offer_the_rfc_says_to_decline_is_declined(offer: str) -> None:
 
 
 def test_declined_offer_falls_back_to_the_next_one() -> None:
-    lines = ["permessage-deflate; server_max_window_bits=7, permessage-deflate; client_max_window_bits"]
+    lines = [
+        "permessage-deflate; server_max_window_bits=7, permessage-deflate; client_max_window_bits"
+    ]
     assert negotiate(lines) == Agreement(15, BASE)
 
 
