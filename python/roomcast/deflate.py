@@ -88,6 +88,24 @@ def _unquote(value: str) -> str | None:
     return value if _is_token(value) else None
 
 
+def _params(pieces: list[str]) -> list[Param] | None:
+    """An element's parameters (after its name); None when one is malformed."""
+    params: list[Param] = []
+    for piece in pieces:
+        key, equals, raw = piece.partition("=")
+        key = key.strip(" \t")
+        if not _is_token(key):
+            return None
+        if not equals:
+            params.append((key.lower(), None))
+            continue
+        value = _unquote(raw.strip(" \t"))
+        if value is None:
+            return None
+        params.append((key.lower(), value))
+    return params
+
+
 def parse(lines: Iterable[str]) -> list[tuple[str, list[Param]] | None]:
     """Every extension element of the header lines, in order, as (name, params); None for
     an element that is not well-formed. Names are lowercased (tokens are case-insensitive)."""
@@ -106,21 +124,7 @@ def parse(lines: Iterable[str]) -> list[tuple[str, list[Param]] | None]:
             if not _is_token(name):
                 elements.append(None)
                 continue
-            params: list[Param] | None = []
-            for piece in pieces[1:]:
-                key, equals, raw = piece.partition("=")
-                key = key.strip(" \t")
-                if not _is_token(key):
-                    params = None
-                    break
-                if not equals:
-                    params.append((key.lower(), None))
-                    continue
-                value = _unquote(raw.strip(" \t"))
-                if value is None:
-                    params = None
-                    break
-                params.append((key.lower(), value))
+            params = _params(pieces[1:])
             elements.append(None if params is None else (name.lower(), params))
     return elements
 
