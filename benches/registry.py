@@ -19,10 +19,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from .harness import Options, Row
 
-Runner = Callable[["Context", "str | None"], list[Row]]
+# run(ctx, server): `server` is a server's name (str) for a per-server scenario, else None.
+Runner = Callable[["Context", Any], list[Row]]
+R = TypeVar("R", bound=Runner)
 
 
 @dataclass
@@ -57,10 +60,10 @@ def scenario(
     compare: Mapping[str, tuple[str, str]] | None = None,
     detail: Callable[[Row], str] | None = None,
     summary: Callable[[Row], str | None] | None = None,
-) -> Callable[[Runner], Runner]:
+) -> Callable[[R], R]:
     """Register the decorated function as scenario `name` (see the module docstring)."""
 
-    def register(run: Runner) -> Runner:
+    def register(run: R) -> R:
         if name in SCENARIOS:
             raise ValueError(f"scenario {name!r} registered twice")
         SCENARIOS[name] = Scenario(
