@@ -136,6 +136,7 @@ class RawClient:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
+        self.first_byte = 0  # of the last frame read: FIN, RSV1-3, opcode
         _raw_clients.append(self)
 
     @classmethod
@@ -193,6 +194,7 @@ class RawClient:
                 (n,) = struct.unpack("!H", await self.reader.readexactly(2))
             elif n == 127:
                 (n,) = struct.unpack("!Q", await self.reader.readexactly(8))
+            self.first_byte = b0
             return b0 & 0x0F, await self.reader.readexactly(n)
 
     async def read_close(self, timeout: float = RECV_TIMEOUT) -> tuple[int, str]:

@@ -1,10 +1,12 @@
 """The picows adapter: one `Client` per WebSocket connection.
 
 picows hands us frames, not messages: this module joins continuation frames, checks their
-order, enforces the whole-message size limit and UTF-8, and turns each complete message into
-one call on the helper (through its `Links`). A `WSFrame` is only valid inside `on_ws_frame`;
-nothing here keeps it. The `Client` object is also the session (`roomcast.session`) and the
-record the public API returns (`get_clients()` and friends).
+order and reserved bits, inflates permessage-deflate messages (RSV1 on the first frame, when
+the connection negotiated it: `roomcast.deflate`), enforces the whole-message size limit (on
+the wire and once inflated) and UTF-8, and turns each complete message into one call on the
+helper (through its `Links`). picows itself ignores the reserved bits. A `WSFrame` is only
+valid inside `on_ws_frame`; nothing here keeps it. The `Client` object is also the session
+(`roomcast.session`) and the record the public API returns (`get_clients()` and friends).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ _BINARY = WSMsgType.BINARY
 _CONTINUATION = WSMsgType.CONTINUATION
 _CLOSE = WSMsgType.CLOSE
 _PONG = WSMsgType.PONG
+_PING = WSMsgType.PING
 
 # picows keeps the upgrade request and response on the transport for the connection's life
 # (read-only attributes); their headers (~2 KB per connection) are never read after the
@@ -49,6 +52,7 @@ class Links:
     __slots__ = (
         "counters",
         "hub",
+        "inflater",
         "loop",
         "max_payload_length",
         "on_connect",
@@ -75,6 +79,9 @@ class Links:
         self.on_disconnect = on_disconnect
         self.on_pause_writing = on_pause_writing
         self.loop: asyncio.AbstractEventLoop | None = None
+        # One for every connection: inbound messages carry no context (RFC 7692
+        # client_no_context_takeover), so nothing is kept per connection.
+        self.inflater = _core.Inflater()
 
 
 class Client(WSListener, SessionMachine):
@@ -85,10 +92,12 @@ class Client(WSListener, SessionMachine):
         *SESSION_SLOTS,
         "_disconnect_timer",
         "_fragments",
+        "_fragments_deflated",
         "_fragments_size",
         "_fragments_text",
         "_links",
         "connected_at",
+        "deflate_window",
         "handle",
         "transport",
     )
@@ -102,6 +111,9 @@ class Client(WSListener, SessionMachine):
         self._fragments: list[bytes] | None = None
         self._fragments_size = 0
         self._fragments_text = False
+        self._fragments_deflated = False
+        # The server window agreed for permessage-deflate (`roomcast.deflate`); 0: none.
+        self.deflate_window = 0
         self._disconnect_timer: asyncio.TimerHandle | None = None
 
     # -- the record ----------------------------------------------------------------------
@@ -133,6 +145,9 @@ class Client(WSListener, SessionMachine):
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         msg_type = frame.msg_type
+        if frame.rsv1 or frame.rsv2 or frame.rsv3:
+            self._on_reserved_bits(frame, msg_type)
+            return
         if self._fragments is None and frame.fin and (msg_type is _TEXT or msg_type is _BINARY):
             # The common case: a whole message in one frame.
             if self.closing:
@@ -148,6 +163,11 @@ class Client(WSListener, SessionMachine):
             self._on_close_frame(transport, frame)
         elif msg_type is _PONG:
             self._links.hub.touch_recv(self.handle)
+        elif msg_type is _PING:
+            # Answered here, not by picows, so a ping with reserved bits is refused first.
+            self._links.hub.touch_recv(self.handle)
+            if not transport.is_close_frame_sent:
+                transport.send_pong(frame.get_payload_as_bytes())
         elif self.closing:
             return  # nothing a closing client sends reaches the application
         elif msg_type is _TEXT or msg_type is _BINARY or msg_type is _CONTINUATION:
@@ -167,7 +187,46 @@ class Client(WSListener, SessionMachine):
 
     # -- framing details -------------------------------------------------------------------
 
-    def _on_fragment(self, frame: WSFrame, msg_type: WSMsgType) -> None:
+    def _on_reserved_bits(self, frame: WSFrame, msg_type: WSMsgType) -> None:
+        """A frame with RSV bits: the first frame of a compressed message when only RSV1 is
+        set, on a data frame, on a connection that negotiated permessage-deflate; anything
+        else fails the connection (RFC 6455 §5.2, RFC 7692 §6.1)."""
+        if frame.rsv2 or frame.rsv3:
+            self._fail(WSCloseCode.PROTOCOL_ERROR, "reserved bits RSV2/RSV3 set")
+        elif not self.deflate_window:
+            self._fail(WSCloseCode.PROTOCOL_ERROR, "RSV1 set without permessage-deflate")
+        elif msg_type is _CONTINUATION:
+            self._fail(WSCloseCode.PROTOCOL_ERROR, "RSV1 set on a continuation frame")
+        elif msg_type is not _TEXT and msg_type is not _BINARY:
+            self._fail(WSCloseCode.PROTOCOL_ERROR, "RSV1 set on a control frame")
+        elif self.closing:
+            return
+        elif self._fragments is None and frame.fin:
+            if frame.payload_size > self._links.max_payload_length:
+                self._too_big(frame.payload_size)
+                return
+            self._inflated([frame.get_payload_as_bytes()], msg_type is _TEXT)
+        else:
+            self._on_fragment(frame, msg_type, deflated=True)
+
+    def _inflated(self, parts: list[bytes], is_text: bool) -> None:
+        """Inflates a compressed message to at most max_payload_length bytes and hands it on;
+        past the limit the client gets 1009, bad deflate data 1007 (RFC 7692 §8.2.3.3)."""
+        links = self._links
+        try:
+            if len(parts) == 1:
+                payload = links.inflater.inflate(parts[0], links.max_payload_length)
+            else:
+                payload = links.inflater.inflate_parts(parts, links.max_payload_length)
+        except _core.InflatedTooBig:
+            self._too_big(links.max_payload_length + 1, inflated=True)
+            return
+        except _core.InvalidDeflate:
+            self._fail(WSCloseCode.INVALID_TEXT, "invalid compressed data")
+            return
+        links.on_message(self, payload, is_text)
+
+    def _on_fragment(self, frame: WSFrame, msg_type: WSMsgType, deflated: bool = False) -> None:
         if msg_type is _CONTINUATION:
             if self._fragments is None:
                 self._fail(WSCloseCode.PROTOCOL_ERROR, "unexpected continuation frame")
@@ -179,6 +238,7 @@ class Client(WSListener, SessionMachine):
             self._fragments = []
             self._fragments_size = 0
             self._fragments_text = msg_type is _TEXT
+            self._fragments_deflated = deflated
         self._fragments_size += frame.payload_size
         if self._fragments_size > self._links.max_payload_length:
             self._fragments = None
@@ -186,10 +246,14 @@ class Client(WSListener, SessionMachine):
             return
         self._fragments.append(frame.get_payload_as_bytes())
         if frame.fin:
-            payload = b"".join(self._fragments)
+            fragments = self._fragments
             self._fragments = None
-            if not self.closing:
-                self._links.on_message(self, payload, self._fragments_text)
+            if self.closing:
+                return
+            if self._fragments_deflated:
+                self._inflated(fragments, self._fragments_text)
+            else:
+                self._links.on_message(self, b"".join(fragments), self._fragments_text)
 
     def _on_close_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         if not transport.is_close_frame_sent:
@@ -203,11 +267,12 @@ class Client(WSListener, SessionMachine):
         fault("protocol error", "closing %s: %s", self.id, reason, extra=client_extra(self))
         self.close(code.value, reason)
 
-    def _too_big(self, size: int) -> None:
+    def _too_big(self, size: int, *, inflated: bool = False) -> None:
         fault(
             "oversized message",
-            "closing %s: message of %d bytes or more over max_payload_length %d",
+            "closing %s: %smessage of %d bytes or more over max_payload_length %d",
             self.id,
+            "inflated " if inflated else "",
             size,
             self._links.max_payload_length,
             extra=client_extra(self),

@@ -24,6 +24,8 @@ from picows import (
 from picows.picows import WSProtocol  # type: ignore[attr-defined]
 
 from .constants import LISTEN_BACKLOG, ErrorMessages
+from .deflate import HEADER as EXTENSIONS_HEADER
+from .deflate import negotiate
 from .log import PicowsLog, fault
 from .ports import Route
 from .upgrade import FirstBytesGuard, is_handshake, refusal
@@ -174,7 +176,7 @@ class WebServer:
             auto_ping_idle_timeout=20,
             auto_ping_reply_timeout=20,
             auto_ping_strategy=WSAutoPingStrategy.PING_WHEN_IDLE,
-            enable_auto_pong=True,
+            enable_auto_pong=False,  # `Client` answers pings, after its reserved-bit check
             max_frame_size=self._max_frame_size,
             extra_headers=None,
             read_buffer_init_size=READ_BUFFER_INIT_SIZE,
@@ -200,9 +202,17 @@ class WebServer:
             # picows 2.3 then wants exactly "Connection: Upgrade"; RFC 6455 allows a list
             # ("keep-alive, Upgrade", as Firefox sends), which refusal() has accepted.
             headers["Connection"] = "Upgrade"
+            agreement = None
+            if helper.server_options["per_message_deflate"]:
+                agreement = negotiate(headers.getall(EXTENSIONS_HEADER, ()))
             try:
-                client = helper.accept()
+                client = helper.accept(0 if agreement is None else agreement.server_max_window_bits)
                 log.client = weakref.ref(client)  # picows' lines about it carry its id
+                if agreement is not None:
+                    answer = {EXTENSIONS_HEADER: agreement.response}
+                    return WSUpgradeResponseWithListener(
+                        WSUpgradeResponse.create_101_response(answer), client
+                    )
                 return client
             except UpgradeRefused as exc:
                 logger.warning("upgrade refused on %s: %s", path, exc)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from . import _core
 from .constants import LISTEN_BACKLOG, WebSocketDefaults
 
 # server_options keys and their defaults.
@@ -16,7 +17,10 @@ OPTION_DEFAULTS: dict[str, Any] = {
     "send_pings": WebSocketDefaults.SEND_PINGS,
     "max_connections": None,
     "publish_to_self": WebSocketDefaults.PUBLISH_TO_SELF,
+    # permessage-deflate (RFC 7692, `roomcast.deflate`): negotiated when a client offers it;
+    # messages shorter than deflate_threshold bytes go uncompressed.
     "per_message_deflate": False,
+    "deflate_threshold": _core.DEFAULT_DEFLATE_THRESHOLD,
     # Seconds a new connection has to complete its upgrade request.
     "handshake_timeout": 5.0,
     "backlog": LISTEN_BACKLOG,
@@ -44,6 +48,7 @@ OPTION_ALIASES = {
     "maxConnections": "max_connections",
     "publishToSelf": "publish_to_self",
     "perMessageDeflate": "per_message_deflate",
+    "deflateThreshold": "deflate_threshold",
     "handshakeTimeout": "handshake_timeout",
     "writeDelay": "write_delay",
     "historyRooms": "history_rooms",
@@ -63,8 +68,13 @@ def resolve_server_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
         if name not in resolved:
             raise ValueError(f"unknown server option: {key}")
         resolved[name] = value
-    if resolved["per_message_deflate"]:
-        raise ValueError("unsupported server option: per_message_deflate")
+    if type(resolved["per_message_deflate"]) is not bool:
+        raise ValueError(
+            f"per_message_deflate must be true or false: {resolved['per_message_deflate']!r}"
+        )
+    threshold = resolved["deflate_threshold"]
+    if type(threshold) is not int or threshold < 0:
+        raise ValueError(f"deflate_threshold must be a non-negative integer: {threshold!r}")
     if int(resolved["max_payload_length"]) <= 0:
         raise ValueError(f"max_payload_length must be positive: {resolved['max_payload_length']}")
     if int(resolved["backpressure_limit"]) <= 0:

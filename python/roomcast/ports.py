@@ -15,15 +15,16 @@ from .counters import Counters
 
 
 class Route(Protocol):
-    """An endpoint on one path: `accept()` gives the listener of a new connection or raises
-    `roomcast.http.UpgradeRefused`. `server_options` are the resolved options
-    (`roomcast.options`): the listener takes its frame size, upgrade timeout and backlog
-    from them."""
+    """An endpoint on one path: `accept(deflate_window)` gives the listener of a new
+    connection (that negotiated permessage-deflate with that server window, 0: it did not)
+    or raises `roomcast.http.UpgradeRefused`. `server_options` are the resolved options
+    (`roomcast.options`): the listener takes its frame size, upgrade timeout, backlog and
+    whether to negotiate permessage-deflate from them."""
 
     server_options: dict[str, Any]
 
     def get_path(self) -> str: ...
-    def accept(self) -> WSListener: ...
+    def accept(self, deflate_window: int = 0) -> WSListener: ...
 
 
 class Node(Protocol):

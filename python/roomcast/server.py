@@ -164,6 +164,7 @@ class WebSocketServerHelper(Inbound, Authentication, Rooms, Delivery, History, P
             on_overflow=self._on_overflow,
             on_interest=self._on_interest if self._barrier.interest is not None else None,
             direct_writes=True,
+            deflate_threshold=int(self.server_options["deflate_threshold"]),
         )
         self._barrier.hub = self._hub
         # Plain ints the protocol path bumps; `roomcast.metrics` reads them at scrape time.
@@ -294,13 +295,17 @@ class WebSocketServerHelper(Inbound, Authentication, Rooms, Delivery, History, P
     def get_path(self) -> str:
         return self._path
 
-    def accept(self) -> Client:
-        """A listener for a new upgrade request; raises UpgradeRefused when it can't be taken."""
+    def accept(self, deflate_window: int = 0) -> Client:
+        """A listener for a new upgrade request (that negotiated permessage-deflate with
+        server window `deflate_window`, 0: it did not); raises UpgradeRefused when it can't
+        be taken."""
         if not self._accepting:
             raise UpgradeRefused("not accepting connections (not configured or shutting down)")
         if self._max_connections is not None and len(self._clients) >= self._max_connections:
             raise UpgradeRefused(f"connection limit reached: {self._max_connections}")
-        return Client(self._links, str(uuid.uuid4()))
+        client = Client(self._links, str(uuid.uuid4()))
+        client.deflate_window = deflate_window
+        return client
 
     # -- connection events (called by Client through its Links) -----------------------------
 
@@ -310,6 +315,8 @@ class WebSocketServerHelper(Inbound, Authentication, Rooms, Delivery, History, P
             high=self._backpressure_limit, low=self._backpressure_limit // 4
         )
         client.handle = self._hub.add(client.id, raw.write, client)
+        if client.deflate_window:
+            self._hub.set_deflate(client.handle, client.deflate_window)
         self._clients[client.id] = client
         self.counters.connects += 1
         self._hub.set_auth_deadline(client.handle, self.auth_timeout)

@@ -66,6 +66,8 @@ class ServeConfig:
     presence_rooms: str | None = None
     presence_ttl: float = _SERVER.options["presence_ttl"]
     presence_events: bool = False
+    per_message_deflate: bool = False
+    deflate_threshold: int = _SERVER.options["deflate_threshold"]
     log_level: str = "info"
     workers: int = 1
     ssl_certfile: str | None = None
@@ -95,6 +97,8 @@ class ServeConfig:
                 "presence_rooms": self.presence_rooms,
                 "presence_ttl": self.presence_ttl,
                 "presence_events": self.presence_events,
+                "per_message_deflate": self.per_message_deflate,
+                "deflate_threshold": self.deflate_threshold,
             },
         )
 
@@ -247,6 +251,17 @@ _SERVE_FLAGS: list[tuple[str, Callable[[str], Any] | None, str]] = [
         "ms a dead node's members stay in presence at most (default 30000)",
     ),
     ("--presence-events", None, "presence-join/presence-leave events to presence room members"),
+    (
+        "--per-message-deflate",
+        None,
+        "negotiate permessage-deflate (RFC 7692) with clients that offer it",
+    ),
+    (
+        "--deflate-threshold",
+        _non_negative_int,
+        "messages shorter than this many bytes go uncompressed (default "
+        f"{_SERVER.options['deflate_threshold']})",
+    ),
     ("--log-level", str, "trace, debug, info, warning or error (default info)"),
     ("--log-format", str, "text, or json for one JSON object per line (default text)"),
     (
