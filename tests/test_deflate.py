@@ -6,24 +6,34 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import re
+import signal
+import subprocess
+import sys
 import zlib
 from typing import Any
 
 import orjson
 import pytest
+from roomcast.app import Application
+from roomcast.cli.flags import build_parser, config_from_args
+from roomcast.component import WebSocketBindingKeys, WebSocketComponent
 from roomcast.options import resolve_server_options
+from roomcast.redis import RedisHelper
 from support import (
     RawClient,
     allow_all,
     authed,
     closed_with,
     eventually,
+    open_client,
     recv,
     run,
     running,
     send,
 )
 
+SECRET = "a-test-secret-of-at-least-32-bytes"
 BASE = "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
 TAIL = b"\x00\x00\xff\xff"
 
@@ -461,3 +471,111 @@ def test_compression_survives_many_connections_at_once() -> None:
             assert node.helper.stats()["deflated"] == 1
 
     run(body())
+
+
+# -- the option everywhere ------------------------------------------------------------------
+
+
+def test_envelope_from_another_node_is_compressed_on_the_delivering_node(redis_server) -> None:
+    async def body() -> None:
+        url = redis_server.url
+        async with (
+            running(redis_connection=RedisHelper(url=url)) as sender,
+            running(redis_connection=RedisHelper(url=url), server_options=deflate_on()) as node,
+        ):
+            raw = await raw_authed(node.port)
+            ws, _ = await authed(node.url, compression=None)
+            await node.helper.settle()
+            await sender.helper.settle()
+            sender.helper.send(None, {"topic": "scores", "data": scores()})
+            compressed, message = await read_message(raw)
+            assert compressed and message == {"event": "scores", "data": scores()}
+            assert await recv(ws) == {"event": "scores", "data": scores()}
+            assert node.helper.stats()["deflated"] == 1
+            assert sender.helper.stats()["deflated"] == 0  # nobody there negotiated it
+            await ws.close()
+
+    run(body())
+
+
+def test_component_server_options_binding_turns_it_on(redis_server) -> None:
+    app = Application(port=0)
+    app.bind(WebSocketBindingKeys.REDIS_CONNECTION).to_value(RedisHelper(url=redis_server.url))
+    app.bind(WebSocketBindingKeys.AUTHENTICATE_HANDLER).to_value(
+        lambda data: {"user_id": data.get("token")}
+    )
+    app.bind(WebSocketBindingKeys.SERVER_OPTIONS).to_value(
+        {"serverOptions": {"perMessageDeflate": True}}
+    )
+    app.component(WebSocketComponent)
+
+    async def body() -> None:
+        await app.start()
+        try:
+            ws, _ = await authed(f"ws://127.0.0.1:{app.bound_port}/ws", "u", compression="deflate")
+            assert ws.response.headers["Sec-WebSocket-Extensions"].startswith(BASE)
+            helper = app.get(WebSocketBindingKeys.WEBSOCKET_INSTANCE)
+            helper.broadcast("scores", scores())
+            assert await recv(ws) == {"event": "scores", "data": scores()}
+            assert helper.stats()["deflated"] == 1
+            await ws.close()
+        finally:
+            await app.stop()
+
+    run(body())
+
+
+def _serve(*flags: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "roomcast", "serve", "--port", "0", "--jwt-secret", SECRET, *flags],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def _listening_port(proc: subprocess.Popen[str]) -> int:
+    assert proc.stdout is not None
+    while line := proc.stdout.readline():
+        match = re.search(r"listening on ws://127\.0\.0\.1:(\d+)/", line)
+        if match:
+            return int(match.group(1))
+    raise AssertionError(f"server exited: {proc.wait(timeout=20)} {proc.stderr}")
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "negotiated"),
+    [
+        (("--per-message-deflate",), None, True),
+        ((), {"ROOMCAST_PER_MESSAGE_DEFLATE": "1"}, True),
+        ((), None, False),
+    ],
+)
+def test_cli_flag_and_environment_variable(
+    flags: tuple[str, ...], env: dict[str, str] | None, negotiated: bool
+) -> None:
+    proc = _serve(*flags, env=env)
+    try:
+        port = _listening_port(proc)
+
+        async def body() -> None:
+            ws = await open_client(f"ws://127.0.0.1:{port}/ws", compression="deflate")
+            answer = ws.response.headers.get("Sec-WebSocket-Extensions")
+            assert (answer is not None and answer.startswith(BASE)) is negotiated, answer
+            await ws.close()
+
+        run(body())
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=20)  # and closes the pipes
+    assert proc.returncode == 0
+
+
+def test_cli_threshold_flag_reaches_the_server_options() -> None:
+    args = build_parser().parse_args(["serve", "--per-message-deflate", "--deflate-threshold", "0"])
+    options = config_from_args(args, {}).server_config().options
+    assert options["per_message_deflate"] is True and options["deflate_threshold"] == 0
+    args = build_parser().parse_args(["serve"])
+    options = config_from_args(args, {"ROOMCAST_DEFLATE_THRESHOLD": "1024"}).server_config().options
+    assert options["per_message_deflate"] is False and options["deflate_threshold"] == 1024

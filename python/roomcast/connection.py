@@ -44,6 +44,12 @@ _NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
 CLOSE_GRACE = 2.0
 
 
+def _valid_close_code(code: int) -> bool:
+    """A code a close frame may carry (RFC 6455 §7.4: 1004-1006 and 1015 are reserved, below
+    1000 and 1016-2999 unassigned, from 5000 undefined)."""
+    return (1000 <= code <= 1014 and code not in (1004, 1005, 1006)) or 3000 <= code <= 4999
+
+
 class Links:
     """What every `Client` of one helper reaches: the hub, the counters and the helper's
     connection events, handed over explicitly (one object per helper, so a connection
@@ -257,10 +263,12 @@ class Client(WSListener, SessionMachine):
 
     def _on_close_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         if not transport.is_close_frame_sent:
-            code = frame.get_close_code()
-            if code == WSCloseCode.ABNORMAL_CLOSURE:  # never valid on the wire
-                code = WSCloseCode.PROTOCOL_ERROR
-            transport.send_close(code, frame.get_close_message())
+            if frame.payload_size == 0:  # no code: answered with a normal closure
+                transport.send_close(WSCloseCode.OK)
+            elif _valid_close_code(frame.get_close_code()):
+                transport.send_close(frame.get_close_code(), frame.get_close_message())
+            else:
+                transport.send_close(WSCloseCode.PROTOCOL_ERROR)
         transport.disconnect()
 
     def _fail(self, code: WSCloseCode, reason: str) -> None:
