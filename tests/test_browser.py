@@ -1,4 +1,5 @@
-"""Headless Chromium runs the example page: WebCrypto handshake, decryption, encrypted reply.
+"""Headless Chromium runs the example page (WebCrypto handshake, decryption, encrypted reply)
+and a plain page over permessage-deflate.
 
 Needs Debian's `chromium` (`.ci/run` installs it). Skipped only when it is missing outside CI;
 with CI=true a missing browser fails the test.
@@ -85,6 +86,84 @@ def test_example_page_completes_the_handshake_with_webcrypto_and_decrypts_a_room
                     tail = Path(log.name).read_bytes()[-3000:].decode(errors="replace")
                     pytest.fail(f"no answer from the page within {BROWSER_TIMEOUT} s:\n{tail}")
                 assert report == {"event": "report", "data": {"event": "news", "data": news}}
+        finally:
+            if browser is not None and browser.returncode is None:
+                browser.kill()
+                await browser.wait()
+            log.close()
+            shutil.rmtree(profile, ignore_errors=True)
+
+    run(body(), timeout=BROWSER_TIMEOUT * 2 + 10)
+
+
+DEFLATE_PAGE = b"""<!doctype html><meta charset="utf-8"><script type="module">
+const ws = new WebSocket(`ws://${location.host}/ws`);
+ws.onopen = () => ws.send(JSON.stringify({event: "authenticate", data: {token: "user:chromium"}}));
+ws.onmessage = (e) => {
+  const message = JSON.parse(e.data);
+  if (message.event === "connected") {
+    ws.send(JSON.stringify({event: "ready", data: {extensions: ws.extensions}}));
+  } else if (message.event === "news") {
+    ws.send(JSON.stringify({event: "report", data: message}));
+  }
+};
+</script>"""
+
+
+def test_chromium_negotiates_permessage_deflate_and_receives_a_compressed_broadcast():
+    assert os.path.exists(CHROMIUM), f"{CHROMIUM} is missing: .ci/run must install chromium"
+    events: asyncio.Queue[tuple[str, dict]] = asyncio.Queue()
+
+    def on_message(client_id, user_id, message):
+        events.put_nowait((client_id, message))
+
+    def handler(request: HttpRequest) -> HttpResponse | None:
+        if request.path == "/":
+            return HttpResponse(200, DEFLATE_PAGE, {"Content-Type": "text/html; charset=utf-8"})
+        return None
+
+    async def body():
+        profile = tempfile.mkdtemp(prefix="roomcast-chromium-")
+        log = open(os.path.join(profile, "chromium.log"), "wb")
+        browser = None
+        try:
+            async with running(
+                http_handler=handler,
+                message_handler=on_message,
+                server_options={"per_message_deflate": True},
+            ) as node:
+                browser = await asyncio.create_subprocess_exec(
+                    CHROMIUM,
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-quic",
+                    "--no-first-run",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--disable-dev-shm-usage",
+                    f"--user-data-dir={profile}",
+                    f"http://127.0.0.1:{node.port}/",
+                    stdout=log,
+                    stderr=log,
+                )
+                try:
+                    client_id, ready = await asyncio.wait_for(events.get(), BROWSER_TIMEOUT)
+                    assert ready["event"] == "ready", ready
+                    extensions = ready["data"]["extensions"]
+                    assert extensions.startswith("permessage-deflate"), extensions
+                    assert "server_no_context_takeover" in extensions, extensions
+                    assert node.helper.get_clients(client_id).deflate_window == 15
+                    news = {"text": "héllo ✓ " * 40, "n": list(range(50))}
+                    assert node.helper.broadcast("news", news) == 1
+                    _, report = await asyncio.wait_for(events.get(), BROWSER_TIMEOUT)
+                except TimeoutError:
+                    log.flush()
+                    tail = Path(log.name).read_bytes()[-3000:].decode(errors="replace")
+                    pytest.fail(f"no answer from the page within {BROWSER_TIMEOUT} s:\n{tail}")
+                assert report == {"event": "report", "data": {"event": "news", "data": news}}
+                assert node.helper.stats()["deflated"] == 1
         finally:
             if browser is not None and browser.returncode is None:
                 browser.kill()
