@@ -101,6 +101,11 @@ def server(
     env = {**os.environ, "APP_ENV_LOGGER_LEVEL": "error"}
     if kind == "roomcast-send":  # roomcast with one send(2) per direct write, not io_uring
         kind, env["ROOMCAST_IO_URING"] = "roomcast", "0"
+    deflate = kind.endswith("-deflate")  # permessage-deflate on (roomcast, ignis)
+    if deflate:
+        kind = kind.removesuffix("-deflate")
+        if kind == "roomcast":
+            extra = (*extra, "--per-message-deflate")
     with ExitStack() as stack:
         if kind == "roomcast" or kind == "pyloop":
             fanout = "rust" if kind == "roomcast" else "python"
@@ -117,6 +122,8 @@ def server(
             bun = str(root / "node_modules/.bin/bun")
             command = [bun, str(root / "server.ts"), str(port), str(redis_port)]
             command.append(str(int(heartbeat_timeout * 1000)))
+            if deflate:
+                command.append("deflate")
         else:
             raise ValueError(f"unknown server: {kind}")
         if cpus is not None and shutil.which("taskset"):

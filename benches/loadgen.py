@@ -9,6 +9,10 @@ puts client i in room R[i % n]; `publish N RATE SIZE ROOMS` makes the first clie
 `latency` (with --latency, messages whose data carries `t`, the sender's perf_counter on the
 same host, are timed); `quit` exits. With --encrypted every client offers a public key (the
 built-in scheme) and client 0 decrypts what it receives (`count` reports failures as `bad`).
+With --deflate every client offers permessage-deflate and client 0 inflates what arrives
+compressed (failures are `bad`); `count` also reports `bytes`, the wire bytes received.
+`publish N RATE SIZE ROOMS json` sends about SIZE bytes of varied JSON records instead of
+SIZE bytes of padding (what compression meets in practice).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import argparse
 import asyncio
 import sys
 import time
+import zlib
 
 import orjson
 import uvloop
@@ -28,11 +33,13 @@ last_received = [0.0]
 
 
 class BenchClient(WSListener):
-    def __init__(self, index: int, crypto: EcdhClient | None = None) -> None:
+    def __init__(self, index: int, crypto: EcdhClient | None = None, inflate: bool = False) -> None:
         self.index = index
         self.crypto = crypto
+        self.inflate = inflate
         self.bad = 0
         self.received = 0
+        self.bytes = 0
         self.transport: WSTransport | None = None
         self.connected: asyncio.Future[dict] = asyncio.get_running_loop().create_future()
         self.closed: int | None = None
@@ -47,6 +54,20 @@ class BenchClient(WSListener):
             transport.disconnect()
             return
         if frame.msg_type is not WSMsgType.TEXT:
+            return
+        size = frame.payload_size
+        self.bytes += size + (2 if size < 126 else 4 if size < 65536 else 10)
+        if frame.rsv1:
+            self.received += 1
+            last_received[0] = time.perf_counter()
+            if self.inflate:  # only client 0 pays for checking compressed messages
+                try:
+                    payload = zlib.decompressobj(wbits=-15).decompress(
+                        frame.get_payload_as_bytes() + b"\x00\x00\xff\xff"
+                    )
+                    orjson.loads(payload)
+                except Exception:
+                    self.bad += 1
             return
         if not self.connected.done():
             message = orjson.loads(frame.get_payload_as_memoryview())
@@ -76,6 +97,7 @@ async def connect_many(
     concurrency: int = 200,
     encrypted: bool = False,
     times: list[float] | None = None,
+    deflate: bool = False,
 ) -> None:
     """Connect and authenticate `count` clients, appending each to `clients` once connected
     (and to `times` how long each took, from opening its socket to `connected`)."""
@@ -90,9 +112,15 @@ async def connect_many(
             crypto = None
             if shared is not None and i == 0:
                 crypto = EcdhClient(private_key=shared.private_key)
-            client = BenchClient(i, crypto)
+            client = BenchClient(i, crypto, inflate=deflate and i == 0)
             transport, _ = await ws_connect(
-                lambda: client, url, use_aiofastnet=False, enable_auto_pong=True
+                lambda: client,
+                url,
+                use_aiofastnet=False,
+                enable_auto_pong=True,
+                extra_headers={"Sec-WebSocket-Extensions": "permessage-deflate"}
+                if deflate
+                else None,
             )
             data: dict[str, str] = {"type": "Bearer", "token": f"{token_prefix}{i}"}
             if shared is not None:
@@ -118,16 +146,42 @@ async def heartbeats(clients: list[BenchClient], interval: float) -> None:
         await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
 
 
-async def publish(client: BenchClient, count: str, rate: str, size: str, rooms: str) -> int:
+def records(size: int, seed: int) -> list[dict[str, object]]:
+    """About `size` bytes of JSON records, different for each `seed` (a scoreboard)."""
+    out: list[dict[str, object]] = []
+    length = 2
+    i = 0
+    while length < size:
+        record = {
+            "id": seed * 1000 + i,
+            "name": f"player-{(seed * 7 + i * 13) % 997}",
+            "score": (seed * 7919 + i * 104729) % 100000,
+            "online": (seed + i) % 3 != 0,
+        }
+        out.append(record)
+        length += len(orjson.dumps(record)) + 1
+        i += 1
+    return out
+
+
+async def publish(
+    client: BenchClient, count: str, rate: str, size: str, rooms: str, kind: str = "pad"
+) -> int:
     """Send `count` publish events (rate per second, 0 = as fast as possible), each carrying
-    its send time for latency, to the rooms round-robin (`-` = broadcast)."""
+    its send time for latency, to the rooms round-robin (`-` = broadcast); `kind` "json":
+    varied JSON records of about `size` bytes instead of padding."""
     assert client.transport is not None
     send, pad = client.transport.send, "x" * int(size)
+    boards = [records(int(size), seed) for seed in range(16)] if kind == "json" else None
     targets = rooms.split(",") if rooms != "-" else [None]
     interval = 1 / float(rate) if float(rate) > 0 else 0.0
     next_at = time.perf_counter()
     for i in range(int(count)):
-        data: dict[str, object] = {"t": time.perf_counter(), "pad": pad}
+        data: dict[str, object] = {"t": time.perf_counter()}
+        if boards is not None:
+            data["board"] = boards[i % len(boards)]
+        else:
+            data["pad"] = pad
         room = targets[i % len(targets)]
         if room is not None:
             data["room"] = room
@@ -148,6 +202,7 @@ def report(clients: list[BenchClient]) -> dict[str, object]:
         "max": max(counts, default=0),
         "closed": sum(1 for c in clients if c.closed is not None),
         "bad": sum(c.bad for c in clients),
+        "bytes": sum(c.bytes for c in clients),
         "last": last_received[0],
     }
 
@@ -172,6 +227,7 @@ async def main() -> None:
     parser.add_argument("--token-prefix", default="user:u")
     parser.add_argument("--latency", action="store_true")
     parser.add_argument("--encrypted", action="store_true")
+    parser.add_argument("--deflate", action="store_true", help="offer permessage-deflate")
     args = parser.parse_args()
 
     loop = asyncio.get_running_loop()
@@ -180,7 +236,13 @@ async def main() -> None:
     started = time.perf_counter()
     times: list[float] = []
     await connect_many(
-        args.url, args.count, args.token_prefix, clients, encrypted=args.encrypted, times=times
+        args.url,
+        args.count,
+        args.token_prefix,
+        clients,
+        encrypted=args.encrypted,
+        times=times,
+        deflate=args.deflate,
     )
     connect_seconds = time.perf_counter() - started
     times.sort()

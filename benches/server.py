@@ -294,10 +294,17 @@ async def main() -> None:
     parser.add_argument("--history-rooms", default=None, help="server_options history_rooms")
     parser.add_argument("--history-size", type=int, default=100)
     parser.add_argument(
+        "--per-message-deflate", action="store_true", help="server_options per_message_deflate"
+    )
+    parser.add_argument(
         "--default-gc", action="store_true", help="keep CPython's GC settings (no tune_gc)"
     )
     args = parser.parse_args()
-    options: dict[str, Any] = {"idle_timeout": 0, "write_delay": args.write_delay}
+    options: dict[str, Any] = {
+        "idle_timeout": 0,
+        "write_delay": args.write_delay,
+        "per_message_deflate": args.per_message_deflate,
+    }
     if args.history_rooms:
         options.update(history_rooms=args.history_rooms, history_size=args.history_size)
     helper = WebSocketServerHelper(

@@ -1,7 +1,8 @@
 // The original Ignis WebSocketServerHelper on Bun, wired as its WebSocketComponent wires it,
 // for side-by-side measurement only. Run from a directory where `bun`,
 // `@venizia/ignis-helpers@0.0.7` and `@hono/zod-openapi` are installed (see benches/README.md):
-//   bun server.ts PORT REDIS_PORT [HEARTBEAT_TIMEOUT_MS]
+//   bun server.ts PORT REDIS_PORT [HEARTBEAT_TIMEOUT_MS] [deflate]
+// ("deflate": serverOptions.perMessageDeflate, which the original hands to Bun's websocket.)
 // It answers the bench protocol: a custom `publish` event is delivered as `bench` to its
 // `room` (or to everyone), like benches/server.py does for roomcast.
 import { RedisHelper, WebSocketServerHelper } from "@venizia/ignis-helpers";
@@ -9,6 +10,7 @@ import { RedisHelper, WebSocketServerHelper } from "@venizia/ignis-helpers";
 const port = Number(process.argv[2]);
 const redisPort = Number(process.argv[3]);
 const heartbeatTimeout = Number(process.argv[4] ?? 90000);
+const perMessageDeflate = process.argv[5] === "deflate";
 
 const redis = new RedisHelper({ name: "bench", host: "127.0.0.1", port: redisPort });
 
@@ -51,5 +53,8 @@ helper = new WebSocketServerHelper({
   },
 } as any);
 await helper.configure();
-server.reload({ fetch: fetchHandler, websocket: helper.getBunWebSocketHandler() } as any);
+server.reload({
+  fetch: fetchHandler,
+  websocket: { ...helper.getBunWebSocketHandler(), perMessageDeflate },
+} as any);
 console.log("ready");
