@@ -39,7 +39,7 @@ def _wire(gens: list[Any]) -> tuple[int, int]:
 
 
 def one_server(kind: str, count: int, messages: int, rate: int, rounds: int) -> list[Row]:
-    deflate = kind.endswith("-deflate")
+    deflate = "-deflate" in kind
     rows: list[Row] = []
     with server(kind) as (port, pid):
         rss_before = rss_bytes(pid)
@@ -98,16 +98,16 @@ def ratios(rows: list[Row]) -> list[Row]:
     out = []
     by_key = {(r["server"], r["clients"], r["regime"]): r for r in rows}
     for (kind, count, regime), row in by_key.items():
-        if not kind.endswith("-deflate"):
+        if "-deflate" not in kind:
             continue
-        plain = by_key.get((kind.removesuffix("-deflate"), count, regime))
+        plain = by_key.get((kind.partition("-deflate")[0], count, regime))
         if plain is None:
             continue
         out.append(
             emit(
                 {
                     "scenario": "deflate-ratio",
-                    "server": kind.removesuffix("-deflate"),
+                    "server": kind,
                     "clients": count,
                     "regime": regime,
                     "cpu_ratio": row["cpu_ns_per_delivery"] / plain["cpu_ns_per_delivery"],
@@ -145,7 +145,8 @@ def _summary(row: Row) -> str | None:
 def deflate(ctx: Context, _server: None) -> list[Row]:
     quick = ctx.options.quick
     counts = [20] if quick else [c for c in ctx.options.counts if c <= 5000] or [1000, 5000]
-    kinds = ["roomcast", "roomcast-deflate"]
+    levels = [f"roomcast-deflate@{level}" for level in ctx.options.deflate_levels]
+    kinds = ["roomcast", "roomcast-deflate", *levels]
     if "ignis" in ctx.options.servers:
         kinds += ["ignis", "ignis-deflate"]
     rows: list[Row] = []

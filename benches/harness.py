@@ -101,11 +101,15 @@ def server(
     env = {**os.environ, "APP_ENV_LOGGER_LEVEL": "error"}
     if kind == "roomcast-send":  # roomcast with one send(2) per direct write, not io_uring
         kind, env["ROOMCAST_IO_URING"] = "roomcast", "0"
-    deflate = kind.endswith("-deflate")  # permessage-deflate on (roomcast, ignis)
+    # permessage-deflate on: "roomcast-deflate" (or "roomcast-deflate@LEVEL"), "ignis-deflate".
+    kind, level = kind.partition("@")[::2]
+    deflate = kind.endswith("-deflate")
     if deflate:
         kind = kind.removesuffix("-deflate")
         if kind == "roomcast":
             extra = (*extra, "--per-message-deflate")
+            if level:
+                extra = (*extra, "--deflate-level", level)
     with ExitStack() as stack:
         if kind == "roomcast" or kind == "pyloop":
             fanout = "rust" if kind == "roomcast" else "python"
@@ -373,6 +377,7 @@ class Options:
     quick: bool  # tiny sizes: a smoke run
     write_delays: tuple[float, ...] = ()  # steady, saturate: extra roomcast write_delay rows
     default_gc: bool = False  # redisconnect: CPython's GC settings, not roomcast serve's
+    deflate_levels: tuple[int, ...] = ()  # deflate: extra roomcast rows at these zlib levels
 
 
 def add_options(parser: argparse.ArgumentParser) -> None:
@@ -385,6 +390,11 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         "--write-delay",
         default="",
         help="steady: also run roomcast with these write_delay values (seconds, comma-separated)",
+    )
+    parser.add_argument(
+        "--deflate-levels",
+        default="",
+        help="deflate: also run roomcast at these zlib levels (comma-separated)",
     )
     parser.add_argument(
         "--default-gc",
@@ -417,4 +427,5 @@ def options(args: argparse.Namespace) -> Options:
         quick=args.quick,
         write_delays=tuple(float(d) for d in args.write_delay.split(",") if d),
         default_gc=args.default_gc,
+        deflate_levels=tuple(int(level) for level in args.deflate_levels.split(",") if level),
     )

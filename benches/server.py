@@ -39,7 +39,7 @@ from urllib.parse import parse_qs
 
 import uvloop
 from picows import WSMsgType
-from roomcast import HttpRequest, HttpResponse, WebSocketClientStates, WebSocketServerHelper
+from roomcast import HttpRequest, HttpResponse, WebSocketClientStates, WebSocketServerHelper, _core
 from roomcast.crypto import EcdhScheme
 from roomcast.protocol import encode
 from roomcast.runner import tune_gc
@@ -296,6 +296,7 @@ async def main() -> None:
     parser.add_argument(
         "--per-message-deflate", action="store_true", help="server_options per_message_deflate"
     )
+    parser.add_argument("--deflate-level", type=int, default=_core.DEFAULT_DEFLATE_LEVEL)
     parser.add_argument(
         "--default-gc", action="store_true", help="keep CPython's GC settings (no tune_gc)"
     )
@@ -304,6 +305,7 @@ async def main() -> None:
         "idle_timeout": 0,
         "write_delay": args.write_delay,
         "per_message_deflate": args.per_message_deflate,
+        "deflate_level": args.deflate_level,
     }
     if args.history_rooms:
         options.update(history_rooms=args.history_rooms, history_size=args.history_size)

@@ -265,7 +265,7 @@ class Client(WSListener, SessionMachine):
         if not transport.is_close_frame_sent:
             if frame.payload_size == 0:  # no code: answered with a normal closure
                 transport.send_close(WSCloseCode.OK)
-            elif _valid_close_code(frame.get_close_code()):
+            elif _valid_close_code(int(frame.get_close_code())):
                 transport.send_close(frame.get_close_code(), frame.get_close_message())
             else:
                 transport.send_close(WSCloseCode.PROTOCOL_ERROR)

@@ -18,9 +18,10 @@ OPTION_DEFAULTS: dict[str, Any] = {
     "max_connections": None,
     "publish_to_self": WebSocketDefaults.PUBLISH_TO_SELF,
     # permessage-deflate (RFC 7692, `roomcast.deflate`): negotiated when a client offers it;
-    # messages shorter than deflate_threshold bytes go uncompressed.
+    # messages shorter than deflate_threshold bytes go uncompressed; zlib's level 0-9.
     "per_message_deflate": False,
     "deflate_threshold": _core.DEFAULT_DEFLATE_THRESHOLD,
+    "deflate_level": _core.DEFAULT_DEFLATE_LEVEL,
     # Seconds a new connection has to complete its upgrade request.
     "handshake_timeout": 5.0,
     "backlog": LISTEN_BACKLOG,
@@ -49,6 +50,7 @@ OPTION_ALIASES = {
     "publishToSelf": "publish_to_self",
     "perMessageDeflate": "per_message_deflate",
     "deflateThreshold": "deflate_threshold",
+    "deflateLevel": "deflate_level",
     "handshakeTimeout": "handshake_timeout",
     "writeDelay": "write_delay",
     "historyRooms": "history_rooms",
@@ -75,6 +77,9 @@ def resolve_server_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
     threshold = resolved["deflate_threshold"]
     if type(threshold) is not int or threshold < 0:
         raise ValueError(f"deflate_threshold must be a non-negative integer: {threshold!r}")
+    level = resolved["deflate_level"]
+    if type(level) is not int or not 0 <= level <= 9:
+        raise ValueError(f"deflate_level must be an integer from 0 to 9: {level!r}")
     if int(resolved["max_payload_length"]) <= 0:
         raise ValueError(f"max_payload_length must be positive: {resolved['max_payload_length']}")
     if int(resolved["backpressure_limit"]) <= 0:

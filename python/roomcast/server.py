@@ -165,6 +165,7 @@ class WebSocketServerHelper(Inbound, Authentication, Rooms, Delivery, History, P
             on_interest=self._on_interest if self._barrier.interest is not None else None,
             direct_writes=True,
             deflate_threshold=int(self.server_options["deflate_threshold"]),
+            deflate_level=int(self.server_options["deflate_level"]),
         )
         self._barrier.hub = self._hub
         # Plain ints the protocol path bumps; `roomcast.metrics` reads them at scrape time.

@@ -20,12 +20,11 @@ from typing import Any
 
 import uvloop
 from picows import WSListener, WSMsgType, WSTransport
-
 from roomcast import _core
 from roomcast.connection import Client, Links
 from roomcast.constants import CloseCode
-from roomcast.http import WebServer
 from roomcast.counters import Counters
+from roomcast.http import WebServer
 from roomcast.options import resolve_server_options
 from roomcast.protocol import InvalidText, decode
 
