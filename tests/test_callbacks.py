@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 from roomcast import WebSocketServerHelper
-from roomcast.callbacks import CALLBACK_KEYWORDS
 from roomcast.crypto import EcdhScheme
+from roomcast.node.callbacks import CALLBACK_KEYWORDS
 from support import allow_all, authed, recv, run, running, send
 
 

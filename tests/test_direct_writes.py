@@ -10,7 +10,7 @@ import ssl
 import orjson
 import pytest
 from roomcast import WebSocketServerHelper
-from roomcast.tls import server_context
+from roomcast.transport.tls import server_context
 from serving_support import make_certificates
 from support import RawClient, authed, recv, run, running, token_auth
 

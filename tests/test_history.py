@@ -10,7 +10,7 @@ import orjson
 import pytest
 from roomcast.broker.history import MemoryHistory
 from roomcast.config import ServerConfig
-from roomcast.options import resolve_server_options
+from roomcast.node.options import resolve_server_options
 from support import allow_all, authed, eventually, nothing_more, recv, run, running, send
 
 HISTORY = {"history_rooms": "chat:*"}

@@ -13,7 +13,7 @@ import pytest
 from redis_support import node, raw_redis, settle
 from roomcast import RedisClusterHelper, WebSocketEmitter
 from roomcast.broker.redis.settings import KEY, decode_settings
-from roomcast.metrics import samples
+from roomcast.serving.metrics import samples
 from support import authed, recv, run
 from test_history import join, joined
 from test_history_redis import redis_at

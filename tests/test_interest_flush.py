@@ -14,11 +14,11 @@ from typing import Any
 
 from redis_support import FreezingProxy, node, raw_redis
 from roomcast import RedisHelper, WebSocketEmitter
-from roomcast.barrier import JoinBarrier
 from roomcast.broker.redis import RedisBroker, RedisTarget
 from roomcast.broker.redis.interest import FLUSH_SPACING
 from roomcast.broker.redis.session import Shard
 from roomcast.broker.redis.wire import Commands
+from roomcast.node.barrier import JoinBarrier
 from support import authed, recv, run
 
 

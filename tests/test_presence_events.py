@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from redis_support import node, settle
-from roomcast.options import resolve_server_options
+from roomcast.node.options import resolve_server_options
 from support import allow_all, authed, eventually, nothing_more, recv, run, running, send
 from test_history import join, joined
 from test_history_redis import redis_at

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from roomcast.protocol import (
+from roomcast.protocol.messages import (
     MISSING,
     InvalidMessage,
     InvalidText,

@@ -10,7 +10,7 @@ import socket
 
 import pytest
 from roomcast import WebSocketServerHelper
-from roomcast.runner import CPYTHON_GC_THRESHOLDS, GC_THRESHOLDS
+from roomcast.serving.runner import CPYTHON_GC_THRESHOLDS, GC_THRESHOLDS
 from support import authed, closed_with, eventually, run, token_auth
 
 

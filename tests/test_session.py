@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 from roomcast import WebSocketClientStates
-from roomcast.connection import Client
-from roomcast.session import Action, Session, SessionMachine, State, Verdict, refused
+from roomcast.protocol.session import Action, Session, SessionMachine, State, Verdict, refused
+from roomcast.transport.connection import Client
 
 
 def authenticated(user: str | None = "u1") -> Session:

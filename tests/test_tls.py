@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from roomcast import WebSocketServerHelper, jwt
-from roomcast.tls import TlsError, server_context
+from roomcast import WebSocketServerHelper
+from roomcast.node import jwt
+from roomcast.transport.tls import TlsError, server_context
 from serving_support import SECRET, STARTUP_TIMEOUT, Served, http_get, make_certificates
 from support import authed, open_client, run, token_auth
 from websockets.exceptions import InvalidMessage

@@ -443,7 +443,7 @@ def test_a_second_signal_kills_workers_that_do_not_finish_shutting_down(redis_se
 
 
 def test_restarts_back_off_after_quick_deaths_up_to_a_cap():
-    from roomcast.workers import RESTART_MAX_DELAY, restart_delay
+    from roomcast.serving.workers import RESTART_MAX_DELAY, restart_delay
 
     assert [restart_delay(n) for n in range(8)] == [0.5, 1, 2, 4, 8, 16, 30, 30]
     assert restart_delay(10_000) == RESTART_MAX_DELAY

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from .jwt import (
+from ..node.jwt import (
     HMAC_ALGORITHMS,
     HMAC_MIN_BYTES,
     MIN_SECRET_BYTES,

@@ -39,9 +39,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from . import _core
-from .constants import WebSocketEvents
-from .protocol import MISSING, encode, encode_at
+from .. import _core
+from ..protocol.constants import WebSocketEvents
+from ..protocol.messages import MISSING, encode, encode_at
 
 logger = logging.getLogger("roomcast")
 

@@ -16,12 +16,12 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
-from . import _core
-from .connection import Client
-from .log import client_extra
-from .protocol import MISSING, encode, encode_at
+from .. import _core
+from ..log import client_extra
+from ..protocol.messages import MISSING, encode, encode_at
+from ..protocol.session import State
+from ..transport.connection import Client
 from .scheme import BatchSealer, EncryptionScheme, batch_sealer, takes_position
-from .session import State
 
 logger = logging.getLogger("roomcast")
 

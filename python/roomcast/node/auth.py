@@ -1,6 +1,6 @@
 """Authentication, the encryption handshake and the login (`connected`) of a client.
 
-The session (`roomcast.session`) decides what each outcome means; this part runs the
+The session (`roomcast.protocol.session`) decides what each outcome means; this part runs the
 application's authenticate_fn and handshake_fn, waits for the barrier when the login needs
 new Redis subscriptions, and then puts the client in the hub and sends `connected`.
 """
@@ -12,12 +12,12 @@ import inspect
 import logging
 from typing import Any
 
+from ..log import TRACE, client_extra
+from ..protocol.constants import CloseCode, ErrorMessages, WebSocketChannels, WebSocketEvents
+from ..protocol.messages import encode, iso_now
+from ..protocol.session import Verdict
+from ..transport.connection import Client
 from .base import HelperBase
-from .connection import Client
-from .constants import CloseCode, ErrorMessages, WebSocketChannels, WebSocketEvents
-from .log import TRACE, client_extra
-from .protocol import encode, iso_now
-from .session import Verdict
 
 logger = logging.getLogger("roomcast")
 

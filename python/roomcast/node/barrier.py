@@ -17,12 +17,12 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from . import _core
-from .broker.protocol import Broker
-from .connection import Client
-from .constants import WebSocketChannels, WebSocketEvents
-from .protocol import InvalidMessage, InvalidText, decode
-from .session import State
+from .. import _core
+from ..broker.protocol import Broker
+from ..protocol.constants import WebSocketChannels, WebSocketEvents
+from ..protocol.messages import InvalidMessage, InvalidText, decode
+from ..protocol.session import State
+from ..transport.connection import Client
 
 logger = logging.getLogger("roomcast")
 

@@ -14,14 +14,14 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from . import _core
+from .. import _core
+from ..encryption.scheme import EncryptionScheme
+from ..encryption.sealing import Sealer
+from ..protocol.constants import ErrorMessages, WebSocketEvents
+from ..protocol.counters import Counters
+from ..protocol.messages import error_payload
+from ..transport.connection import Client, Links
 from .barrier import JoinBarrier
-from .connection import Client, Links
-from .constants import ErrorMessages, WebSocketEvents
-from .counters import Counters
-from .protocol import error_payload
-from .scheme import EncryptionScheme
-from .sealing import Sealer
 
 logger = logging.getLogger("roomcast")
 
@@ -77,10 +77,10 @@ class HelperBase:
     _barrier: JoinBarrier
     _held: dict[str, list[Any]]  # the barrier's, read on every inbound message
     _tasks: set[asyncio.Future[Any]]
-    # History rooms (`roomcast.history`): None when no room keeps history.
+    # History rooms (`roomcast.node.history`): None when no room keeps history.
     _is_history: Callable[[str], bool] | None = None
     _remote: Any = None  # history.RedisHistory when history rooms live in redis
-    # Presence rooms (`roomcast.presence`): None when no room has presence.
+    # Presence rooms (`roomcast.node.presence`): None when no room has presence.
     _is_presence: Callable[[str], bool] | None = None
     _presence_events = False  # presence-join / presence-leave to the room's members
     # Something happens when a client joins a room (history's `joined`, presence events).

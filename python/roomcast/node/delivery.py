@@ -1,7 +1,7 @@
 """Delivery: to local clients through the hub, and to the other nodes through the broker.
 
 Plaintext fan-out is the hub's (no Python per recipient); encrypted recipients, which the
-hub skips, are queued for the sealer (`roomcast.sealing`). `send` delivers locally and
+hub skips, are queued for the sealer (`roomcast.encryption.sealing`). `send` delivers locally and
 publishes an envelope; `_on_envelope` delivers an envelope from another node locally.
 """
 
@@ -11,10 +11,10 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from ..protocol.constants import WebSocketChannels, WebSocketMessageTypes
+from ..protocol.messages import MISSING, decode_envelope, encode, encode_envelope
+from ..protocol.session import State
 from .base import HelperBase
-from .constants import WebSocketChannels, WebSocketMessageTypes
-from .protocol import MISSING, decode_envelope, encode, encode_envelope
-from .session import State
 
 logger = logging.getLogger("roomcast")
 

@@ -10,20 +10,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from fnmatch import fnmatchcase
 from typing import Any
 
 import orjson
 
+from ..broker.history import HistoryStore, MemoryHistory
+from ..broker.memory import MemoryBroker
+from ..broker.redis.history import RedisHistory
+from ..broker.redis.settings import keep_settings
+from ..log import client_extra
+from ..protocol.constants import WebSocketChannels, WebSocketMessageTypes
+from ..protocol.messages import (
+    MISSING,
+    Envelope,
+    RoomGlob,
+    decode_envelope,
+    encode,
+    encode_envelope,
+    history_frame,
+)
+from ..transport.connection import Client
 from .base import HelperBase
-from .broker.history import HistoryStore, MemoryHistory
-from .broker.memory import MemoryBroker
-from .broker.redis.history import RedisHistory
-from .broker.redis.settings import keep_settings
-from .connection import Client
-from .constants import WebSocketChannels, WebSocketMessageTypes
-from .log import client_extra
-from .protocol import MISSING, Envelope, decode_envelope, encode, encode_at, encode_envelope
 
 logger = logging.getLogger("roomcast")
 
@@ -31,51 +38,9 @@ JOINED = "joined"
 # Unnumbered messages to a history room are logged once per spell: again only after this
 # many seconds without one.
 UNNUMBERED_QUIET = 60
-# Presence events: plain messages even in a history room (`roomcast.presence`).
+# Presence events: plain messages even in a history room (`roomcast.node.presence`).
 PRESENCE_EVENTS = frozenset({"presence-join", "presence-leave"})
-_CACHE_LIMIT = 65536
 _NO_ONE: frozenset[str] = frozenset()
-
-
-class RoomGlob:
-    """`fnmatchcase(room, pattern)`, remembered per room name (forgotten wholesale past
-    `_CACHE_LIMIT` names, so a flood of one-off rooms cannot grow it without bound)."""
-
-    __slots__ = ("_cache", "pattern")
-
-    def __init__(self, pattern: str) -> None:
-        self.pattern = pattern
-        self._cache: dict[str, bool] = {}
-
-    def __call__(self, room: str) -> bool:
-        hit = self._cache.get(room)
-        if hit is None:
-            if len(self._cache) >= _CACHE_LIMIT:
-                self._cache.clear()
-            hit = self._cache[room] = fnmatchcase(room, self.pattern)
-        return hit
-
-
-def history_frame(event: str, data: Any, room: str, offset: int) -> bytes:
-    """A history room's message: `{"event","data","room","offset"}` (no `data` if none)."""
-    return encode_at(event, data, room, offset)
-
-
-def recover_request(data: Any) -> dict[str, tuple[str, int]]:
-    """The well-formed entries of a join's `recover` map; malformed ones are ignored."""
-    if type(data) is not dict:
-        return {}
-    recover = data.get("recover")
-    if type(recover) is not dict:
-        return {}
-    wanted: dict[str, tuple[str, int]] = {}
-    for room, position in recover.items():
-        if type(position) is not dict:
-            continue
-        epoch, offset = position.get("epoch"), position.get("offset")
-        if type(epoch) is str and type(offset) is int and offset >= 0:
-            wanted[room] = (epoch, offset)
-    return wanted
 
 
 class History(HelperBase):
@@ -99,7 +64,7 @@ class History(HelperBase):
         if isinstance(broker, MemoryBroker):
             self._history = MemoryHistory(size, ttl)
         else:
-            from .broker.redis import RedisBroker
+            from ..broker.redis import RedisBroker
 
             if not isinstance(broker, RedisBroker) or broker.sharded:
                 raise ValueError(

@@ -2,7 +2,7 @@
 
 `_on_message` is the hot path: one call per message from `Client.on_ws_frame`, then the
 decode, the session's `receive` and the action; messages of a client behind a join barrier
-are queued (`roomcast.barrier`) and handled in order once it lifts.
+are queued (`roomcast.node.barrier`) and handled in order once it lifts.
 """
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from ..log import client_extra, fault
+from ..protocol.constants import CloseCode, ErrorMessages, WebSocketEvents
+from ..protocol.messages import InvalidMessage, InvalidText, decode
+from ..protocol.session import Action
+from ..transport.connection import Client
 from .barrier import HELD_LIMIT, is_join, reading
 from .base import HelperBase
-from .connection import Client
-from .constants import CloseCode, ErrorMessages, WebSocketEvents
-from .log import client_extra, fault
-from .protocol import InvalidMessage, InvalidText, decode
-from .session import Action
 
 logger = logging.getLogger("roomcast")
 

@@ -24,7 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
-from .log import fault
+from ..log import fault
 
 logger = logging.getLogger("roomcast.jwt")
 # A refused token is one client's business (DEBUG); an identity provider that cannot be

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .constants import LISTEN_BACKLOG, WebSocketDefaults
+from ..protocol.constants import LISTEN_BACKLOG, WebSocketDefaults
 
 # server_options keys and their defaults.
 OPTION_DEFAULTS: dict[str, Any] = {

@@ -8,16 +8,15 @@ import inspect
 import logging
 from typing import Any
 
-from .aio import stop_task
+from ..aio import stop_task
+from ..broker.redis.presence import RedisPresence
+from ..log import client_extra
+from ..protocol.constants import WebSocketChannels, WebSocketMessageTypes
+from ..protocol.messages import RoomGlob, encode, encode_envelope
+from ..protocol.session import State
+from ..transport.connection import Client
 from .base import Callback, HelperBase
-from .broker.redis.presence import RedisPresence
 from .callbacks import check_callback
-from .connection import Client
-from .constants import WebSocketChannels, WebSocketMessageTypes
-from .history import RoomGlob
-from .log import client_extra
-from .protocol import encode, encode_envelope
-from .session import State
 
 logger = logging.getLogger("roomcast")
 
@@ -55,7 +54,7 @@ class Presence(HelperBase):
             return
         self._is_presence = RoomGlob(glob)
         self._presence_events = bool(self.server_options["presence_events"])
-        from .broker.redis import RedisBroker
+        from ..broker.redis import RedisBroker
 
         if isinstance(self._broker, RedisBroker):
             ttl = float(self.server_options["presence_ttl"])

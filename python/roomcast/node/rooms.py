@@ -1,7 +1,7 @@
 """Rooms: `join` and `leave` from clients (through validate_room_fn) and from the server.
 
 Membership lives in the hub; a join that needs a new Redis subscription takes effect once
-Redis confirms it (the barrier, `roomcast.barrier`).
+Redis confirms it (the barrier, `roomcast.node.barrier`).
 """
 
 from __future__ import annotations
@@ -12,13 +12,12 @@ import logging
 from collections.abc import Awaitable
 from typing import Any
 
+from ..log import client_extra, fault
+from ..protocol.constants import WebSocketChannels
+from ..protocol.messages import recover_request, requested_rooms, sanitize_rooms
+from ..protocol.session import State
+from ..transport.connection import Client
 from .base import HelperBase
-from .connection import Client
-from .constants import WebSocketChannels
-from .history import recover_request
-from .log import client_extra, fault
-from .protocol import requested_rooms, sanitize_rooms
-from .session import State
 
 logger = logging.getLogger("roomcast")
 

@@ -18,25 +18,25 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from ssl import SSLContext
 from typing import Any
 
-from . import _core
+from .. import _core
+from ..broker import Broker, create_broker
+from ..config import ServerConfig
+from ..encryption.scheme import EncryptionScheme, scheme_of
+from ..encryption.sealing import Sealer
+from ..log import TRACE, client_extra, fault
+from ..protocol.constants import CloseCode, ErrorMessages
+from ..protocol.counters import Counters
+from ..transport.connection import Client, Links
+from ..transport.http import HttpHandler, UpgradeRefused, WebServer
 from .auth import Authentication
 from .barrier import JoinBarrier
-from .broker import Broker, create_broker
 from .callbacks import check_callbacks
-from .config import ServerConfig
-from .connection import Client, Links
-from .constants import CloseCode, ErrorMessages
-from .counters import Counters
 from .delivery import Delivery
 from .history import History
-from .http import HttpHandler, UpgradeRefused, WebServer
 from .inbound import Inbound
-from .log import TRACE, client_extra, fault
 from .options import resolve_server_options
 from .presence import Presence
 from .rooms import Rooms
-from .scheme import EncryptionScheme, scheme_of
-from .sealing import Sealer
 
 _DEFAULT = ServerConfig()
 
@@ -226,7 +226,7 @@ class WebSocketServerHelper(Inbound, Authentication, Rooms, Delivery, History, P
         `reuse_port` lets several processes listen on one port (SO_REUSEPORT)."""
         await self.configure()
         if health or metrics:
-            from .endpoints import Endpoints
+            from ..serving.endpoints import Endpoints
 
             http_handler = Endpoints(self, http_handler, health=health, metrics=metrics)
         server = WebServer(host, port, http_handler, ssl=ssl, reuse_port=reuse_port)
@@ -250,8 +250,8 @@ class WebSocketServerHelper(Inbound, Authentication, Rooms, Delivery, History, P
         """Serve until SIGINT or SIGTERM (or until `shutdown_trigger` completes, or this
         task is cancelled), then shut down gracefully (1001 to every client) and return.
         `on_listening(server)` runs once the port is bound; the other options are `serve`'s.
-        See `roomcast.runner.run`."""
-        from .runner import run
+        See `roomcast.serving.runner.run`."""
+        from ..serving.runner import run
 
         await run(
             self,

@@ -96,7 +96,7 @@ class WebSocketMessageTypes:
 
 
 class ClientState(enum.StrEnum):
-    """Where a connection is (`roomcast.session`); equal to the original's strings."""
+    """Where a connection is (`roomcast.protocol.session`); equal to the original's strings."""
 
     UNAUTHORIZED = "unauthorized"
     AUTHENTICATING = "authenticating"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from fnmatch import fnmatchcase
 from typing import Any, Final
 
 import orjson
@@ -179,3 +180,48 @@ def decode_envelope(raw: bytes | str) -> Envelope | None:
         offset if type(offset) is int else None,
         epoch if type(epoch) is str else None,
     )
+
+
+# How many room names a RoomGlob remembers before it forgets them all.
+_CACHE_LIMIT = 65536
+
+
+class RoomGlob:
+    """`fnmatchcase(room, pattern)`, remembered per room name (forgotten wholesale past
+    `_CACHE_LIMIT` names, so a flood of one-off rooms cannot grow it without bound)."""
+
+    __slots__ = ("_cache", "pattern")
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        self._cache: dict[str, bool] = {}
+
+    def __call__(self, room: str) -> bool:
+        hit = self._cache.get(room)
+        if hit is None:
+            if len(self._cache) >= _CACHE_LIMIT:
+                self._cache.clear()
+            hit = self._cache[room] = fnmatchcase(room, self.pattern)
+        return hit
+
+
+def history_frame(event: str, data: Any, room: str, offset: int) -> bytes:
+    """A history room's message: `{"event","data","room","offset"}` (no `data` if none)."""
+    return encode_at(event, data, room, offset)
+
+
+def recover_request(data: Any) -> dict[str, tuple[str, int]]:
+    """The well-formed entries of a join's `recover` map; malformed ones are ignored."""
+    if type(data) is not dict:
+        return {}
+    recover = data.get("recover")
+    if type(recover) is not dict:
+        return {}
+    wanted: dict[str, tuple[str, int]] = {}
+    for room, position in recover.items():
+        if type(position) is not dict:
+            continue
+        epoch, offset = position.get("epoch"), position.get("offset")
+        if type(epoch) is str and type(offset) is int and offset >= 0:
+            wanted[room] = (epoch, offset)
+    return wanted

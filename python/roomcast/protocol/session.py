@@ -79,7 +79,7 @@ SESSION_SLOTS = (
 class SessionMachine:
     """One connection's state machine over what Python needs and the hub does not hold (the
     hub keeps rooms, users, deadlines, activity and backpressure). A mixin without storage:
-    `Session` is it on its own, `roomcast.connection.Client` is it plus the socket.
+    `Session` is it on its own, `roomcast.transport.connection.Client` is it plus the socket.
     `closing` is set once a close frame is on its way: from then on no outcome is acted on."""
 
     if TYPE_CHECKING:  # the attributes, for the type checker; storage is the subclass's

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from .http import HttpHandler, HttpRequest, HttpResponse
+from ..transport.http import HttpHandler, HttpRequest, HttpResponse
+from ..transport.ports import Node
 from .metrics import Exporter
-from .ports import Node
 
 HEALTH_PATH = "/health"
 METRICS_PATH = "/metrics"

@@ -27,9 +27,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .broker.protocol import BROKER_STATES
-from .counters import AUTH_OUTCOMES, RECEIVED_KINDS, Counters
-from .ports import Node
+from ..broker.protocol import BROKER_STATES
+from ..protocol.counters import AUTH_OUTCOMES, RECEIVED_KINDS, Counters
+from ..transport.ports import Node
 
 __all__ = ["AUTH_OUTCOMES", "RECEIVED_KINDS", "Counters", "Exporter", "samples"]
 

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from ssl import SSLContext
 from typing import Any, Protocol
 
-from .http import HttpHandler, WebServer
+from ..transport.http import HttpHandler, WebServer
 
 logger = logging.getLogger("roomcast")
 

@@ -3,7 +3,7 @@
 picows hands us frames, not messages: this module joins continuation frames, checks their
 order, enforces the whole-message size limit and UTF-8, and turns each complete message into
 one call on the helper (through its `Links`). A `WSFrame` is only valid inside `on_ws_frame`;
-nothing here keeps it. The `Client` object is also the session (`roomcast.session`) and the
+nothing here keeps it. The `Client` object is also the session (`roomcast.protocol.session`) and the
 record the public API returns (`get_clients()` and friends).
 """
 
@@ -18,11 +18,11 @@ from typing import Any
 from multidict import CIMultiDict, CIMultiDictProxy
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
-from . import _core
-from .constants import CloseCode
-from .log import client_extra, fault
-from .metrics import Counters
-from .session import SESSION_SLOTS, SessionMachine
+from .. import _core
+from ..log import client_extra, fault
+from ..protocol.constants import CloseCode
+from ..protocol.counters import Counters
+from ..protocol.session import SESSION_SLOTS, SessionMachine
 
 logger = logging.getLogger("roomcast")
 

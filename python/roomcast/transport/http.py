@@ -23,8 +23,8 @@ from picows import (
 )
 from picows.picows import WSProtocol  # type: ignore[attr-defined]
 
-from .constants import LISTEN_BACKLOG, ErrorMessages
-from .log import PicowsLog, fault
+from ..log import PicowsLog, fault
+from ..protocol.constants import LISTEN_BACKLOG, ErrorMessages
 from .ports import Route
 from .upgrade import FirstBytesGuard, is_handshake, refusal
 

@@ -1,7 +1,7 @@
 """What the listener and the metrics need of a helper, as protocols.
 
 `roomcast.http` routes upgrade requests to a `Route`; `roomcast.metrics` and
-`roomcast.endpoints` read a `Node`. `WebSocketServerHelper` is both; naming them here keeps
+`roomcast.serving.endpoints` read a `Node`. `WebSocketServerHelper` is both; naming them here keeps
 those modules from importing `roomcast.server` (which imports them).
 """
 
@@ -11,13 +11,13 @@ from typing import Any, Protocol
 
 from picows import WSListener
 
-from .counters import Counters
+from ..protocol.counters import Counters
 
 
 class Route(Protocol):
     """An endpoint on one path: `accept()` gives the listener of a new connection or raises
     `roomcast.http.UpgradeRefused`. `server_options` are the resolved options
-    (`roomcast.options`): the listener takes its frame size, upgrade timeout and backlog
+    (`roomcast.node.options`): the listener takes its frame size, upgrade timeout and backlog
     from them."""
 
     server_options: dict[str, Any]

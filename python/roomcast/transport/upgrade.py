@@ -27,7 +27,7 @@ from base64 import b64decode
 from collections.abc import Mapping
 from typing import Any
 
-from .log import fault
+from ..log import fault
 
 # RFC 7230 tchar (the characters of a method token) and the bytes a request target may hold.
 _TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"

@@ -28,8 +28,8 @@ from redis.asyncio.connection import (
     parse_url,
 )
 
-from .broker.protocol import BrokerUnavailable
-from .broker.redis import INTEREST, RECONNECT, RedisBroker, RedisTarget
+from ..protocol import BrokerUnavailable
+from . import INTEREST, RECONNECT, RedisBroker, RedisTarget
 
 logger = logging.getLogger("roomcast.redis")
 

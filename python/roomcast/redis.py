@@ -1,0 +1,16 @@
+"""The Redis helpers (`roomcast.broker.redis.helper`), under its
+documented name `roomcast.redis`."""
+
+from .broker.redis.helper import (
+    DefaultRedisHelper,
+    RedisClusterHelper,
+    RedisHelper,
+    connection_from_url,
+)
+
+__all__ = [
+    "DefaultRedisHelper",
+    "RedisClusterHelper",
+    "RedisHelper",
+    "connection_from_url",
+]
