@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 import pytest
+from process_support import STARTUP_TIMEOUT, stop, wait_listening
 from roomcast import WebSocketEmitter
 from roomcast.app import Application
 from roomcast.cli import room_policy
@@ -30,7 +31,6 @@ from roomcast.node.jwt import mint
 from roomcast.redis import RedisHelper
 from roomcast.transport.upgrade import request_line_verdict
 from support import authed, nothing_more, open_client, recv, run, running, send
-from test_cli import STARTUP_TIMEOUT, stop, wait_listening
 
 LIMIT = 2048
 SIZES = (LIMIT - 1, LIMIT, LIMIT + 1, 1_572_864)  # 1.5 MB

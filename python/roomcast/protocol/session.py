@@ -3,7 +3,7 @@
 A `Session` takes decoded events (and the outcomes of the application's callbacks) and
 returns what to do as an `Action`; the helper (`roomcast.server`) carries the actions out
 on the socket, the hub and the broker. Nothing here touches a socket, a loop or the hub,
-so `tests/test_session.py` drives it with plain calls.
+so `tests/protocol/test_session.py` drives it with plain calls.
 """
 
 from __future__ import annotations

@@ -7,10 +7,10 @@ import asyncio
 import time
 from typing import Any
 
+from process_support import roomcast, wait_listening
 from redis_support import node
 from roomcast import RedisHelper
 from support import authed, eventually, recv, run, send
-from test_cli import roomcast, wait_listening
 
 TTL = 1.5
 

@@ -6,11 +6,20 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from redis_support import node, settle
+from redis_support import node, redis_at, settle
 from roomcast.node.options import resolve_server_options
-from support import allow_all, authed, eventually, nothing_more, recv, run, running, send
-from test_history import join, joined
-from test_history_redis import redis_at
+from support import (
+    allow_all,
+    authed,
+    eventually,
+    join,
+    joined,
+    nothing_more,
+    recv,
+    run,
+    running,
+    send,
+)
 
 EVENTS = {"presence_rooms": "team:*", "presence_events": True}
 

@@ -11,7 +11,18 @@ import pytest
 from roomcast.broker.history import MemoryHistory
 from roomcast.config import ServerConfig
 from roomcast.node.options import resolve_server_options
-from support import allow_all, authed, eventually, nothing_more, recv, run, running, send
+from support import (
+    allow_all,
+    authed,
+    eventually,
+    join,
+    joined,
+    nothing_more,
+    recv,
+    run,
+    running,
+    send,
+)
 
 HISTORY = {"history_rooms": "chat:*"}
 
@@ -20,23 +31,6 @@ def history_node(**options: Any) -> Any:
     return running(
         validate_room_fn=allow_all, default_rooms=[], server_options={**HISTORY, **options}
     )
-
-
-async def join(ws: Any, rooms: list[str], recover: dict[str, Any] | None = None) -> None:
-    data: dict[str, Any] = {"rooms": rooms}
-    if recover is not None:
-        data["recover"] = recover
-    await send(ws, {"event": "join", "data": data})
-
-
-async def joined(ws: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Messages up to `joined`, and the `joined` data."""
-    before = []
-    while True:
-        message = await recv(ws)
-        if message["event"] == "joined":
-            return before, message["data"]
-        before.append(message)
 
 
 def test_messages_to_a_history_room_carry_room_and_increasing_offsets():
@@ -332,7 +326,7 @@ def test_history_flags_and_environment_map_onto_the_options():
 
 
 def test_roomcast_serve_with_history_rooms_sends_joined():
-    from test_cli import roomcast, wait_listening
+    from process_support import roomcast, wait_listening
 
     proc = roomcast("serve", "--port", "0", "--allow-rooms", "*", "--history-rooms", "chat-*")
     try:

@@ -10,9 +10,19 @@ from typing import Any
 import orjson
 import pytest
 from roomcast import WebSocketServerHelper
-from serving_support import SECRET, STARTUP_TIMEOUT, Served, http_get, scrape, value
+from serving_support import (
+    SECRET,
+    STARTUP_TIMEOUT,
+    Served,
+    connect_many,
+    http_get,
+    scrape,
+    serve_workers,
+    until,
+    value,
+    whoami,
+)
 from support import authed, closed_with, open_client, recv, run, running, send, token_auth
-from test_workers import connect_many, serve_workers, until, whoami
 
 pytestmark = pytest.mark.timeout(120)
 

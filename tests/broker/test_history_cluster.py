@@ -10,8 +10,7 @@ from redis_support import node, settle
 from roomcast import RedisClusterHelper, WebSocketEmitter
 from roomcast.broker.redis.cluster import by_slot
 from roomcast.broker.redis.history import keys_of
-from support import authed, run
-from test_history import join, joined
+from support import authed, join, joined, run
 
 ROOMS = [f"chat:{i}" for i in range(6)]
 

@@ -10,13 +10,11 @@ from typing import Any
 
 import orjson
 import pytest
-from redis_support import node, raw_redis, settle
+from redis_support import node, raw_redis, redis_at, settle
 from roomcast import RedisClusterHelper, WebSocketEmitter
 from roomcast.broker.redis.settings import KEY, decode_settings
 from roomcast.serving.metrics import samples
-from support import authed, recv, run
-from test_history import join, joined
-from test_history_redis import redis_at
+from support import authed, join, joined, recv, run
 
 OPTIONS = {"history_rooms": "chat:*", "history_size": 50, "history_ttl": 120.0}
 PUBLISHED = {"history_rooms": "chat:*", "history_size": 50, "history_ttl": 120.0}
@@ -69,7 +67,7 @@ def test_servers_publish_their_settings_and_the_emitter_takes_them(redis_server,
 
 
 def test_roomcast_emit_numbers_without_history_flags(redis_server):
-    from test_redis_cli import emit
+    from process_support import emit
 
     async def body():
         redis = redis_at(redis_server.port)

@@ -8,11 +8,11 @@ import sys
 import time
 
 import pytest
+from process_support import STARTUP_TIMEOUT, emit, stop, wait_listening
 from redis_support import free_port, raw_redis, wait_numsub
 from roomcast import RedisClusterHelper, RedisHelper, connection_from_url
 from roomcast.broker.redis import PATTERN
 from support import authed, nothing_more, recv, run, send
-from test_cli import STARTUP_TIMEOUT, stop, wait_listening
 
 RELAY_APP = """
 class App:
@@ -40,15 +40,6 @@ def roomcast(*args: str, cwd=None) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
         cwd=cwd,
-    )
-
-
-def emit(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "roomcast", "emit", *args],
-        capture_output=True,
-        text=True,
-        timeout=STARTUP_TIMEOUT,
     )
 
 

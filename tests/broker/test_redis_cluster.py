@@ -8,10 +8,10 @@ import subprocess
 import sys
 
 import pytest
+from process_support import SECRET, sign, stop, wait_listening
 from redis_support import node, raw_redis, redis_parser, settle  # noqa: F401  (a fixture)
 from roomcast import RedisClusterHelper, WebSocketEmitter
 from support import authed, eventually, nothing_more, recv, run, send
-from test_cli import SECRET, sign, stop, wait_listening
 
 
 def cluster_helper(cluster, **kwargs) -> RedisClusterHelper:

@@ -8,12 +8,21 @@ import asyncio
 from typing import Any
 
 import pytest
-from redis_support import node, settle
+from encryption_support import encrypted_client
+from redis_support import node, redis_at, settle
 from roomcast.crypto import EcdhScheme
-from support import allow_all, authed, eventually, nothing_more, recv, run, running, send
-from test_encryption import encrypted_client
-from test_history import join, joined
-from test_history_redis import redis_at
+from support import (
+    allow_all,
+    authed,
+    eventually,
+    join,
+    joined,
+    nothing_more,
+    recv,
+    run,
+    running,
+    send,
+)
 
 HISTORY = {"history_rooms": "chat:*"}
 

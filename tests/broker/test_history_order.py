@@ -7,12 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from redis_support import node, raw_redis, settle
+from redis_support import node, raw_redis, redis_at, settle
 from roomcast import RedisClusterHelper
 from roomcast.broker.redis.history import WRITER_NAME
-from support import authed, recv, run, running
-from test_history import join, joined
-from test_history_redis import redis_at
+from support import authed, join, joined, recv, run, running
 
 COUNT = 1000
 ROOM = "chat:order"

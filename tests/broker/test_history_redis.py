@@ -6,17 +6,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from redis_support import node, raw_redis, settle
-from roomcast import RedisHelper, WebSocketEmitter
+from redis_support import node, raw_redis, redis_at, settle
+from roomcast import WebSocketEmitter
 from roomcast.broker.redis.history import keys_of
-from support import authed, eventually, recv, run, send
-from test_history import join, joined
+from support import authed, eventually, join, joined, recv, run, send
 
 OPTIONS = {"history_rooms": "chat:*"}
-
-
-def redis_at(port: int) -> RedisHelper:
-    return RedisHelper(host="127.0.0.1", port=port, unsubscribe_delay=0.2, ready_timeout=5)
 
 
 def history_node(redis: Any, **options: Any) -> Any:
@@ -245,7 +240,7 @@ def test_plain_rooms_on_redis_are_unchanged(redis_server):
 
 
 def test_roomcast_emit_goes_through_the_history_of_history_rooms(redis_server):
-    from test_redis_cli import emit
+    from process_support import emit
 
     async def body():
         redis = redis_at(redis_server.port)

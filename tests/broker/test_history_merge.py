@@ -7,12 +7,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from encryption_support import encrypted_client
 from redis_support import node
 from roomcast import RedisHelper, WebSocketEmitter
 from roomcast.crypto import EcdhScheme
-from support import authed, eventually, recv, run
-from test_encryption import encrypted_client
-from test_history import join, joined
+from support import authed, eventually, join, joined, recv, run
 
 ROOM = "chat:merge"
 

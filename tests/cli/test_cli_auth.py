@@ -14,11 +14,11 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from jwt_support import JwksServer, hs256_by_hand, jwk
+from process_support import SECRET, STARTUP_TIMEOUT, one_line_error, roomcast, stop, wait_listening
 from support import authed, closed_with, open_client, recv, run, send
-from test_cli import SECRET, STARTUP_TIMEOUT, _one_line_error, roomcast, stop, wait_listening
-from test_jwt import JwksServer, hs256_by_hand, jwk
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def token_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -201,17 +201,17 @@ def test_token_errors_are_one_line():
 
 
 def test_short_empty_and_conflicting_secrets_are_refused_at_start():
-    code, line = _one_line_error("serve", "--jwt-secret", "tooshort")
+    code, line = one_line_error("serve", "--jwt-secret", "tooshort")
     assert code == 2
     assert line == (
         "roomcast: error: --jwt-secret: jwt secret too short: 8 bytes "
         "(at least 32; allow_short_secret to accept it)"
     )
-    code, line = _one_line_error("serve", env={"ROOMCAST_JWT_SECRET": ""})
+    code, line = one_line_error("serve", env={"ROOMCAST_JWT_SECRET": ""})
     assert (code, line) == (2, "roomcast: error: --jwt-secret: jwt secret must not be empty")
-    code, line = _one_line_error("serve", "--jwt-secret", SECRET, "--jwks-url", "http://x/j")
+    code, line = one_line_error("serve", "--jwt-secret", SECRET, "--jwks-url", "http://x/j")
     assert (code, line) == (2, "roomcast: error: give one of --jwt-secret, --jwks-url, not several")
-    code, line = _one_line_error("serve", "--jwt-public-key", "/nonexistent.pem")
+    code, line = one_line_error("serve", "--jwt-public-key", "/nonexistent.pem")
     assert code == 2 and line.startswith("roomcast: error: --jwt-public-key: cannot read key file")
 
 
@@ -299,9 +299,9 @@ def test_serve_says_it_is_connecting_to_redis_while_it_waits():
     ],
 )
 def test_default_rooms_a_client_could_not_join_are_refused_at_start(rooms, error):
-    code, line = _one_line_error("serve", "--default-rooms", rooms)
+    code, line = one_line_error("serve", "--default-rooms", rooms)
     assert (code, line) == (2, f"roomcast: error: argument --default-rooms: {error}")
-    code, line = _one_line_error("serve", env={"ROOMCAST_DEFAULT_ROOMS": rooms})
+    code, line = one_line_error("serve", env={"ROOMCAST_DEFAULT_ROOMS": rooms})
     assert (code, line) == (2, f"roomcast: error: ROOMCAST_DEFAULT_ROOMS: {error}")
 
 

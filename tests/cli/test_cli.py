@@ -2,53 +2,21 @@
 
 from __future__ import annotations
 
-import os
-import re
 import signal
 import socket
 import subprocess
 import sys
 
-import jwt
+from process_support import (
+    SECRET,
+    STARTUP_TIMEOUT,
+    one_line_error,
+    roomcast,
+    sign,
+    stop,
+    wait_listening,
+)
 from support import authed, closed_with, eventually, recv, run, send
-
-STARTUP_TIMEOUT = 20
-# At least 32 bytes: shorter secrets are refused without --jwt-allow-short-secret.
-SECRET = "a-test-secret-of-at-least-32-bytes"
-
-
-def sign(claims: dict, secret: str = SECRET) -> str:
-    """A token made with PyJWT, independently of roomcast."""
-    return jwt.encode(claims, secret, algorithm="HS256")
-
-
-def roomcast(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "roomcast", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **(env or {})},
-    )
-
-
-def wait_listening(proc: subprocess.Popen[str]) -> tuple[int, list[str]]:
-    """Read stdout until the listening line; return the port and the lines before it."""
-    lines: list[str] = []
-    assert proc.stdout is not None
-    while True:
-        line = proc.stdout.readline()
-        if not line:
-            raise AssertionError(f"server exited: {proc.wait()} {proc.stderr.read()}")
-        lines.append(line.strip())
-        match = re.search(r"listening on ws://127\.0\.0\.1:(\d+)/", line)
-        if match:
-            return int(match.group(1)), lines
-
-
-def stop(proc: subprocess.Popen[str]) -> int:
-    proc.send_signal(signal.SIGTERM)
-    return proc.wait(timeout=STARTUP_TIMEOUT)
 
 
 def test_serve_without_a_secret_prints_a_working_demo_token_and_stops_on_sigterm():
@@ -139,27 +107,19 @@ def test_app_supplies_callbacks_and_setup_gets_the_helper(tmp_path):
         proc.communicate()
 
 
-def _one_line_error(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
-    proc = roomcast(*args, env=env)
-    _, err = proc.communicate(timeout=STARTUP_TIMEOUT)
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    return proc.returncode, lines[0]
-
-
 def test_bad_flags_give_one_line_errors():
-    code, line = _one_line_error("serve", "--port", "http")
+    code, line = one_line_error("serve", "--port", "http")
     assert code == 2 and line == "roomcast: error: argument --port: not a port number: 'http'"
-    code, line = _one_line_error("serve", "--redis-url", "mysql://x")
+    code, line = one_line_error("serve", "--redis-url", "mysql://x")
     assert code == 2 and "unsupported url 'mysql://x'" in line
-    code, line = _one_line_error("serve", "--bogus")
+    code, line = one_line_error("serve", "--bogus")
     assert code == 2 and line.startswith("roomcast: error: unrecognized arguments: --bogus")
-    code, line = _one_line_error("serve", env={"ROOMCAST_PORT": "99999"})
+    code, line = one_line_error("serve", env={"ROOMCAST_PORT": "99999"})
     assert code == 2 and line == "roomcast: error: ROOMCAST_PORT: port out of range 0-65535: 99999"
 
 
 def test_unimportable_app_gives_a_one_line_error():
-    code, line = _one_line_error("serve", "--app", "no_such_module_xyz:app")
+    code, line = one_line_error("serve", "--app", "no_such_module_xyz:app")
     assert code == 2
     assert line == (
         "roomcast: error: cannot import app 'no_such_module_xyz:app': "
@@ -172,7 +132,7 @@ def test_port_in_use_gives_a_one_line_error():
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        code, line = _one_line_error("serve", "--port", str(port), "--jwt-secret", SECRET)
+        code, line = one_line_error("serve", "--port", str(port), "--jwt-secret", SECRET)
     assert code == 1
     assert line == f"roomcast: error: cannot listen on 127.0.0.1:{port}: address already in use"
 
