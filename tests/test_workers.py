@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -447,3 +448,111 @@ def test_restarts_back_off_after_quick_deaths_up_to_a_cap():
 
     assert [restart_delay(n) for n in range(8)] == [0.5, 1, 2, 4, 8, 16, 30, 30]
     assert restart_delay(10_000) == RESTART_MAX_DELAY
+
+
+# An app whose setup writes one stdout line of 200,000 bytes, and starts a process that
+# inherits the worker's stdout (recording its pid), which says so there once the worker is
+# gone and then lives on.
+NOISY_APP = """
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+LONG = 200_000
+GRANDCHILD = '''
+import os, sys, time
+parent = int(sys.argv[1])
+while os.getppid() == parent:
+    time.sleep(0.05)
+print(f"grandchild {os.getpid()}: its worker is gone", flush=True)
+time.sleep(120)
+'''
+
+class App:
+    def setup(self, helper):
+        if os.environ.get("NOISY_LONG_LINE"):
+            print("L" * LONG, flush=True)
+        if os.environ.get("NOISY_GRANDCHILD"):
+            child = subprocess.Popen([sys.executable, "-c", GRANDCHILD, str(os.getpid())])
+            with open("grandchildren.txt", "a") as pids:
+                print(child.pid, file=pids)
+
+    def authenticate_fn(self, data):
+        return {"user_id": data.get("token")}
+
+app = App()
+"""
+
+
+def serve_noisy(tmp_path: Path, redis_url: str, env: dict[str, str]) -> Served:
+    (tmp_path / "noisy_app.py").write_text(NOISY_APP)
+    args = ["--port", "0", "--workers", "2", "--redis-url", redis_url, "--app", "noisy_app:app"]
+    return Served(args, tmp_path, tmp_path / "stderr.log", env=env)
+
+
+def kill_and_see_restart(served: Served, index: int) -> int:
+    """SIGKILL worker `index`; waits for its replacement to listen; returns the dead pid."""
+    started = re.compile(rf"^roomcast: worker {index} started \(pid (\d+)\)")
+    victim = int(next(m for line in served.lines if (m := started.match(line))).group(1))
+    mark = len(served.lines)
+    os.kill(victim, signal.SIGKILL)
+    replacement = int(served.wait_line(started.pattern, mark, timeout=WAIT).group(1))
+    assert replacement != victim
+    served.wait_line(rf"^\[worker {index}\] roomcast: listening on", mark, timeout=WAIT)
+    assert f"worker {index} (pid {victim}) exited with -9: restarting in" in served.stderr_text()
+    return victim
+
+
+def test_a_stdout_line_over_64_kib_is_relayed_in_pieces_and_the_worker_still_restarts(
+    redis_server, tmp_path
+):
+    from roomcast.workers import LINE_LIMIT
+
+    served = serve_noisy(tmp_path, redis_server.url, {"NOISY_LONG_LINE": "1"})
+    try:
+        served.listening_port()
+        for index in range(2):
+            served.wait_line(rf"^\[worker {index}\] roomcast: listening on")
+            prefix = f"[worker {index}] L"
+            pieces = [line.removeprefix(f"[worker {index}] ") for line in served.lines]
+            pieces = [p for line, p in zip(served.lines, pieces, strict=True)
+                      if line.startswith(prefix)]  # fmt: skip
+            assert [len(p) for p in pieces] == [LINE_LIMIT] * 3 + [200_000 - 3 * LINE_LIMIT]
+            assert set("".join(pieces)) == {"L"}
+        kill_and_see_restart(served, 0)
+        # The replacement's long line came through too, then a clean stop.
+        assert sum(line.startswith("[worker 0] L") for line in served.lines) == 8
+        served.proc.send_signal(signal.SIGTERM)
+        assert served.proc.wait(timeout=STARTUP_TIMEOUT) == 0
+    finally:
+        served.close()
+
+
+def test_a_worker_whose_child_keeps_its_stdout_is_still_restarted_and_the_child_relayed(
+    redis_server, tmp_path
+):
+    served = serve_noisy(tmp_path, redis_server.url, {"NOISY_GRANDCHILD": "1"})
+    grandchildren = tmp_path / "grandchildren.txt"
+    try:
+        served.listening_port()
+        victim = kill_and_see_restart(served, 0)
+        # The dead worker's child still holds the pipe, and what it writes there is relayed.
+        said = served.wait_line(r"^\[worker 0\] grandchild (\d+): its worker is gone")
+        assert int(said.group(1)) in {int(pid) for pid in grandchildren.read_text().split()}
+        assert victim != int(said.group(1))
+        # Stopping does not wait for the children (three alive: one per worker started).
+        served.proc.send_signal(signal.SIGTERM)
+        assert served.proc.wait(timeout=STARTUP_TIMEOUT) == 0
+        pids = [int(pid) for pid in grandchildren.read_text().split()]
+        assert len(pids) == 3
+        for pid in pids:
+            os.kill(pid, 0)  # alive
+    finally:
+        served.close()
+        if grandchildren.exists():
+            for pid in grandchildren.read_text().split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
