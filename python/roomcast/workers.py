@@ -115,10 +115,13 @@ class _WorkerPipe(asyncio.SubprocessProtocol):
 
     def pipe_data_received(self, fd: int, data: bytes | bytearray) -> None:
         self._buffer += data
-        while (end := self._buffer.find(b"\n")) >= 0:
-            self._emit(end, end + 1)
-        while len(self._buffer) >= LINE_LIMIT:  # a piece of a longer line, as it is
-            self._emit(LINE_LIMIT, LINE_LIMIT, strip=False)
+        while True:
+            if (end := self._buffer.find(b"\n", 0, LINE_LIMIT + 1)) >= 0:
+                self._emit(end, end + 1)
+            elif len(self._buffer) > LINE_LIMIT:  # a piece of a longer line, as it is
+                self._emit(LINE_LIMIT, LINE_LIMIT, strip=False)
+            else:
+                return
 
     def _emit(self, end: int, cut: int, strip: bool = True) -> None:
         text = self._buffer[:end].decode(errors="replace")
