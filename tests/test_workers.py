@@ -575,3 +575,64 @@ def test_a_worker_whose_child_keeps_its_stdout_is_still_restarted_and_the_child_
                     os.kill(int(pid), signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+
+
+# No authenticate_fn: the built-in JWT authenticator, from the --jwt-* flags.
+WHOAMI_APP = """
+import os
+
+class App:
+    def setup(self, helper):
+        self.helper = helper
+
+    def message_handler(self, client_id, user_id, message):
+        if message["event"] == "whoami":
+            self.helper.send_to_client(client_id, "me", {"pid": os.getpid()})
+
+app = App()
+"""
+
+
+@pytest.mark.parametrize("given", ["flag", "file"])
+def test_workers_get_the_jwt_secret_by_environment_or_file_never_on_their_command_line(
+    redis_server, tmp_path, given
+):
+    import jwt
+
+    (tmp_path / "whoami_app.py").write_text(WHOAMI_APP)
+    (tmp_path / "secret").write_text(SECRET + "\n")
+    args = ["--port", "0", "--workers", "2", "--redis-url", redis_server.url,
+            "--app", "whoami_app:app", "--log-level", "warning"]  # fmt: skip
+    env = {}
+    if given == "flag":
+        args += ["--jwt-secret", SECRET]
+    else:
+        env["ROOMCAST_JWT_SECRET_FILE"] = str(tmp_path / "secret")
+    served = Served(args, tmp_path, tmp_path / "stderr.log", env=env)
+    try:
+        port = served.listening_port()
+        pids = {
+            int(served.wait_line(rf"^roomcast: worker {i} started \(pid (\d+)\)").group(1))
+            for i in range(2)
+        }
+        for pid in pids:
+            command_line = Path(f"/proc/{pid}/cmdline").read_bytes()
+            assert b"roomcast" in command_line and SECRET.encode() not in command_line
+        token = jwt.encode({"sub": "ann"}, SECRET, algorithm="HS256")
+
+        async def body() -> None:
+            # Until both workers have taken a login with the token.
+            members: list[Member] = []
+            while {m.pid for m in members} != pids:
+                assert len(members) < 200, "one worker took no connection"
+                batch = await connect_many(f"ws://127.0.0.1:{port}/ws", [token] * 10)
+                await whoami(batch)
+                members += batch
+            for m in members:
+                await m.ws.close()
+
+        run(body(), timeout=60)
+        served.proc.send_signal(signal.SIGTERM)
+        assert served.proc.wait(timeout=STARTUP_TIMEOUT) == 0
+    finally:
+        served.close()
