@@ -231,30 +231,30 @@ def test_jwt_secret_file_gives_the_secret_and_its_errors_are_one_line(tmp_path):
         proc.kill()
         proc.communicate()
     missing = str(tmp_path / "missing")
-    code, line = _one_line_error("serve", env={"ROOMCAST_JWT_SECRET_FILE": missing})
+    code, line = one_line_error("serve", env={"ROOMCAST_JWT_SECRET_FILE": missing})
     assert (code, line) == (
         2,
         f"roomcast: error: --jwt-secret-file: cannot read {missing!r}: No such file or directory",
     )
     empty = tmp_path / "empty"
     empty.write_text("\n")
-    code, line = _one_line_error("serve", "--jwt-secret-file", str(empty))
+    code, line = one_line_error("serve", "--jwt-secret-file", str(empty))
     assert (code, line) == (2, f"roomcast: error: --jwt-secret-file: {str(empty)!r} is empty")
     short = tmp_path / "short"
     short.write_text("tooshort")
-    code, line = _one_line_error("serve", "--jwt-secret-file", str(short))
+    code, line = one_line_error("serve", "--jwt-secret-file", str(short))
     assert line == (
         "roomcast: error: --jwt-secret-file: jwt secret too short: 8 bytes "
         "(at least 32; allow_short_secret to accept it)"
     )
-    code, line = _one_line_error(
+    code, line = one_line_error(
         "serve", "--jwt-secret-file", str(secret_file), env={"ROOMCAST_JWT_SECRET": SECRET}
     )
     assert line == "roomcast: error: give one of --jwt-secret, --jwt-secret-file, not several"
 
 
 def test_a_jwks_url_over_plain_http_needs_jwks_allow_http():
-    code, line = _one_line_error("serve", "--jwks-url", "http://127.0.0.1:9/jwks.json")
+    code, line = one_line_error("serve", "--jwks-url", "http://127.0.0.1:9/jwks.json")
     assert (code, line) == (
         2,
         "roomcast: error: --jwks-url: plain http:// refused: 'http://127.0.0.1:9/jwks.json' "

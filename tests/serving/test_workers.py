@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -434,7 +435,7 @@ def kill_and_see_restart(served: Served, index: int) -> int:
 
 
 def test_stdout_lines_and_pieces_do_not_depend_on_how_the_pipe_splits_the_bytes():
-    from roomcast.workers import LINE_LIMIT, _WorkerPipe
+    from roomcast.serving.workers import LINE_LIMIT, _WorkerPipe
 
     data = b"a\n" + b"L" * 200_000 + b"\nshort\r\n" + b"M" * LINE_LIMIT + b"\n\ntail"
     expected = ["a", *["L" * LINE_LIMIT] * 3, "L" * (200_000 - 3 * LINE_LIMIT), "short",
@@ -456,7 +457,7 @@ def test_stdout_lines_and_pieces_do_not_depend_on_how_the_pipe_splits_the_bytes(
 def test_a_stdout_line_over_64_kib_is_relayed_in_pieces_and_the_worker_still_restarts(
     redis_server, tmp_path
 ):
-    from roomcast.workers import LINE_LIMIT
+    from roomcast.serving.workers import LINE_LIMIT
 
     served = serve_noisy(tmp_path, redis_server.url, {"NOISY_LONG_LINE": "1"})
     try:
