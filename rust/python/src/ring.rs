@@ -19,7 +19,10 @@
 //! call reads the completions of what the kernel took, tears the ring down (which discards
 //! the entries it never took: without `SQPOLL` the kernel reads the queue only inside
 //! `io_uring_enter`), sends the rest by `send(2)` and reports the ring gone; the hub then
-//! writes by `send(2)` for good.
+//! writes by `send(2)` for good. Tests make those failures happen with `Fault`
+//! (`ROOMCAST_IO_URING_FAULT`, a switch for tests only).
+
+use std::io;
 
 use io_uring::{opcode, types, EnterFlags, IoUring, Probe};
 
@@ -56,6 +59,7 @@ impl Staged {
 pub struct Ring {
     /// None once torn down after a failure (see the module comment).
     ring: Option<IoUring>,
+    fault: Option<Fault>,
 }
 
 impl Ring {
@@ -70,7 +74,10 @@ impl Ring {
         if !probe.is_supported(opcode::Send::CODE) {
             return None;
         }
-        let mut ring = Ring { ring: Some(ring) };
+        let mut ring = Ring {
+            ring: Some(ring),
+            fault: Fault::from_env(),
+        };
         ring.sends_without_waiting().then_some(ring)
     }
 
@@ -96,7 +103,7 @@ impl Ring {
         results.resize(staged.len(), -libc::EAGAIN);
         let mut done = 0;
         for chunk in staged.chunks(DEPTH as usize) {
-            match send_chunk(ring, arena, chunk, done, results) {
+            match send_chunk(ring, &mut self.fault, arena, chunk, done, results) {
                 Ok(()) => done += chunk.len(),
                 Err(taken) => {
                     done += taken;
@@ -170,6 +177,7 @@ impl Ring {
 /// kernel took is still in flight or unread.
 fn send_chunk(
     ring: &mut IoUring,
+    fault: &mut Option<Fault>,
     arena: &[u8],
     chunk: &[Staged],
     base: usize,
@@ -178,7 +186,7 @@ fn send_chunk(
     let mut pushed = 0;
     {
         let mut sq = ring.submission();
-        for (i, item) in chunk.iter().enumerate() {
+        for (i, item) in chunk.iter().enumerate().take(Fault::pushes(fault)) {
             let entry = send_entry(item.fd, item.bytes(arena)).user_data((base + i) as u64);
             // SAFETY: the request reads a slice of `arena`, which the caller borrows for
             // this whole call and cannot change or free meanwhile. Nothing reads the
@@ -187,7 +195,7 @@ fn send_chunk(
             // function returns only once every entry the kernel took has completed and
             // been read (the loop below, `settle`); an entry it did not take is dropped
             // with the ring (`send_all` on `Err`) before any other `io_uring_enter`.
-            if !fault::push_allowed(i) || unsafe { sq.push(&entry) }.is_err() {
+            if unsafe { sq.push(&entry) }.is_err() {
                 break;
             }
             pushed += 1;
@@ -200,7 +208,7 @@ fn send_chunk(
     }
     let mut reaped = 0;
     while reaped < pushed {
-        let entered = fault::enter(ring, pushed - reaped);
+        let entered = Fault::enter(fault, ring, pushed - reaped);
         let before = reaped;
         reaped += reap(ring, base, results);
         match entered {
@@ -264,89 +272,64 @@ fn reap(ring: &mut IoUring, base: usize, results: &mut [i32]) -> usize {
     count
 }
 
-/// The two calls of the write path that can fail, as every build makes them.
-#[cfg(not(test))]
-mod fault {
-    use io_uring::IoUring;
-
-    /// Whether the `index`-th push of a chunk may go ahead.
-    #[inline(always)]
-    pub fn push_allowed(_index: usize) -> bool {
-        true
-    }
-
-    /// Submits what is queued and waits for `want` completions.
-    #[inline(always)]
-    pub fn enter(ring: &mut IoUring, want: usize) -> std::io::Result<usize> {
-        ring.submit_and_wait(want)
-    }
+/// A failure to inject, for tests only (this module's, and `ROOMCAST_IO_URING_FAULT` for the
+/// Python ones, read once by `Ring::new`); never set otherwise. Checked once per chunk, not
+/// per write.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fault {
+    /// After `skip` enters that go as usual, one enter hands the kernel at most `taken` of
+    /// the queued entries (a real submission: they are sent) and then fails with `errno`,
+    /// as an enter that stops part-way does. `enter:SKIP:TAKEN:ERRNO`.
+    Enter { skip: u32, taken: u32, errno: i32 },
+    /// The push of a chunk's entry `at` fails, as on a full queue. `push:AT`.
+    Push { at: usize },
 }
 
-/// The same calls in this module's tests, where a test can make the next one fail
-/// (per thread, so tests running in parallel do not meet each other's faults).
-#[cfg(test)]
-mod fault {
-    use std::cell::Cell;
-
-    use io_uring::IoUring;
-
-    #[derive(Clone, Copy, Debug)]
-    pub enum Fault {
-        /// After `skip` enters that go as usual, one enter hands the kernel at most
-        /// `taken` of the queued entries (a real submission: they are sent) and then
-        /// fails with `errno`, as an enter that stops part-way does.
-        Enter { skip: usize, taken: u32, errno: i32 },
-        /// The push of a chunk's entry `at` fails, as on a full queue.
-        Push { at: usize },
+impl Fault {
+    /// The fault `ROOMCAST_IO_URING_FAULT` names, if any.
+    fn from_env() -> Option<Fault> {
+        Fault::parse(&std::env::var("ROOMCAST_IO_URING_FAULT").ok()?)
     }
 
-    thread_local! {
-        static FAULT: Cell<Option<Fault>> = const { Cell::new(None) };
-    }
-
-    /// Makes the next matching call fail (once).
-    pub fn inject(fault: Fault) {
-        FAULT.with(|cell| cell.set(Some(fault)));
-    }
-
-    /// Whether the last injected fault has happened.
-    pub fn spent() -> bool {
-        FAULT.with(|cell| cell.get().is_none())
-    }
-
-    pub fn push_allowed(index: usize) -> bool {
-        FAULT.with(|cell| match cell.get() {
-            Some(Fault::Push { at }) if at == index => {
-                cell.set(None);
-                false
-            }
-            _ => true,
-        })
-    }
-
-    pub fn enter(ring: &mut IoUring, want: usize) -> std::io::Result<usize> {
-        let fault = FAULT.with(|cell| match cell.get() {
-            Some(Fault::Enter {
-                skip: 0,
-                taken,
-                errno,
-            }) => {
-                cell.set(None);
-                Some((taken, errno))
-            }
-            Some(Fault::Enter { skip, taken, errno }) => {
-                cell.set(Some(Fault::Enter {
-                    skip: skip - 1,
-                    taken,
-                    errno,
-                }));
-                None
-            }
+    fn parse(spec: &str) -> Option<Fault> {
+        match spec.split(':').collect::<Vec<_>>().as_slice() {
+            ["enter", skip, taken, errno] => Some(Fault::Enter {
+                skip: skip.parse().ok()?,
+                taken: taken.parse().ok()?,
+                errno: errno.parse().ok()?,
+            }),
+            ["push", at] => Some(Fault::Push {
+                at: at.parse().ok()?,
+            }),
             _ => None,
-        });
-        let Some((taken, errno)) = fault else {
+        }
+    }
+
+    /// How many of a chunk's entries may be pushed (all, unless a push is to fail).
+    fn pushes(fault: &mut Option<Fault>) -> usize {
+        match *fault {
+            Some(Fault::Push { at }) => {
+                *fault = None;
+                at
+            }
+            _ => usize::MAX,
+        }
+    }
+
+    /// `ring.submit_and_wait(want)`, or the enter fault when it is due.
+    fn enter(fault: &mut Option<Fault>, ring: &mut IoUring, want: usize) -> io::Result<usize> {
+        let Some(Fault::Enter { skip, taken, errno }) = *fault else {
             return ring.submit_and_wait(want);
         };
+        if skip > 0 {
+            *fault = Some(Fault::Enter {
+                skip: skip - 1,
+                taken,
+                errno,
+            });
+            return ring.submit_and_wait(want);
+        }
+        *fault = None;
         let queued = ring.submission().len() as u32;
         if taken > 0 {
             // SAFETY: submits entries `send_chunk` queued, under its guarantees.
@@ -355,7 +338,7 @@ mod fault {
                     .enter::<libc::sigset_t>(taken.min(queued), 0, 0, None)
             }?;
         }
-        Err(std::io::Error::from_raw_os_error(errno))
+        Err(io::Error::from_raw_os_error(errno))
     }
 }
 
@@ -474,8 +457,6 @@ mod tests {
         assert_eq!(got, want);
     }
 
-    use super::fault::{inject, spent, Fault};
-
     /// `count` writes, each to its own socket, of distinct lengths (`i + 1` bytes), the one
     /// at `full` to a socket whose send buffer is full.
     struct Writes {
@@ -551,10 +532,10 @@ mod tests {
     /// Sends `writes` after injecting `fault`; checks the fault happened and every
     /// write's result and delivery; returns whether the ring is still up.
     fn send_with(ring: &mut Ring, writes: &Writes, fault: Fault) -> bool {
-        inject(fault);
+        ring.fault = Some(fault);
         let mut results = Vec::new();
         assert!(ring.send_all(&writes.arena, &writes.staged, &mut results));
-        assert!(spent(), "the fault was not met: {fault:?}");
+        assert_eq!(ring.fault, None, "the fault was not met: {fault:?}");
         writes.check(&results);
         ring.is_up()
     }
@@ -630,6 +611,20 @@ mod tests {
         let mut results = Vec::new();
         assert!(ring.send_all(&writes.arena, &writes.staged, &mut results));
         writes.check(&results);
+    }
+
+    #[test]
+    fn the_environment_names_a_fault_or_none() {
+        let enter = Fault::Enter {
+            skip: 1,
+            taken: 7,
+            errno: libc::EBUSY,
+        };
+        assert_eq!(Fault::parse("enter:1:7:16"), Some(enter));
+        assert_eq!(Fault::parse("push:3"), Some(Fault::Push { at: 3 }));
+        for junk in ["", "enter:1:7", "push:x", "enter:-1:0:4", "pull:3"] {
+            assert_eq!(Fault::parse(junk), None, "{junk:?}");
+        }
     }
 
     #[test]
