@@ -59,6 +59,7 @@ impl Staged {
 pub struct Ring {
     /// None once torn down after a failure (see the module comment).
     ring: Option<IoUring>,
+    /// A failure to make happen: tests only (`Fault`).
     fault: Option<Fault>,
 }
 
