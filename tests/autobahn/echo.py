@@ -1,10 +1,10 @@
 """An echo application on roomcast's own connection layer, for the Autobahn|Testsuite.
 
-It is the server's code path with the session left out: `roomcast.http.WebServer` (upgrade
-checks, permessage-deflate negotiation), `roomcast.connection.Client` (reserved bits,
+It is the server's code path with the session left out: `roomcast.transport.http.WebServer` (upgrade
+checks, permessage-deflate negotiation), `roomcast.transport.connection.Client` (reserved bits,
 fragments, inflation, size limits, close handling) and the Rust hub's frames (text echoes
 go out through `Hub.send`, compressed once when the client negotiated it). Text messages
-are checked for UTF-8 with `roomcast.protocol.decode`, as the server checks them.
+are checked for UTF-8 with `roomcast.protocol.messages.decode`, as the server checks them.
 
 Run: python3 tests/autobahn/echo.py PORT [--max-payload-length N]
 """
@@ -21,12 +21,12 @@ from typing import Any
 import uvloop
 from picows import WSListener, WSMsgType, WSTransport
 from roomcast import _core
-from roomcast.connection import Client, Links
-from roomcast.constants import CloseCode
-from roomcast.counters import Counters
-from roomcast.http import WebServer
-from roomcast.options import resolve_server_options
-from roomcast.protocol import InvalidText, decode
+from roomcast.node.options import resolve_server_options
+from roomcast.protocol.constants import CloseCode
+from roomcast.protocol.counters import Counters
+from roomcast.protocol.messages import InvalidText, decode
+from roomcast.transport.connection import Client, Links
+from roomcast.transport.http import WebServer
 
 
 class Echo:

@@ -1,0 +1,317 @@
+"""The picows adapter: one `Client` per WebSocket connection.
+
+picows hands us frames, not messages: this module joins continuation frames, checks their
+order and reserved bits, inflates permessage-deflate messages (RSV1 on the first frame, when
+the connection negotiated it: `roomcast.transport.deflate`), enforces the whole-message size
+limit (on the wire and once inflated) and UTF-8, and turns each complete message into one call
+on the helper (through its `Links`). picows itself ignores the reserved bits. A `WSFrame` is only
+valid inside `on_ws_frame`; nothing here keeps it. The `Client` object is also the session
+(`roomcast.protocol.session`) and the record the public API returns (`get_clients()` and friends).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from multidict import CIMultiDict, CIMultiDictProxy
+from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
+
+from .. import _core
+from ..log import client_extra, fault
+from ..protocol.constants import CloseCode
+from ..protocol.counters import Counters
+from ..protocol.session import SESSION_SLOTS, SessionMachine
+
+logger = logging.getLogger("roomcast")
+
+_TEXT = WSMsgType.TEXT
+_BINARY = WSMsgType.BINARY
+_CONTINUATION = WSMsgType.CONTINUATION
+_CLOSE = WSMsgType.CLOSE
+_PONG = WSMsgType.PONG
+_PING = WSMsgType.PING
+
+# picows keeps the upgrade request and response on the transport for the connection's life
+# (read-only attributes); their headers (~2 KB per connection) are never read after the
+# upgrade, so each is swapped for this one empty, read-only mapping.
+_NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+
+# How long a closing connection may take to answer our close frame before we drop it.
+CLOSE_GRACE = 2.0
+
+
+def _valid_close_code(code: int) -> bool:
+    """A code a close frame may carry (RFC 6455 §7.4: 1004-1006 and 1015 are reserved, below
+    1000 and 1016-2999 unassigned, from 5000 undefined)."""
+    return (1000 <= code <= 1014 and code not in (1004, 1005, 1006)) or 3000 <= code <= 4999
+
+
+class Links:
+    """What every `Client` of one helper reaches: the hub, the counters and the helper's
+    connection events, handed over explicitly (one object per helper, so a connection
+    costs one reference). `loop` is set once the helper is configured."""
+
+    __slots__ = (
+        "counters",
+        "hub",
+        "inflater",
+        "loop",
+        "max_payload_length",
+        "on_connect",
+        "on_disconnect",
+        "on_message",
+        "on_pause_writing",
+    )
+
+    def __init__(
+        self,
+        hub: _core.Hub,
+        counters: Counters,
+        max_payload_length: int,
+        on_connect: Callable[[Client, WSTransport], None],
+        on_message: Callable[[Client, Any, bool], None],
+        on_disconnect: Callable[[Client], None],
+        on_pause_writing: Callable[[Client], None],
+    ) -> None:
+        self.hub = hub
+        self.counters = counters
+        self.max_payload_length = max_payload_length
+        self.on_connect = on_connect
+        self.on_message = on_message
+        self.on_disconnect = on_disconnect
+        self.on_pause_writing = on_pause_writing
+        self.loop: asyncio.AbstractEventLoop | None = None
+        # One for every connection: inbound messages carry no context (RFC 7692
+        # client_no_context_takeover), so nothing is kept per connection.
+        self.inflater = _core.Inflater()
+
+
+class Client(WSListener, SessionMachine):
+    """One connection: its session (state, user, keys), its socket, and the record
+    applications read. Rooms, activity and backpressure are the hub's, read through it."""
+
+    __slots__ = (
+        *SESSION_SLOTS,
+        "_disconnect_timer",
+        "_fragments",
+        "_fragments_deflated",
+        "_fragments_size",
+        "_fragments_text",
+        "_links",
+        "connected_at",
+        "deflate_window",
+        "handle",
+        "transport",
+    )
+
+    def __init__(self, links: Links, client_id: str) -> None:
+        self._links = links
+        self.start_session(client_id)
+        self.connected_at = time.time()
+        self.handle = -1
+        self.transport: WSTransport | None = None
+        self._fragments: list[bytes] | None = None
+        self._fragments_size = 0
+        self._fragments_text = False
+        self._fragments_deflated = False
+        # The server window agreed for permessage-deflate (`roomcast.transport.deflate`); 0: none.
+        self.deflate_window = 0
+        self._disconnect_timer: asyncio.TimerHandle | None = None
+
+    # -- the record ----------------------------------------------------------------------
+
+    @property
+    def rooms(self) -> set[str]:
+        return set(self._links.hub.rooms_of(self.handle))
+
+    @property
+    def backpressured(self) -> bool:
+        return self._links.hub.is_backpressured(self.handle)
+
+    @property
+    def last_activity(self) -> float:
+        """Unix time of the last frame received (or of the successful authentication)."""
+        return self._links.hub.last_activity(self.handle)
+
+    def __repr__(self) -> str:
+        return f"Client(id={self.id!r}, user_id={self.user_id!r}, state={self.state.value!r})"
+
+    # -- picows callbacks ------------------------------------------------------------------
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+        for message in (transport.request, transport.response):
+            if message is not None:
+                message.headers = _NO_HEADERS  # type: ignore[assignment]  # read-only on purpose
+        self._links.on_connect(self, transport)
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        msg_type = frame.msg_type
+        if frame.rsv1 or frame.rsv2 or frame.rsv3:
+            self._on_reserved_bits(frame, msg_type)
+            return
+        if self._fragments is None and frame.fin and (msg_type is _TEXT or msg_type is _BINARY):
+            # The common case: a whole message in one frame.
+            if self.closing:
+                return
+            if frame.payload_size > self._links.max_payload_length:
+                # picows already answered 1009 when the route's limit is the listener's, but it
+                # still hands over a frame whose bytes had arrived: never read it.
+                self._too_big(frame.payload_size)
+                return
+            self._links.on_message(self, frame.get_payload_as_memoryview(), msg_type is _TEXT)
+            return
+        if msg_type is _CLOSE:
+            self._on_close_frame(transport, frame)
+        elif msg_type is _PONG:
+            self._links.hub.touch_recv(self.handle)
+        elif msg_type is _PING:
+            # Answered here, not by picows, so a ping with reserved bits is refused first.
+            self._links.hub.touch_recv(self.handle)
+            if not transport.is_close_frame_sent:
+                transport.send_pong(frame.get_payload_as_bytes())
+        elif self.closing:
+            return  # nothing a closing client sends reaches the application
+        elif msg_type is _TEXT or msg_type is _BINARY or msg_type is _CONTINUATION:
+            self._on_fragment(frame, msg_type)
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        if self._disconnect_timer is not None:
+            self._disconnect_timer.cancel()
+            self._disconnect_timer = None
+        self._links.on_disconnect(self)
+
+    def pause_writing(self) -> None:
+        self._links.on_pause_writing(self)
+
+    def resume_writing(self) -> None:
+        self._links.hub.set_backpressured(self.handle, False)
+
+    # -- framing details -------------------------------------------------------------------
+
+    def _on_reserved_bits(self, frame: WSFrame, msg_type: WSMsgType) -> None:
+        """A frame with RSV bits: the first frame of a compressed message when only RSV1 is
+        set, on a data frame, on a connection that negotiated permessage-deflate; anything
+        else fails the connection (RFC 6455 §5.2, RFC 7692 §6.1)."""
+        if frame.rsv2 or frame.rsv3:
+            self._fail(WSCloseCode.PROTOCOL_ERROR, "reserved bits RSV2/RSV3 set")
+        elif not self.deflate_window:
+            self._fail(WSCloseCode.PROTOCOL_ERROR, "RSV1 set without permessage-deflate")
+        elif msg_type is _CONTINUATION:
+            self._fail(WSCloseCode.PROTOCOL_ERROR, "RSV1 set on a continuation frame")
+        elif msg_type is not _TEXT and msg_type is not _BINARY:
+            self._fail(WSCloseCode.PROTOCOL_ERROR, "RSV1 set on a control frame")
+        elif self.closing:
+            return
+        elif self._fragments is None and frame.fin:
+            if frame.payload_size > self._links.max_payload_length:
+                self._too_big(frame.payload_size)
+                return
+            self._inflated([frame.get_payload_as_bytes()], msg_type is _TEXT)
+        else:
+            self._on_fragment(frame, msg_type, deflated=True)
+
+    def _inflated(self, parts: list[bytes], is_text: bool) -> None:
+        """Inflates a compressed message to at most max_payload_length bytes and hands it on;
+        past the limit the client gets 1009, bad deflate data 1007 (RFC 7692 §8.2.3.3)."""
+        links = self._links
+        try:
+            if len(parts) == 1:
+                payload = links.inflater.inflate(parts[0], links.max_payload_length)
+            else:
+                payload = links.inflater.inflate_parts(parts, links.max_payload_length)
+        except _core.InflatedTooBig:
+            self._too_big(links.max_payload_length + 1, inflated=True)
+            return
+        except _core.InvalidDeflate:
+            self._fail(WSCloseCode.INVALID_TEXT, "invalid compressed data")
+            return
+        links.on_message(self, payload, is_text)
+
+    def _on_fragment(self, frame: WSFrame, msg_type: WSMsgType, deflated: bool = False) -> None:
+        if msg_type is _CONTINUATION:
+            if self._fragments is None:
+                self._fail(WSCloseCode.PROTOCOL_ERROR, "unexpected continuation frame")
+                return
+        elif self._fragments is not None:
+            self._fail(WSCloseCode.PROTOCOL_ERROR, "expected a continuation frame")
+            return
+        else:
+            self._fragments = []
+            self._fragments_size = 0
+            self._fragments_text = msg_type is _TEXT
+            self._fragments_deflated = deflated
+        self._fragments_size += frame.payload_size
+        if self._fragments_size > self._links.max_payload_length:
+            self._fragments = None
+            self._too_big(self._fragments_size)
+            return
+        self._fragments.append(frame.get_payload_as_bytes())
+        if frame.fin:
+            fragments = self._fragments
+            self._fragments = None
+            if self.closing:
+                return
+            if self._fragments_deflated:
+                self._inflated(fragments, self._fragments_text)
+            else:
+                self._links.on_message(self, b"".join(fragments), self._fragments_text)
+
+    def _on_close_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if not transport.is_close_frame_sent:
+            if frame.payload_size == 0:  # no code: answered with a normal closure
+                transport.send_close(WSCloseCode.OK)
+            elif _valid_close_code(frame.get_close_code().value):
+                transport.send_close(frame.get_close_code(), frame.get_close_message())
+            else:
+                transport.send_close(WSCloseCode.PROTOCOL_ERROR)
+        transport.disconnect()
+
+    def _fail(self, code: WSCloseCode, reason: str) -> None:
+        fault("protocol error", "closing %s: %s", self.id, reason, extra=client_extra(self))
+        self.close(code.value, reason)
+
+    def _too_big(self, size: int, *, inflated: bool = False) -> None:
+        fault(
+            "oversized message",
+            "closing %s: %smessage of %d bytes or more over max_payload_length %d",
+            self.id,
+            "inflated " if inflated else "",
+            size,
+            self._links.max_payload_length,
+            extra=client_extra(self),
+        )
+        self.close(WSCloseCode.MESSAGE_TOO_BIG.value, CloseCode.REASONS[CloseCode.MESSAGE_TOO_BIG])
+
+    # -- closing ---------------------------------------------------------------------------
+
+    def close(self, code: int, reason: str, *, abort: bool = False) -> None:
+        """Send a close frame after everything already queued, then drop the connection when
+        the client answers or after CLOSE_GRACE seconds; `abort` drops it at once. Idempotent.
+        `closing` is True from then on."""
+        transport = self.transport
+        if self.closing or transport is None:
+            return
+        self.closing = True
+        links = self._links
+        links.counters.close(code)
+        links.hub.flush_one(self.handle)
+        try:
+            transport.send_close(code, reason.encode())  # type: ignore[arg-type]
+        except Exception:  # the transport is already gone
+            logger.debug("close frame not sent to %s", self.id, exc_info=True)
+        if abort:
+            self._force_disconnect()
+            return
+        loop = links.loop
+        if loop is not None:
+            self._disconnect_timer = loop.call_later(CLOSE_GRACE, self._force_disconnect)
+
+    def _force_disconnect(self) -> None:
+        self._disconnect_timer = None
+        if self.transport is not None:
+            self.transport.disconnect(graceful=False)
