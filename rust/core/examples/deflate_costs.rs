@@ -22,7 +22,7 @@ fn message(size: usize, seed: usize) -> Vec<u8> {
             seed * 1000 + i,
             (seed * 7 + i * 13) % 997,
             (seed * 7919 + i * 104_729) % 100_000,
-            (seed + i) % 3 != 0
+            !(seed + i).is_multiple_of(3)
         ));
         i += 1;
     }
