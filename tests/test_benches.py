@@ -230,3 +230,25 @@ def test_hundredk_bench_smoke_connects_all_and_closes_only_the_silent_with_4002(
     assert row["connect_errors"] == 0 and row["connected"] == row["clients"]
     assert sum(row["fds_per_worker"]) > row["clients"]  # every worker took its share
     assert row["silent_close_codes"] == {"4002": row["silent"]} and row["others_closed"] == 0
+
+
+def test_deflate_scenario_smoke_compresses_without_loss():
+    result = subprocess.run(
+        [sys.executable, "-m", "benches", "deflate", "--quick", "--servers", "roomcast"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    measured = {(r["server"], r["regime"]) for r in rows if r["scenario"] == "deflate"}
+    assert measured == {
+        (server, regime)
+        for server in ("roomcast", "roomcast-deflate")
+        for regime in ("burst", "paced")
+    }
+    assert all(r["lost"] == 0 for r in rows if r["scenario"] == "deflate")
+    # The clients counted the bytes they got: compressed frames are a fraction of the plain.
+    ratios = [r for r in rows if r["scenario"] == "deflate-ratio"]
+    assert len(ratios) == 2 and all(r["wire_ratio"] < 0.5 for r in ratios)
