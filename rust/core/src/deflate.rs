@@ -165,9 +165,7 @@ impl Inflater {
     pub fn inflate(&mut self, parts: &[&[u8]], limit: usize) -> Result<&[u8], InflateError> {
         self.decompress.reset(false);
         self.out.clear();
-        if self.out.capacity() > RETAIN_MAX {
-            self.out = Vec::new(); // a rare large message does not stay allocated
-        }
+        self.trim();
         let cap = limit.saturating_add(1);
         for input in parts.iter().copied().chain(std::iter::once(&TAIL[..])) {
             let start = self.decompress.total_in();
@@ -208,6 +206,14 @@ impl Inflater {
             }
         }
         Ok(&self.out)
+    }
+
+    /// Lets go of the output buffer when a large message grew it past `RETAIN_MAX` (call
+    /// once the last message is copied out).
+    pub fn trim(&mut self) {
+        if self.out.capacity() > RETAIN_MAX {
+            self.out = Vec::new();
+        }
     }
 
     /// Bytes the output buffer holds on to between messages.
@@ -329,6 +335,17 @@ mod tests {
             .to_vec();
         assert_eq!(i.inflate(&[&at], 1000).unwrap().len(), 1000);
         assert_eq!(i.inflate(&[&at], 999), Err(InflateError::TooBig));
+    }
+
+    #[test]
+    fn trim_lets_a_large_buffer_go() {
+        let zeros = vec![0u8; 4 << 20];
+        let compressed = Deflater::default().compress(&zeros).unwrap().to_vec();
+        let mut i = Inflater::new();
+        assert_eq!(i.inflate(&[&compressed], 8 << 20).unwrap().len(), 4 << 20);
+        assert!(i.capacity() >= 4 << 20);
+        i.trim();
+        assert_eq!(i.capacity(), 0);
     }
 
     #[test]

@@ -50,8 +50,12 @@ impl Inflater {
         payload: &[u8],
         limit: usize,
     ) -> PyResult<Bound<'py, PyBytes>> {
-        let out = self.core.inflate(&[payload], limit).map_err(raise)?;
-        Ok(PyBytes::new(py, out))
+        let bytes = self
+            .core
+            .inflate(&[payload], limit)
+            .map(|out| PyBytes::new(py, out));
+        self.core.trim(); // after an error too: a large limit's buffer does not linger
+        bytes.map_err(raise)
     }
 
     /// The message whose compressed payload is split over ``parts`` (its frames', in
@@ -67,7 +71,11 @@ impl Inflater {
             .map(|part| part.cast_into::<PyBytes>().map_err(PyErr::from))
             .collect::<PyResult<_>>()?;
         let slices: Vec<&[u8]> = parts.iter().map(|part| part.as_bytes()).collect();
-        let out = self.core.inflate(&slices, limit).map_err(raise)?;
-        Ok(PyBytes::new(py, out))
+        let bytes = self
+            .core
+            .inflate(&slices, limit)
+            .map(|out| PyBytes::new(py, out));
+        self.core.trim(); // after an error too: a large limit's buffer does not linger
+        bytes.map_err(raise)
     }
 }
