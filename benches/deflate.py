@@ -3,12 +3,13 @@
 `deflate`: C clients (each of `--clients`, default 1,000 and 5,000) all receive broadcasts of
 about 1.5 KB of varied JSON records; for roomcast without and with `per_message_deflate`
 (every client offering it), and the original on Bun without and with `perMessageDeflate:
-true` when it is installed. Two regimes per server: `burst` (the publisher sends as fast as
-it can: the server saturates and writes several messages per client per write) and `paced`
-(a fixed rate well under saturation: one message per write). Rows give server CPU per
-delivery, wire bytes per delivery (frame headers included, as the clients count them) and,
-measured once the clients are connected and idle, the server's RSS per connection. The
-ratios compressed/plain are in the `ratio` rows.
+true` when it is installed. Regimes: `burst` (the publisher sends as fast as it can: several
+messages per client per write), `paced` (a fixed rate well under saturation: one message per
+write) and, for roomcast, `saturated` (bursts of 10 broadcasts timed inside the server, which
+does nothing else meanwhile: process CPU, without the kernel time ksoftirqd spends on it).
+Rows give server CPU per delivery, wire bytes per delivery (frame headers included, as the
+clients count them) and, measured once the clients are connected and idle, the server's RSS
+per connection. The ratios compressed/plain are in the `deflate-ratio` rows.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .harness import (
     clients,
     cpu_seconds,
     emit,
+    http_json,
     rss_bytes,
     saturated_side,
     server,
@@ -90,7 +92,47 @@ def one_server(kind: str, count: int, messages: int, rate: int, rounds: int) -> 
                         }
                     )
                 )
+            if kind.startswith("roomcast"):
+                rows.append(saturated(kind, count, gens, port, rounds, rss_idle))
     return rows
+
+
+def saturated(
+    kind: str, count: int, gens: list[Any], port: int, rounds: int, rss_idle: float
+) -> Row:
+    """Bursts of 10 broadcasts timed inside the server (its `/broadcast`): the server does
+    nothing else until they are handed to the sockets, so this is its cost at saturation."""
+    burst = 10
+    cpus, wires = [], []
+    for _ in range(rounds):
+        got0, bytes0 = _wire(gens)
+        result = http_json(port, f"/broadcast?mode=rust&size={MESSAGE_SIZE}&burst={burst}&json=1")
+        expected = got0 + burst * count
+        if result["count"] != burst * count or wait_received(gens, expected) != expected:
+            raise RuntimeError(f"{kind}: in-server burst lost messages")
+        time.sleep(0.2)
+        final, bytes1 = _wire(gens)
+        if final != expected:
+            raise RuntimeError(f"{kind}: expected {expected}, got {final}")
+        cpus.append(result["cpu"] / (burst * count))
+        wires.append((bytes1 - bytes0) / (burst * count))
+    return emit(
+        {
+            "scenario": "deflate",
+            "server": kind,
+            "clients": count,
+            "regime": "saturated",
+            "messages": burst,
+            "rate": 0,
+            "rounds": rounds,
+            "cpu_ns_per_delivery": statistics.median(cpus) * 1e9,
+            "wire_bytes_per_delivery": statistics.median(wires),
+            "server_util": 1.0,
+            "saturated": "server",
+            "rss_bytes_per_idle_connection": rss_idle,
+            "lost": 0,
+        }
+    )
 
 
 def ratios(rows: list[Row]) -> list[Row]:

@@ -44,6 +44,8 @@ from roomcast.crypto import EcdhScheme
 from roomcast.protocol import encode
 from roomcast.serving.runner import tune_gc
 
+from .loadgen import records
+
 AUTHENTICATED = WebSocketClientStates.AUTHENTICATED
 PROBE_INTERVAL = 0.001
 
@@ -176,13 +178,16 @@ def make_http_handler(helper: WebSocketServerHelper):
     def handler(request: HttpRequest) -> HttpResponse | None:
         query = {k: v[0] for k, v in parse_qs(request.query).items()}
         if request.path == "/broadcast":
-            data = {"pad": "x" * int(query.get("size", "100"))}
+            size = int(query.get("size", "100"))
             burst = int(query.get("burst", "1"))
+            # json=1: varied JSON records (what compression meets), one board per broadcast.
+            boards = [{"board": records(size, i)} for i in range(burst)] if "json" in query else []
+            data = {"pad": "x" * size}
             count = 0
             wall0, cpu0 = time.perf_counter(), time.process_time()
             if query.get("mode", "rust") == "rust":
-                for _ in range(burst):
-                    count += helper.broadcast("bench", data)
+                for i in range(burst):
+                    count += helper.broadcast("bench", boards[i] if boards else data)
                 helper.flush()
             else:
                 for _ in range(burst):

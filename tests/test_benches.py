@@ -246,9 +246,9 @@ def test_deflate_scenario_smoke_compresses_without_loss():
     assert measured == {
         (server, regime)
         for server in ("roomcast", "roomcast-deflate")
-        for regime in ("burst", "paced")
+        for regime in ("burst", "paced", "saturated")
     }
     assert all(r["lost"] == 0 for r in rows if r["scenario"] == "deflate")
     # The clients counted the bytes they got: compressed frames are a fraction of the plain.
     ratios = [r for r in rows if r["scenario"] == "deflate-ratio"]
-    assert len(ratios) == 2 and all(r["wire_ratio"] < 0.5 for r in ratios)
+    assert len(ratios) == 3 and all(r["wire_ratio"] < 0.5 for r in ratios)
