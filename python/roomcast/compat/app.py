@@ -153,14 +153,15 @@ class Application:
     async def run(self, shutdown_trigger: Awaitable[Any] | None = None) -> None:
         """Start (unless started already), wait for SIGINT/SIGTERM (or `shutdown_trigger`, or
         cancellation), then stop: every client gets 1001."""
-        from ..serving.runner import until_signalled
+        from ..serving.runner import catching
 
-        if self._server is None:
-            await self.start()
-        try:
-            await (shutdown_trigger if shutdown_trigger is not None else until_signalled())
-        finally:
-            await self.stop()
+        with catching() as signalled:  # from the start: a signal while starting counts too
+            if self._server is None:
+                await self.start()
+            try:
+                await (shutdown_trigger if shutdown_trigger is not None else signalled.wait())
+            finally:
+                await self.stop()
 
     async def stop(self) -> None:
         """Stop the components first (they close their clients), then the server."""
