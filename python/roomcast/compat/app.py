@@ -7,6 +7,7 @@ post-start hooks run once the HTTP server listens.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
@@ -155,11 +156,14 @@ class Application:
         cancellation), then stop: every client gets 1001."""
         from ..serving.runner import catching
 
-        with catching() as signalled:  # from the start: a signal while starting counts too
+        with contextlib.ExitStack() as stack:
+            # From the start: a signal while starting counts too.
+            if shutdown_trigger is None:
+                shutdown_trigger = stack.enter_context(catching()).wait()
             if self._server is None:
                 await self.start()
             try:
-                await (shutdown_trigger if shutdown_trigger is not None else signalled.wait())
+                await shutdown_trigger
             finally:
                 await self.stop()
 
