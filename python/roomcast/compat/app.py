@@ -158,12 +158,11 @@ class Application:
 
         with contextlib.ExitStack() as stack:
             # From the start: a signal while starting counts too.
-            if shutdown_trigger is None:
-                shutdown_trigger = stack.enter_context(catching()).wait()
+            signalled = stack.enter_context(catching()) if shutdown_trigger is None else None
             if self._server is None:
                 await self.start()
             try:
-                await shutdown_trigger
+                await (shutdown_trigger if signalled is None else signalled.wait())
             finally:
                 await self.stop()
 
