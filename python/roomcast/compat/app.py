@@ -162,7 +162,10 @@ class Application:
             if self._server is None:
                 await self.start()
             try:
-                await (shutdown_trigger if signalled is None else signalled.wait())
+                if signalled is not None:
+                    await signalled.wait()
+                elif shutdown_trigger is not None:
+                    await shutdown_trigger
             finally:
                 await self.stop()
 
