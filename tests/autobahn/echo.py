@@ -21,7 +21,7 @@ from typing import Any
 import uvloop
 from picows import WSListener, WSMsgType, WSTransport
 from roomcast import _core
-from roomcast.node.options import resolve_server_options
+from roomcast.config import resolve_server_options
 from roomcast.protocol.constants import CloseCode
 from roomcast.protocol.counters import Counters
 from roomcast.protocol.messages import InvalidText, decode

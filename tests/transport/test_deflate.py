@@ -18,7 +18,7 @@ import pytest
 from roomcast.app import Application
 from roomcast.cli.flags import build_parser, config_from_args
 from roomcast.component import WebSocketBindingKeys, WebSocketComponent
-from roomcast.node.options import resolve_server_options
+from roomcast.config import resolve_server_options
 from roomcast.redis import RedisHelper
 from support import (
     RawClient,

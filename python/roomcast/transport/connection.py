@@ -20,7 +20,7 @@ from typing import Any
 from multidict import CIMultiDict, CIMultiDictProxy
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
-from .. import _core
+from .._core import Hub, InflatedTooBig, Inflater, InvalidDeflate
 from ..log import client_extra, fault
 from ..protocol.constants import CloseCode
 from ..protocol.counters import Counters
@@ -69,7 +69,7 @@ class Links:
 
     def __init__(
         self,
-        hub: _core.Hub,
+        hub: Hub,
         counters: Counters,
         max_payload_length: int,
         on_connect: Callable[[Client, WSTransport], None],
@@ -87,7 +87,7 @@ class Links:
         self.loop: asyncio.AbstractEventLoop | None = None
         # One for every connection: inbound messages carry no context (RFC 7692
         # client_no_context_takeover), so nothing is kept per connection.
-        self.inflater = _core.Inflater()
+        self.inflater = Inflater()
 
 
 class Client(WSListener, SessionMachine):
@@ -224,10 +224,10 @@ class Client(WSListener, SessionMachine):
                 payload = links.inflater.inflate(parts[0], links.max_payload_length)
             else:
                 payload = links.inflater.inflate_parts(parts, links.max_payload_length)
-        except _core.InflatedTooBig:
+        except InflatedTooBig:
             self._too_big(links.max_payload_length + 1, inflated=True)
             return
-        except _core.InvalidDeflate:
+        except InvalidDeflate:
             self._fail(WSCloseCode.INVALID_TEXT, "invalid compressed data")
             return
         links.on_message(self, payload, is_text)

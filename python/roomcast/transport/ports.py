@@ -19,7 +19,7 @@ class Route(Protocol):
     """An endpoint on one path: `accept(deflate_window)` gives the listener of a new
     connection (that negotiated permessage-deflate with that server window, 0: it did not)
     or raises `roomcast.http.UpgradeRefused`. `server_options` are the resolved options
-    (`roomcast.node.options`): the listener takes its frame size, upgrade timeout, backlog and
+    (`roomcast.config`): the listener takes its frame size, upgrade timeout, backlog and
     whether to negotiate permessage-deflate from them."""
 
     @property
