@@ -23,7 +23,9 @@ from picows import (
 )
 from picows.picows import WSProtocol  # type: ignore[attr-defined]
 
+from .api import API_PREFIX, Api
 from .constants import LISTEN_BACKLOG, ErrorMessages
+from .httpapi import ApiConnection
 from .log import PicowsLog, fault
 from .ports import Route
 from .upgrade import FirstBytesGuard, is_handshake, refusal
@@ -109,7 +111,10 @@ class WebServer:
         *,
         ssl: SSLContext | None = None,
         reuse_port: bool = False,
+        api: Api | None = None,
     ) -> None:
+        """`api`: the server HTTP API (`roomcast.api`), answering every `/api/` path that
+        is not a WebSocket route."""
         self.host = host
         self.port = port
         self.http_handler = http_handler or not_found
@@ -120,6 +125,8 @@ class WebServer:
         self._max_frame_size = DEFAULT_MAX_FRAME_SIZE
         self._handshake_timeout = DEFAULT_HANDSHAKE_TIMEOUT
         self._picows_logger = logging.getLogger("roomcast.picows")
+        self.api = api
+        self._divert = self._to_api if api is not None else None
 
     def route(self, helper: Route) -> None:
         """Send upgrade requests for `helper.get_path()` to `helper`; connections accepted
@@ -179,7 +186,19 @@ class WebServer:
             extra_headers=None,
             read_buffer_init_size=READ_BUFFER_INIT_SIZE,
         )
-        return FirstBytesGuard(protocol)
+        return FirstBytesGuard(protocol, self._divert)
+
+    def _to_api(self, head: bytes) -> asyncio.Protocol | None:
+        """An `ApiConnection` for a request line whose target is under /api/."""
+        start = head.find(b" ") + 1
+        if not head.startswith(b"/api", start):
+            return None
+        target = head[start : head.find(b" ", start)]
+        path = target.partition(b"?")[0].decode("latin-1")
+        if not (path.startswith(API_PREFIX) or path == API_PREFIX[:-1]) or path in self._routes:
+            return None
+        assert self.api is not None
+        return ApiConnection(self.api)
 
     async def stop(self) -> None:
         """Stop accepting; connections already open are the helpers' to close."""
