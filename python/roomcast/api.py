@@ -35,16 +35,18 @@ from typing import Any, Protocol
 import orjson
 
 from .broker import Broker, BrokerUnavailable
-from .constants import WebSocketChannels, WebSocketMessageTypes
-from .protocol import MISSING, decode_envelope, encode_envelope
+from .constants import (
+    API_SERVER_ID,
+    CLOSE_REASON_LIMIT,
+    DISCONNECT_TYPE,
+    WebSocketChannels,
+    WebSocketMessageTypes,
+)
+from .protocol import MISSING, encode_disconnect, encode_envelope, valid_close_code
 
 logger = logging.getLogger("roomcast")
 
 API_PREFIX = "/api/"
-API_SERVER_ID = "api"
-"""The serverId of the API's envelopes: no node's own, so every node delivers them."""
-DISCONNECT = "disconnect"
-"""The envelope type of a disconnect (ours; the original's nodes drop unknown types)."""
 KEY_HEADER = "X-API-Key"
 _KEY_NAME = KEY_HEADER.lower()  # `head` and `handle` take header names in lower case
 DEFAULT_BODY_LIMIT = 1 << 20
@@ -54,8 +56,6 @@ DEFAULT_INFO_INTERVAL = 5.0
 NODES_KEY = "ws:nodes"
 BATCH_LIMIT = 10_000
 """Most commands in one `/api/batch`."""
-REASON_LIMIT = 123
-"""Bytes of a close reason (a close frame's payload is at most 125 bytes, 2 for the code)."""
 
 _JSON = (("Content-Type", "application/json"),)
 
@@ -150,25 +150,7 @@ class Disconnect:
         return WebSocketChannels.for_user(self.target)
 
     def envelope(self) -> bytes:
-        data = {"scope": self.scope, "code": self.code, "reason": self.reason}
-        return encode_envelope(API_SERVER_ID, DISCONNECT, DISCONNECT, data, self.target)
-
-
-def disconnect_of(data: Any) -> tuple[str, int, str] | None:
-    """(scope, code, reason) of a disconnect envelope's data; None when malformed."""
-    if type(data) is not dict:
-        return None
-    scope, code, reason = data.get("scope"), data.get("code"), data.get("reason")
-    if scope not in ("client", "user") or type(code) is not int or type(reason) is not str:
-        return None
-    if not valid_close_code(code) or len(reason.encode()) > REASON_LIMIT:
-        return None
-    return scope, code, reason
-
-
-def valid_close_code(code: int) -> bool:
-    """A close code an application may send (RFC 6455 §7.4): 1000, or 3000-4999."""
-    return code == 1000 or 3000 <= code <= 4999
+        return encode_disconnect(API_SERVER_ID, self.scope, self.target, self.code, self.reason)
 
 
 def _object(value: Any, where: str) -> dict[str, Any]:
@@ -269,8 +251,8 @@ def parse_disconnect(body: Any) -> Disconnect:
     reason = body.get("reason", "")
     if type(reason) is not str:
         raise _bad("reason must be a string")
-    if len(reason.encode()) > REASON_LIMIT:
-        raise _bad(f"reason longer than {REASON_LIMIT} bytes")
+    if len(reason.encode()) > CLOSE_REASON_LIMIT:
+        raise _bad(f"reason longer than {CLOSE_REASON_LIMIT} bytes")
     return Disconnect(scope, target, code, reason)
 
 
@@ -628,28 +610,14 @@ class Api:
             await asyncio.sleep(self.info_interval)
 
 
-def history_message(raw: bytes) -> dict[str, Any] | None:
-    """A kept envelope as the API shows it: `{"event","data"?,"offset"}` (None: malformed)."""
-    envelope = decode_envelope(raw)
-    if envelope is None or envelope.offset is None:
-        return None
-    message: dict[str, Any] = {"event": envelope.event, "offset": envelope.offset}
-    if envelope.data is not MISSING:
-        message["data"] = envelope.data
-    if envelope.exclude:
-        message["exclude"] = envelope.exclude
-    return message
-
-
 __all__ = [
     "API_PREFIX",
     "API_SERVER_ID",
-    "DISCONNECT",
+    "DISCONNECT_TYPE",
     "Api",
     "ApiError",
     "ApiNode",
     "Disconnect",
     "Publish",
     "Response",
-    "disconnect_of",
 ]

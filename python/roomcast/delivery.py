@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from .base import HelperBase
-from .constants import WebSocketChannels, WebSocketMessageTypes
-from .protocol import MISSING, decode_envelope, encode, encode_envelope
+from .constants import DISCONNECT_TYPE, WebSocketChannels, WebSocketMessageTypes
+from .protocol import MISSING, decode_envelope, disconnect_of, encode, encode_envelope
 from .session import State
 
 logger = logging.getLogger("roomcast")
@@ -58,6 +58,30 @@ class Delivery(HelperBase):
         """Deliver to every local authenticated client not in `exclude`."""
         count = self._hub.broadcast(encode(event, data), exclude or None)
         return count + self._to_encrypted(None, None, exclude, event, data)
+
+    def disconnect(
+        self,
+        client_id: str | None = None,
+        *,
+        user_id: str | None = None,
+        code: int = 1000,
+        reason: str = "",
+    ) -> int:
+        """Close one local client (any state), or every local authenticated session of a
+        user, with `code` and `reason`; returns how many were closed. The disconnect
+        callbacks run as for any close. (Across nodes: the HTTP API's /api/disconnect.)"""
+        if (client_id is None) == (user_id is None):
+            raise ValueError("give one of client_id or user_id")
+        if client_id is not None:
+            client = self._clients.get(client_id)
+            targets = [] if client is None else [client]
+        else:
+            assert user_id is not None
+            clients = self._clients
+            targets = [clients[i] for i in self._hub.user_members(user_id) if i in clients]
+        for client in targets:
+            client.close(code, reason)
+        return len(targets)
 
     def _to_encrypted(
         self,
@@ -154,5 +178,15 @@ class Delivery(HelperBase):
             self.send_to_client(target, envelope.event, envelope.data)
         elif type_ == _USER:
             self.send_to_user(target, envelope.event, envelope.data)
+        elif type_ == DISCONNECT_TYPE:
+            order = disconnect_of(envelope.data)
+            if order is None:
+                logger.error("malformed disconnect envelope on %s dropped", channel)
+                return
+            scope, code, reason = order
+            if scope == "client":
+                self.disconnect(target, code=code, reason=reason)
+            else:
+                self.disconnect(user_id=target, code=code, reason=reason)
         else:
             logger.debug("envelope of unknown type %r on %s dropped", type_, channel)

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from .base import HelperBase
-from .broker.history import HistoryStore, MemoryHistory
+from .broker.history import Entry, HistoryStore, MemoryHistory
 from .broker.memory import MemoryBroker
 from .broker.redis.history import RedisHistory
 from .broker.redis.settings import keep_settings
@@ -59,6 +59,29 @@ class RoomGlob:
 def history_frame(event: str, data: Any, room: str, offset: int) -> bytes:
     """A history room's message: `{"event","data","room","offset"}` (no `data` if none)."""
     return encode_at(event, data, room, offset)
+
+
+def _entry_message(entry: Entry) -> dict[str, Any]:
+    message: dict[str, Any] = {"event": entry.event}
+    if entry.data is not MISSING:
+        message["data"] = entry.data
+    message["offset"] = entry.offset
+    if entry.exclude:
+        message["exclude"] = sorted(entry.exclude)
+    return message
+
+
+def _envelope_message(raw: bytes) -> dict[str, Any] | None:
+    envelope = decode_envelope(raw)
+    if envelope is None or envelope.offset is None:
+        return None
+    message: dict[str, Any] = {"event": envelope.event}
+    if envelope.data is not MISSING:
+        message["data"] = envelope.data
+    message["offset"] = envelope.offset
+    if envelope.exclude:
+        message["exclude"] = envelope.exclude
+    return message
 
 
 def recover_request(data: Any) -> dict[str, tuple[str, int]]:
@@ -212,6 +235,49 @@ class History(HelperBase):
                 UNNUMBERED_QUIET,
             )
         self._unnumbered_at = now
+
+    async def history(
+        self, room: str, since: tuple[str, int] | None = None, limit: int | None = None
+    ) -> dict[str, Any]:
+        """What a history room keeps: `{"room", "epoch", "offset", "messages"}`, each
+        message `{"event", "data"?, "offset", "exclude"?}`, oldest first. Without `since`:
+        the messages kept (the newest `limit`). With `since` (epoch, offset):
+        `"recovered"` says whether every message after it is still kept; if so `messages`
+        are those (the first `limit`), else none. Raises ValueError for a room without
+        history; Redis errors propagate."""
+        is_history = self._is_history
+        if is_history is None or not is_history(room):
+            raise ValueError(f"not a history room: {room}")
+        recovered: bool | None = None
+        remote = self._remote
+        if remote is None:
+            store = self._history
+            assert store is not None
+            if since is None:
+                epoch, offset, entries = store.kept(room)
+            else:
+                epoch, offset = store.position(room)
+                found = store.since(room, *since)
+                recovered = found is not None
+                entries = found or []
+            messages = [_entry_message(e) for e in entries]
+        else:
+            if since is None:
+                epoch, offset, raws = await remote.kept(room)
+                if not epoch:  # never written: the room's first epoch starts now
+                    epoch, offset, _ = await remote.read(room, None, 0)
+            else:
+                epoch, offset, found_raw = await remote.read(room, *since)
+                recovered = found_raw is not None
+                raws = found_raw or []
+            messages = [m for m in map(_envelope_message, raws) if m is not None]
+        if limit is not None:
+            messages = messages[:limit] if since is not None else messages[-limit:]
+        answer: dict[str, Any] = {"room": room, "epoch": epoch, "offset": offset}
+        if recovered is not None:
+            answer["recovered"] = recovered
+        answer["messages"] = messages
+        return answer
 
     def _history_stats(self) -> dict[str, int]:
         """For `stats()`: history messages delivered without an offset, history writes

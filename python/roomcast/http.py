@@ -201,10 +201,13 @@ class WebServer:
         return ApiConnection(self.api)
 
     async def stop(self) -> None:
-        """Stop accepting; connections already open are the helpers' to close."""
+        """Stop accepting, and close the API (its info entry leaves Redis); connections
+        already open are the helpers' to close."""
         if self._server is not None:
             self._server.close()
             self._server = None
+        if self.api is not None:
+            await self.api.close()
 
     def _listener_factory(self, log: PicowsLog, request: WSUpgradeRequest) -> Any:
         path, _, query = request.path.decode("latin-1").partition("?")

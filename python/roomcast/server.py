@@ -19,6 +19,7 @@ from ssl import SSLContext
 from typing import Any
 
 from . import _core
+from .api import DEFAULT_BODY_LIMIT, Api
 from .auth import Authentication
 from .barrier import JoinBarrier
 from .broker import Broker, create_broker
@@ -218,18 +219,28 @@ class WebSocketServerHelper(Inbound, Authentication, Rooms, Delivery, History, P
         health: bool = False,
         metrics: bool = False,
         reuse_port: bool = False,
+        api_key: str | None = None,
+        api_body_limit: int = DEFAULT_BODY_LIMIT,
+        reserve_api: bool = False,
     ) -> WebServer:
         """Configure (if needed) and listen on host:port; returns the started WebServer.
 
         `ssl` serves wss:// (and https:// for plain HTTP); `health` answers GET /health and
         `metrics` GET /metrics (Prometheus text) before `http_handler` sees a request;
-        `reuse_port` lets several processes listen on one port (SO_REUSEPORT)."""
+        `reuse_port` lets several processes listen on one port (SO_REUSEPORT). `api_key`
+        turns on the server HTTP API (`roomcast.api`) under /api/, with request bodies of
+        at most `api_body_limit` bytes; `reserve_api` without a key answers 404 there
+        (as `roomcast serve` does) instead of handing /api/ requests to `http_handler`."""
         await self.configure()
         if health or metrics:
             from .endpoints import Endpoints
 
             http_handler = Endpoints(self, http_handler, health=health, metrics=metrics)
-        server = WebServer(host, port, http_handler, ssl=ssl, reuse_port=reuse_port)
+        api = None
+        if api_key is not None or reserve_api:
+            api = Api(self, api_key, body_limit=api_body_limit)
+            await api.start()
+        server = WebServer(host, port, http_handler, ssl=ssl, reuse_port=reuse_port, api=api)
         server.route(self)
         await server.start()
         return server
@@ -246,6 +257,9 @@ class WebSocketServerHelper(Inbound, Authentication, Rooms, Delivery, History, P
         health: bool = False,
         metrics: bool = False,
         reuse_port: bool = False,
+        api_key: str | None = None,
+        api_body_limit: int = DEFAULT_BODY_LIMIT,
+        reserve_api: bool = False,
     ) -> None:
         """Serve until SIGINT or SIGTERM (or until `shutdown_trigger` completes, or this
         task is cancelled), then shut down gracefully (1001 to every client) and return.
@@ -264,6 +278,9 @@ class WebSocketServerHelper(Inbound, Authentication, Rooms, Delivery, History, P
             health=health,
             metrics=metrics,
             reuse_port=reuse_port,
+            api_key=api_key,
+            api_body_limit=api_body_limit,
+            reserve_api=reserve_api,
         )
 
     async def shutdown(self) -> None:
