@@ -226,6 +226,10 @@ async def serve(
                 await extra.stop()
 
     separate = config.metrics_port is not None
+    from ..serving.api import Api
+
+    # Always there, so /api/ answers 404 without a key rather than reaching the app's handler.
+    api = Api(helper, config.api_key, body_limit=config.api_body_limit)
     try:
         await helper.run(
             config.host,
@@ -237,6 +241,7 @@ async def serve(
             health=True,
             metrics=not separate,
             reuse_port=parent is not None,
+            api=api,
         )
     except BrokerUnavailable as exc:
         raise CliError(str(exc), 1) from None
@@ -286,6 +291,20 @@ async def _metrics_servers(config: ServeConfig, helper: Any, worker: bool) -> li
     return [metrics]
 
 
+def without_flag(argv: Sequence[str], flag: str) -> list[str]:
+    """`argv` less `flag VALUE` and `flag=VALUE`."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == flag:
+            skip = True
+        elif not arg.startswith(flag + "="):
+            out.append(arg)
+    return out
+
+
 async def _until_terminated_or_orphaned(parent: int) -> None:
     """A worker stops on SIGTERM (its supervisor's word) or when its supervisor is gone."""
     terminated = asyncio.ensure_future(until_signalled((signal.SIGTERM,)))
@@ -312,6 +331,10 @@ async def serve_workers(
         extra_env["ROOMCAST_JWT_SECRET"] = demo_secret(
             config, (lambda _line: None) if config.app else out
         )
+    if config.api_key is not None and config.api_key_file is None:
+        # Workers read it from their environment, never from their command line.
+        extra_env["ROOMCAST_API_KEY"] = config.api_key
+        argv = without_flag(argv, "--api-key")
     scheme = "wss" if config.ssl_certfile else "ws"
 
     def describe(port: int) -> str:

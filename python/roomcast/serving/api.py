@@ -126,6 +126,7 @@ class Api:
         self._history: Any = None  # RedisHistory, when history rooms live in redis
         self._redis: Any = None  # the info hash's client
         self._info_task: asyncio.Task[None] | None = None
+        self._running = False
         self._started = time.time()
         self.requests = 0
         self._routes: dict[str, tuple[tuple[str, ...], Handler]] = {
@@ -143,8 +144,10 @@ class Api:
         return self._key is not None
 
     async def start(self) -> None:
-        if not self.enabled:
+        """Idempotent (`WebServer.start` calls it)."""
+        if not self.enabled or self._running:
             return
+        self._running = True
         from ..broker.redis import RedisBroker
 
         broker = self.node.broker
@@ -163,6 +166,7 @@ class Api:
     async def close(self) -> None:
         from ..aio import stop_task
 
+        self._running = False
         task, self._info_task = self._info_task, None
         await stop_task(task)
         redis, self._redis = self._redis, None
