@@ -29,6 +29,7 @@ HEAD_LIMIT = 16 * 1024
 QUEUE_LIMIT = 16
 REQUEST_TIMEOUT = 30.0
 IDLE_TIMEOUT = 60.0
+LINGER = 2.0
 
 API_PREFIX = "/api/"
 _REASONS = {status.value: status.phrase for status in HTTPStatus}
@@ -243,7 +244,7 @@ class ApiConnection(asyncio.Protocol):
                 return
             self._transport.write(render(response, keep_alive))
             if not keep_alive:
-                self._transport.close()
+                self._linger()
                 return
             if self._paused and len(queue) < QUEUE_LIMIT // 2:
                 self._paused = False
@@ -251,6 +252,21 @@ class ApiConnection(asyncio.Protocol):
         self._arm(IDLE_TIMEOUT)
         if self._closing:
             self._transport.close()
+
+    def _linger(self) -> None:
+        """Close after an answer, without losing it: a close with unread bytes (the rest of
+        a refused body) would reset the connection, and the client could lose the answer.
+        So: end our side, drop what still comes, close at the client's EOF or after
+        `LINGER` seconds."""
+        self._closing = True
+        transport = self._transport
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._deadline = self._loop.call_later(LINGER, transport.close)
 
     def _arm(self, timeout: float) -> None:
         if self._deadline is not None:
