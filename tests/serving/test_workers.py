@@ -23,11 +23,10 @@ from serving_support import (
     http_get,
     scrape,
     serve_workers,
-    until,
     value,
     whoami,
 )
-from support import authed, run, send
+from support import authed, eventually, run, send
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -57,7 +56,7 @@ def test_three_workers_spread_300_clients_deliver_every_type_exactly_once_and_cl
                         per_worker[dict(labels)["pid"]] = v
                 return sum(per_worker.values()) == 300
 
-            await until(spread_seen, "worker connection gauges summing to 300")
+            await eventually(spread_seen, WAIT, "worker connection gauges summing to 300")
             assert {int(p) for p, n in per_worker.items() if n > 0} == pids
 
             rooms = {f"r{k}": [m for i, m in enumerate(members) if i % 3 == k] for k in range(3)}
@@ -76,8 +75,10 @@ def test_three_workers_spread_300_clients_deliver_every_type_exactly_once_and_cl
                 await action
                 for m in recipients:
                     expected[m.id].append(tag)
-                await until(
-                    lambda: all(tag in m.tags() for m in recipients), f"{tag} at every recipient"
+                await eventually(
+                    lambda: all(tag in m.tags() for m in recipients),
+                    WAIT,
+                    f"{tag} at every recipient",
                 )
 
             sender = members[0]
@@ -191,7 +192,7 @@ def test_a_worker_killed_with_sigkill_is_replaced_and_its_clients_reconnect(redi
                 }
                 return str(victim) not in pids and str(replacement) in pids
 
-            await until(gauges_moved, "worker gauges to follow the restart")
+            await eventually(gauges_moved, WAIT, "worker gauges to follow the restart")
             for m in members + back + extra:
                 await m.ws.close()
 
@@ -249,8 +250,9 @@ def test_metrics_port_of_the_supervisor_sums_the_workers(redis_server, tmp_path)
             members = await connect_many(f"ws://127.0.0.1:{port}/ws", [f"m{i}" for i in range(20)])
             await whoami(members)
             metrics = f"http://127.0.0.1:{metrics_port}/metrics"
-            await until(
+            await eventually(
                 lambda: value(scrape(metrics), "roomcast_connects_total") == 20,
+                WAIT,
                 "20 connects on the metrics port",
             )
             # Off the main port, which still answers /health.

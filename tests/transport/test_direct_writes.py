@@ -25,7 +25,7 @@ def write_path(request, monkeypatch):
 
 
 def uses_ring(helper: WebSocketServerHelper, write_path: str) -> None:
-    stats = helper._hub.stats()
+    stats = helper.stats()
     if write_path == "io_uring" and not stats["io_uring"]:
         pytest.skip("io_uring is not available to this process")
     assert stats["io_uring"] == (write_path == "io_uring")
@@ -56,13 +56,13 @@ def test_a_plain_connection_gets_its_messages_straight_from_the_hub_in_order(wri
         async with running() as node:
             uses_ring(node.helper, write_path)
             ws, _ = await authed(node.url)
-            before = node.helper._hub.stats()["direct_writes"]
+            before = node.helper.stats()["direct_writes"]
             for i in range(50):
                 node.helper.broadcast("n", i)
                 if i % 10 == 9:
                     await asyncio.sleep(0)  # several flushes, single and multi-frame
             assert [(await recv(ws))["data"] for _ in range(50)] == list(range(50))
-            assert node.helper._hub.stats()["direct_writes"] > before
+            assert node.helper.stats()["direct_writes"] > before
             await ws.close()
 
     run(body())
@@ -86,7 +86,7 @@ def test_one_flush_to_many_connections_with_a_slow_one_among_them(write_path):
                 node.helper.broadcast("n", {"i": i, "pad": pad})
                 if i % 3 == 2:
                     await asyncio.sleep(0)  # flushes of one and of several messages
-            stats = node.helper._hub.stats()
+            stats = node.helper.stats()
             assert stats["skipped"] == 0
             if write_path == "io_uring":
                 assert stats["ring_submits"] > 0
@@ -115,7 +115,7 @@ def test_a_slow_reader_gets_every_message_once_in_order_across_partial_sends(wri
             for i in range(400):  # ~400 KB, under the 1 MiB backpressure limit
                 node.helper.broadcast("n", {"i": i, "pad": pad})
                 await asyncio.sleep(0)  # one message per flush
-            stats = node.helper._hub.stats()
+            stats = node.helper.stats()
             assert stats["skipped"] == 0
             assert stats["direct_writes"] > 0
             assert stats["ring_submits"] == 0  # one write per flush: send(2), not the ring
@@ -141,7 +141,7 @@ def test_tls_connections_never_write_to_the_socket_directly(tmp_path):
                 helper.broadcast("n", i)
                 await asyncio.sleep(0)
             assert [(await recv(ws))["data"] for _ in range(5)] == list(range(5))
-            assert helper._hub.stats()["direct_writes"] == 0
+            assert helper.stats()["direct_writes"] == 0
             await ws.close()
         finally:
             await server.stop()

@@ -74,8 +74,11 @@ class ApiNode(Protocol):
     """What the API needs of the node it runs on (`WebSocketServerHelper` is one)."""
 
     server_id: str
-    identifier: str
-    server_options: dict[str, Any]
+
+    @property
+    def identifier(self) -> str: ...
+    @property
+    def server_options(self) -> Mapping[str, Any]: ...
 
     @property
     def broker(self) -> Broker: ...

@@ -58,8 +58,8 @@ class ServeOptions(TypedDict, total=False):
 class Servable(Protocol):
     """What `run` drives (a `WebSocketServerHelper`)."""
 
-    identifier: str
-
+    @property
+    def identifier(self) -> str: ...
     def get_path(self) -> str: ...
     async def serve(
         self,
