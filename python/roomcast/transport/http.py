@@ -126,6 +126,7 @@ class WebServer:
         self._picows_logger = logging.getLogger("roomcast.picows")
         self.api = api
         self._divert = self._to_api if api is not None else None
+        self._api_connections: weakref.WeakSet[ApiConnection] = weakref.WeakSet()
 
     def route(self, helper: Route) -> None:
         """Send upgrade requests for `helper.get_path()` to `helper`; connections accepted
@@ -199,7 +200,9 @@ class WebServer:
         if not (path.startswith(API_PREFIX) or path == API_PREFIX[:-1]) or path in self._routes:
             return None
         assert self.api is not None
-        return ApiConnection(self.api)
+        connection = ApiConnection(self.api)
+        self._api_connections.add(connection)
+        return connection
 
     async def stop(self) -> None:
         """Stop accepting, and close the API (its info entry leaves Redis); connections
@@ -208,6 +211,8 @@ class WebServer:
             self._server.close()
             self._server = None
         if self.api is not None:
+            for connection in list(self._api_connections):
+                connection.close()
             await self.api.close()
 
     def _listener_factory(self, log: PicowsLog, request: WSUpgradeRequest) -> Any:

@@ -131,7 +131,7 @@ class ApiConnection(asyncio.Protocol):
             self._head_bytes += len(data)
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
+        except httptools.HttpParserUpgrade:  # (refused at its head already)
             self._fail(400, "upgrade is not supported on /api/")
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
@@ -160,6 +160,12 @@ class ApiConnection(asyncio.Protocol):
         if self._worker is not None:
             self._worker.cancel()
         self._writable.set()
+
+    def close(self) -> None:
+        """Close now (the server is stopping)."""
+        self._closing = True
+        if self._transport is not None:
+            self._transport.close()
 
     def pause_writing(self) -> None:
         self._writable.clear()
@@ -195,6 +201,8 @@ class ApiConnection(asyncio.Protocol):
         request.method = self._parser.get_method().decode("latin-1")
         request.path = self._url.decode("latin-1").partition("?")[0]
         request.keep_alive = self._parser.should_keep_alive()
+        if self._parser.should_upgrade():
+            raise ApiError(400, "bad_request", "upgrade is not supported on /api/")
         length_text = request.headers.get("content-length")
         length = int(length_text) if length_text is not None and length_text.isdigit() else None
         answer = self.api.head(request.method, request.path, request.headers, length)
