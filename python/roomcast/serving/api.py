@@ -306,7 +306,8 @@ class Api:
 
     async def _bounded(self, work: Awaitable[Any]) -> Any:
         try:
-            return await asyncio.wait_for(work, self.timeout)
+            async with asyncio.timeout(self.timeout):  # (no task of its own, unlike wait_for)
+                return await work
         except TimeoutError:
             raise _unavailable(f"the broker did not answer within {self.timeout:g} s") from None
         except BrokerUnavailable as exc:

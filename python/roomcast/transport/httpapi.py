@@ -2,12 +2,12 @@
 `/api/`, parsed by httptools (llhttp), answered by the API (`roomcast.serving.api.Api`).
 
 picows answers only GET and closes after each answer, so the listener hands these
-connections over before picows reads them (`roomcast.upgrade.FirstBytesGuard`). Here:
-keep-alive, pipelined requests answered in order, chunked bodies, and bounds on everything a
-client controls: the head (`HEAD_LIMIT`), the body (`Api.body_limit`: 413 from the
-Content-Length, or as soon as a chunked body passes it, then close), the requests queued
-(`QUEUE_LIMIT`, reading pauses past it), the time to send a request (`REQUEST_TIMEOUT`) and
-an idle keep-alive connection (`IDLE_TIMEOUT`).
+connections over before picows reads them (`roomcast.transport.upgrade.FirstBytesGuard`).
+Here: keep-alive, pipelined requests handled together and answered in order, chunked
+bodies, and bounds on everything a client controls: the head (`HEAD_LIMIT`), the body
+(`Api.body_limit`: 413 from the Content-Length, or as soon as a chunked body passes it,
+then close), the requests queued (`QUEUE_LIMIT`, reading pauses past it), the time to send
+a request (`REQUEST_TIMEOUT`) and an idle keep-alive connection (`IDLE_TIMEOUT`).
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def render(response: Response, keep_alive: bool) -> bytes:
 
 
 class _Request:
-    __slots__ = ("answer", "body", "headers", "keep_alive", "method", "path", "size")
+    __slots__ = ("answer", "body", "headers", "keep_alive", "method", "path", "size", "task")
 
     def __init__(self) -> None:
         self.method = ""
@@ -95,6 +95,7 @@ class _Request:
         self.body: list[bytes] = []
         self.size = 0
         self.answer: Response | None = None  # decided from the head: the body is dropped
+        self.task: asyncio.Task[Response] | None = None  # the API answering it
         self.keep_alive = True
 
 
@@ -159,6 +160,9 @@ class ApiConnection(asyncio.Protocol):
             self._deadline.cancel()
         if self._worker is not None:
             self._worker.cancel()
+        for request in self._queue:
+            if request.task is not None:
+                request.task.cancel()
         self._writable.set()
 
     def close(self) -> None:
@@ -223,6 +227,14 @@ class ApiConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         request, self._current = self._current, None
         assert request is not None
+        if request.answer is None:
+            # Started now, so that pipelined requests reach the broker together (one write);
+            # their answers still go out in order (`_work`).
+            request.task = self._loop.create_task(
+                self.api.handle(
+                    request.method, request.path, request.headers, b"".join(request.body)
+                )
+            )
         self._queue.append(request)
         if len(self._queue) >= QUEUE_LIMIT and not self._paused:
             self._paused = True
@@ -239,10 +251,9 @@ class ApiConnection(asyncio.Protocol):
             if request.answer is not None:
                 response = request.answer
             else:
+                assert request.task is not None
                 try:
-                    response = await self.api.handle(
-                        request.method, request.path, request.headers, b"".join(request.body)
-                    )
+                    response = await request.task
                 except Exception:
                     logger.exception("api: %s %s failed", request.method, request.path)
                     response = ApiError(500, "internal", "internal error").response()
