@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ipaddress
+import os
 import re
 import subprocess
 import sys
@@ -60,7 +61,14 @@ app = App()
 class Served:
     """A `roomcast serve` process: its stdout lines collected by a thread."""
 
-    def __init__(self, args: list[str], cwd: Path, stderr: Path, new_session: bool = False) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        cwd: Path,
+        stderr: Path,
+        new_session: bool = False,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.stderr_path = stderr
         self._stderr = stderr.open("w")
         self.proc = subprocess.Popen(
@@ -70,6 +78,7 @@ class Served:
             text=True,
             cwd=cwd,
             start_new_session=new_session,  # its own process group, as under a terminal
+            env=None if env is None else {**os.environ, **env},
         )
         self.lines: list[str] = []
         self._cond = threading.Condition()

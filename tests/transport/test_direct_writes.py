@@ -99,6 +99,45 @@ def test_one_flush_to_many_connections_with_a_slow_one_among_them(write_path):
     run(body())
 
 
+@pytest.mark.parametrize(
+    "fault",
+    ["enter:0:7:16", "enter:0:0:12", "enter:1:5:11", "push:3"],
+    ids=["enter-fails-after-7-EBUSY", "enter-fails-at-once-ENOMEM", "2nd-enter-EAGAIN", "push"],
+)
+def test_a_failed_ring_submission_loses_and_doubles_nothing_and_send_takes_over(
+    write_path, monkeypatch, fault
+):
+    """A failure injected into the ring (`ROOMCAST_IO_URING_FAULT`, a switch for tests only,
+    read when the hub is made): the flush it hits still delivers every write once, the ring
+    is torn down, and the writes after it go by send(2)."""
+    if write_path != "io_uring":
+        pytest.skip("a failure of the ring")
+    monkeypatch.setenv("ROOMCAST_IO_URING_FAULT", fault)
+
+    async def body():
+        async with running() as node:
+            uses_ring(node.helper, write_path)
+            clients = [(await authed(node.url, f"user:c{i}"))[0] for i in range(21)]
+            for i in range(40):
+                node.helper.broadcast("n", i)
+                if i % 4 == 3:
+                    await asyncio.sleep(0)  # several flushes, each to all 21
+            for ws in clients:
+                assert [(await recv(ws))["data"] for _ in range(40)] == list(range(40))
+            stats = node.helper._hub.stats()
+            assert stats["io_uring"] == 0  # torn down: send(2) from now on
+            assert stats["ring_submits"] == (2 if fault.startswith("enter:1:") else 1)
+            # Nothing came twice: the next message each client gets is the next one sent.
+            node.helper.broadcast("n", "end")
+            for ws in clients:
+                assert (await recv(ws))["data"] == "end"
+            assert node.helper._hub.stats()["ring_submits"] == stats["ring_submits"]
+            for ws in clients:
+                await ws.close()
+
+    run(body())
+
+
 def test_a_slow_reader_gets_every_message_once_in_order_across_partial_sends(write_path):
     """A 4 KB receive buffer: direct sends fill the socket, the rest goes to uvloop's
     buffer, later flushes must queue behind it; nothing is lost, doubled or reordered."""
