@@ -105,3 +105,24 @@ def test_history_and_presence_bodies():
     assert parse_room({"room": "p"}) == "p"
     with pytest.raises(ApiError, match="missing field: room"):
         parse_room({})
+
+
+def test_the_readme_examples_are_requests_the_description_accepts():
+    import json
+    import re
+    from pathlib import Path
+
+    from api_support import SPEC, request_valid
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("\n## Server HTTP API\n") :]
+    section = section[: section.index("\n## ", 1)]
+    examples = re.findall(
+        r"curl -H \"\$KEY\"(?: -d '(.*?)')? http://127\.0\.0\.1:8080(\S+)", section
+    )
+    assert {path for _, path in examples} == set(SPEC["paths"])  # every endpoint shown
+    for body, path in examples:
+        if body:
+            assert request_valid(path, json.loads(body)), (path, body)
+        else:
+            assert "get" in SPEC["paths"][path], path

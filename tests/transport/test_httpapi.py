@@ -215,3 +215,33 @@ def test_disconnect_and_history_on_the_memory_broker():
             writer.close()
 
     run(body())
+
+
+def test_the_api_answers_over_tls(tmp_path):
+    import ssl
+
+    from roomcast.transport.tls import server_context
+    from serving_support import make_certificates
+
+    files = make_certificates(tmp_path)
+    context = ssl.create_default_context(cafile=str(files["ca"]))
+
+    async def body() -> None:
+        helper = WebSocketServerHelper("tls", "/ws", "memory://", token_auth)
+        server_ssl = server_context(str(files["cert"]), str(files["key"]))
+        server = await helper.serve("127.0.0.1", 0, ssl=server_ssl, api=Api(helper, KEY))
+        try:
+            port = server.bound_port
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
+            for _ in range(2):  # kept alive over TLS too
+                writer.write(request("/api/broadcast", b'{"event":"e"}'))
+                status, _, parsed = await answer(reader)
+                assert status == 200, parsed
+            writer.write(request("/api/publish", b"{nope"))  # a 400 keeps the connection
+            assert (await answer(reader))[0] == 400
+            writer.close()
+        finally:
+            await server.stop()
+            await helper.shutdown()
+
+    run(body())
