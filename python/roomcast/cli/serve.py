@@ -321,20 +321,6 @@ async def _metrics_servers(config: ServeConfig, helper: Any, worker: bool) -> li
     return [metrics]
 
 
-def without_flag(argv: Sequence[str], flag: str) -> list[str]:
-    """`argv` less `flag VALUE` and `flag=VALUE`."""
-    out: list[str] = []
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == flag:
-            skip = True
-        elif not arg.startswith(flag + "="):
-            out.append(arg)
-    return out
-
-
 async def _until_terminated_or_orphaned(parent: int) -> None:
     """A worker stops on SIGTERM (its supervisor's word) or when its supervisor is gone."""
     terminated = asyncio.ensure_future(until_signalled((signal.SIGTERM,)))

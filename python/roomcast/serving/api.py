@@ -354,9 +354,16 @@ class Api:
             end = start + 1
             while end < len(commands) and self._numbered(commands[end]) == numbered:
                 end += 1
-            # Tasks created in order run their first step in order: each queues its command
-            # before the writer (woken by the first) sends them, in one write.
-            results += await asyncio.gather(*(self._send(c) for c in commands[start:end]))
+            run = commands[start:end]
+            if numbered:
+                # Tasks created in order run their first step in order: each queues its
+                # append before the history writer (woken by the first) sends them together.
+                results += await asyncio.gather(*(self._send(c) for c in run))
+            else:
+                counts = await self.node.broker.publish_many_wait(
+                    [(c.channel, c.envelope()) for c in run]
+                )
+                results += [{"subscribers": n} for n in counts]
             start = end
         return results
 
