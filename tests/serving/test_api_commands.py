@@ -126,3 +126,30 @@ def test_the_readme_examples_are_requests_the_description_accepts():
             assert request_valid(path, json.loads(body)), (path, body)
         else:
             assert "get" in SPEC["paths"][path], path
+
+
+def test_the_key_flags_refuse_two_sources_an_empty_key_or_an_unreadable_file(tmp_path):
+    import os
+
+    from process_support import one_line_error
+
+    (tmp_path / "key").write_text("secret-key\n")
+    (tmp_path / "empty").write_text(" \n")
+    env = {k: v for k, v in os.environ.items() if k != "ROOMCAST_API_KEY"}
+    cases = [
+        (["--api-key", "a", "--api-key-file", str(tmp_path / "key")],
+         "roomcast: error: give --api-key or --api-key-file (or ROOMCAST_API_KEY), not both"),
+        (["--api-key-file", str(tmp_path / "empty")], "roomcast: error: the API key is empty"),
+        (["--api-key", ""], "roomcast: error: the API key is empty"),
+        (["--api-key-file", str(tmp_path / "missing")],
+         f"roomcast: error: --api-key-file: cannot read {tmp_path / 'missing'}: "),
+        (["--api-body-limit", "0"],
+         "roomcast: error: argument --api-body-limit: must be positive: 0"),
+    ]  # fmt: skip
+    for args, message in cases:
+        code, line = one_line_error("serve", "--port", "0", *args, env=env)
+        assert code == 2 and line.startswith(message), (args, line)
+    code, line = one_line_error(
+        "serve", "--api-key-file", str(tmp_path / "key"), env={**env, "ROOMCAST_API_KEY": "b"}
+    )
+    assert code == 2 and "not both" in line
