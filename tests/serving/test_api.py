@@ -636,3 +636,45 @@ def _parent(proc: Path) -> int | None:
     except OSError:
         return None
     return None
+
+
+def test_the_api_on_a_redis_cluster_publishes_numbers_history_and_lists_both_nodes(
+    tmp_path, redis_cluster
+):
+    (tmp_path / "relay_app.py").write_text(RELAY_APP)
+    url = redis_cluster.url
+    nodes = [
+        start_node(tmp_path, name, "--redis-url", url, "--api-key", KEY) for name in ("a", "b")
+    ]
+
+    async def body() -> None:
+        ports = [node.listening_port() for node in nodes]
+        a, b = (f"ws://127.0.0.1:{port}/ws" for port in ports)
+        api = ApiClient(ports[0])
+        try:
+            in_a, _ = await member(a, "u-c-a", "c-room", "h-c")
+            in_b, _ = await member(b, "u-c-b", "c-room", "h-c")
+            await api.ok("/api/publish", {"room": "c-room", "event": "e", "data": 1})
+            numbered = await api.ok("/api/publish", {"room": "h-c", "event": "h", "data": 2})
+            for ws in (in_a, in_b):
+                assert await recv(ws) == {"event": "e", "data": 1}
+                assert await recv(ws) == {
+                    "event": "h",
+                    "data": 2,
+                    "room": "h-c",
+                    "offset": numbered["offset"],
+                }
+            await quiet(in_a, in_b)
+            kept = await api.ok("/api/history", {"room": "h-c"})
+            assert kept["messages"][-1]["offset"] == numbered["offset"]
+            async with asyncio.timeout(20):
+                while len((await api.ok("/api/info", method="GET"))["nodes"]) != 2:
+                    await asyncio.sleep(0.3)
+        finally:
+            api.close()
+
+    try:
+        run_closing(body)
+    finally:
+        for node in nodes:
+            node.close()
