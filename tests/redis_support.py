@@ -333,3 +333,109 @@ class _Pipe:
 
 def redis_at(port: int) -> RedisHelper:
     return RedisHelper(host="127.0.0.1", port=port, unsubscribe_delay=0.2, ready_timeout=5)
+
+
+class RedisSentinel:
+    """A master, a replica of it and three sentinels watching them (quorum 2), all on free
+    ports, with short failure detection (`down_after_ms`) so a killed master is replaced
+    within seconds. `url` is the `redis+sentinel://` URL of the service."""
+
+    SERVICE = "mymaster"
+
+    def __init__(
+        self, workdir: Path, *, down_after_ms: int = 1000, failover_timeout_ms: int = 3000
+    ) -> None:
+        self.workdir = workdir
+        self.down_after_ms = down_after_ms
+        self.failover_timeout_ms = failover_timeout_ms
+        self.master = RedisServer(workdir / "master")
+        self.replica = RedisServer(
+            workdir / "replica", None, "--replicaof", "127.0.0.1", str(self.master.port)
+        )
+        self.sentinel_ports = [free_port() for _ in range(3)]
+        self.sentinels: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
+        return f"redis+sentinel://{hosts}/{self.SERVICE}"
+
+    def start(self) -> RedisSentinel:
+        self.master.start()
+        self.replica.start()
+        for port in self.sentinel_ports:
+            workdir = self.workdir / f"sentinel-{port}"
+            workdir.mkdir(parents=True, exist_ok=True)
+            config = workdir / "sentinel.conf"  # a sentinel rewrites its file: one each
+            config.write_text(
+                f"port {port}\n"
+                "bind 127.0.0.1\n"
+                f"dir {workdir}\n"
+                f"sentinel monitor {self.SERVICE} 127.0.0.1 {self.master.port} 2\n"
+                f"sentinel down-after-milliseconds {self.SERVICE} {self.down_after_ms}\n"
+                f"sentinel failover-timeout {self.SERVICE} {self.failover_timeout_ms}\n"
+                f"sentinel parallel-syncs {self.SERVICE} 1\n"
+            )
+            self.sentinels.append(
+                subprocess.Popen(
+                    [shutil.which("redis-server") or "redis-server", str(config), "--sentinel"],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        # Ready once every sentinel sees the other two and the replica, linked to the master:
+        # only then can they agree that the master is down and promote the replica.
+        deadline = time.monotonic() + 30
+        while not all(self._ready(port) for port in self.sentinel_ports):
+            for proc in self.sentinels:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"redis sentinel exited: {proc.returncode}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("redis sentinels did not see each other and the replica")
+            time.sleep(0.1)
+        return self
+
+    def sentinel_cli(self, port: int, *args: str) -> str:
+        return subprocess.run(
+            ["redis-cli", "-p", str(port), *args],
+            capture_output=True,
+            text=True,
+            timeout=START_TIMEOUT,
+            check=True,
+        ).stdout
+
+    def _ready(self, port: int) -> bool:
+        try:
+            master = self.sentinel_cli(port, "sentinel", "master", self.SERVICE).split()
+            replicas = self.sentinel_cli(port, "sentinel", "replicas", self.SERVICE).split()
+        except (subprocess.SubprocessError, OSError):
+            return False
+        fields = dict(zip(master[::2], master[1::2], strict=False))
+        return (
+            fields.get("num-other-sentinels") == "2"
+            and fields.get("flags") == "master"
+            and str(self.replica.port) in replicas
+            and "master-link-status" in replicas
+            and replicas[replicas.index("master-link-status") + 1] == "ok"
+        )
+
+    def master_port(self) -> int | None:
+        """The master's port as the first sentinel that answers reports it."""
+        for port in self.sentinel_ports:
+            try:
+                reply = self.sentinel_cli(
+                    port, "sentinel", "get-master-addr-by-name", self.SERVICE
+                ).split()
+            except (subprocess.SubprocessError, OSError):
+                continue
+            if len(reply) == 2:
+                return int(reply[1])
+        return None
+
+    def kill(self) -> None:
+        for proc in self.sentinels:
+            proc.kill()
+            proc.wait()
+        self.sentinels.clear()
+        self.master.kill()
+        self.replica.kill()

@@ -31,6 +31,7 @@ from ..protocol import BrokerState, BrokerUnavailable, OnMessage
 from .cluster import discover, probe_channel
 from .interest import Interest
 from .retry import RECONNECT
+from .sentinel import check_master
 from .session import Session, Shard
 from .target import RedisTarget
 from .watchdog import PROBE_PREFIX, Watchdog
@@ -372,6 +373,9 @@ class RedisBroker:
             nodes, slot_map = await discover(
                 self.target, self.sharded, connect_timeout, self.command_timeout
             )
+        elif self.target.sentinel is not None:
+            # Asked at every session: after a failover, the new master.
+            nodes, slot_map = [await self.target.sentinel.discover(connect_timeout())], None
         else:
             nodes, slot_map = [self.target.nodes[0]], None
         shards = [Shard(host, port, self._commands) for host, port in nodes]
@@ -388,6 +392,8 @@ class RedisBroker:
             self._interest.dirty.clear()
             for index, shard in enumerate(shards):
                 shard.pub = await self.target.connect(shard.host, shard.port, connect_timeout())
+                if self.target.sentinel is not None:
+                    await check_master(shard.pub, self.target.sentinel, connect_timeout())
                 if not self.publisher_only:
                     shard.set_probe(probe_channel(self._probe_prefix, slot_map, index))
                     shard.sub = await self.target.connect(shard.host, shard.port, connect_timeout())
