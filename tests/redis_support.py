@@ -32,11 +32,11 @@ def free_port(below: int = 65535) -> int:
 
 
 def answers(port: int, timeout: float = 0.2) -> bool:
-    """True if something on 127.0.0.1:port answers PING with PONG."""
+    """True if something on 127.0.0.1:port answers PING with PONG (or asks for a password)."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
             sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
+            return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))
     except OSError:
         return False
 
@@ -336,23 +336,38 @@ def redis_at(port: int) -> RedisHelper:
 
 
 class RedisSentinel:
-    """A master, a replica of it and three sentinels watching them (quorum 2), all on free
-    ports, with short failure detection (`down_after_ms`) so a killed master is replaced
-    within seconds. `url` is the `redis+sentinel://` URL of the service."""
+    """A master, a replica of it and `sentinels` sentinels watching them (quorum: a
+    majority), all on free ports, with short failure detection (`down_after_ms`) so a killed
+    master is replaced within seconds. `password` protects the master and the replica,
+    `sentinel_password` the sentinels. `url` is the `redis+sentinel://` URL of the service."""
 
     SERVICE = "mymaster"
 
     def __init__(
-        self, workdir: Path, *, down_after_ms: int = 1000, failover_timeout_ms: int = 3000
+        self,
+        workdir: Path,
+        *,
+        sentinels: int = 3,
+        down_after_ms: int = 1000,
+        failover_timeout_ms: int = 3000,
+        password: str | None = None,
+        sentinel_password: str | None = None,
     ) -> None:
         self.workdir = workdir
         self.down_after_ms = down_after_ms
         self.failover_timeout_ms = failover_timeout_ms
-        self.master = RedisServer(workdir / "master")
+        self.password = password
+        self.sentinel_password = sentinel_password
+        auth = ("--requirepass", password, "--masterauth", password) if password else ()
+        self.master = RedisServer(workdir / "master", None, *auth)
         self.replica = RedisServer(
-            workdir / "replica", None, "--replicaof", "127.0.0.1", str(self.master.port)
+            workdir / "replica", None, "--replicaof", "127.0.0.1", str(self.master.port), *auth
         )
-        self.sentinel_ports = [free_port() for _ in range(3)]
+        self.sentinel_ports: list[int] = []
+        while len(self.sentinel_ports) < sentinels:
+            port = free_port()
+            if port not in self.sentinel_ports:
+                self.sentinel_ports.append(port)
         self.sentinels: list[subprocess.Popen[bytes]] = []
 
     @property
@@ -363,19 +378,26 @@ class RedisSentinel:
     def start(self) -> RedisSentinel:
         self.master.start()
         self.replica.start()
+        quorum = len(self.sentinel_ports) // 2 + 1
         for port in self.sentinel_ports:
             workdir = self.workdir / f"sentinel-{port}"
             workdir.mkdir(parents=True, exist_ok=True)
             config = workdir / "sentinel.conf"  # a sentinel rewrites its file: one each
-            config.write_text(
-                f"port {port}\n"
-                "bind 127.0.0.1\n"
-                f"dir {workdir}\n"
-                f"sentinel monitor {self.SERVICE} 127.0.0.1 {self.master.port} 2\n"
-                f"sentinel down-after-milliseconds {self.SERVICE} {self.down_after_ms}\n"
-                f"sentinel failover-timeout {self.SERVICE} {self.failover_timeout_ms}\n"
-                f"sentinel parallel-syncs {self.SERVICE} 1\n"
-            )
+            lines = [
+                f"port {port}",
+                "bind 127.0.0.1",
+                f"dir {workdir}",
+                f"sentinel monitor {self.SERVICE} 127.0.0.1 {self.master.port} {quorum}",
+                f"sentinel down-after-milliseconds {self.SERVICE} {self.down_after_ms}",
+                f"sentinel failover-timeout {self.SERVICE} {self.failover_timeout_ms}",
+                f"sentinel parallel-syncs {self.SERVICE} 1",
+            ]
+            if self.password:
+                lines.append(f"sentinel auth-pass {self.SERVICE} {self.password}")
+            if self.sentinel_password:
+                # Sentinels authenticate to each other with their own requirepass.
+                lines.append(f"requirepass {self.sentinel_password}")
+            config.write_text("\n".join(lines) + "\n")
             self.sentinels.append(
                 subprocess.Popen(
                     [shutil.which("redis-server") or "redis-server", str(config), "--sentinel"],
@@ -383,7 +405,7 @@ class RedisSentinel:
                     stderr=subprocess.DEVNULL,
                 )
             )
-        # Ready once every sentinel sees the other two and the replica, linked to the master:
+        # Ready once every sentinel sees the others and the replica, linked to the master:
         # only then can they agree that the master is down and promote the replica.
         deadline = time.monotonic() + 30
         while not all(self._ready(port) for port in self.sentinel_ports):
@@ -396,8 +418,9 @@ class RedisSentinel:
         return self
 
     def sentinel_cli(self, port: int, *args: str) -> str:
+        auth = ("--no-auth-warning", "-a", self.sentinel_password) if self.sentinel_password else ()
         return subprocess.run(
-            ["redis-cli", "-p", str(port), *args],
+            ["redis-cli", "-p", str(port), *auth, *args],
             capture_output=True,
             text=True,
             timeout=START_TIMEOUT,
@@ -412,7 +435,7 @@ class RedisSentinel:
             return False
         fields = dict(zip(master[::2], master[1::2], strict=False))
         return (
-            fields.get("num-other-sentinels") == "2"
+            fields.get("num-other-sentinels") == str(len(self.sentinel_ports) - 1)
             and fields.get("flags") == "master"
             and str(self.replica.port) in replicas
             and "master-link-status" in replicas

@@ -396,6 +396,10 @@ class RedisSentinelHelper(DefaultRedisHelper):
         """Where the sentinels say the master is now."""
         return await self.service.discover(self._options["command_timeout"])
 
+    async def _ping_once(self) -> None:
+        await self.master_address()  # its errors say which sentinel failed and why
+        await self.get_client().ping()
+
 
 def redis_scheme(url: str) -> str:
     """`url` with a `valkey` scheme (`valkey://`, `valkeys+cluster://`...) spelled `redis`:
@@ -479,12 +483,15 @@ def _parse_sentinel_url(
     userinfo, at, rest = rest.rpartition("@")
     hosts, _, path = rest.partition("/")
     service, _, db = path.partition("/")
-    if "/" in db.strip("/"):
+    db = db.strip("/")
+    if "/" in db:
         raise ValueError(f"a sentinel url is .../service[/db]: {url}")
+    if db and not db.isdigit():
+        raise ValueError(f"the database of a sentinel url is a number: {url}")
     seeds = [_sentinel(item) for item in hosts.split(",") if item.strip()]
     tls = scheme == "rediss+sentinel"
     # The master's settings as redis-py reads them from a one-server URL.
-    single = f"{'rediss' if tls else 'redis'}://{userinfo}{at}sentinel/{db.strip('/')}"
+    single = f"{'rediss' if tls else 'redis'}://{userinfo}{at}sentinel/{db}"
     kwargs: dict[str, Any] = dict(parse_url(single + (qmark + query if query else "")))
     for key in ("host", "port", "connection_class"):
         kwargs.pop(key, None)

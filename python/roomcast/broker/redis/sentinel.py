@@ -18,8 +18,9 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection, SSLConnection
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
 from redis.backoff import NoBackoff
+from redis.exceptions import AuthenticationError, RedisError
 
 DEFAULT_PORT = 26379
 """A sentinel's port when the URL names none."""
@@ -51,15 +52,36 @@ class SentinelService:
         return Sentinel(self.sentinels, sentinel_kwargs=kwargs, **connection_kwargs)
 
     async def discover(self, timeout: float) -> tuple[str, int]:
-        """The master's address as the first sentinel that knows a healthy one reports
-        it; raises redis-py's `MasterNotFoundError` (a ConnectionError) during a failover
-        or when no sentinel answers."""
+        """The master's address as the first sentinel that knows a healthy one reports it
+        (redis-py's `sentinel_masters` and `check_master_state`, as its `discover_master`,
+        with one short line per sentinel that could not tell). Raises redis-py's
+        `MasterNotFoundError` (a ConnectionError) during a failover or when no sentinel
+        answers, `AuthenticationError` when a sentinel refused our credentials."""
         manager = self.manager({}, timeout)
+        errors: list[str] = []
+        refused = False
         try:
-            host, port = await manager.discover_master(self.name)
+            for (host, port), sentinel in zip(self.sentinels, manager.sentinels, strict=True):
+                try:
+                    masters = await sentinel.sentinel_masters()
+                except RedisError as exc:
+                    refused = refused or isinstance(exc, AuthenticationError)
+                    errors.append(f"{host}:{port}: {exc or type(exc).__name__}")
+                    continue
+                state = masters.get(self.name)
+                if state is None:
+                    errors.append(f"{host}:{port}: watches no {self.name}")
+                elif not manager.check_master_state(state, self.name):
+                    errors.append(f"{host}:{port}: {self.name} is down (failing over)")
+                else:
+                    return str(state["ip"]), int(state["port"])
         finally:
             await close_sentinels(manager)
-        return str(host), int(port)
+        reasons = "; ".join(errors)
+        if refused:
+            hint = "" if "password" in self.kwargs else " (the sentinels want sentinel_password)"
+            raise AuthenticationError(f"sentinel {reasons}{hint}")
+        raise MasterNotFoundError(f"no sentinel gave a master of {self.name}: {reasons}")
 
     def master_client(
         self,
