@@ -68,7 +68,7 @@ class SentinelService:
                     refused = refused or isinstance(exc, AuthenticationError)
                     errors.append(f"{host}:{port}: {exc or type(exc).__name__}")
                     continue
-                state = masters.get(self.name)
+                state = masters.get(self.name) if isinstance(masters, dict) else None
                 if state is None:
                     errors.append(f"{host}:{port}: watches no {self.name}")
                 elif not manager.check_master_state(state, self.name):
