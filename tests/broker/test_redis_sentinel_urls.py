@@ -1,16 +1,18 @@
 """Sentinel and Valkey URLs: how each form is read (pure parsing), and the parts that talk to
 a real server: passwords for the master and the sentinels, the ROLE check that refuses a
-replica, and `valkey://` URLs on a real redis-server."""
+replica, a node that follows the sentinels to a new master while the old one still answers,
+and `valkey://` URLs on a real redis-server."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 
 import pytest
 from process_support import emit
 from redis.asyncio.connection import Connection, SSLConnection
-from redis_support import RedisSentinel, RedisServer, node, settle
+from redis_support import RedisSentinel, RedisServer, node, numsub, raw_redis, settle
 from roomcast import (
     BrokerUnavailable,
     RedisClusterHelper,
@@ -199,6 +201,46 @@ def test_a_server_that_is_a_replica_is_not_taken_for_the_master(tmp_path):
     finally:
         replica.kill()
         master.kill()
+
+
+def test_a_node_follows_the_sentinels_to_a_new_master_while_the_old_one_still_answers(
+    tmp_path, caplog
+):
+    setup = RedisSentinel(tmp_path / "sentinel", sentinels=1).start()
+    (port,) = setup.sentinel_ports
+    old, new = setup.master.port, setup.replica.port
+
+    async def body():
+        helper = sentinel_of(setup.url, watchdog_interval=0.2, unsubscribe_delay=0.2)
+        async with node(helper) as a, raw_redis(old) as on_old, raw_redis(new) as on_new:
+            ws, data = await authed(a.url, "user:ann")
+            channel = f"ws:client:{data['id']}"
+            await settle(a)
+            assert (await numsub(on_old, channel), await numsub(on_new, channel)) == (1, 0)
+
+            # A partition as the node does not see it: the replica is made a master and the
+            # sentinel names it, while the old master keeps answering the node.
+            setup.replica.cli("replicaof", "no", "one")
+            setup.sentinel_cli(port, "sentinel", "remove", "mymaster")
+            setup.sentinel_cli(port, "sentinel", "monitor", "mymaster", "127.0.0.1", str(new), "1")
+            await eventually(lambda: numsub(on_new, channel), 10, "the node on the new master")
+            assert await numsub(on_old, channel) == 0
+            await settle(a)
+            emitter = WebSocketEmitter(RedisHelper(host="127.0.0.1", port=new))
+            await emitter.configure()
+            assert await emitter.to_client(data["id"], "hi", 3) == 1
+            assert await recv(ws) == {"event": "hi", "data": 3}
+            await emitter.shutdown()
+            await ws.close()
+        await helper.close()
+
+    try:
+        with caplog.at_level(logging.INFO, logger="roomcast.redis"):
+            run(body(), timeout=60)
+    finally:
+        setup.kill()
+    lines = [r.getMessage() for r in caplog.records if r.name == "roomcast.redis"]
+    assert any(f"the sentinels name 127.0.0.1:{new} as the master of mymaster" in m for m in lines)
 
 
 def test_valkey_urls_on_a_real_server(redis_server):
