@@ -24,6 +24,7 @@ from roomcast import (
 from roomcast.broker import REDIS_SCHEMES
 from roomcast.broker.redis.sentinel import check_master
 from roomcast.cli.flags import build_parser
+from serving_support import make_certificates
 from support import authed, eventually, recv, run
 
 pytestmark = pytest.mark.timeout(90)
@@ -172,6 +173,51 @@ def test_passwords_for_the_master_and_for_the_sentinels(tmp_path):
         run(body(), timeout=60)
         done = emit("--redis-url", good, "--broadcast", "--event", "e")
         assert done.returncode == 0 and "(0 redis subscriptions got it)" in done.stdout, done
+    finally:
+        setup.kill()
+
+
+def test_tls_to_the_sentinels_and_the_master_through_a_failover(tmp_path):
+    files = make_certificates(tmp_path)
+    setup = RedisSentinel(tmp_path / "sentinel", sentinels=1, tls=files).start()
+    assert setup.url.startswith("rediss+sentinel://")
+
+    async def body():
+        helper = sentinel_of(setup.url, unsubscribe_delay=0.2, ready_timeout=10)
+        assert helper.target.connection_class is SSLConnection
+        await helper.configure()
+        client = helper.get_client()
+        assert await client.set("k", "v")
+        emitter = WebSocketEmitter(sentinel_of(setup.url, watchdog_interval=0.2))
+        await emitter.configure()
+        async with node(helper) as a:
+            ws, data = await authed(a.url, "user:ann")
+            await settle(a)
+            assert await emitter.to_client(data["id"], "hi", 1) == 1
+            assert await recv(ws) == {"event": "hi", "data": 1}
+
+            setup.master.kill()
+            await eventually(
+                lambda: setup.master_port() == setup.replica.port, 30, "the replica promoted"
+            )
+            await eventually(lambda: a.helper.stats()["broker_reconnects"] == 1, 30)
+            await settle(a)
+
+            async def delivered() -> bool:
+                try:
+                    return await emitter.to_client(data["id"], "hi", 2) == 1
+                except BrokerUnavailable:
+                    return False  # the emitter is still reconnecting
+
+            await eventually(delivered, 30, "the emitter on the new master")
+            assert await recv(ws) == {"event": "hi", "data": 2}
+            assert await client.get("k") == b"v"  # replicated, read on the new master
+            await ws.close()
+        await emitter.shutdown()
+        await helper.close()
+
+    try:
+        run(body(), timeout=80)
     finally:
         setup.kill()
 
