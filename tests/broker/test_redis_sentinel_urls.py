@@ -10,7 +10,7 @@ import logging
 import re
 
 import pytest
-from process_support import emit
+from process_support import SECRET, emit, one_line_error
 from redis.asyncio.connection import Connection, SSLConnection
 from redis_support import RedisSentinel, RedisServer, node, numsub, raw_redis, settle
 from roomcast import (
@@ -126,6 +126,27 @@ def test_valkey_spells_redis_in_every_scheme():
             assert build_parser().parse_args([*command, "--redis-url", url]).redis_url == url
     with pytest.raises(ValueError, match="unsupported redis url: valkey-cluster://h"):
         connection_from_url("valkey-cluster://h")
+
+
+def test_serve_and_emit_fail_in_one_line_when_no_sentinel_answers():
+    for command in (
+        ["emit", "--broadcast", "--event", "e"],
+        ["serve", "--port", "0", "--jwt-secret", SECRET],
+    ):
+        code, line = one_line_error(
+            *command,
+            "--redis-url",
+            "valkey+sentinel://127.0.0.1:1,127.0.0.1:2/mymaster",
+            "--redis-timeout-ms",
+            "300",
+        )
+        assert code == 1, line
+        assert line.startswith(
+            "roomcast: error: cannot reach redis at mymaster via sentinel "
+            "127.0.0.1:1,127.0.0.1:2 within 0.3 s: no sentinel gave a master of mymaster: "
+            "127.0.0.1:1: "
+        ), line
+        assert "; 127.0.0.1:2: " in line and "refused" in line, line
 
 
 def test_passwords_for_the_master_and_for_the_sentinels(tmp_path):
