@@ -337,8 +337,7 @@ class RedisSentinelHelper(DefaultRedisHelper):
         kwargs: dict[str, Any] = {}
         if url is not None:
             url, url_options = _own_options(redis_scheme(url))
-            parsed = _parse_sentinel_url(url)
-            hosts, url_service, kwargs, ssl_url = parsed
+            hosts, url_service, kwargs, ssl_url = _parse_sentinel_url(url)
             seeds = hosts if sentinels is None else [_sentinel(n) for n in sentinels]
             service_name = service_name or url_service
             ssl = ssl or ssl_url
