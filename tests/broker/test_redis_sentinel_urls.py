@@ -243,6 +243,46 @@ def test_tls_to_the_sentinels_and_the_master_through_a_failover(tmp_path):
         setup.kill()
 
 
+def test_a_sentinel_that_never_answers_is_skipped_and_then_asked_last(tmp_path):
+    setup = RedisSentinel(tmp_path / "sentinel", sentinels=1).start()
+    (port,) = setup.sentinel_ports
+
+    async def body():
+        accepted: list[asyncio.StreamWriter] = []
+
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            accepted.append(writer)  # takes the connection, never answers
+
+        server = await asyncio.start_server(silent, "127.0.0.1", 0)
+        mute = server.sockets[0].getsockname()[1]
+        helper = RedisSentinelHelper(
+            sentinels=[f"127.0.0.1:{mute}", f"127.0.0.1:{port}"],
+            service_name="mymaster",
+            command_timeout=0.5,
+        )
+        try:
+            master = ("127.0.0.1", setup.master.port)
+            assert await helper.master_address() == master
+            assert (len(accepted), helper.service.first) == (1, [1])
+            emitter = WebSocketEmitter(helper)
+            await emitter.configure()
+            assert await emitter.broadcast("e") == 0
+            assert await helper.master_address() == master
+            await emitter.shutdown()
+            assert len(accepted) == 1  # asked once, then the one that answers comes first
+        finally:
+            for writer in accepted:
+                writer.close()
+            server.close()
+            await server.wait_closed()
+            await helper.close()
+
+    try:
+        run(body(), timeout=30)
+    finally:
+        setup.kill()
+
+
 def test_a_server_that_is_a_replica_is_not_taken_for_the_master(tmp_path):
     master = RedisServer(tmp_path / "master").start()
     replica = RedisServer(

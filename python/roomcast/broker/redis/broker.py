@@ -402,7 +402,9 @@ class RedisBroker:
             )
         elif self.target.sentinel is not None:
             # Asked at every session: after a failover, the new master.
-            nodes, slot_map = [await self.target.sentinel.discover(connect_timeout())], None
+            # (A sentinel that does not answer costs at most the command timeout.)
+            asked = min(connect_timeout(), self.command_timeout)
+            nodes, slot_map = [await self.target.sentinel.discover(asked)], None
         else:
             nodes, slot_map = [self.target.nodes[0]], None
         shards = [Shard(host, port, self._commands) for host, port in nodes]

@@ -24,6 +24,9 @@ from redis.exceptions import AuthenticationError, RedisError
 
 DEFAULT_PORT = 26379
 """A sentinel's port when the URL names none."""
+SENTINEL_TIMEOUT = 5.0
+"""Seconds a sentinel may take to accept a connection or answer, for `master_for`'s clients
+(a sentinel that does not answer is skipped for the next one)."""
 
 
 @dataclass(frozen=True)
@@ -34,22 +37,34 @@ class SentinelService:
     name: str
     sentinels: tuple[tuple[str, int], ...]
     kwargs: Mapping[str, Any] = field(default_factory=dict)
+    first: list[int] = field(default_factory=lambda: [0], compare=False, repr=False)
+    """Which sentinel is asked first (by `discover` and by new `master_client`s): the last
+    one that answered, as redis-py's `discover_master` does within one client, so one that
+    hangs costs its timeout once, not at every reconnection."""
 
     def describe(self) -> str:
         hosts = ",".join(f"{host}:{port}" for host, port in self.sentinels)
         return f"{self.name} via sentinel {hosts}"
 
+    def ordered(self) -> list[tuple[str, int]]:
+        """The sentinels, the one to ask first first."""
+        start = self.first[0] % len(self.sentinels)
+        return [*self.sentinels[start:], *self.sentinels[:start]]
+
     def manager(
         self, connection_kwargs: Mapping[str, Any], timeout: float | None = None
     ) -> Sentinel:
         """redis-py's Sentinel for this service; `timeout` bounds each sentinel's connect
-        and reply (else the sentinels' own settings apply)."""
+        and reply (else `SENTINEL_TIMEOUT`, unless the sentinels' settings say otherwise)."""
         kwargs = dict(self.kwargs)
         kwargs.setdefault("retry", Retry(NoBackoff(), 0))  # discovery moves on by itself
         if timeout is not None:
             kwargs["socket_connect_timeout"] = timeout
             kwargs["socket_timeout"] = timeout
-        return Sentinel(self.sentinels, sentinel_kwargs=kwargs, **connection_kwargs)
+        else:
+            kwargs.setdefault("socket_connect_timeout", SENTINEL_TIMEOUT)
+            kwargs.setdefault("socket_timeout", SENTINEL_TIMEOUT)
+        return Sentinel(self.ordered(), sentinel_kwargs=kwargs, **connection_kwargs)
 
     async def discover(self, timeout: float) -> tuple[str, int]:
         """The master's address as the first sentinel that knows a healthy one reports it
@@ -61,7 +76,10 @@ class SentinelService:
         errors: list[str] = []
         refused = False
         try:
-            for (host, port), sentinel in zip(self.sentinels, manager.sentinels, strict=True):
+            start = self.first[0] % len(self.sentinels)
+            for n, sentinel in enumerate(manager.sentinels):  # in `ordered()` order
+                index = (start + n) % len(self.sentinels)
+                host, port = self.sentinels[index]
                 try:
                     masters = await sentinel.sentinel_masters()
                 except RedisError as exc:
@@ -74,6 +92,7 @@ class SentinelService:
                 elif not manager.check_master_state(state, self.name):
                     errors.append(f"{host}:{port}: {self.name} is down (failing over)")
                 else:
+                    self.first[0] = index
                     return str(state["ip"]), int(state["port"])
         finally:
             await close_sentinels(manager)
