@@ -262,7 +262,7 @@ class History(HelperBase):
         if not epoch:  # unreadable: start from the first message held
             first = hub.held_first(client.handle, room)
             if first is not None:
-                offset = first - 1
+                epoch, offset = first[0], first[1] - 1
         for raw in messages or ():
             old = decode_envelope(raw)
             if old is None or old.offset is None:
