@@ -18,6 +18,7 @@ MODULES = (
     "benches.compiled",
     "benches.history",
     "benches.hundredk",
+    "benches.recoverystorm",
 )
 
 

@@ -42,6 +42,9 @@ pub type Held = (u64, Frame);
 
 /// Recent (offset, payload hash) pairs a room remembers to tell a copy from a rollback.
 const RECENT: usize = 8;
+/// Held messages a recovery makes room for at its start (a storm of recoveries then grows
+/// no vector message by message).
+const HELD_CAPACITY: usize = 16;
 
 /// How a numbered message stands against what its room already delivered live.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -173,7 +176,8 @@ impl RoomHistory {
     /// Holds `slot`'s live messages from now on (a recovery starts; an earlier one's held
     /// messages and its floor are dropped).
     pub fn start(&mut self, slot: u32) {
-        self.special.insert(slot, Special::Holding(Vec::new()));
+        self.special
+            .insert(slot, Special::Holding(Vec::with_capacity(HELD_CAPACITY)));
     }
 
     /// Stops holding for `slot` (a floor is left as it is); what was held, in arrival order.
