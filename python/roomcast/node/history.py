@@ -16,7 +16,7 @@ import orjson
 
 from ..broker.history import HistoryStore, MemoryHistory
 from ..broker.memory import MemoryBroker
-from ..broker.redis.history import RedisHistory
+from ..broker.redis.history import HistoryUnavailable, RedisHistory
 from ..broker.redis.settings import keep_settings
 from ..log import client_extra
 from ..protocol.constants import WebSocketChannels, WebSocketMessageTypes
@@ -31,10 +31,16 @@ from ..protocol.messages import (
 )
 from ..transport.connection import Client
 from .base import HelperBase
+from .replay import send_paced
 
 logger = logging.getLogger("roomcast")
 
 JOINED = "joined"
+# Why a `joined` says `recovered: false` when it is not the history's answer (a `reason`).
+UNAVAILABLE = "history unavailable"
+TOO_SLOW = "client too slow"
+# Reads of a room's position again when its epoch changed while a recovery was read.
+REREADS = 2
 # Unnumbered messages to a history room are logged once per spell: again only after this
 # many seconds without one.
 UNNUMBERED_QUIET = 60
@@ -53,6 +59,8 @@ class History(HelperBase):
     # the hub's: `send_history`, `hold_history`, `release_history` (rust/core/src/history.rs).
     _unnumbered = 0  # history room messages that came without an offset
     _unnumbered_at = -float("inf")  # when the last one came (monotonic)
+    _resets: set[tuple[str, str]] | None = None  # (room, epoch) whose reset is under way
+    _recovery_timeout = 10.0
 
     def _setup_history(self) -> None:
         options = self.server_options
@@ -60,6 +68,7 @@ class History(HelperBase):
         if glob is None:
             return
         size, ttl = int(options["history_size"]), options["history_ttl"]
+        self._recovery_timeout = float(options["recovery_timeout"])
         broker = self._broker
         if isinstance(broker, MemoryBroker):
             self._history = MemoryHistory(size, ttl)
@@ -71,7 +80,15 @@ class History(HelperBase):
                     "history_rooms needs the memory:// broker or redis with classic pub/sub "
                     "(not sharded)"
                 )
-            self._remote = RedisHistory(broker.target, size, ttl)
+            self._remote = RedisHistory(
+                broker.target,
+                size,
+                ttl,
+                timeout=float(options["history_timeout"]),
+                queue_limit=int(options["history_queue_limit"]),
+                on_unnumbered=self._history_unnumbered,
+            )
+            self._resets = set()
             # The emitter reads them (`roomcast.broker.redis.settings`).
             loop = asyncio.get_running_loop()
             self._remote.own(loop.create_task(keep_settings(self._remote, glob)))
@@ -125,18 +142,23 @@ class History(HelperBase):
                 self._spawn(self._recover(client, room, recover.get(room)))
                 continue
             epoch, offset = store.position(room)
-            recovered = False
             wanted = recover.get(room)
-            if wanted is not None:
-                entries = store.since(room, *wanted)
-                if entries is not None:
-                    recovered = True
-                    for entry in entries:
-                        if client.id not in entry.exclude:
-                            position = (room, entry.offset)
-                            self._to_one(client, entry.frame, entry.event, entry.data, position)
-            data = {"room": room, "epoch": epoch, "offset": offset, "recovered": recovered}
-            self._to_one(client, encode(JOINED, data), JOINED, data)
+            entries = None if wanted is None else store.since(room, *wanted)
+            recovered = entries is not None
+            replay = [
+                (e.offset, e.frame, e.event, e.data)
+                for e in entries or ()
+                if client.id not in e.exclude
+            ]
+            if not client.encrypted and sum(len(r[1]) for r in replay) > self._step_limit():
+                # More than the socket may hold at once: paced, live messages held meanwhile.
+                self._hub.hold_history(client.handle, room)
+                self._spawn(self._finish(client, room, epoch, offset, replay, recovered))
+                continue
+            for entry_offset, frame, event, data in replay:
+                self._to_one(client, frame, event, data, (room, entry_offset))
+            joined = {"room": room, "epoch": epoch, "offset": offset, "recovered": recovered}
+            self._to_one(client, encode(JOINED, joined), JOINED, joined)
 
     def _on_history_envelope(self, room: str, envelope: Envelope) -> bool:
         """A history room's envelope: in redis, numbered (by the script), or not (from a
@@ -151,32 +173,42 @@ class History(HelperBase):
             self._deliver_unnumbered(room, envelope)
         return True
 
-    def _deliver_unnumbered(self, room: str, envelope: Envelope) -> None:
+    def _deliver_unnumbered(self, room: str, envelope: Envelope, why: str | None = None) -> None:
         """As a plain room message: no offset, not kept. Presence events are meant so; any
         other is counted (`stats()["history_unnumbered"]`) and logged once per spell."""
         event, data, exclude = envelope.event, envelope.data, envelope.exclude
         if event not in PRESENCE_EVENTS:
-            self._count_unnumbered(room, envelope.server_id)
+            self._count_unnumbered(room, envelope.server_id, why)
         self._hub.send_room(room, encode(event, data), exclude or None)
         if self._encrypted:
             owners = self._hub.encrypted_owners(room, None, exclude or None)
             self._sealer.deliver(owners, event, data)
 
-    def _count_unnumbered(self, room: str, sender: str) -> None:
+    def _count_unnumbered(self, room: str, sender: str, why: str | None = None) -> None:
         self._unnumbered += 1
         now = time.monotonic()
         if now - self._unnumbered_at > UNNUMBERED_QUIET:
             logger.warning(
-                "message to history room %s without an offset (from %s: a node or emitter "
-                "that does not number it, e.g. the original's, or an emitter without the "
-                "history settings) delivered as a plain message, not kept; such messages are "
-                "counted in stats()['history_unnumbered'] and logged again after %d s "
-                "without one",
+                "message to history room %s without an offset (%s) delivered as a plain "
+                "message, not kept; such messages are counted in "
+                "stats()['history_unnumbered'] and logged again after %d s without one",
                 room,
-                sender,
+                why
+                or f"from {sender}: a node or emitter that does not number it, e.g. the "
+                "original's, or an emitter without the history settings",
                 UNNUMBERED_QUIET,
             )
         self._unnumbered_at = now
+
+    def _history_unnumbered(self, room: str, channel: str, raw: bytes) -> None:
+        """A message of this node's the store could not number in time (Redis down or too
+        slow, the writer's queue full): live to the local members without an offset, and to
+        the other nodes' through the broker (which they deliver unnumbered too)."""
+        envelope = decode_envelope(raw)
+        if envelope is None:
+            return
+        self._deliver_unnumbered(room, envelope, "redis history did not number it in time")
+        self._broker.publish(channel, raw)
 
     def _history_stats(self) -> dict[str, int]:
         """For `stats()`: history messages delivered without an offset, history writes
@@ -196,17 +228,62 @@ class History(HelperBase):
         event, data = envelope.event, envelope.data
         frame = history_frame(event, data, room, offset)
         owners: list[Any] | None = [] if self._encrypted else None
-        self._hub.send_history(room, envelope.epoch or "", offset, frame, envelope.exclude, owners)
+        epoch = envelope.epoch or ""
+        if self._hub.send_history(room, epoch, offset, frame, envelope.exclude, owners) < 0:
+            self._rolled_back(room, epoch, envelope)
+            return
         if owners:
             self._sealer.deliver(owners, event, data, (room, offset))
 
+    def _rolled_back(self, room: str, epoch: str, envelope: Envelope) -> None:
+        """The room's offsets went back under `epoch` (a restore, a replica promoted before
+        it caught up): the message goes out live without an offset, and the room gets a new
+        epoch (once, whichever node sees it first), so no client recovers across the two."""
+        self._deliver_unnumbered(room, envelope, f"its offset went back under epoch {epoch}")
+        resets, remote = self._resets, self._remote
+        if resets is None or remote is None or (room, epoch) in resets:
+            return
+        resets.add((room, epoch))
+        self._spawn(self._reset(remote, resets, room, epoch))
+
+    async def _reset(
+        self, remote: RedisHistory, resets: set[tuple[str, str]], room: str, epoch: str
+    ) -> None:
+        try:
+            new = await remote.reset(room, epoch)
+            logger.warning(
+                "history room %s went back under epoch %s (a restore or a failover): now in "
+                "epoch %s, so clients recovering from before get recovered: false",
+                room,
+                epoch,
+                new,
+            )
+        except Exception as exc:
+            logger.warning("history room %s: new epoch not started: %s", room, exc)
+        finally:
+            resets.discard((room, epoch))
+
+    def _step_limit(self) -> int:
+        """Bytes of a replay queued at once without pacing: half the backpressure limit."""
+        return int(self.server_options["backpressure_limit"]) // 2
+
     async def _recover(self, client: Client, room: str, wanted: tuple[str, int] | None) -> None:
+        """A recovery in redis: the read (within `history_timeout`; again when the room's
+        epoch changed meanwhile), then `_finish`."""
         remote = self._remote
         assert remote is not None
+        hub = self._hub
         epoch, offset = wanted if wanted is not None else (None, 0)
         messages: list[bytes] | None = None
+        reason: str | None = None
         try:
-            epoch, offset, messages = await remote.read(room, epoch, offset)
+            for _ in range(1 + REREADS):
+                epoch, offset, messages = await remote.read(room, *(wanted or (None, 0)))
+                seen = hub.held_epoch(client.handle, room)
+                if seen is None or seen == epoch:
+                    break
+            else:
+                raise HistoryUnavailable(f"its epoch kept changing (now {seen})")
             if wanted is None:
                 messages = None
         except Exception as exc:
@@ -217,29 +294,87 @@ class History(HelperBase):
                 exc,
                 extra=client_extra(client),
             )
-            epoch, offset = "", 0
+            epoch, offset, messages, reason = "", 0, None, UNAVAILABLE
         except BaseException:  # cancelled: stop holding
-            self._hub.hold_history(client.handle, room, False)
+            hub.hold_history(client.handle, room, False)
             raise
-        hub = self._hub
         if not client.live or not hub.in_room(client.handle, room):
             return  # the hub forgot what it held when the client left the room
         if not epoch:  # unreadable: start from the first message held
             first = hub.held_first(client.handle, room)
             if first is not None:
                 epoch, offset = first[0], first[1] - 1
+        replay = []
         for raw in messages or ():
             old = decode_envelope(raw)
             if old is None or old.offset is None:
                 continue
             if client.id not in (old.exclude or ()):
                 frame = history_frame(old.event, old.data, room, old.offset)
-                self._to_one(client, frame, old.event, old.data, (room, old.offset))
-        data = {"room": room, "epoch": epoch, "offset": offset, "recovered": messages is not None}
-        self._to_one(client, encode(JOINED, data), JOINED, data)
-        # The live messages held meanwhile, after `offset`, in order, once each: queued by
-        # the hub (plaintext), or handed back to be sealed (encrypted).
-        for payload in hub.release_history(client.handle, room, epoch, offset):
+                replay.append((old.offset, frame, old.event, old.data))
+        await self._finish(client, room, epoch or "", offset, replay, messages is not None, reason)
+
+    async def _finish(
+        self,
+        client: Client,
+        room: str,
+        epoch: str,
+        offset: int,
+        replay: list[tuple[int, bytes, str, Any]],
+        recovered: bool,
+        reason: str | None = None,
+    ) -> None:
+        """The end of a recovery whose live messages are held: the replay (paced for a
+        plaintext client), `joined`, then the held messages after `offset` in offset order,
+        once each, paced too, and the hold released. `reason` says why it is not `recovered` when that
+        is not the history's answer; a client too slow for its replay gets the part that
+        fit, then `joined` with `recovered: false` and that reason."""
+        hub = self._hub
+        handle = client.handle
+        limit = int(self.server_options["backpressure_limit"])
+        deadline = asyncio.get_running_loop().time() + self._recovery_timeout
+        try:
+            if client.encrypted:
+                for entry_offset, frame, event, message in replay:
+                    self._to_one(client, frame, event, message, (room, entry_offset))
+            elif replay and not await send_paced(
+                hub, client, (r[1] for r in replay), limit, deadline
+            ):
+                recovered, reason = False, TOO_SLOW
+                logger.warning(
+                    "recovery of room %s for %s cut short: its socket did not drain within "
+                    "%.1f s",
+                    room,
+                    client.id,
+                    self._recovery_timeout,
+                    extra=client_extra(client),
+                )
+            if not client.live or not hub.in_room(handle, room):
+                return
+            data: dict[str, Any] = {
+                "room": room,
+                "epoch": epoch,
+                "offset": offset,
+                "recovered": recovered,
+            }
+            if reason:
+                data["reason"] = reason
+            self._to_one(client, encode(JOINED, data), JOINED, data)
+            after = offset
+            if not client.encrypted:
+                # The live messages held meanwhile, paced; the rest released below.
+                while taken := hub.take_held(handle, room, epoch, after, limit // 2):
+                    if not await send_paced(hub, client, (p for _, p in taken), limit, deadline):
+                        break
+                    after = taken[-1][0]
+                    if not client.live or not hub.in_room(handle, room):
+                        return
+        except BaseException:
+            hub.hold_history(handle, room, False)
+            raise
+        # What is still held goes as live messages do (to a client still too slow: the
+        # backpressure skip); for an encrypted member, handed back to be sealed.
+        for payload in hub.release_history(handle, room, epoch, after):
             held = orjson.loads(payload)
             self._to_one(
                 client, payload, held["event"], held.get("data", MISSING), (room, held["offset"])
