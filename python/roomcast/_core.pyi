@@ -121,8 +121,11 @@ class Hub:
     def hold_history(self, handle: int, room: str, hold: bool = True) -> bool:
         """Holds the member's live messages of ``room`` from now on (its recovery is being
         read); ``hold=False`` stops and drops them. False if not a member."""
-    def held_first(self, handle: int, room: str) -> tuple[str, int] | None:
-        """``(epoch, offset)`` of the first live message held for the member in ``room``."""
+    def held_first(
+        self, handle: int, room: str, epoch: str | None = None
+    ) -> tuple[str, int] | None:
+        """``(epoch, offset)`` of the first live message held for the member in ``room`` (of
+        ``epoch``, when given)."""
     def held_epoch(self, handle: int, room: str) -> str | None:
         """Epoch of the last live message held for the member in ``room``."""
     def held_bytes(self, handle: int, room: str) -> int:

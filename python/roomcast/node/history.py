@@ -39,6 +39,7 @@ JOINED = "joined"
 # Why a `joined` says `recovered: false` when it is not the history's answer (a `reason`).
 UNAVAILABLE = "history unavailable"
 TOO_SLOW = "client too slow"
+RESET = "history reset during recovery"
 # Reads of a room's position again when its epoch changed while a recovery was read.
 REREADS = 2
 # Unnumbered messages to a history room are logged once per spell: again only after this
@@ -326,9 +327,11 @@ class History(HelperBase):
     ) -> None:
         """The end of a recovery whose live messages are held: the replay (paced for a
         plaintext client), `joined`, then the held messages after `offset` in offset order,
-        once each, paced too, and the hold released. `reason` says why it is not `recovered` when that
-        is not the history's answer; a client too slow for its replay gets the part that
-        fit, then `joined` with `recovered: false` and that reason."""
+        once each, paced too, and the hold released. `reason` says why it is not
+        `recovered` when that is not the history's answer. A client too slow for its replay
+        gets the part that fit, then `joined` with `recovered: false` and that reason; one
+        whose room began a new epoch meanwhile, `joined` at the new epoch's first message
+        held, `recovered: false`."""
         hub = self._hub
         handle = client.handle
         limit = int(self.server_options["backpressure_limit"])
@@ -342,8 +345,7 @@ class History(HelperBase):
             ):
                 recovered, reason = False, TOO_SLOW
                 logger.warning(
-                    "recovery of room %s for %s cut short: its socket did not drain within "
-                    "%.1f s",
+                    "recovery of room %s for %s cut short: its socket did not drain within %.1f s",
                     room,
                     client.id,
                     self._recovery_timeout,
@@ -351,6 +353,13 @@ class History(HelperBase):
                 )
             if not client.live or not hub.in_room(handle, room):
                 return
+            seen = hub.held_epoch(handle, room)
+            if seen is not None and seen != epoch:
+                # A new epoch began meanwhile (Redis lost the history): the client starts
+                # from its first message held, and knows it did not recover.
+                first = hub.held_first(handle, room, seen)
+                epoch, offset = seen, (first[1] - 1 if first is not None else 0)
+                recovered, reason = False, RESET
             data: dict[str, Any] = {
                 "room": room,
                 "epoch": epoch,

@@ -198,10 +198,13 @@ impl RoomHistory {
         }
     }
 
-    /// Epoch and offset of the first message held for `slot`.
-    pub fn first_held(&self, slot: u32) -> Option<(&str, u64)> {
-        let (epoch, offset, _) = self.holding(slot)?.first()?;
-        Some((epoch, *offset))
+    /// Epoch and offset of the first message held for `slot` (in `epoch`, when given).
+    pub fn first_held(&self, slot: u32, epoch: Option<&str>) -> Option<(&str, u64)> {
+        let (e, offset, _) = self
+            .holding(slot)?
+            .iter()
+            .find(|(e, _, _)| epoch.is_none_or(|wanted| **e == *wanted))?;
+        Some((e, *offset))
     }
 
     /// Epoch of the last message held for `slot` (the newest epoch it saw live).
@@ -370,10 +373,10 @@ mod tests {
         h.start(1);
         assert!(matches!(h.see(1, &e, 4, || Frame::text(b"4")), Seen::Held));
         assert!(matches!(h.see(2, &e, 4, || unreachable!()), Seen::Plain));
-        assert_eq!(h.first_held(1), Some(("e", 4)));
+        assert_eq!(h.first_held(1, None), Some(("e", 4)));
         assert_eq!(h.held_bytes(1), 3);
         h.start(1);
-        assert_eq!(h.first_held(1), None);
+        assert_eq!(h.first_held(1, None), None);
         assert!(matches!(h.see(1, &e, 5, || Frame::text(b"5")), Seen::Held));
         assert_eq!(h.stop(1).map(|m| m.len()), Some(1));
         assert!(h.stop(1).is_none() && h.is_plain());

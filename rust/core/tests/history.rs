@@ -83,8 +83,8 @@ fn live_messages_during_a_recovery_are_held_then_released_after_the_replay_once_
     assert_eq!(send(&mut hub, "e", 11), 1); // b's is held
     assert_eq!(send(&mut hub, "e", 13), 1);
     assert_eq!(send(&mut hub, "e", 12), 0); // overtaken by 13: to no one
-    assert_eq!(hub.held_first(b, "r"), Some(("e", 11)));
-    assert_eq!(hub.held_first(a, "r"), None);
+    assert_eq!(hub.held_first(b, "r", None), Some(("e", 11)));
+    assert_eq!(hub.held_first(a, "r", None), None);
     // The read came back at offset 11: the replay and `joined` first, then the rest.
     assert!(hub.send(b, b"replay-11"));
     assert!(hub.send(b, b"joined-11"));
@@ -156,7 +156,7 @@ fn leaving_or_going_away_drops_what_was_held() {
     hub.remove(b);
     let c = member(&mut hub, 3, "r");
     hub.join(a, "r");
-    assert_eq!(hub.held_first(a, "r"), None);
+    assert_eq!(hub.held_first(a, "r", None), None);
     assert_eq!(hub.release_history(a, "r", "e", 0), Released::default());
     assert_eq!(send(&mut hub, "e", 2), 2);
     let _ = c;
@@ -164,7 +164,7 @@ fn leaving_or_going_away_drops_what_was_held() {
     hub.hold_history(a, "r", true);
     send(&mut hub, "e", 3);
     assert!(hub.hold_history(a, "r", false));
-    assert_eq!(hub.held_first(a, "r"), None);
+    assert_eq!(hub.held_first(a, "r", None), None);
     assert_eq!(send(&mut hub, "e", 4), 2);
 }
 
@@ -205,7 +205,7 @@ fn an_unreadable_history_floors_whatever_the_epoch() {
     hub.hold_history(a, "r", true);
     send(&mut hub, "e", 7);
     send(&mut hub, "e", 8);
-    let (epoch, first) = hub.held_first(a, "r").unwrap();
+    let (epoch, first) = hub.held_first(a, "r", None).unwrap();
     assert_eq!((epoch, first), ("e", 7));
     assert_eq!(hub.release_history(a, "r", "", first - 1).queued, 2);
     assert_eq!(send(&mut hub, "e", 8), 0);
@@ -256,7 +256,8 @@ fn an_epoch_change_during_a_recovery_keeps_the_new_epochs_first_messages() {
     send(&mut hub, "f", 1);
     send(&mut hub, "f", 2);
     assert_eq!(hub.held_epoch(a, "r"), Some("f"));
-    assert_eq!(hub.held_first(a, "r"), Some(("e", 51)));
+    assert_eq!(hub.held_first(a, "r", None), Some(("e", 51)));
+    assert_eq!(hub.held_first(a, "r", Some("f")), Some(("f", 1)));
     // The caller read again (the held epoch is not the one it read) and got f at 0.
     let released = hub.release_history(a, "r", "f", 0);
     assert_eq!(released.queued, 2);

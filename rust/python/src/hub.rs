@@ -366,10 +366,12 @@ impl Hub {
         self.core.hold_history(Handle::from_raw(handle), room, hold)
     }
 
-    /// ``(epoch, offset)`` of the first live message held for the member in ``room``.
-    fn held_first(&self, handle: u64, room: &str) -> Option<(String, u64)> {
+    /// ``(epoch, offset)`` of the first live message held for the member in ``room`` (of
+    /// ``epoch``, when given).
+    #[pyo3(signature = (handle, room, epoch = None))]
+    fn held_first(&self, handle: u64, room: &str, epoch: Option<&str>) -> Option<(String, u64)> {
         self.core
-            .held_first(Handle::from_raw(handle), room)
+            .held_first(Handle::from_raw(handle), room, epoch)
             .map(|(epoch, offset)| (epoch.to_owned(), offset))
     }
 

@@ -136,10 +136,16 @@ impl<S> Hub<S> {
         true
     }
 
-    /// Epoch and offset of the first live message held for the member in `room`.
-    pub fn held_first(&self, handle: Handle, room: &str) -> Option<(&str, u64)> {
+    /// Epoch and offset of the first live message held for the member in `room` (of
+    /// `epoch`, when given).
+    pub fn held_first(
+        &self,
+        handle: Handle,
+        room: &str,
+        epoch: Option<&str>,
+    ) -> Option<(&str, u64)> {
         self.member_history_ref(handle, room)?
-            .first_held(handle.slot())
+            .first_held(handle.slot(), epoch)
     }
 
     /// Epoch of the last live message held for the member in `room`: the room's epoch as
