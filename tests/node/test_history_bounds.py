@@ -12,10 +12,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import orjson
 import pytest
 from redis_support import node, raw_redis, redis_at
 from roomcast.broker.redis.history import keys_of
-from support import authed, eventually, join, joined, recv, run, running
+from support import RawClient, authed, eventually, join, joined, recv, run, running
 
 OPTIONS = {"history_rooms": "chat:*"}
 # A live message's bound while Redis is frozen: the history timeout (1 s by default), and
@@ -197,3 +198,93 @@ def test_history_timeouts_are_server_options_and_flags():
     assert options.options["history_timeout"] == 0.25
     assert options.options["history_queue_limit"] == 4096
     assert options.options["recovery_timeout"] == 2.0
+
+
+async def stalled_member(port: int, room: str, recover: dict[str, Any]) -> RawClient:
+    """A client with a tiny receive buffer that joins (with `recover`) and then reads only
+    when told: its replay cannot get through until it does."""
+    raw, head = await RawClient.connect(port, rcvbuf=4096)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    token = {"type": "Bearer", "token": "user:slow"}
+    raw.send_text(orjson.dumps({"event": "authenticate", "data": token}))
+    _, connected = await raw.read_frame()
+    assert orjson.loads(connected)["event"] == "connected"
+    raw.send_text(orjson.dumps({"event": "join", "data": {"rooms": [room], "recover": recover}}))
+    return raw
+
+
+async def read_until_joined(raw: RawClient) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    before = []
+    while True:
+        _, payload = await raw.read_frame(timeout=30)
+        message = orjson.loads(payload)
+        if message["event"] == "joined":
+            return before, message["data"]
+        before.append(message)
+
+
+async def fill(n: Any, keeper: Any, room: str, count: int, size: int) -> None:
+    """`count` messages of `size` bytes to `room`, one at a time (the keeper reads each)."""
+    for i in range(count):
+        n.helper.send_to_room(room, "m", f"{i} {'x' * size}")
+        got = await recv(keeper)
+        assert got["data"].startswith(f"{i} ")
+
+
+def test_a_client_too_slow_for_its_replay_gets_what_fit_then_recovered_false(redis_server):
+    async def body():
+        async with history_node(redis_server, recovery_timeout=1.0) as n:
+            room = "chat:slow"
+            keeper = await member(n.url, room)
+            _, position = await joined(keeper)
+            await fill(n, keeper, room, 100, 100_000)
+            raw = await stalled_member(
+                n.port, room, {room: {"epoch": position["epoch"], "offset": 0}}
+            )
+            await asyncio.sleep(2.0)  # past the recovery timeout, reading nothing
+            before, data = await read_until_joined(raw)
+            offsets = [m["offset"] for m in before]
+            assert offsets == list(range(1, len(offsets) + 1)) and len(offsets) < 100
+            assert data == {
+                "room": room,
+                "epoch": position["epoch"],
+                "offset": 100,
+                "recovered": False,
+                "reason": "client too slow",
+            }
+            n.helper.send_to_room(room, "m", "next")
+            _, payload = await raw.read_frame()
+            assert orjson.loads(payload)["offset"] == 101, "live after joined"
+            await keeper.close()
+            await raw.aclose()
+
+    run(body(), timeout=60)
+
+
+def test_an_epoch_change_during_a_recovery_answers_at_the_new_epoch(redis_server):
+    async def body():
+        async with history_node(redis_server) as n, raw_redis(redis_server.port) as r:
+            room = "chat:reset"
+            keeper = await member(n.url, room)
+            _, position = await joined(keeper)
+            await fill(n, keeper, room, 100, 100_000)
+            raw = await stalled_member(
+                n.port, room, {room: {"epoch": position["epoch"], "offset": 0}}
+            )
+            await asyncio.sleep(0.5)  # the replay is under way, stalled
+            await r.flushall()  # Redis lost its history (a restart without persistence)
+            n.helper.send_to_room(room, "m", "new 1")
+            n.helper.send_to_room(room, "m", "new 2")
+            got = [await recv(keeper) for _ in range(2)]
+            assert [(m["offset"], m["data"]) for m in got] == [(1, "new 1"), (2, "new 2")]
+            before, data = await read_until_joined(raw)
+            assert [m["offset"] for m in before] == list(range(1, 101)), "the old replay"
+            assert data["epoch"] != position["epoch"] and data["offset"] == 0
+            assert data["recovered"] is False
+            assert data["reason"] == "history reset during recovery"
+            after = [orjson.loads((await raw.read_frame())[1]) for _ in range(2)]
+            assert [(m["offset"], m["data"]) for m in after] == [(1, "new 1"), (2, "new 2")]
+            await keeper.close()
+            await raw.aclose()
+
+    run(body(), timeout=60)
