@@ -1,6 +1,6 @@
 """The package's layout rules: no import cycle (imports under TYPE_CHECKING and inside
-functions count too), no module over 500 lines, and every documented import path offers
-its names."""
+functions count too), the node's parts never reach back to the helper they make up, the
+helper is composed (no mixins), and every documented import path offers its names."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent / "python" / "roomcast"
-MAX_LINES = 500
+HELPER = "roomcast.node.server"
 
 
 def modules() -> dict[str, tuple[Path, bool]]:
@@ -88,9 +88,30 @@ def test_no_import_cycle():
     assert cycles(graph) == []
 
 
-def test_no_module_over_500_lines():
-    long = {name: len(path.read_text().splitlines()) for name, (path, _) in modules().items()}
-    assert {name: n for name, n in long.items() if n > MAX_LINES} == {}
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        for other in graph[todo.pop()]:
+            if other not in seen:
+                seen.add(other)
+                todo.append(other)
+    return seen
+
+
+def test_no_part_of_the_node_reaches_the_helper():
+    """A part gets what it needs at construction: none imports the helper's module, directly
+    or through another module."""
+    graph = import_graph()
+    parts = sorted(n for n in graph if n.startswith("roomcast.node.") and n != HELPER)
+    assert {"roomcast.node.rooms", "roomcast.node.barrier", "roomcast.node.sender"} <= set(parts)
+    assert [part for part in parts if HELPER in reachable(graph, part)] == []
+
+
+def test_the_helper_is_composed_not_mixed():
+    from roomcast import WebSocketServerHelper
+
+    assert WebSocketServerHelper.__mro__ == (WebSocketServerHelper, object)
 
 
 # The import paths the README, the examples and the original's users rely on, and the names

@@ -78,11 +78,11 @@ def test_a_frozen_redis_leaves_live_messages_and_joins_answered_and_numbering_re
                         handle = helper.get_clients(connected["id"]).handle
                         assert helper._hub.held_bytes(handle, room) == 0, "released"
                     await asyncio.sleep(0.5)
-                assert helper._remote.queued_bytes == 0, "nothing piles up for Redis"
+                assert helper.history_store.queued_bytes == 0, "nothing piles up for Redis"
                 got = await recv(b, timeout=LIVE_BOUND)
                 assert "offset" not in got
             assert helper.stats()["history_unnumbered"] == sent
-            await eventually(lambda: not helper._remote.down, timeout=10.0)
+            await eventually(lambda: not helper.history_store.down, timeout=10.0)
             helper.send_to_room(room, "m", "after")
             got = await recv(a)
             while got.get("data") != "after":  # the broker may deliver the last frozen late
