@@ -90,14 +90,14 @@ def test_a_writer_retry_after_client_kill_numbers_nothing_twice(redis_server):
                 async with asyncio.timeout(10):
                     while len(await stored(r, room)) < count:
                         await asyncio.sleep(0.01)
-                assert kills > 0 and history.retried > 0, (kills, history.retried)
-                assert history.repeated > 0, "a killed pipeline had run in part"
+                assert kills > 0 and history.writer.retried > 0, (kills, history.writer.retried)
+                assert history.writer.repeated > 0, "a killed pipeline had run in part"
                 entries = await stored(r, room)
                 offsets = [o for o, _ in entries]
                 datas = [d for _, d in entries]
                 assert offsets == list(range(1, len(entries) + 1)), "no offset twice, no gap"
                 assert len(set(datas)) == len(datas), "no payload twice"
-                assert history.unnumbered == 0 and len(entries) == count
+                assert history.writer.unnumbered == 0 and len(entries) == count
                 while True:
                     message = await pubsub.get_message(timeout=0.5)
                     if message is None:
@@ -148,7 +148,7 @@ def test_a_frozen_redis_makes_no_call_wait_past_the_timeout_and_numbering_resume
             assert offset == 2, "numbering resumes; what was handed back was not kept"
             async with raw_redis(redis_server.port) as r:
                 assert [d for _, d in await stored(r, room)] == ["0", "200"]
-            assert history.unnumbered == 199 and history.failed == 200
+            assert history.writer.unnumbered == 199 and history.failed == 200
         finally:
             await history.close()
 
@@ -195,7 +195,7 @@ def test_the_writer_queue_is_bounded_in_bytes_and_hands_back_the_overflow(redis_
                 for n in range(2, 102):
                     history.publish(room, "ws:room:" + room, envelope(room, n, pad=900))
                 assert history.queued_bytes <= 20_000
-                assert history.overflowed == len(unnumbered) > 70
+                assert history.writer.overflowed == len(unnumbered) > 70
                 await eventually(lambda: history.down, timeout=3.0)
             assert history.queued_bytes == 0 and len(unnumbered) == 101
         finally:

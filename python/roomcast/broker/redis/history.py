@@ -7,13 +7,9 @@ the envelope as published, `t`: Redis time in ms), and
 creates the epoch when the hash is missing (first message, or history lost to a restart or
 the TTL: clients then learn they cannot recover), takes the next offset, XADDs with MAXLEN,
 PUBLISHes the envelope with its offset and epoch, and refreshes both keys' TTL, atomically:
-every node and the emitter agree on the order and no offset is given twice.
-
-Appends are idempotent: each carries its writer's id and a sequence number, and the meta
-hash keeps, per writer, the last one applied (`w:<writer>`: `seq,offset,receivers`), so a
-pipeline sent again after its connection dropped numbers nothing twice. Each also carries a
-deadline in Redis time: one that reaches Redis after it (a frozen Redis waking up) is neither
-kept nor published, since its writer gave up on it and delivered it unnumbered.
+every node and the emitter agree on the order and no offset is given twice. The appends go
+through the process's one writer (`roomcast.broker.redis.writer`: idempotent, bounded);
+this module reads (`READ`) and resets (`RESET`) a room.
 
 Every call has `timeout` (the server's `history_timeout`): past it, or while Redis is known
 to be down, an append is handed back unnumbered (`on_unnumbered`) and a read fails.
@@ -22,85 +18,27 @@ to be down, an append is handed back unnumbered (`on_unnumbered`) and a read fai
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import time
-from collections import deque
-from collections.abc import Callable
 from typing import Any
 
-from redis.asyncio import Redis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
 
 from ...aio import stop_task
 from ..history import new_epoch
+from .script import HistoryUnavailable, Script, client_for, keys_of, text
 from .target import RedisTarget
+from .writer import (
+    APPEND,
+    QUEUE_LIMIT,
+    TIMEOUT,
+    WRITE_BATCH,
+    WRITER_NAME,
+    Appended,
+    HistoryWriter,
+    OnUnnumbered,
+)
 
 logger = logging.getLogger("roomcast.redis")
-
-# KEYS: stream, meta. ARGV: maxlen, ttl ms, new epoch, channel, envelope without its "}",
-# writer id, sequence number, deadline (Redis ms; 0: none).
-# Returns {epoch, offset, receivers, now ms, state}: state 0 appended, 1 appended before (a
-# retry: offset and receivers are the first run's when it was the writer's last append to
-# the room, else 0), 2 past its deadline (not kept, not published).
-APPEND = """
-local now = redis.call('TIME')
-local ms = now[1] * 1000 + math.floor(now[2] / 1000)
-local deadline = tonumber(ARGV[8])
-if deadline > 0 and ms > deadline then
-  return {'', 0, 0, ms, 2}
-end
-local mine = 'w:' .. ARGV[6]
-local seq = tonumber(ARGV[7])
-local epoch = redis.call('HGET', KEYS[2], 'epoch')
-if not epoch then
-  epoch = ARGV[3]
-  redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[2], 'epoch', epoch, 'offset', 0)
-else
-  local done = redis.call('HGET', KEYS[2], mine)
-  if done then
-    local last, at, receivers = string.match(done, '^(%d+),(%d+),(%d+)$')
-    last = tonumber(last)
-    if last == seq then
-      return {epoch, tonumber(at), tonumber(receivers), ms, 1}
-    elseif last > seq then
-      return {epoch, 0, 0, ms, 1}
-    end
-  end
-end
-local offset = redis.call('HINCRBY', KEYS[2], 'offset', 1)
-local message = ARGV[5] .. ',"offset":' .. offset .. ',"epoch":"' .. epoch .. '"}'
-redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], '0-' .. offset, 'm', message, 't', ms)
-local receivers = redis.call('PUBLISH', ARGV[4], message)
-redis.call('HSET', KEYS[2], mine, seq .. ',' .. offset .. ',' .. receivers)
-if redis.call('HLEN', KEYS[2]) > 2 + WRITERS then
-  -- Past WRITERS writers, forget the one whose last append is the oldest.
-  local fields = redis.call('HGETALL', KEYS[2])
-  local oldest, at = nil, nil
-  for i = 1, #fields, 2 do
-    if string.sub(fields[i], 1, 2) == 'w:' and fields[i] ~= mine then
-      local o = tonumber(string.match(fields[i + 1], '^%d+,(%d+),'))
-      if o and (at == nil or o < at) then
-        oldest, at = fields[i], o
-      end
-    end
-  end
-  if oldest then
-    redis.call('HDEL', KEYS[2], oldest)
-  end
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
-return {epoch, offset, receivers, ms, 0}
-"""
-# Writers remembered per room for idempotent appends (one per process that wrote lately).
-WRITERS = 32
-APPEND = APPEND.replace("WRITERS", str(WRITERS))
 
 # KEYS: stream, meta. ARGV: the epoch that went back, new epoch, ttl ms. Starts a new epoch
 # at offset 0 (the stream emptied) if the room is still in that epoch; returns the epoch.
@@ -144,112 +82,23 @@ return {epoch, offset, ms, entries}
 CONCURRENT_READS = 64
 
 
-def keys_of(room: str) -> list[str]:
-    """The stream and meta keys of a room, in one cluster slot."""
-    return [f"ws:history:{{r:{room}}}:s", f"ws:history:{{r:{room}}}:m"]
-
-
-def client_for(target: RedisTarget, name: str | None = None, timeout: float | None = None) -> Any:
-    """A redis-py client of its own (not the broker's connections) for `target`; `name`
-    is its connections' CLIENT SETNAME. With `timeout`, every connect and reply waits at
-    most that long, and a failed command is not retried by redis-py (the caller decides)."""
-    kwargs = dict(target.connection_kwargs)
-    if name is not None:
-        kwargs["client_name"] = name
-    if timeout is not None:
-        kwargs.update(
-            socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0)
-        )
-    if target.cluster:
-        kwargs.pop("db", None)
-        ssl = target.connection_class.__name__ == "SSLConnection"
-        return RedisCluster(
-            startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
-            ssl=ssl,
-            **kwargs,
-        )
-    ((host, port),) = target.nodes
-    from redis.asyncio import ConnectionPool
-
-    pool = ConnectionPool(connection_class=target.connection_class, host=host, port=port, **kwargs)
-    return Redis.from_pool(pool)
-
-
-class _Script:
-    """EVALSHA, falling back to EVAL when the server does not know the script (a restart,
-    a new cluster node), which also loads it for next time."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.sha = hashlib.sha1(source.encode()).hexdigest()
-
-    async def __call__(self, client: Any, keys: list[str], args: list[Any]) -> Any:
-        try:
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            return await client.eval(self.source, len(keys), *keys, *args)
-
-
-_APPEND = _Script(APPEND)
-_READ = _Script(READ)
-_RESET = _Script(RESET)
-
-# The most appends one pipeline of the writer carries.
-WRITE_BATCH = 256
-# The writer's connections' name (CLIENT LIST shows one per Redis node it writes to).
-WRITER_NAME = "roomcast-history-writer"
-# Defaults of the server options `history_timeout` and `history_queue_limit`.
-TIMEOUT = 1.0
-QUEUE_LIMIT = 8 * 1024 * 1024
-# While Redis is down, how often the writer tries it again (at most; a timeout's worth).
-PROBE_INTERVAL = 0.5
-
-Appended = tuple[str, int, int]  # epoch, offset, subscribers it was published to
-OnUnnumbered = Callable[[str, str, bytes], None]
-"""Called with (room, channel, envelope) for each message the store could not number in
-time (Redis down or too slow, the queue full): the caller delivers it unnumbered."""
-
-
-class HistoryUnavailable(RedisError):
-    """The store could not number a message within its timeout (or is known to be down)."""
-
-
-class _Pending:
-    __slots__ = ("channel", "envelope", "future", "queued_at", "room", "seq")
-
-    def __init__(
-        self,
-        room: str,
-        channel: str,
-        envelope: bytes,
-        future: asyncio.Future[Appended] | None,
-        seq: int,
-        queued_at: float,
-    ) -> None:
-        self.room = room
-        self.channel = channel
-        self.envelope = envelope
-        self.future = future  # of whoever waits for the offset (None: no one)
-        self.seq = seq
-        self.queued_at = queued_at
+_READ = Script(READ)
+_RESET = Script(RESET)
+# (Older names, still imported by the presence and settings modules.)
+_Script = Script
+_text = text
 
 
 class RedisHistory:
-    """History rooms' streams in Redis, for a node or the emitter.
+    """History rooms' streams in Redis, for a node or the emitter: appends through the one
+    `HistoryWriter` of the process (`publish` never waits, `append` waits for the offset),
+    `read` gives a room's position and, when they can all be given, the messages after an
+    offset, `reset` starts a new epoch for a room that went back in time.
 
-    Every append of one process goes through one writer task, in the order `publish` and
-    `append` were called: it takes what is queued (up to `WRITE_BATCH`) and sends it as one
-    pipeline of script calls on its own connection (one per cluster node), so one client's
-    successive messages to a room get offsets in the order it sent them, and a busy node
-    writes in a few round trips, not a pool of concurrent EVALs. `publish` never waits;
-    `append` waits for the offset. `read` gives a room's position and, when they can all be
-    given, the messages after an offset.
-
-    Bounds: no call waits longer than `timeout` (a reply, a connect, a queued append's turn);
-    the queue holds at most `queue_limit` bytes of envelopes. A `publish` that cannot be
-    numbered within them goes to `on_unnumbered` (counted in `unnumbered`), an `append` fails
-    with `HistoryUnavailable`. After a timeout the store counts Redis as down: appends are
-    handed back at once and reads fail at once until a probe gets an answer.
+    Bounds: no call waits longer than `timeout` (a reply, a connect, a turn among the
+    `CONCURRENT_READS`); the writer's queue holds at most `queue_limit` bytes. A `publish`
+    that cannot be numbered within them goes to `on_unnumbered`, an `append` or a `read`
+    fails with `HistoryUnavailable`; while the writer counts Redis as down, at once.
     """
 
     def __init__(
@@ -269,27 +118,11 @@ class RedisHistory:
         self.ttl_ms = max(1, round(ttl * 1000))
         self.ttl = ttl
         self.timeout = timeout
-        self.queue_limit = queue_limit
-        self.on_unnumbered = on_unnumbered
+        self.writer = HistoryWriter(target, size, self.ttl_ms, timeout, queue_limit, on_unnumbered)
         self._client: Any = None  # reads
-        self._writer_client: Any = None  # the writer's
         self._connecting = asyncio.Lock()
-        self._queue: deque[_Pending] = deque()
-        self._queued_bytes = 0
-        self._wake: asyncio.Event | None = None
-        self._writer: asyncio.Task[None] | None = None
         self._beside: asyncio.Task[None] | None = None
         self._reads = asyncio.Semaphore(CONCURRENT_READS)
-        self._id = new_epoch() + new_epoch()  # this writer's, for idempotent appends
-        self._seq = 0
-        self._skew_ms: float | None = None  # Redis clock minus ours, from the last reply
-        self.down = False  # a call timed out and no probe has been answered since
-        self.failed = 0  # messages not numbered (handed back, or failed)
-        self.unnumbered = 0  # of those, handed back to be delivered unnumbered
-        self.overflowed = 0  # of those, because the queue was full
-        self.pipelines = 0  # pipelines the writer sent
-        self.retried = 0  # pipelines sent again after their connection dropped
-        self.repeated = 0  # appends of those found applied already (not numbered again)
 
     def own(self, task: asyncio.Task[None]) -> None:
         """A task of the user's that uses `client()`, cancelled by `close` before it."""
@@ -312,257 +145,30 @@ class RedisHistory:
                     self._client = client
         return self._client
 
-    @property
-    def queued_bytes(self) -> int:
-        """Bytes of envelopes waiting for the writer."""
-        return self._queued_bytes
-
     async def append(self, room: str, channel: str, envelope: bytes) -> Appended:
         """Number, keep and publish one room envelope (a JSON object), behind every append
         queued before it: (epoch, offset, how many subscribers it was published to).
         Raises `HistoryUnavailable` when it cannot be numbered within the timeout."""
-        future: asyncio.Future[Appended] = asyncio.get_running_loop().create_future()
-        self._enqueue(room, channel, envelope, future)
-        return await future
+        return await self.writer.append(room, channel, envelope)
 
     def publish(self, room: str, channel: str, envelope: bytes) -> None:
         """`append` without waiting: one that cannot be numbered goes to `on_unnumbered`."""
-        self._enqueue(room, channel, envelope, None)
+        self.writer.publish(room, channel, envelope)
 
-    def _enqueue(
-        self, room: str, channel: str, envelope: bytes, future: asyncio.Future[Appended] | None
-    ) -> None:
-        if self.down or self._queued_bytes + len(envelope) > self.queue_limit:
-            if not self.down:
-                self.overflowed += 1
-            self._give_back(room, channel, envelope, future, _unavailable(self.down))
-            return
-        self._seq += 1
-        loop = asyncio.get_running_loop()
-        self._queue.append(_Pending(room, channel, envelope, future, self._seq, loop.time()))
-        self._queued_bytes += len(envelope)
-        if self._writer is None:
-            self._wake = asyncio.Event()
-            self._writer = loop.create_task(self._write())
-        assert self._wake is not None
-        self._wake.set()
+    @property
+    def down(self) -> bool:
+        """Redis did not answer within the timeout, and no probe has been answered since."""
+        return self.writer.down
 
-    def _give_back(
-        self,
-        room: str,
-        channel: str,
-        envelope: bytes,
-        future: asyncio.Future[Appended] | None,
-        error: BaseException,
-    ) -> None:
-        self.failed += 1
-        if future is not None:
-            if not future.done():
-                future.set_exception(error)
-            return
-        self.unnumbered += 1
-        if self.on_unnumbered is not None:
-            try:
-                self.on_unnumbered(room, channel, envelope)
-            except Exception:
-                logger.exception("delivering an unnumbered history message of room %s", room)
+    @property
+    def failed(self) -> int:
+        """Messages not numbered (handed back to be delivered unnumbered, or failed)."""
+        return self.writer.failed
 
-    def _take(self) -> list[_Pending]:
-        return self._take_n(min(len(self._queue), WRITE_BATCH))
-
-    def _give_back_all(self, batch: list[_Pending], error: BaseException) -> None:
-        for p in batch:
-            self._give_back(p.room, p.channel, p.envelope, p.future, error)
-        if batch:
-            logger.warning(
-                "%d history message(s) not numbered (room %s%s): %s",
-                len(batch),
-                batch[0].room,
-                " and others" if len({p.room for p in batch}) > 1 else "",
-                _describe(error),
-            )
-
-    async def _write(self) -> None:
-        wake = self._wake
-        assert wake is not None
-        loop = asyncio.get_running_loop()
-        while True:
-            if self.down:
-                self._give_back_all(self._take_all(), _unavailable(True))
-                await self._probe()
-                continue
-            if not self._queue:
-                wake.clear()
-                await wake.wait()
-                continue
-            # What waited its turn past the timeout is handed back, not sent.
-            now = loop.time()
-            late = []
-            while self._queue and now - self._queue[0].queued_at > self.timeout:
-                late.extend(self._take_n(1))
-            if late:
-                self._give_back_all(late, HistoryUnavailable("waited past the history timeout"))
-            batch = self._take()
-            if not batch:
-                continue
-            try:
-                replies = await self._append_many(batch)
-            except asyncio.CancelledError:
-                _fail(batch, RuntimeError("the history writer was closed"))
-                raise
-            except Exception as exc:  # a timeout, or Redis unreachable
-                self._went_down(exc)
-                self._give_back_all(batch + self._take_all(), exc)
-                continue
-            self._settle(batch, replies)
-
-    def _take_n(self, n: int) -> list[_Pending]:
-        out = []
-        for _ in range(n):
-            pending = self._queue.popleft()
-            self._queued_bytes -= len(pending.envelope)
-            out.append(pending)
-        return out
-
-    def _take_all(self) -> list[_Pending]:
-        return self._take_n(len(self._queue))
-
-    def _settle(self, batch: list[_Pending], replies: list[Any]) -> None:
-        expired: list[_Pending] = []
-        failed: list[_Pending] = []
-        error: BaseException | None = None
-        for pending, reply in zip(batch, replies, strict=True):
-            if isinstance(reply, BaseException):
-                error = reply
-                failed.append(pending)
-                continue
-            epoch, offset, receivers, now_ms, state = reply
-            self._skew_ms = int(now_ms) - time.time() * 1000
-            if int(state) == 2:
-                expired.append(pending)
-                continue
-            if int(state) == 1:
-                self.repeated += 1
-            if pending.future is not None and not pending.future.done():
-                pending.future.set_result((_text(epoch), int(offset), int(receivers)))
-        if expired:
-            self._give_back_all(expired, HistoryUnavailable("reached redis past its deadline"))
-        if failed:
-            assert error is not None
-            self._give_back_all(failed, error)
-
-    def _went_down(self, exc: BaseException) -> None:
-        if not self.down:
-            self.down = True
-            logger.warning(
-                "redis history unavailable (%s): history messages are delivered without an "
-                "offset and recoveries answer recovered: false until it answers again",
-                _describe(exc),
-            )
-
-    async def _probe(self) -> None:
-        """While down: PING (within the timeout) every `PROBE_INTERVAL` until answered."""
-        while self.down:
-            started = asyncio.get_running_loop().time()
-            try:
-                client = await self._writer_redis()
-                await asyncio.wait_for(client.ping(), self.timeout)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                await self._drop_writer_client()
-                # Hand back what came meanwhile, then wait out the rest of the interval.
-                self._give_back_all(self._take_all(), _unavailable(True))
-                spent = asyncio.get_running_loop().time() - started
-                await asyncio.sleep(max(0.0, min(PROBE_INTERVAL, self.timeout) - spent))
-                continue
-            self.down = False
-            logger.warning("redis history available again: history messages are numbered")
-
-    async def _drop_writer_client(self) -> None:
-        client, self._writer_client = self._writer_client, None
-        if client is not None:
-            try:
-                await client.aclose()
-            except Exception:  # already broken
-                pass
-
-    async def _writer_redis(self) -> Any:
-        if self._writer_client is None:
-            client = client_for(self.target, WRITER_NAME, self.timeout)
-            if self.target.cluster:
-                await asyncio.wait_for(client.initialize(), self.timeout)
-            self._writer_client = client
-        return self._writer_client
-
-    def _deadline_ms(self) -> int:
-        """The Redis time past which an append is not applied: half the timeout after it
-        was sent (its writer gives up at the full timeout), 0 until Redis' clock is known."""
-        skew = self._skew_ms
-        if skew is None:
-            return 0
-        return int(time.time() * 1000 + skew + self.timeout * 500)
-
-    async def _append_many(self, batch: list[_Pending]) -> list[Any]:
-        """One pipeline of appends; a reply (a list) or an exception per append. Each
-        connection's first script call of the pipeline is an EVAL (which loads the script,
-        for a Redis that restarted), the others EVALSHA: Redis runs one connection's
-        commands in order, so the script is known by then and none fails, whatever other
-        writers do meanwhile. A pipeline whose connection dropped is sent once more on a
-        fresh one within the timeout: the appends it ran already are recognised by their
-        writer id and sequence number and not numbered again."""
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        client = await self._writer_redis()
-        deadline = self._deadline_ms()
-        calls: list[tuple[list[str], list[Any]]] = []
-        for p in batch:
-            args = [
-                self.size,
-                self.ttl_ms,
-                new_epoch(),
-                p.channel,
-                p.envelope[:-1],
-                self._id,
-                p.seq,
-                deadline,
-            ]
-            calls.append((keys_of(p.room), args))
-        try:
-            replies = await asyncio.wait_for(self._pipeline(client, calls), self.timeout)
-        except (RedisConnectionError, RuntimeError, ConnectionError):
-            # Its connection was closed under it (a Redis restart, CLIENT KILL): once more
-            # on a fresh one, in what is left of the timeout.
-            await self._drop_writer_client()
-            left = self.timeout - (loop.time() - started)
-            if left <= 0:
-                raise
-            self.retried += 1
-            client = await self._writer_redis()
-            replies = await asyncio.wait_for(self._pipeline(client, calls), left)
-        for i, reply in enumerate(replies):
-            if isinstance(reply, NoScriptError):  # moved to a node that lost it: rare
-                try:
-                    replies[i] = await asyncio.wait_for(_APPEND(client, *calls[i]), self.timeout)
-                except Exception as exc:
-                    replies[i] = exc
-        return replies
-
-    async def _pipeline(self, client: Any, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
-        cluster = self.target.cluster
-        pipe = client.pipeline(transaction=False)
-        loaded: set[str] = set()
-        for keys, args in calls:
-            where = client.get_node_from_key(keys[0]).name if cluster else ""
-            if where in loaded:
-                # (execute_command: redis-py's cluster pipeline refuses `evalsha()`, which
-                # could fail NOSCRIPT; here the EVAL ahead of it loaded the script.)
-                pipe.execute_command("EVALSHA", _APPEND.sha, 2, *keys, *args)
-            else:
-                loaded.add(where)
-                pipe.eval(APPEND, 2, *keys, *args)
-        self.pipelines += 1
-        return list(await pipe.execute(raise_on_error=False))
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes of envelopes waiting for the writer."""
+        return self.writer.queued_bytes
 
     async def read(
         self, room: str, epoch: str | None, offset: int
@@ -571,8 +177,8 @@ class RedisHistory:
         epoch is the room's and every one of them is still kept and younger than the TTL.
         Raises `HistoryUnavailable` (or a redis error) when Redis does not answer within
         the timeout, including the wait for a turn among `CONCURRENT_READS`."""
-        if self.down:
-            raise _unavailable(True)
+        if self.writer.down:
+            raise HistoryUnavailable("redis history is unavailable (no answer within the timeout)")
         args = [self.ttl_ms, new_epoch(), epoch or "", offset]
         try:
             async with asyncio.timeout(self.timeout):
@@ -587,7 +193,7 @@ class RedisHistory:
         except TimeoutError as exc:
             raise HistoryUnavailable(f"no answer from redis within {self.timeout} s") from exc
         room_epoch, room_offset, now, entries = (
-            _text(reply[0]),
+            text(reply[0]),
             int(reply[1]),
             int(reply[2]),
             reply[3],
@@ -617,49 +223,26 @@ class RedisHistory:
         """Starts a new epoch for `room` if it is still in `epoch` (its offsets went back
         under it: a restore, a replica promoted before it caught up), so that no client
         recovers across the two histories; the room's epoch after it."""
-        if self.down:
-            raise _unavailable(True)
+        if self.writer.down:
+            raise HistoryUnavailable("redis history is unavailable (no answer within the timeout)")
         args = [epoch, new_epoch(), self.ttl_ms]
         try:
             async with asyncio.timeout(self.timeout):
-                return _text(await _RESET(await self._redis(), keys_of(room), args))
+                return text(await _RESET(await self._redis(), keys_of(room), args))
         except TimeoutError as exc:
             raise HistoryUnavailable(f"no answer from redis within {self.timeout} s") from exc
 
     async def close(self) -> None:
-        for task in (self._writer, self._beside):
-            await stop_task(task)
-        self._writer = self._beside = None
-        _fail(self._take_all(), RuntimeError("the history writer was closed"))
-        for client in (self._client, self._writer_client):
-            if client is not None:
-                await client.aclose()
-        self._client = self._writer_client = None
-
-
-def _describe(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__
-
-
-def _unavailable(down: bool) -> HistoryUnavailable:
-    if down:
-        return HistoryUnavailable("redis history is unavailable (no answer within the timeout)")
-    return HistoryUnavailable("the history writer's queue is full")
-
-
-def _fail(batch: list[_Pending], error: BaseException) -> None:
-    for pending in batch:
-        future = pending.future
-        if future is not None and not future.done():
-            future.set_exception(error)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+        await stop_task(self._beside)
+        self._beside = None
+        await self.writer.close()
+        if self._client is not None:
+            await self._client.aclose()
+        self._client = None
 
 
 def _offset_of(entry_id: Any) -> int:
-    return int(_text(entry_id).partition("-")[2])
+    return int(text(entry_id).partition("-")[2])
 
 
 def _fields(fields: Any) -> dict[bytes, bytes]:
@@ -680,6 +263,8 @@ __all__ = [
     "READ",
     "RESET",
     "TIMEOUT",
+    "WRITER_NAME",
+    "WRITE_BATCH",
     "HistoryUnavailable",
     "RedisHistory",
     "client_for",
