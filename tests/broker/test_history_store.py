@@ -25,8 +25,8 @@ from roomcast.broker.redis.target import RedisTarget
 from support import eventually, run
 
 
-def store(port: int, **kwargs: Any) -> RedisHistory:
-    return RedisHistory(RedisTarget((("127.0.0.1", port),)), 10_000, 60.0, **kwargs)
+def store(port: int, size: int = 10_000, **kwargs: Any) -> RedisHistory:
+    return RedisHistory(RedisTarget((("127.0.0.1", port),)), size, 60.0, **kwargs)
 
 
 def envelope(room: str, n: int, pad: int = 0) -> bytes:
@@ -67,7 +67,7 @@ async def kill_writer(r: Any) -> bool:
 
 def test_a_writer_retry_after_client_kill_numbers_nothing_twice(redis_server):
     async def body():
-        history = store(redis_server.port, timeout=5.0)
+        history = store(redis_server.port, size=50_000, timeout=5.0)
         room = "chat:kill"
         got: list[bytes] = []
         async with raw_redis(redis_server.port) as r, raw_redis(redis_server.port) as sub:
@@ -77,7 +77,8 @@ def test_a_writer_retry_after_client_kill_numbers_nothing_twice(redis_server):
             try:
                 await history.append(room, "ws:room:" + room, envelope(room, 0))
                 kills, n = 0, 1
-                for _ in range(6):
+                # Until a kill lands in the middle of a pipeline (at most 40 rounds).
+                for _ in range(40):
                     for _ in range(1000):
                         history.publish(room, "ws:room:" + room, envelope(room, n, pad=200))
                         n += 1
@@ -85,6 +86,8 @@ def test_a_writer_retry_after_client_kill_numbers_nothing_twice(redis_server):
                     await asyncio.sleep(0.002)
                     kills += await kill_writer(r)
                     await eventually(lambda: history.queued_bytes == 0, timeout=10)
+                    if history.writer.repeated:
+                        break
                 count = n
                 # The last pipeline answered once every offset is stored.
                 async with asyncio.timeout(10):

@@ -166,6 +166,11 @@ class RedisHistory:
         return self.writer.failed
 
     @property
+    def pipelines(self) -> int:
+        """Pipelines the writer sent."""
+        return self.writer.pipelines
+
+    @property
     def queued_bytes(self) -> int:
         """Bytes of envelopes waiting for the writer."""
         return self.writer.queued_bytes

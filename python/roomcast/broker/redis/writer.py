@@ -34,25 +34,26 @@ from .target import RedisTarget
 logger = logging.getLogger("roomcast.redis")
 
 # KEYS: stream, meta. ARGV: maxlen, ttl ms, new epoch, channel, envelope without its "}",
-# writer id, sequence number, deadline (Redis ms; 0: none).
+# and optionally writer id, sequence number, deadline (Redis ms; 0: none); a caller that
+# passes only the first five (a load generator writing as an emitter) gets no idempotency.
 # Returns {epoch, offset, receivers, now ms, state}: state 0 appended, 1 appended before (a
 # retry: offset and receivers are the first run's when it was the writer's last append to
 # the room, else 0), 2 past its deadline (not kept, not published).
 APPEND = """
 local now = redis.call('TIME')
 local ms = now[1] * 1000 + math.floor(now[2] / 1000)
-local deadline = tonumber(ARGV[8])
+local deadline = tonumber(ARGV[8] or '0')
 if deadline > 0 and ms > deadline then
   return {'', 0, 0, ms, 2}
 end
-local mine = 'w:' .. ARGV[6]
-local seq = tonumber(ARGV[7])
+local mine = ARGV[6] and ('w:' .. ARGV[6])
+local seq = tonumber(ARGV[7] or '0')
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
 if not epoch then
   epoch = ARGV[3]
   redis.call('DEL', KEYS[1])
   redis.call('HSET', KEYS[2], 'epoch', epoch, 'offset', 0)
-else
+elseif mine then
   local done = redis.call('HGET', KEYS[2], mine)
   if done then
     local last, at, receivers = string.match(done, '^(%d+),(%d+),(%d+)$')
@@ -68,21 +69,23 @@ local offset = redis.call('HINCRBY', KEYS[2], 'offset', 1)
 local message = ARGV[5] .. ',"offset":' .. offset .. ',"epoch":"' .. epoch .. '"}'
 redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], '0-' .. offset, 'm', message, 't', ms)
 local receivers = redis.call('PUBLISH', ARGV[4], message)
-redis.call('HSET', KEYS[2], mine, seq .. ',' .. offset .. ',' .. receivers)
-if redis.call('HLEN', KEYS[2]) > 2 + WRITERS then
-  -- Past WRITERS writers, forget the one whose last append is the oldest.
-  local fields = redis.call('HGETALL', KEYS[2])
-  local oldest, at = nil, nil
-  for i = 1, #fields, 2 do
-    if string.sub(fields[i], 1, 2) == 'w:' and fields[i] ~= mine then
-      local o = tonumber(string.match(fields[i + 1], '^%d+,(%d+),'))
-      if o and (at == nil or o < at) then
-        oldest, at = fields[i], o
+if mine then
+  redis.call('HSET', KEYS[2], mine, seq .. ',' .. offset .. ',' .. receivers)
+  if redis.call('HLEN', KEYS[2]) > 2 + WRITERS then
+    -- Past WRITERS writers, forget the one whose last append is the oldest.
+    local fields = redis.call('HGETALL', KEYS[2])
+    local oldest, at = nil, nil
+    for i = 1, #fields, 2 do
+      if string.sub(fields[i], 1, 2) == 'w:' and fields[i] ~= mine then
+        local o = tonumber(string.match(fields[i + 1], '^%d+,(%d+),'))
+        if o and (at == nil or o < at) then
+          oldest, at = fields[i], o
+        end
       end
     end
-  end
-  if oldest then
-    redis.call('HDEL', KEYS[2], oldest)
+    if oldest then
+      redis.call('HDEL', KEYS[2], oldest)
+    end
   end
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
