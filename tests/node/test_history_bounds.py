@@ -288,3 +288,42 @@ def test_an_epoch_change_during_a_recovery_answers_at_the_new_epoch(redis_server
             await raw.aclose()
 
     run(body(), timeout=60)
+
+
+def test_two_big_recoveries_in_one_join_both_arrive_whole_without_a_close():
+    options = {**OPTIONS, "close_on_backpressure_limit": True}
+
+    async def body():
+        context = running(
+            default_rooms=[],
+            validate_room_fn=lambda client_id, user_id, rooms: rooms,
+            server_options=options,
+        )
+        async with context as n:
+            rooms = ["chat:one", "chat:two"]
+            keeper, _ = await authed(n.url)
+            await join(keeper, rooms)
+            positions = {}
+            for _ in rooms:
+                _, data = await joined(keeper)
+                positions[data["room"]] = data
+            for room in rooms:
+                await fill(n, keeper, room, 100, 16 * 1024)
+            recover = {r: {"epoch": positions[r]["epoch"], "offset": 0} for r in rooms}
+            late, _ = await authed(n.url)
+            await join(late, rooms, recover)
+            got: dict[str, list[int]] = {room: [] for room in rooms}
+            answered = []
+            while len(answered) < 2:
+                message = await recv(late)
+                if message["event"] == "joined":
+                    answered.append(message["data"])
+                    assert got[message["data"]["room"]] == list(range(1, 101))
+                else:
+                    got[message["room"]].append(message["offset"])
+            assert all(d["recovered"] and d["offset"] == 100 for d in answered)
+            assert n.helper._hub.stats()["skipped"] == 0
+            await late.close()
+            await keeper.close()
+
+    run(body(), timeout=60)

@@ -38,6 +38,8 @@ async def send_paced(
             while client.paced_full() or hub.is_backpressured(handle):
                 if not await client.drained(deadline - loop.time()):
                     return False
+                if not client.paced_full():
+                    hub.set_backpressured(handle, False)  # drained: the socket says so
             if not hub.send(handle, payload):
                 return False  # gone (or skipped: never past the limit here)
             step += len(payload)

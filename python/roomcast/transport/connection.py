@@ -88,6 +88,7 @@ class Client(WSListener, SessionMachine):
         "_fragments_size",
         "_fragments_text",
         "_links",
+        "_pacing",
         "_writable",
         "connected_at",
         "handle",
@@ -104,8 +105,9 @@ class Client(WSListener, SessionMachine):
         self._fragments_size = 0
         self._fragments_text = False
         self._disconnect_timer: asyncio.TimerHandle | None = None
-        # While a paced write (a recovery's replay) waits for the socket to drain: resolved
-        # by `resume_writing` or the disconnect; pauses then are the pacing's, not overflow.
+        # Paced writes under way (recoveries' replays, one per room): pauses meanwhile are
+        # theirs, not overflow; `_writable` is resolved by `resume_writing` or the disconnect.
+        self._pacing = 0
         self._writable: asyncio.Future[None] | None = None
 
     # -- the record ----------------------------------------------------------------------
@@ -165,7 +167,7 @@ class Client(WSListener, SessionMachine):
         self._links.on_disconnect(self)
 
     def pause_writing(self) -> None:
-        if self._writable is not None:
+        if self._pacing:
             return  # a paced write passed its own lower mark: it waits, nothing overflowed
         self._links.on_pause_writing(self)
 
@@ -182,8 +184,9 @@ class Client(WSListener, SessionMachine):
         raw = self._raw()
         if raw is None:
             return False
-        self._writable = asyncio.get_running_loop().create_future()
-        raw.set_write_buffer_limits(high=high, low=high // 4)
+        if not self._pacing:
+            raw.set_write_buffer_limits(high=high, low=high // 4)
+        self._pacing += 1
         return True
 
     def paced_full(self) -> bool:
@@ -209,9 +212,12 @@ class Client(WSListener, SessionMachine):
         return self._raw() is not None and not self.closing
 
     def end_paced(self, high: int) -> None:
-        """Back to the connection's own limits (`high`, resuming at a quarter); past them
-        already, the connection is backpressured as any other (the pause was the pacing's)."""
-        self._writable = None
+        """Back to the connection's own limits (`high`, resuming at a quarter) once the last
+        paced write ended; past them already, the connection is backpressured as any other
+        (the pause was the pacing's)."""
+        self._pacing -= 1
+        if self._pacing:
+            return
         raw = self._raw()
         if raw is not None:
             raw.set_write_buffer_limits(high=high, low=high // 4)
