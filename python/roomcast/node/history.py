@@ -292,7 +292,7 @@ class History:
         remote = self._remote
         assert remote is not None
         hub = self._hub
-        epoch, offset = wanted if wanted is not None else (None, 0)
+        epoch, offset = "", 0
         messages: list[bytes] | None = None
         reason: str | None = None
         try:
@@ -358,9 +358,9 @@ class History:
             if client.encrypted:
                 for entry_offset, frame, event, message in replay:
                     one(client, frame, event, message, (room, entry_offset))
-            elif replay and not await send_paced(
-                hub, client, (r[1] for r in replay), limit, deadline
-            ):
+            elif replay and await send_paced(
+                hub, client, [r[1] for r in replay], limit, deadline
+            ) < len(replay):
                 recovered, reason = False, TOO_SLOW
                 logger.warning(
                     "recovery of room %s for %s cut short: its socket did not drain within %.1f s",
@@ -391,9 +391,15 @@ class History:
             if not client.encrypted:
                 # The live messages held meanwhile, paced; the rest released below.
                 while taken := hub.take_held(handle, room, epoch, after, limit // 2):
-                    if not await send_paced(hub, client, (p for _, p in taken), limit, deadline):
-                        break
+                    payloads = [p for _, p in taken]
+                    queued = await send_paced(hub, client, payloads, limit, deadline)
                     after = taken[-1][0]
+                    if queued < len(payloads):
+                        # Too slow for live messages too: the rest goes as they do (the
+                        # backpressure skip), and so does what is still held, below.
+                        for payload in payloads[queued:]:
+                            hub.send(handle, payload)
+                        break
                     if not client.live or not hub.in_room(handle, room):
                         return
         except BaseException:

@@ -12,7 +12,7 @@ timeout is too slow: the replay stops there, and the caller says so.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Sequence
 
 from .. import _core
 from ..transport.connection import Client
@@ -22,32 +22,34 @@ STEP = 64 * 1024
 
 
 async def send_paced(
-    hub: _core.Hub, client: Client, payloads: Iterable[bytes], limit: int, deadline: float
-) -> bool:
+    hub: _core.Hub, client: Client, payloads: Sequence[bytes], limit: int, deadline: float
+) -> int:
     """Queue `payloads` to the plaintext `client`, in order, each once, never more than half
     of `limit` (the backpressure limit) in its socket's buffer; `deadline` (loop time) bounds
-    every wait for the socket to drain. True when every one was queued; False when the client
-    went away or did not drain in time (those not queued are not sent)."""
+    every wait for the socket to drain. How many were queued: all of them, or fewer when the
+    client went away or did not drain in time (the others are not sent)."""
     loop = asyncio.get_running_loop()
     handle = client.handle
     if not client.begin_paced(max(1, limit // 2)):
-        return False
+        return 0
+    queued = 0
     try:
         step = 0
         for payload in payloads:
             while client.paced_full() or hub.is_backpressured(handle):
                 if not await client.drained(deadline - loop.time()):
-                    return False
+                    return queued
                 if not client.paced_full():
                     hub.set_backpressured(handle, False)  # drained: the socket says so
             if not hub.send(handle, payload):
-                return False  # gone (or skipped: never past the limit here)
+                return queued  # gone (or skipped: never past the limit here)
+            queued += 1
             step += len(payload)
             if step >= STEP:
                 hub.flush_one(handle)  # to the socket: its buffer says when to wait
                 step = 0
         hub.flush_one(handle)
-        return True
+        return queued
     finally:
         client.end_paced(limit)
 
