@@ -182,7 +182,7 @@ def test_an_offset_rolled_back_under_one_epoch_starts_a_new_epoch(redis_server):
 
 def test_history_timeouts_are_server_options_and_flags():
     from roomcast.cli.flags import build_parser, config_from_args
-    from roomcast.node.options import resolve_server_options
+    from roomcast.config import resolve_server_options
 
     resolved = resolve_server_options({"historyTimeout": 0.25, "history_queue_limit": 4096})
     assert resolved["history_timeout"] == 0.25 and resolved["history_queue_limit"] == 4096
