@@ -75,6 +75,15 @@ end
 return {epoch, offset, ms, entries}
 """
 
+# KEYS: stream, meta. Returns {epoch ('' for none yet), offset, now ms, every entry kept}.
+KEPT = """
+local epoch = redis.call('HGET', KEYS[2], 'epoch') or ''
+local offset = tonumber(redis.call('HGET', KEYS[2], 'offset') or '0')
+local now = redis.call('TIME')
+local ms = now[1] * 1000 + math.floor(now[2] / 1000)
+return {epoch, offset, ms, redis.call('XRANGE', KEYS[1], '-', '+')}
+"""
+
 
 # Reads in flight at once per node: a reconnect burst (a thousand recoveries) waits its
 # turn instead of failing past redis-py's connection limit (100 per pool or cluster node)
@@ -84,6 +93,7 @@ CONCURRENT_READS = 64
 
 _READ = Script(READ)
 _RESET = Script(RESET)
+_KEPT = Script(KEPT)
 # (Older names, still imported by the presence and settings modules.)
 _Script = Script
 _text = text
@@ -236,6 +246,25 @@ class RedisHistory:
                 return text(await _RESET(await self._redis(), keys_of(room), args))
         except TimeoutError as exc:
             raise HistoryUnavailable(f"no answer from redis within {self.timeout} s") from exc
+
+    async def kept(self, room: str) -> tuple[str, int, list[bytes]]:
+        """(epoch, offset, the envelopes still kept and younger than the TTL, in order); a
+        room without history yet has the epoch "" and offset 0. Within the timeout, or
+        `HistoryUnavailable`."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                async with self._reads:
+                    reply = await _KEPT(await self._redis(), keys_of(room), [])
+        except TimeoutError as exc:
+            raise HistoryUnavailable(f"no answer from redis within {self.timeout} s") from exc
+        epoch, offset, now = text(reply[0]), int(reply[1]), int(reply[2])
+        oldest = now - self.ttl_ms
+        messages = []
+        for _, fields in reply[3] or ():
+            values = _fields(fields)
+            if int(values.get(b"t", b"0")) >= oldest:
+                messages.append(values[b"m"])
+        return epoch, offset, messages
 
     async def close(self) -> None:
         await stop_task(self._beside)
