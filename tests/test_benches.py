@@ -274,3 +274,16 @@ def test_deflate_scenario_smoke_compresses_without_loss():
     # The clients counted the bytes they got: compressed frames are a fraction of the plain.
     ratios = [r for r in rows if r["scenario"] == "deflate-ratio"]
     assert len(ratios) == 3 and all(r["wire_ratio"] < 0.5 for r in ratios)
+
+
+def test_recovery_storm_bench_smoke_delivers_every_message_once():
+    result = subprocess.run(
+        [sys.executable, "-m", "benches", "recoverystorm", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [(r["members"], r["recovering"], r["lost"]) for r in rows] == [(2000, 500, 0)]

@@ -1047,7 +1047,7 @@ fn history_room_delivery_is_compressed_once() {
     }
     assert_eq!(
         hub.send_history("h", "e", 1, &message, &Exclude::none(), |_| {}),
-        3
+        roomcast_core::Sent::Queued(3)
     );
     assert_eq!(hub.stats().deflated, 1);
     for (_, bytes, _) in flush(&mut hub) {
