@@ -19,7 +19,7 @@ from typing import Any
 
 from . import _core
 from .broker.protocol import Broker
-from .connection import Client
+from .connection import Client, Pause
 from .constants import WebSocketChannels, WebSocketEvents
 from .protocol import InvalidMessage, InvalidText, decode
 from .session import State
@@ -43,16 +43,11 @@ Handler = Callable[[Client, Any, bool], None]
 
 
 def reading(client: Client, on: bool) -> None:
-    """Resume or pause reading from a client's socket."""
-    transport = client.transport
-    raw: Any = getattr(transport, "underlying_transport", None)
-    try:
-        if on and not raw.is_reading():
-            raw.resume_reading()
-        elif not on and raw.is_reading():
-            raw.pause_reading()
-    except (AttributeError, RuntimeError):  # closing, or not a socket transport
-        logger.debug("reading not %s for %s", "resumed" if on else "paused", client.id)
+    """Resume or pause reading from a client's socket for its join-barrier queue."""
+    if on:
+        client.resume_reading(Pause.JOIN_QUEUE)
+    else:
+        client.pause_reading(Pause.JOIN_QUEUE)
 
 
 def is_join(payload: Any, is_text: bool) -> bool:

@@ -83,8 +83,11 @@ class HelperBase:
     # Presence rooms (`roomcast.presence`): None when no room has presence.
     _is_presence: Callable[[str], bool] | None = None
     _presence_events = False  # presence-join / presence-leave to the room's members
-    # Something happens when a client joins a room (history's `joined`, presence events).
+    # Something happens when a client joins a room (history's `joined`, presence events,
+    # its presence entry in redis), or leaves one (the last two).
     _room_hooks = False
+    _leave_hooks = False
+    _presence_remote: Any = None  # presence's RedisPresence when presence lives in redis
 
     # -- settings read by several parts ----------------------------------------------------
 
@@ -126,7 +129,8 @@ class HelperBase:
         """History and presence (SPEC §10) from the server options; at configure."""
         self._setup_history()
         self._setup_presence()
-        self._room_hooks = self._is_history is not None or self._presence_events
+        self._leave_hooks = self._presence_events or self._presence_remote is not None
+        self._room_hooks = self._is_history is not None or self._leave_hooks
 
     def _rooms_joined(
         self, client: Client, rooms: list[str], recover: dict[str, tuple[str, int]] | None = None
@@ -134,6 +138,8 @@ class HelperBase:
         """After `client` joined `rooms` (a `join`, its default rooms at login, or
         `join_room`): `joined` for each history room, `presence-join` for each presence
         room (when enabled)."""
+        if self._presence_remote is not None:
+            self._presence_changed(client, rooms, True)
         if self._is_history is not None:
             self._joined(client, rooms, recover or {})
         if self._presence_events:
@@ -141,6 +147,8 @@ class HelperBase:
 
     def _rooms_left(self, client: Client, rooms: list[str]) -> None:
         """After `client` left `rooms` (or before it is removed, disconnecting)."""
+        if self._presence_remote is not None:
+            self._presence_changed(client, rooms, False)
         if self._presence_events:
             self._announce(client, rooms, False)
 
@@ -160,6 +168,9 @@ class HelperBase:
         raise NotImplementedError  # presence.Presence
 
     def _on_presence(self, client: Client, data: Any) -> None:
+        raise NotImplementedError  # presence.Presence
+
+    def _presence_changed(self, client: Client, rooms: list[str], joining: bool) -> None:
         raise NotImplementedError  # presence.Presence
 
     def _joined(

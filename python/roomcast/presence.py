@@ -33,9 +33,8 @@ Member = dict[str, str]
 
 class Presence(HelperBase):
     _validate_presence_fn: Callback | None = None
-    _presence_remote: RedisPresence | None = None  # cluster-wide presence through redis
     _presence_task: asyncio.Task[None] | None = None
-    _presence_written: set[str] = set()
+    _presence_limit = 1000
 
     @property
     def validate_presence_fn(self) -> Callback | None:
@@ -55,32 +54,28 @@ class Presence(HelperBase):
             return
         self._is_presence = RoomGlob(glob)
         self._presence_events = bool(self.server_options["presence_events"])
+        self._presence_limit = int(self.server_options["presence_limit"])
         from .broker.redis import RedisBroker
 
         if isinstance(self._broker, RedisBroker):
             ttl = float(self.server_options["presence_ttl"])
-            self._presence_remote = RedisPresence(self._broker.target, ttl)
+            self._presence_remote = RedisPresence(
+                self._broker.target, ttl, self.server_id, self._local_members
+            )
             loop = asyncio.get_running_loop()
             self._presence_task = loop.create_task(self._refresh_presence())
 
     async def _refresh_presence(self) -> None:
-        """Write this node's members of every presence room to redis, every interval."""
+        """Stamp this node in every presence room it has members in, every interval (the
+        members themselves are written as they join and leave)."""
         remote = self._presence_remote
         assert remote is not None
         while True:
             is_presence = self._is_presence
             assert is_presence is not None
-            rooms: dict[str, list[Member]] = {}
-            for room in self._hub.room_names():
-                if is_presence(room):
-                    members = self._local_members(room)
-                    if members:
-                        rooms[room] = members
-            try:
-                await remote.write(self.server_id, rooms, self._presence_written - rooms.keys())
-                self._presence_written = set(rooms)
-            except Exception as exc:  # redis away: the next round tries again
-                logger.warning("presence not refreshed in redis: %s", exc)
+            rooms = [room for room in self._hub.room_names() if is_presence(room)]
+            # Never raises; while Redis does not answer, stamps wait behind the writes.
+            await asyncio.wait([remote.refresh(rooms)], timeout=remote.ttl_ms / 1000)
             await asyncio.sleep(remote.interval)
 
     async def _close_presence(self) -> None:
@@ -90,10 +85,27 @@ class Presence(HelperBase):
         remote, self._presence_remote = self._presence_remote, None
         if remote is not None:
             try:
-                await remote.forget(self.server_id, self._presence_written)
+                await remote.forget()
             except Exception as exc:
                 logger.warning("presence not cleared in redis: %s", exc)
             await remote.close()
+
+    def _presence_changed(self, client: Client, rooms: list[str], joining: bool) -> None:
+        """`client`'s entry in the redis presence of each presence room among `rooms`,
+        written (or removed) now, behind this node's earlier changes."""
+        remote = self._presence_remote
+        is_presence = self._is_presence
+        assert remote is not None and is_presence is not None
+        client_id = client.id
+        for room in rooms:
+            if room == client_id or not is_presence(room):
+                continue
+            if not joining:
+                remote.remove(room, client_id)
+            elif client.user_id is None:
+                remote.add(room, {"clientId": client_id})
+            else:
+                remote.add(room, {"clientId": client_id, "userId": client.user_id})
 
     def _announce(self, client: Client, rooms: list[str], joining: bool) -> None:
         """`presence-join` / `presence-leave` of `client` to the members of each presence
@@ -122,24 +134,30 @@ class Presence(HelperBase):
 
     async def presence(self, room: str) -> list[Member]:
         """The members of a presence room, each once: `{"clientId", "userId"?}` (no `userId`
-        for anonymous clients); empty for a room without presence."""
+        for anonymous clients); empty for a room without presence. At most `presence_limit`
+        of them (this node's first)."""
+        return (await self._presence_page(room))[0]
+
+    async def _presence_page(self, room: str) -> tuple[list[Member], int]:
+        """At most `presence_limit` members of `room`, and how many it has."""
         is_presence = self._is_presence
         if is_presence is None or not is_presence(room):
-            return []
+            return [], 0
+        limit = self._presence_limit
         members = self._local_members(room)
+        total = len(members)
+        del members[limit:]
         remote = self._presence_remote
         if remote is not None:
             try:
-                others = await remote.read(room, self.server_id)
+                others, count = await remote.read(room, limit)
             except Exception as exc:
                 logger.warning("presence of room %s unreadable in redis: %s", room, exc)
-                others = []
-            seen = {m["clientId"] for m in members}
-            for other in others:
-                if other.get("clientId") not in seen:
-                    seen.add(other["clientId"])
-                    members.append(other)
-        return members
+                others, count = [], 0
+            # A client is on one node: the other nodes' members are not this node's.
+            total += count
+            members.extend(others[: limit - len(members)])
+        return members, total
 
     def _local_members(self, room: str) -> list[Member]:
         clients = self._clients
@@ -186,7 +204,10 @@ class Presence(HelperBase):
                 if client.state is State.AUTHENTICATED:
                     self._send_error(client, PRESENCE_NOT_ALLOWED)
                 return
-        members = await self.presence(room)
+        members, total = await self._presence_page(room)
         if client.state is State.AUTHENTICATED:
-            answer = {"room": room, "clients": members}
+            answer: dict[str, Any] = {"room": room, "clients": members}
+            if total > len(members):
+                answer["truncated"] = True  # `presence_limit`: the first ones, not all
+                answer["total"] = total
             self._to_one(client, encode(PRESENCE, answer), PRESENCE, answer)

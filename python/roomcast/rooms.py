@@ -148,7 +148,7 @@ class Rooms(HelperBase):
     def _on_leave(self, client: Client, data: Any) -> None:
         for room in requested_rooms(data):
             if type(room) is str and room != client.id:
-                if self._hub.leave(client.handle, room) and self._presence_events:
+                if self._hub.leave(client.handle, room) and self._leave_hooks:
                     self._rooms_left(client, [room])
 
     def join_room(self, client_id: str, room: str) -> bool:
@@ -209,6 +209,6 @@ class Rooms(HelperBase):
             return False
         if not self._hub.leave(client.handle, room):
             return False
-        if self._presence_events:
+        if self._leave_hooks:
             self._rooms_left(client, [room])
         return True

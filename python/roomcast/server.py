@@ -176,6 +176,7 @@ class WebSocketServerHelper(Inbound, Authentication, Rooms, Delivery, History, P
             self._on_message,
             self._on_disconnect,
             self._on_pause_writing,
+            int(self.server_options["max_fragments"]),
         )
         self._sealer = Sealer(
             self._hub, self._spawn, encryption, outbound_transformer, config.encrypted_batch_limit
@@ -321,7 +322,7 @@ class WebSocketServerHelper(Inbound, Authentication, Rooms, Delivery, History, P
         was_connected = client.disconnected()
         if was_connected is None:
             return
-        if was_connected and self._presence_events:
+        if was_connected and self._leave_hooks:
             self._rooms_left(client, self._hub.rooms_of(client.handle))
         self._hub.remove(client.handle)
         self._clients.pop(client.id, None)
