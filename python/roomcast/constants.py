@@ -160,6 +160,9 @@ class ErrorMessages:
     HANDSHAKE_FAILED = "Encryption handshake failed"
     # Ours (the original has no inbound decryption): an `encrypted` event that cannot be opened.
     DECRYPTION_FAILED = "Decryption failed"
+    # Ours: the per-client limits (SPEC §12).
+    ROOM_LIMIT = "Room limit reached"
+    RATE_LIMIT = "Rate limit exceeded"
     INVALID_REDIS = "Invalid redis connection!"
     UPGRADE_FAILED = "WebSocket upgrade failed"
 
