@@ -212,3 +212,20 @@ class RawClient:
             await self.writer.wait_closed()
         except OSError:
             pass
+
+
+async def join(ws: Any, rooms: list[str], recover: dict[str, Any] | None = None) -> None:
+    data: dict[str, Any] = {"rooms": rooms}
+    if recover is not None:
+        data["recover"] = recover
+    await send(ws, {"event": "join", "data": data})
+
+
+async def joined(ws: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Messages up to `joined`, and the `joined` data."""
+    before = []
+    while True:
+        message = await recv(ws)
+        if message["event"] == "joined":
+            return before, message["data"]
+        before.append(message)

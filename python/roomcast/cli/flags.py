@@ -15,9 +15,9 @@ from typing import Any, NoReturn
 from .. import __version__
 from ..broker import REDIS_SCHEMES
 from ..config import ServerConfig
-from ..constants import INTERNAL_ROOM_PREFIX, ROOM_NAME_MAX_LENGTH
-from ..token import add_token_parser
-from ..token import non_negative_int as _non_negative_int
+from ..protocol.constants import INTERNAL_ROOM_PREFIX, ROOM_NAME_MAX_LENGTH
+from .token import add_token_parser
+from .token import non_negative_int as _non_negative_int
 
 
 class CliError(Exception):
@@ -413,7 +413,7 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> Serve
             setattr(config, dest, value)
     if config.log_level.lower() not in ("trace", "debug", "info", "warning", "error"):
         raise CliError(f"unknown log level: {config.log_level}")
-    from ..workers import cpu_count
+    from ..serving.workers import cpu_count
 
     if config.workers == 0:
         config.workers = cpu_count()

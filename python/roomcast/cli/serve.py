@@ -18,10 +18,10 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from .. import jwt
 from ..broker import REDIS_SCHEMES, BrokerUnavailable
-from ..constants import INTERNAL_ROOM_PREFIX
-from ..runner import until_signalled
+from ..node import jwt
+from ..protocol.constants import INTERNAL_ROOM_PREFIX
+from ..serving.runner import until_signalled
 from .flags import CliError, ServeConfig
 
 CALLBACKS = (
@@ -65,7 +65,7 @@ def load_app(spec: str) -> Any:
 
 
 def build_helper(config: ServeConfig, app: Any = None, out: Callable[[str], None] = print) -> Any:
-    from ..server import WebSocketServerHelper
+    from ..node.server import WebSocketServerHelper
 
     callbacks: dict[str, Any] = {name: getattr(app, name, None) for name in CALLBACKS}
     if callbacks["authenticate_fn"] is None:
@@ -77,13 +77,13 @@ def build_helper(config: ServeConfig, app: Any = None, out: Callable[[str], None
         and callbacks["handshake_fn"] is None
         and (callbacks["encryption"] is None)
     ):
-        from ..crypto import EcdhScheme
+        from ..encryption.ecdh import EcdhScheme
 
         callbacks["encryption"] = EcdhScheme()
         out("roomcast: --require-encryption: clients use the built-in ECDH P-256 scheme")
     redis_connection: Any = config.redis_url
     if config.redis_url.startswith(REDIS_SCHEMES):
-        from ..redis import connection_from_url
+        from ..broker.redis.helper import connection_from_url
 
         redis_connection = connection_from_url(config.redis_url, ready_timeout=config.redis_timeout)
         out(f"roomcast: connecting to redis at {redis_connection.address}...")
@@ -180,7 +180,7 @@ async def serve(
 ) -> None:
     """Run until `shutdown_trigger` completes (default: SIGINT or SIGTERM), then shut down:
     stop accepting, close every client with 1001, run the callbacks, close the broker."""
-    from ..workers import connection_budget, raise_file_limit, worker_parent
+    from ..serving.workers import connection_budget, raise_file_limit, worker_parent
 
     parent = worker_parent()
     if parent is not None:
@@ -256,7 +256,7 @@ def tls_context(config: ServeConfig) -> Any:
     """The SSLContext the --ssl-* flags ask for, or None; CliError for unusable files."""
     if not config.ssl_certfile:
         return None
-    from ..tls import TlsError, server_context
+    from ..transport.tls import TlsError, server_context
 
     try:
         return server_context(
@@ -274,9 +274,9 @@ async def _metrics_servers(config: ServeConfig, helper: Any, worker: bool) -> li
     sum); a single process listens there itself. Returns the servers to stop."""
     if config.metrics_port is None:
         return []
-    from ..endpoints import Endpoints
-    from ..http import WebServer
-    from ..metrics import Exporter
+    from ..serving.endpoints import Endpoints
+    from ..serving.metrics import Exporter
+    from ..transport.http import WebServer
 
     if worker:
         Exporter(helper).start()
@@ -303,7 +303,7 @@ async def serve_workers(
     config: ServeConfig, argv: Sequence[str], out: Callable[[str], None]
 ) -> int:
     """`--workers N`: supervise N worker processes (see roomcast.workers)."""
-    from ..workers import supervise
+    from ..serving.workers import supervise
 
     tls_context(config)  # bad files fail here, once, not in every worker
     extra_env: dict[str, str] = {}
