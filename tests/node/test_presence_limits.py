@@ -10,7 +10,7 @@ from typing import Any
 
 from redis_support import node, raw_redis
 from roomcast import RedisHelper
-from support import authed, recv, run, send
+from support import authed, eventually, recv, run, send
 
 TTL = 30.0  # long: nothing here may rely on the periodic refresh
 
@@ -116,6 +116,10 @@ def test_a_presence_flood_from_one_client_opens_no_connections_and_delays_no_one
                 await send(calm, {"event": "ping", "data": "calm"})
                 # The calm client's echo comes back while the flood is being answered.
                 assert await recv(calm) == {"event": "got", "data": "calm"}
+                # Once the flood's requests are all answered (none in flight or waiting),
+                # an echo comes after every answer.
+                serial = a.helper._limits.presence
+                await eventually(lambda: flood_data["id"] not in serial._queues, timeout=30)
                 await send(flood, {"event": "ping", "data": "end"})
                 answers = []
                 while True:

@@ -26,7 +26,8 @@ from ..transport.connection import Client, Pause
 
 logger = logging.getLogger("roomcast")
 
-# Messages a client may queue behind a join barrier before its socket stops being read.
+# Messages a client may queue behind a join barrier before its socket stops being read
+# (and `join_queue_limit`, their bytes).
 HELD_LIMIT = 256
 
 _ROOM_PREFIX = WebSocketChannels.ROOM_PREFIX
@@ -68,6 +69,7 @@ class JoinBarrier:
         clients: dict[str, Client],
         handle: Handler,
         subscribe_timeout: float,
+        queue_limit: int = 1024 * 1024,
     ) -> None:
         # A broker that subscribes by interest hears of local rooms/users/clients coming and
         # going; one that also confirms subscriptions makes joins wait for the confirmation.
@@ -89,6 +91,7 @@ class JoinBarrier:
         self._clients = clients
         self._handle = handle
         self.subscribe_timeout = subscribe_timeout
+        self.queue_limit = queue_limit
         self.loop: asyncio.AbstractEventLoop | None = None
         self.held: dict[str, list[Any]] = {}
         self._lifts: dict[asyncio.Future[Any], asyncio.Future[bool]] = {}
@@ -237,13 +240,29 @@ class JoinBarrier:
                 reason,
             )
 
+    def queue_if_held(self, client: Client, payload: Any, is_text: bool) -> bool:
+        """Queue a message of a client behind a join barrier (True), to be handled in order
+        once it lifts; past HELD_LIMIT messages or `queue_limit` bytes, the client's socket
+        is not read meanwhile. Joins right behind joins go ahead (False): each takes effect
+        once confirmed, so a burst of them costs one Redis round trip, not one each."""
+        held = self.held.get(client.id)
+        if held is None or (not held[1] and is_join(payload, is_text)):
+            return False
+        queued = held[1]
+        queued.append((bytes(payload), is_text))  # the payload is only valid during the call
+        held[3] += len(payload)
+        if len(queued) >= HELD_LIMIT or held[3] >= self.queue_limit:
+            reading(client, False)  # TCP pushes back on the client meanwhile
+        return True
+
     def hold(self, client: Client, lifted: asyncio.Future[bool], then: Callable[[], Any]) -> None:
         """Queue the client's inbound messages until `lifted`; then run `then` (after the
         `then` of the client's earlier barriers: joins take effect in order) and handle the
         queued messages in order, once no barrier of the client is pending."""
         held = self.held.get(client.id)
         if held is None:
-            held = self.held[client.id] = [0, deque(), None]  # pending, queued, last `then`
+            # pending, queued, last `then`, bytes queued
+            held = self.held[client.id] = [0, deque(), None, 0]
         held[0] += 1
         earlier: asyncio.Future[None] | None = held[2]
         ran: asyncio.Future[None] = lifted.get_loop().create_future()
@@ -271,8 +290,7 @@ class JoinBarrier:
             return  # another barrier pending, or the client is gone
         del self.held[client.id]
         messages: deque[tuple[bytes, bool]] = held[1]
-        if len(messages) >= HELD_LIMIT:
-            reading(client, True)
+        reading(client, True)
         handle = self._handle
         while messages:
             if client.state is _DISCONNECTED or client.closing:
@@ -286,6 +304,7 @@ class JoinBarrier:
                 while messages and is_join(*messages[0]):
                     handle(client, *messages.popleft())
                 again[1].extendleft(reversed(messages))
-                if len(again[1]) >= HELD_LIMIT:
+                again[3] += sum(len(payload) for payload, _ in messages)
+                if len(again[1]) >= HELD_LIMIT or again[3] >= self.queue_limit:
                     reading(client, False)
                 return

@@ -22,6 +22,7 @@ from ..protocol.counters import Counters
 from ..protocol.messages import error_payload
 from ..transport.connection import Client, Links
 from .barrier import JoinBarrier
+from .limits import Limits
 
 logger = logging.getLogger("roomcast")
 
@@ -38,6 +39,8 @@ _ERRORS = {
         ErrorMessages.AUTH_ERROR,
         ErrorMessages.HANDSHAKE_FAILED,
         ErrorMessages.DECRYPTION_FAILED,
+        ErrorMessages.ROOM_LIMIT,
+        ErrorMessages.RATE_LIMIT,
     )
 }
 
@@ -75,6 +78,9 @@ class HelperBase:
     _encrypted: int
     _sealer: Sealer
     _barrier: JoinBarrier
+    _limits: Limits
+    # The inbound rate limit's settings (None: off, nothing counted per message).
+    _rate: Any = None
     _held: dict[str, list[Any]]  # the barrier's, read on every inbound message
     _tasks: set[asyncio.Future[Any]]
     # History rooms (`roomcast.node.history`): None when no room keeps history.
@@ -139,16 +145,40 @@ class HelperBase:
         `join_room`): `joined` for each history room, `presence-join` for each presence
         room (when enabled)."""
         if self._presence_remote is not None:
-            self._presence_changed(client, rooms, True)
+            written = self._presence_changed(client, rooms, True)
+            if written is not None:
+                # Read-your-writes (SPEC §10): its `joined` and its next messages wait for
+                # its presence entry to be in redis (at most `subscribe_timeout`).
+                self._barrier.hold(
+                    client, written, lambda: self._joined_later(client, rooms, recover)
+                )
+                if self._presence_events:
+                    self._announce(client, rooms, True)
+                return
         if self._is_history is not None:
             self._joined(client, rooms, recover or {})
         if self._presence_events:
             self._announce(client, rooms, True)
 
+    def _joined_later(
+        self, client: Client, rooms: list[str], recover: dict[str, tuple[str, int]] | None
+    ) -> None:
+        """`_joined` once the presence write it waited for is done: of the rooms the client
+        is still in."""
+        if self._is_history is None or not client.live:
+            return
+        hub, handle = self._hub, client.handle
+        still = [room for room in rooms if hub.in_room(handle, room)]
+        if still:
+            self._joined(client, still, recover or {})
+
     def _rooms_left(self, client: Client, rooms: list[str]) -> None:
         """After `client` left `rooms` (or before it is removed, disconnecting)."""
         if self._presence_remote is not None:
-            self._presence_changed(client, rooms, False)
+            written = self._presence_changed(client, rooms, False)
+            if written is not None and client.live:
+                # Its next messages are handled once it is out of presence in redis.
+                self._barrier.hold(client, written, lambda: None)
         if self._presence_events:
             self._announce(client, rooms, False)
 
@@ -170,7 +200,9 @@ class HelperBase:
     def _on_presence(self, client: Client, data: Any) -> None:
         raise NotImplementedError  # presence.Presence
 
-    def _presence_changed(self, client: Client, rooms: list[str], joining: bool) -> None:
+    def _presence_changed(
+        self, client: Client, rooms: list[str], joining: bool
+    ) -> asyncio.Future[bool] | None:
         raise NotImplementedError  # presence.Presence
 
     def _joined(

@@ -15,7 +15,6 @@ from ..protocol.constants import CloseCode, ErrorMessages, WebSocketEvents
 from ..protocol.messages import InvalidMessage, InvalidText, decode
 from ..protocol.session import Action
 from ..transport.connection import Client
-from .barrier import HELD_LIMIT, is_join, reading
 from .base import HelperBase
 
 logger = logging.getLogger("roomcast")
@@ -37,18 +36,10 @@ class Inbound(HelperBase):
 
     def _on_message(self, client: Client, payload: Any, is_text: bool) -> None:
         self._hub.touch(client.handle)
-        if self._held:
-            held = self._held.get(client.id)
-            if held is not None and (held[1] or not is_join(payload, is_text)):
-                # Behind a join barrier: handled in order once it is lifted. (The payload
-                # is only valid during this call.)
-                queued = held[1]
-                queued.append((bytes(payload), is_text))
-                if len(queued) == HELD_LIMIT:
-                    reading(client, False)  # TCP pushes back on the client meanwhile
-                return
-            # Joins right behind joins go ahead (each takes effect once confirmed), so a
-            # burst of them costs one Redis round trip, not one each.
+        if self._rate is not None and self._limits.over_rate(client, len(payload)):
+            return  # past the inbound rate limit: dropped (the client was told)
+        if self._held and self._barrier.queue_if_held(client, payload, is_text):
+            return  # behind a join barrier: handled in order once it is lifted
         # `_handle`, inlined: one Python call less per message.
         try:
             message = decode(payload, is_text)
@@ -92,13 +83,7 @@ class Inbound(HelperBase):
             if event == _PRESENCE and self._is_presence is not None:
                 self._on_presence(client, message.get("data"))
             elif self.message_handler is not None:
-                self._invoke(
-                    "message_handler",
-                    self.message_handler,
-                    client_id=client.id,
-                    user_id=client.user_id,
-                    message=message,
-                )
+                self._limits.run_handler(client, self.message_handler, message)
         elif action is _IGNORE:
             return
         elif action is _JOIN:
@@ -128,13 +113,7 @@ class Inbound(HelperBase):
 
     def _to_message_handler(self, client: Client, message: dict[str, Any]) -> None:
         if self.message_handler is not None:
-            self._invoke(
-                "message_handler",
-                self.message_handler,
-                client_id=client.id,
-                user_id=client.user_id,
-                message=message,
-            )
+            self._limits.run_handler(client, self.message_handler, message)
 
     def _on_encrypted_inbound(self, client: Client, message: dict[str, Any]) -> None:
         """An `encrypted` event from a client: opened and handled as if sent in clear.

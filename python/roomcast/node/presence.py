@@ -89,22 +89,31 @@ class Presence(HelperBase):
                 logger.warning("presence not cleared in redis: %s", exc)
             await remote.close()
 
-    def _presence_changed(self, client: Client, rooms: list[str], joining: bool) -> None:
+    def _presence_changed(
+        self, client: Client, rooms: list[str], joining: bool
+    ) -> asyncio.Future[bool] | None:
         """`client`'s entry in the redis presence of each presence room among `rooms`,
-        written (or removed) now, behind this node's earlier changes."""
+        written (or removed) now, behind this node's earlier changes. None if there was
+        none to write; else a future resolved once they are in redis, or after
+        `subscribe_timeout` (never an error)."""
         remote = self._presence_remote
         is_presence = self._is_presence
         assert remote is not None and is_presence is not None
         client_id = client.id
+        written = None
         for room in rooms:
             if room == client_id or not is_presence(room):
                 continue
             if not joining:
-                remote.remove(room, client_id)
+                written = remote.remove(room, client_id)
             elif client.user_id is None:
-                remote.add(room, {"clientId": client_id})
+                written = remote.add(room, {"clientId": client_id})
             else:
-                remote.add(room, {"clientId": client_id, "userId": client.user_id})
+                written = remote.add(room, {"clientId": client_id, "userId": client.user_id})
+        if written is None:
+            return None
+        # One future for every change of a batch: the last one covers them all.
+        return bounded(written, self.subscribe_timeout)
 
     def _announce(self, client: Client, rooms: list[str], joining: bool) -> None:
         """`presence-join` / `presence-leave` of `client` to the members of each presence
@@ -181,12 +190,19 @@ class Presence(HelperBase):
         if type(room) is not str or is_presence is None or not is_presence(room):
             self._send_error(client, PRESENCE_NOT_ALLOWED)
             return
+        # One request in flight per client; the same room asked again meanwhile is answered
+        # once (`limits.Serial`).
         if self._hub.in_room(client.handle, room):
-            self._spawn(self._answer_presence(client, room, None))
+            self._limits.presence.submit(
+                client, room, lambda: self._answer_presence(client, room, None)
+            )
         elif self._validate_presence_fn is None:
             self._send_error(client, PRESENCE_NOT_ALLOWED)
         else:
-            self._spawn(self._answer_presence(client, room, self._validate_presence_fn))
+            check = self._validate_presence_fn
+            self._limits.presence.submit(
+                client, room, lambda: self._answer_presence(client, room, check)
+            )
 
     async def _answer_presence(self, client: Client, room: str, check: Callback | None) -> None:
         if check is not None:
@@ -210,3 +226,23 @@ class Presence(HelperBase):
                 answer["truncated"] = True  # `presence_limit`: the first ones, not all
                 answer["total"] = total
             self._to_one(client, encode(PRESENCE, answer), PRESENCE, answer)
+
+
+def bounded(future: asyncio.Future[bool], timeout: float) -> asyncio.Future[bool]:
+    """A future resolved (True) once `future` is, or after `timeout` seconds: a barrier for
+    the client's next messages, not a verdict (failed writes are the store's to count)."""
+    loop = future.get_loop()
+    out: asyncio.Future[bool] = loop.create_future()
+
+    def done(_: Any = None) -> None:
+        timer.cancel()
+        if not out.done():
+            out.set_result(True)
+
+    def late() -> None:
+        if not out.done():
+            out.set_result(True)
+
+    timer = loop.call_later(timeout, late)
+    future.add_done_callback(done)
+    return out

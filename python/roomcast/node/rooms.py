@@ -27,7 +27,7 @@ class Rooms(HelperBase):
         requested = requested_rooms(data)
         if not requested:
             return
-        rooms = sanitize_rooms(requested)
+        rooms = self._limits.joinable(client, sanitize_rooms(requested))
         if not rooms:
             fault(
                 "invalid room",
@@ -72,8 +72,18 @@ class Rooms(HelperBase):
         lifted: asyncio.Future[bool],
         recover: dict[str, tuple[str, int]] | None = None,
     ) -> None:
+        timeout = self._limits.validate_room_timeout
         try:
-            result = await allowed
+            result = await asyncio.wait_for(allowed, timeout)
+        except TimeoutError:
+            fault(
+                "join refused",
+                "join refused for %s: validate_room_fn took over %g s",
+                client.id,
+                timeout,
+                extra=client_extra(client),
+            )
+            result = None
         except Exception:
             logger.exception(
                 "validate_room_fn raised for %s", client.id, extra=client_extra(client)
@@ -105,6 +115,8 @@ class Rooms(HelperBase):
         requested = set(rooms)
         # validate_room_fn returns a subset: anything else it returns is ignored.
         rooms = [r for r in allowed if r in requested]
+        if not self._limits.within_room_limit(client, rooms):
+            return  # refused whole, before any subscription
         barrier = self._barrier
         if barrier.confirmation is not None:
             channels = [WebSocketChannels.for_room(r) for r in rooms]
@@ -139,16 +151,21 @@ class Rooms(HelperBase):
             hub, handle = self._hub, client.handle
             added = [r for r in rooms if hub.join(handle, r)]
             logger.debug("%s joined %r", client.id, added)
+            self._limits.room_changes(client, len(added))
             if added and self._room_hooks:
                 self._rooms_joined(client, added, recover)
         if ahead:
             self._barrier.release_early(ahead, joined)
 
     def _on_leave(self, client: Client, data: Any) -> None:
+        left = 0
         for room in requested_rooms(data):
-            if type(room) is str and room != client.id:
-                if self._hub.leave(client.handle, room) and self._leave_hooks:
+            if type(room) is str and room != client.id and self._hub.leave(client.handle, room):
+                left += 1
+                if self._leave_hooks:
                     self._rooms_left(client, [room])
+        if left:
+            self._limits.room_changes(client, left)
 
     def join_room(self, client_id: str, room: str) -> bool:
         """Put a local client in `room` (no name rules: the server may use any name).

@@ -34,6 +34,7 @@ from .callbacks import check_callbacks
 from .delivery import Delivery
 from .history import History
 from .inbound import Inbound
+from .limits import Limits
 from .options import resolve_server_options
 from .presence import Presence
 from .rooms import Rooms
@@ -151,7 +152,11 @@ class WebSocketServerHelper(Inbound, Authentication, Rooms, Delivery, History, P
         self._tasks = set()
         self._logins = {}
         self._barrier = JoinBarrier(
-            self._broker, self._clients, self._handle, self.subscribe_timeout
+            self._broker,
+            self._clients,
+            self._handle,
+            self.subscribe_timeout,
+            int(self.server_options["join_queue_limit"]),
         )
         self._held = self._barrier.held
         self._hub = _core.Hub(
@@ -178,6 +183,8 @@ class WebSocketServerHelper(Inbound, Authentication, Rooms, Delivery, History, P
             self._on_pause_writing,
             int(self.server_options["max_fragments"]),
         )
+        self._limits = Limits(self.server_options, self._hub, self._send_error, self._spawn)
+        self._rate = self._limits.rate
         self._sealer = Sealer(
             self._hub, self._spawn, encryption, outbound_transformer, config.encrypted_batch_limit
         )
@@ -327,6 +334,7 @@ class WebSocketServerHelper(Inbound, Authentication, Rooms, Delivery, History, P
         self._hub.remove(client.handle)
         self._clients.pop(client.id, None)
         self._held.pop(client.id, None)
+        self._limits.forget(client)
         if client.encrypted:
             self._encrypted -= 1
         self._forget_keys(client)

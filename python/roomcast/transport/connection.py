@@ -160,6 +160,9 @@ class Client(WSListener, SessionMachine):
     def reading_paused(self) -> bool:
         return bool(self._paused)
 
+    def paused_for(self, reason: int) -> bool:
+        return bool(self._paused & reason)
+
     def _reading(self, on: bool) -> None:
         raw: Any = getattr(self.transport, "underlying_transport", None)
         try:

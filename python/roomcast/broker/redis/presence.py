@@ -213,8 +213,12 @@ class RedisPresence:
 
     async def _write(self) -> None:
         wake = self._wake
-        assert wake is not None
+        this = asyncio.current_task()
+        assert wake is not None and this is not None
         while True:
+            if this.cancelling():  # a cancellation redis-py swallowed (it may)
+                _settle(self._next, False)
+                raise asyncio.CancelledError
             await wake.wait()
             wake.clear()
             changes, self._changes = self._changes, {}
@@ -228,6 +232,9 @@ class RedisPresence:
                 _settle(waiter, False)
                 raise
             except Exception as exc:
+                if this.cancelling():  # redis-py turned our cancellation into an error
+                    _settle(waiter, False)
+                    raise asyncio.CancelledError from exc
                 replies = [exc] * len(calls)
             error: BaseException | None = None
             written = self._written
