@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ipaddress
+import os
 import re
 import subprocess
 import sys
@@ -14,13 +15,13 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
-from support import authed, send
+from support import authed, eventually, send
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
@@ -60,7 +61,14 @@ app = App()
 class Served:
     """A `roomcast serve` process: its stdout lines collected by a thread."""
 
-    def __init__(self, args: list[str], cwd: Path, stderr: Path, new_session: bool = False) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        cwd: Path,
+        stderr: Path,
+        new_session: bool = False,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.stderr_path = stderr
         self._stderr = stderr.open("w")
         self.proc = subprocess.Popen(
@@ -70,6 +78,7 @@ class Served:
             text=True,
             cwd=cwd,
             start_new_session=new_session,  # its own process group, as under a terminal
+            env=None if env is None else {**os.environ, **env},
         )
         self.lines: list[str] = []
         self._cond = threading.Condition()
@@ -279,16 +288,6 @@ class Member:
         return self.ws.close_code, self.ws.close_reason
 
 
-async def until(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    """Wait for `condition` with a deadline (polling: the state is in other processes)."""
-    try:
-        async with asyncio.timeout(timeout):
-            while not condition():
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
-
-
 async def connect_many(url: str, tokens: Iterable[str], batch: int = 50) -> list[Member]:
     tokens = list(tokens)
     members: list[Member] = []
@@ -303,7 +302,7 @@ async def connect_many(url: str, tokens: Iterable[str], batch: int = 50) -> list
 async def whoami(members: list[Member]) -> None:
     for m in members:
         await send(m.ws, {"event": "whoami"})
-    await until(lambda: all(m.pid is not None for m in members), "every worker pid")
+    await eventually(lambda: all(m.pid is not None for m in members), WAIT, "every worker pid")
 
 
 def serve_workers(tmp_path: Path, redis_url: str, workers: int, *extra: str) -> Served:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import inspect
 import os
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -118,10 +119,24 @@ async def nothing_more(ws: ClientConnection, wait: float = 0.3) -> None:
     raise AssertionError(f"unexpected message: {raw!r}")
 
 
-async def eventually(predicate: Callable[[], bool], timeout: float = RECV_TIMEOUT) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.01)
+async def eventually(
+    predicate: Callable[[], Any], timeout: float = RECV_TIMEOUT, what: str | None = None
+) -> None:
+    """Wait until `predicate()` is true (awaited first when it returns an awaitable: a Redis
+    read, a query), polling; past `timeout` raise AssertionError saying what was awaited."""
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                result = predicate()
+                if inspect.isawaitable(result):
+                    result = await result
+                if result:
+                    return
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        raise AssertionError(
+            f"timed out after {timeout:g} s waiting for {what or predicate}"
+        ) from None
 
 
 # -- a raw client, for what a well-behaved WebSocket library refuses to send ----------------

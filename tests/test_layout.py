@@ -1,6 +1,7 @@
 """The package's layout rules: no import cycle (imports under TYPE_CHECKING and inside
-functions count too), no module over 500 lines, and every documented import path offers
-its names."""
+functions count too), layers that import downward only, the node's parts never reach back to
+the helper they make up, the helper is composed (no mixins), and every documented import
+path offers its names."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent / "python" / "roomcast"
-MAX_LINES = 500
+HELPER = "roomcast.node.server"
 
 
 def modules() -> dict[str, tuple[Path, bool]]:
@@ -88,9 +89,64 @@ def test_no_import_cycle():
     assert cycles(graph) == []
 
 
-def test_no_module_over_500_lines():
-    long = {name: len(path.read_text().splitlines()) for name, (path, _) in modules().items()}
-    assert {name: n for name, n in long.items() if n > MAX_LINES} == {}
+# Each module's layer, lowest first: a module may import its own layer and those below.
+LAYERS = {
+    "roomcast.log": 0,
+    "roomcast.aio": 0,
+    "roomcast.protocol": 1,
+    "roomcast.transport": 2,
+    "roomcast.encryption": 3,
+    "roomcast.broker": 4,
+    "roomcast.serving": 5,
+    "roomcast.node": 6,
+    "roomcast.config": 6,
+    "roomcast.emitter": 6,
+    "roomcast.cli": 7,
+    "roomcast.compat": 7,
+}
+FACE = 8  # roomcast/__init__.py, __main__.py and the documented re-exports
+# `roomcast --version` reads the package's own __version__.
+UPWARD_ALLOWED = {"roomcast.cli.flags -> roomcast"}
+
+
+def layer(module: str) -> int:
+    parts = module.split(".")
+    return LAYERS.get(".".join(parts[:2]), FACE)
+
+
+def test_layers_import_downward():
+    graph = import_graph()
+    upward = sorted(
+        f"{a} -> {b}" for a, targets in graph.items() for b in targets if layer(b) > layer(a)
+    )
+    assert sorted(set(upward) - UPWARD_ALLOWED) == []
+    assert layer("roomcast.node.rooms") > layer("roomcast.protocol.session")  # the table is read
+
+
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        for other in graph[todo.pop()]:
+            if other not in seen:
+                seen.add(other)
+                todo.append(other)
+    return seen
+
+
+def test_no_part_of_the_node_reaches_the_helper():
+    """A part gets what it needs at construction: none imports the helper's module, directly
+    or through another module."""
+    graph = import_graph()
+    parts = sorted(n for n in graph if n.startswith("roomcast.node.") and n != HELPER)
+    assert {"roomcast.node.rooms", "roomcast.node.barrier", "roomcast.node.sender"} <= set(parts)
+    assert [part for part in parts if HELPER in reachable(graph, part)] == []
+
+
+def test_the_helper_is_composed_not_mixed():
+    from roomcast import WebSocketServerHelper
+
+    assert WebSocketServerHelper.__mro__ == (WebSocketServerHelper, object)
 
 
 # The import paths the README, the examples and the original's users rely on, and the names

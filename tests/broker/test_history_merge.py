@@ -41,7 +41,7 @@ def test_encrypted_and_plain_clients_recover_while_publishing_once_each_in_order
 
                 publisher = asyncio.create_task(publish())
                 await eventually(lambda: sent >= 300, timeout=20)
-                remote = n.helper._remote
+                remote = n.helper.history_store
                 real_read = remote.read
 
                 async def read_then_wait(*args: Any) -> Any:

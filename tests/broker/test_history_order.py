@@ -88,7 +88,7 @@ def test_a_burst_keeps_its_order_on_redis_with_one_writer_connection(redis_serve
                 clients = await r.client_list()
             writers = [c for c in clients if _writes(c)]
             assert len(writers) == 1  # node a's one writer connection
-            assert a.helper._remote.pipelines <= COUNT
+            assert a.helper.history_store.pipelines <= COUNT
             for ws in (near, far):
                 await ws.close()
 

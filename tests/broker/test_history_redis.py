@@ -209,19 +209,17 @@ def test_exclude_holds_on_recovery_across_nodes(redis_server):
             b.helper.send_to_room("chat:x", "m", 2, exclude=[me["id"]])
             b.helper.send_to_room("chat:x", "m", 3)
             async with raw_redis(redis_server.port) as r:
-                await eventually_async(lambda: r.hget(keys_of("chat:x")[1], "offset"), b"3")
+
+                async def numbered_three() -> bool:
+                    return await r.hget(keys_of("chat:x")[1], "offset") == b"3"
+
+                await eventually(numbered_three)
             await join(ws, ["chat:x"], {"chat:x": {"epoch": position["epoch"], "offset": 0}})
             before, data = await joined(ws)
             assert [m["offset"] for m in before] == [1, 3] and data["recovered"] is True
             await ws.close()
 
     run(body())
-
-
-async def eventually_async(read: Any, value: Any, timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while await read() != value:
-            await asyncio.sleep(0.01)
 
 
 def test_plain_rooms_on_redis_are_unchanged(redis_server):

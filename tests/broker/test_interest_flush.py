@@ -274,10 +274,11 @@ def test_a_confirmation_and_a_lifted_barrier_run_their_follow_ups_at_once(redis_
             await asyncio.sleep(0)
             assert order == ["then", "callback"]
 
-            barrier = JoinBarrier(broker, {}, lambda client, payload, is_text: None, 0.2)
-            barrier.loop = asyncio.get_running_loop()
+            loop = asyncio.get_running_loop()
+            barrier = JoinBarrier(broker, {}, 0.2)
+            barrier.start(loop)
             order.clear()
-            waiter: asyncio.Future[None] = barrier.loop.create_future()
+            waiter: asyncio.Future[None] = loop.create_future()
             lifted = barrier.wait(waiter, lambda done: order.append(("then", done.result())))
             assert barrier.wait(waiter, lambda done: order.append("again")) is lifted
             lifted.add_done_callback(lambda _: order.append("callback"))
@@ -287,11 +288,11 @@ def test_a_confirmation_and_a_lifted_barrier_run_their_follow_ups_at_once(redis_
             assert order == [("then", True), "callback"]
 
             order.clear()
-            never: asyncio.Future[None] = barrier.loop.create_future()
+            never: asyncio.Future[None] = loop.create_future()
             late = barrier.wait(never, lambda done: order.append(("then", done.result())))
             assert await asyncio.wait_for(asyncio.shield(late), 5) is False
             assert order == [("then", False)]
-            assert barrier.unconfirmed == 0  # counted by whoever waited (count_unconfirmed)
+            assert barrier.unconfirmed == 0  # counted by whoever waited (a login, a join)
         finally:
             await broker.close()
 

@@ -3,7 +3,6 @@ presence within the TTL (SPEC §10)."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -35,20 +34,14 @@ async def ids(helper: Any, room: str) -> set[str]:
     return {m["clientId"] for m in await helper.presence(room)}
 
 
-async def until(predicate: Any, timeout: float) -> None:
-    async with asyncio.timeout(timeout):
-        while not await predicate():
-            await asyncio.sleep(0.05)
-
-
 def test_presence_lists_members_of_every_node_once(redis_server):
     async def body():
         redis = redis_at(redis_server.port)
         async with presence_node(redis) as a, presence_node(redis) as b:
             wa, ida = await joined_to(a, "team-1", "user:ann")
             wb, idb = await joined_to(b, "team-1", "anon")
-            await until(lambda: _has(a.helper, "team-1", {ida, idb}), 5)
-            await until(lambda: _has(b.helper, "team-1", {ida, idb}), 5)
+            await eventually(lambda: _has(a.helper, "team-1", {ida, idb}), 5)
+            await eventually(lambda: _has(b.helper, "team-1", {ida, idb}), 5)
             await send(wb, {"event": "presence", "data": {"room": "team-1"}})
             answer = await recv(wb)
             clients = sorted(answer["data"]["clients"], key=lambda c: c["clientId"])
@@ -57,7 +50,7 @@ def test_presence_lists_members_of_every_node_once(redis_server):
                 key=lambda c: c["clientId"],
             )
             await wa.close()  # a member that leaves disappears on the other node too
-            await until(lambda: _has(b.helper, "team-1", {idb}), 5)
+            await eventually(lambda: _has(b.helper, "team-1", {idb}), 5)
             await wb.close()
 
     run(body())
@@ -88,10 +81,10 @@ def test_a_node_killed_with_sigkill_leaves_presence_within_the_ttl(redis_server)
             async with presence_node(redis) as b:
                 ws, data = await authed(f"ws://127.0.0.1:{port}/ws", token)
                 await send(ws, {"event": "join", "data": {"rooms": ["team-9"]}})
-                await until(lambda: _has(b.helper, "team-9", {data["id"]}), 5)
+                await eventually(lambda: _has(b.helper, "team-9", {data["id"]}), 5)
                 proc.kill()  # SIGKILL: no shutdown, nothing cleared
                 killed = time.monotonic()
-                await until(lambda: _has(b.helper, "team-9", set()), TTL + 5)
+                await eventually(lambda: _has(b.helper, "team-9", set()), TTL + 5)
                 gone_after = time.monotonic() - killed
                 assert gone_after <= TTL + 1.0, gone_after  # the TTL, plus one refresh
                 await ws.close()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -142,6 +143,7 @@ def test_serve_with_a_jwks_url_accepts_a_token_minted_with_a_kid(tmp_path):
     jwks = JwksServer([jwk(key, "key-1", "ES256")])
     env = {
         "ROOMCAST_JWKS_URL": jwks.url,
+        "ROOMCAST_JWKS_ALLOW_HTTP": "1",
         "ROOMCAST_JWT_AUDIENCE": "chat",
         "ROOMCAST_JWT_ISSUER": "https://id.test",
         "ROOMCAST_JWT_USER_CLAIM": "email",
@@ -213,6 +215,108 @@ def test_short_empty_and_conflicting_secrets_are_refused_at_start():
     assert (code, line) == (2, "roomcast: error: give one of --jwt-secret, --jwks-url, not several")
     code, line = one_line_error("serve", "--jwt-public-key", "/nonexistent.pem")
     assert code == 2 and line.startswith("roomcast: error: --jwt-public-key: cannot read key file")
+
+
+def test_jwt_secret_file_gives_the_secret_and_its_errors_are_one_line(tmp_path):
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(SECRET + "\n")  # as `echo` or an editor leaves it
+    proc = roomcast("serve", "--port", "0", "--jwt-secret-file", str(secret_file))
+    try:
+        port, lines = wait_listening(proc)
+        assert not any("demo token" in line for line in lines)
+        logs_in(port, mint("--sub", "alice", "--secret", SECRET), "alice")
+        refused(port, mint("--sub", "eve", "--secret", SECRET + "\n"))
+        assert stop(proc) == 0
+    finally:
+        proc.kill()
+        proc.communicate()
+    missing = str(tmp_path / "missing")
+    code, line = one_line_error("serve", env={"ROOMCAST_JWT_SECRET_FILE": missing})
+    assert (code, line) == (
+        2,
+        f"roomcast: error: --jwt-secret-file: cannot read {missing!r}: No such file or directory",
+    )
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    code, line = one_line_error("serve", "--jwt-secret-file", str(empty))
+    assert (code, line) == (2, f"roomcast: error: --jwt-secret-file: {str(empty)!r} is empty")
+    short = tmp_path / "short"
+    short.write_text("tooshort")
+    code, line = one_line_error("serve", "--jwt-secret-file", str(short))
+    assert line == (
+        "roomcast: error: --jwt-secret-file: jwt secret too short: 8 bytes "
+        "(at least 32; allow_short_secret to accept it)"
+    )
+    code, line = one_line_error(
+        "serve", "--jwt-secret-file", str(secret_file), env={"ROOMCAST_JWT_SECRET": SECRET}
+    )
+    assert line == "roomcast: error: give one of --jwt-secret, --jwt-secret-file, not several"
+
+
+def test_a_jwks_url_over_plain_http_needs_jwks_allow_http():
+    code, line = one_line_error("serve", "--jwks-url", "http://127.0.0.1:9/jwks.json")
+    assert (code, line) == (
+        2,
+        "roomcast: error: --jwks-url: plain http:// refused: 'http://127.0.0.1:9/jwks.json' "
+        "(anyone on the way could hand out their own keys; use https://, or --jwks-allow-http)",
+    )
+    # Allowed, it starts; the set is fetched at the first login (here, from nowhere).
+    proc = roomcast("serve", "--port", "0", "--jwks-url", "http://127.0.0.1:9/jwks.json",
+                    "--jwks-allow-http")  # fmt: skip
+    try:
+        port, _ = wait_listening(proc)
+        refused(port, hs256_by_hand({"sub": "x"}, SECRET, kid="k"))
+        assert stop(proc) == 0
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+def test_jwt_require_exp_refuses_tokens_without_exp():
+    proc = roomcast("serve", "--port", "0", "--jwt-secret", SECRET, "--jwt-require-exp")
+    try:
+        port, _ = wait_listening(proc)
+        logs_in(port, mint("--sub", "alice", "--secret", SECRET, "--exp-s", "60"), "alice")
+        refused(port, mint("--sub", "bob", "--secret", SECRET, "--exp-s", "0"))
+        assert stop(proc) == 0
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+def test_logins_during_a_provider_outage_share_one_wait_then_are_refused_at_once(tmp_path):
+    key = ec.generate_private_key(ec.SECP256R1())
+    private, _ = write_keys(tmp_path, key)
+    jwks = JwksServer([jwk(key, "key-1", "ES256")])
+    jwks.hold.clear()  # up, but answers nothing: a provider in trouble
+    env = {"ROOMCAST_JWKS_URL": jwks.url, "ROOMCAST_JWKS_ALLOW_HTTP": "1"}
+    proc = roomcast("serve", "--port", "0", env=env)
+    try:
+        port, _ = wait_listening(proc)
+        token = mint("--private-key", str(private), "--kid", "key-1", "--sub", "ann")
+
+        async def login() -> tuple[int | None, list[dict]]:
+            ws = await open_client(f"ws://127.0.0.1:{port}/ws")
+            await send(ws, {"event": "authenticate", "data": {"type": "Bearer", "token": token}})
+            code, _, received = await closed_with(ws, timeout=30)
+            return code, received
+
+        async def wave() -> None:
+            for code, received in await asyncio.gather(*(login() for _ in range(10))):
+                assert code == 4003
+                assert received == [
+                    {"event": "error", "data": {"message": "Authentication failed"}}
+                ]
+
+        run(wave(), timeout=60)
+        assert jwks.requests == 1  # ten logins, one attempt
+        run(wave(), timeout=60)
+        assert jwks.requests == 1  # within the interval after it failed: no new attempt
+        assert stop(proc) == 0
+    finally:
+        jwks.stop()
+        proc.kill()
+        proc.communicate()
 
 
 def test_a_short_secret_is_accepted_with_jwt_allow_short_secret():

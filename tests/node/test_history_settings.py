@@ -14,7 +14,7 @@ from redis_support import node, raw_redis, redis_at, settle
 from roomcast import RedisClusterHelper, WebSocketEmitter
 from roomcast.broker.redis.settings import KEY, decode_settings
 from roomcast.serving.metrics import samples
-from support import authed, join, joined, recv, run
+from support import authed, eventually, join, joined, recv, run
 
 OPTIONS = {"history_rooms": "chat:*", "history_size": 50, "history_ttl": 120.0}
 PUBLISHED = {"history_rooms": "chat:*", "history_size": 50, "history_ttl": 120.0}
@@ -35,7 +35,7 @@ def test_servers_publish_their_settings_and_the_emitter_takes_them(redis_server,
     async def body():
         redis = redis_at(redis_server.port)
         async with history_node(redis) as a, raw_redis(redis_server.port) as r:
-            await eventually_async(lambda: r.exists(KEY))
+            await eventually(lambda: r.exists(KEY))
             assert orjson.loads(await r.get(KEY)) == {"rooms": "chat:*", "size": 50, "ttl": 120.0}
             assert 0 < await r.pttl(KEY) <= 60_000  # gone a minute after the last server
             ws = await member(a, "chat:e")
@@ -72,7 +72,7 @@ def test_roomcast_emit_numbers_without_history_flags(redis_server):
     async def body():
         redis = redis_at(redis_server.port)
         async with history_node(redis) as a, raw_redis(redis_server.port) as r:
-            await eventually_async(lambda: r.exists(KEY))
+            await eventually(lambda: r.exists(KEY))
             ws = await member(a, "chat:cli")
             await settle(a)
             done = await asyncio.to_thread(
@@ -162,12 +162,6 @@ async def eventually_configured(emitter: WebSocketEmitter) -> None:
                 return
             await emitter.shutdown()
             await asyncio.sleep(0.05)
-
-
-async def eventually_async(read: Any, timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not await read():
-            await asyncio.sleep(0.01)
 
 
 @pytest.mark.parametrize(

@@ -243,7 +243,7 @@ def jwks():
 
 
 def test_jwks_keys_are_fetched_cached_and_a_new_kid_is_fetched_on_rotation(jwks):
-    auth = JwtAuthenticator(jwks_url=jwks.url)  # default intervals
+    auth = JwtAuthenticator(jwks_url=jwks.url, jwks_allow_http=True)  # default intervals
 
     async def body():
         async with running(authenticate_fn=auth) as node:
@@ -271,7 +271,7 @@ def test_jwks_keys_are_fetched_cached_and_a_new_kid_is_fetched_on_rotation(jwks)
 
 
 def test_an_unknown_kid_refetches_at_most_once_per_interval(jwks):
-    auth = JwtAuthenticator(jwks_url=jwks.url, jwks_refetch_interval=0.5)
+    auth = JwtAuthenticator(jwks_url=jwks.url, jwks_allow_http=True, jwks_refetch_interval=0.5)
 
     def junk(n: int) -> str:
         return jwt.encode({"sub": "a"}, RSA_KEY, algorithm="RS256", headers={"kid": f"x{n}"})
@@ -291,7 +291,7 @@ def test_an_unknown_kid_refetches_at_most_once_per_interval(jwks):
 
 
 def test_a_jwks_that_cannot_be_fetched_fails_the_login_not_the_server(jwks):
-    auth = JwtAuthenticator(jwks_url=jwks.url, jwks_timeout=2)
+    auth = JwtAuthenticator(jwks_url=jwks.url, jwks_allow_http=True, jwks_timeout=2)
 
     def echo(client_id, user_id, message):
         holder[0].helper.send_to_client(client_id, "echo", message.get("data"))
@@ -322,7 +322,7 @@ def test_a_jwks_that_cannot_be_fetched_fails_the_login_not_the_server(jwks):
 
 
 def test_a_slow_jwks_fetch_does_not_block_other_clients(jwks):
-    auth = JwtAuthenticator(jwks_url=jwks.url, jwks_timeout=10)
+    auth = JwtAuthenticator(jwks_url=jwks.url, jwks_allow_http=True, jwks_timeout=10)
 
     def echo(client_id, user_id, message):
         holder[0].helper.send_to_client(client_id, "echo", message.get("data"))
@@ -355,3 +355,87 @@ def test_a_slow_jwks_fetch_does_not_block_other_clients(jwks):
 def test_jwks_url_must_be_http():
     with pytest.raises(ValueError, match="must be http:// or https://"):
         JwtAuthenticator(jwks_url="file:///etc/passwd")
+
+
+def test_a_jwks_url_over_plain_http_is_refused_unless_allowed():
+    with pytest.raises(ValueError) as refused:
+        JwtAuthenticator(jwks_url="http://id.test/jwks.json")
+    assert str(refused.value) == (
+        "jwks url over plain http:// refused: 'http://id.test/jwks.json' (anyone on the way "
+        "could hand out their own keys; use https://, or allow it with jwks_allow_http)"
+    )
+    JwtAuthenticator(jwks_url="HTTP://id.test/jwks.json", jwks_allow_http=True)
+    JwtAuthenticator(jwks_url="https://id.test/jwks.json")
+
+
+def test_require_exp_refuses_a_token_without_exp():
+    strict = JwtAuthenticator(SECRET, require_exp=True)
+    lax = JwtAuthenticator(SECRET)
+    forever = jwt.encode({"sub": "ann"}, SECRET, algorithm="HS256")
+    timed = jwt.encode({"sub": "ann", "exp": time.time() + 60}, SECRET, algorithm="HS256")
+    expired = jwt.encode({"sub": "ann", "exp": time.time() - 60}, SECRET, algorithm="HS256")
+    assert verify(strict, forever) is None
+    assert verify(lax, forever) == {"sub": "ann"}
+    assert verify(strict, timed) is not None
+    assert verify(strict, expired) is None
+
+
+def without_waiting(coro: Any) -> Any:
+    """The result of `coro` when it completes without suspending once (so without waiting
+    for anything: no fetch, no timer), else AssertionError."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    coro.close()
+    raise AssertionError("it waited")
+
+
+def test_an_outage_of_the_provider_costs_one_wait_per_attempt_not_one_per_login(jwks):
+    # The set goes stale quickly; after a failed attempt, 60 s before the next.
+    auth = JwtAuthenticator(jwks_url=jwks.url, jwks_allow_http=True, jwks_timeout=1,
+                            jwks_lifespan=0.2, jwks_refetch_interval=60)  # fmt: skip
+    token = jwt.encode({"sub": "ann"}, RSA_KEY, algorithm="RS256", headers={"kid": "k1"})
+    unknown = jwt.encode({"sub": "bob"}, P256_KEY, algorithm="ES256", headers={"kid": "k9"})
+
+    async def body():
+        assert await auth.verify(token) == {"sub": "ann"}
+        assert jwks.requests == 1
+        jwks.hold.clear()  # the provider stops answering
+        await asyncio.sleep(0.3)  # the lifespan itself, not a wait for something to happen
+        # Twenty logins at once: one attempt for all; they keep the stale key.
+        results = await asyncio.wait_for(
+            asyncio.gather(*(auth.verify(token) for _ in range(20))), 10
+        )
+        assert results == [{"sub": "ann"}] * 20
+        assert jwks.requests == 2
+        # Within the interval, logins do not wait for the provider, nor ask it again.
+        for _ in range(20):
+            assert without_waiting(auth.verify(token)) == {"sub": "ann"}
+            assert without_waiting(auth.verify(unknown)) is None
+        assert jwks.requests == 2
+        jwks.hold.set()
+
+    run(body())
+
+
+def test_a_provider_down_from_the_start_costs_one_wait_then_refuses_at_once(jwks):
+    auth = JwtAuthenticator(jwks_url=jwks.url, jwks_allow_http=True, jwks_timeout=1,
+                            jwks_refetch_interval=60)  # fmt: skip
+    token = jwt.encode({"sub": "ann"}, RSA_KEY, algorithm="RS256", headers={"kid": "k1"})
+
+    async def body():
+        jwks.hold.clear()
+        first = asyncio.ensure_future(auth.verify(token))
+        await eventually(lambda: jwks.requests == 1)
+        # Logins arriving while the attempt runs join it rather than start their own.
+        later = [asyncio.ensure_future(auth.verify(token)) for _ in range(19)]
+        results = await asyncio.wait_for(asyncio.gather(first, *later), 10)
+        assert results == [None] * 20
+        assert jwks.requests == 1
+        for _ in range(20):
+            assert without_waiting(auth.verify(token)) is None
+        assert jwks.requests == 1
+        jwks.hold.set()
+
+    run(body())

@@ -20,7 +20,7 @@ def presence_node(**kwargs: Any) -> Any:
 async def member(node: Any, token: str, room: str) -> tuple[Any, str]:
     ws, data = await authed(node.url, token)
     await send(ws, {"event": "join", "data": {"rooms": [room]}})
-    await eventually(lambda: data["id"] in node.helper._hub.room_members(room))
+    await eventually(lambda: room in node.helper.get_clients(data["id"]).rooms)
     return ws, data["id"]
 
 
@@ -39,7 +39,9 @@ def test_a_member_gets_every_member_with_user_ids():
                 clients
             )
             await anon.close()
-            await eventually(lambda: anon_id not in node.helper._hub.room_members("team:a"))
+            await eventually(
+                lambda: anon_id not in {c.id for c in node.helper.get_clients_by_room("team:a")}
+            )
             assert await node.helper.presence("team:a") == [
                 {"clientId": alice_id, "userId": "alice"}
             ]

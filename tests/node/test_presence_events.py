@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from redis_support import node, redis_at, settle
-from roomcast.node.options import resolve_server_options
+from roomcast.config import resolve_server_options
 from support import (
     allow_all,
     authed,
@@ -97,7 +97,7 @@ def test_without_presence_events_nothing_is_announced():
             await join(ws, ["team:q"])
             other, o = await authed(n.url, "user:bob")
             await join(other, ["team:q"])
-            await eventually(lambda: o["id"] in n.helper._hub.room_members("team:q"))
+            await eventually(lambda: "team:q" in n.helper.get_clients(o["id"]).rooms)
             await other.close()
             await nothing_more(ws)
             await ws.close()

@@ -118,8 +118,9 @@ def test_a_presence_flood_from_one_client_opens_no_connections_and_delays_no_one
                 assert await recv(calm) == {"event": "got", "data": "calm"}
                 # Once the flood's requests are all answered (none in flight or waiting),
                 # an echo comes after every answer.
-                serial = a.helper._limits.presence
-                await eventually(lambda: flood_data["id"] not in serial._queues, timeout=30)
+                stats = a.helper.stats
+                await eventually(lambda: stats()["presence_requests"] == 0, timeout=30)
+                assert stats()["presence_coalesced"] >= 19_000
                 await send(flood, {"event": "ping", "data": "end"})
                 answers = []
                 while True:

@@ -61,7 +61,7 @@ def test_write_delay_coalesces_messages_queued_within_the_window():
                 ("b", 2),
                 ("c", 3),
             ]
-            assert node.helper._hub.stats()["pending_bytes"] == 0
+            assert node.helper.stats()["pending_bytes"] == 0
 
     run(body())
 

@@ -13,16 +13,26 @@ from roomcast import WebSocketServerHelper
 from serving_support import (
     SECRET,
     STARTUP_TIMEOUT,
+    WAIT,
     Served,
     connect_many,
     http_get,
     scrape,
     serve_workers,
-    until,
     value,
     whoami,
 )
-from support import authed, closed_with, open_client, recv, run, running, send, token_auth
+from support import (
+    authed,
+    closed_with,
+    eventually,
+    open_client,
+    recv,
+    run,
+    running,
+    send,
+    token_auth,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -49,7 +59,7 @@ def test_health_turns_503_while_redis_is_down_and_200_when_it_is_back(redis_serv
                 return seen == [status, body]
 
             try:
-                await until(reached, f"/health {status} {body}", timeout=30)
+                await eventually(reached, 30, f"/health {status} {body}")
             except AssertionError:
                 raise AssertionError(f"last /health: {seen}") from None
 
@@ -119,8 +129,9 @@ def test_metrics_counters_move_by_what_a_scripted_run_causes_summed_over_workers
                 await send(m.ws, {"event": "join", "data": {"rooms": ["lobby"]}})
                 await send(m.ws, {"event": "leave", "data": {"rooms": ["lobby"]}})
                 await m.ws.send("not json")
-            await until(
+            await eventually(
                 lambda: all(any(x["event"] == "error" for x in m.inbox) for m in members),
+                WAIT,
                 "every invalid-format error event",
             )
 
@@ -151,7 +162,7 @@ def test_metrics_counters_move_by_what_a_scripted_run_causes_summed_over_workers
                 return all(moved[k] == v for k, v in expected.items())
 
             try:
-                await until(all_moved, "the counters to move by the script's amounts")
+                await eventually(all_moved, WAIT, "the counters to move by the script's amounts")
             except AssertionError:
                 raise AssertionError(
                     {k: (moved.get(k), v) for k, v in expected.items() if moved.get(k) != v}

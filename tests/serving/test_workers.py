@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,11 +25,10 @@ from serving_support import (
     http_get,
     scrape,
     serve_workers,
-    until,
     value,
     whoami,
 )
-from support import authed, run, send
+from support import authed, eventually, run, send
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -57,7 +58,7 @@ def test_three_workers_spread_300_clients_deliver_every_type_exactly_once_and_cl
                         per_worker[dict(labels)["pid"]] = v
                 return sum(per_worker.values()) == 300
 
-            await until(spread_seen, "worker connection gauges summing to 300")
+            await eventually(spread_seen, WAIT, "worker connection gauges summing to 300")
             assert {int(p) for p, n in per_worker.items() if n > 0} == pids
 
             rooms = {f"r{k}": [m for i, m in enumerate(members) if i % 3 == k] for k in range(3)}
@@ -76,8 +77,10 @@ def test_three_workers_spread_300_clients_deliver_every_type_exactly_once_and_cl
                 await action
                 for m in recipients:
                     expected[m.id].append(tag)
-                await until(
-                    lambda: all(tag in m.tags() for m in recipients), f"{tag} at every recipient"
+                await eventually(
+                    lambda: all(tag in m.tags() for m in recipients),
+                    WAIT,
+                    f"{tag} at every recipient",
                 )
 
             sender = members[0]
@@ -191,7 +194,7 @@ def test_a_worker_killed_with_sigkill_is_replaced_and_its_clients_reconnect(redi
                 }
                 return str(victim) not in pids and str(replacement) in pids
 
-            await until(gauges_moved, "worker gauges to follow the restart")
+            await eventually(gauges_moved, WAIT, "worker gauges to follow the restart")
             for m in members + back + extra:
                 await m.ws.close()
 
@@ -249,8 +252,9 @@ def test_metrics_port_of_the_supervisor_sums_the_workers(redis_server, tmp_path)
             members = await connect_many(f"ws://127.0.0.1:{port}/ws", [f"m{i}" for i in range(20)])
             await whoami(members)
             metrics = f"http://127.0.0.1:{metrics_port}/metrics"
-            await until(
+            await eventually(
                 lambda: value(scrape(metrics), "roomcast_connects_total") == 20,
+                WAIT,
                 "20 connects on the metrics port",
             )
             # Off the main port, which still answers /health.
@@ -376,3 +380,191 @@ def test_restarts_back_off_after_quick_deaths_up_to_a_cap():
 
     assert [restart_delay(n) for n in range(8)] == [0.5, 1, 2, 4, 8, 16, 30, 30]
     assert restart_delay(10_000) == RESTART_MAX_DELAY
+
+
+# An app whose setup writes one stdout line of 200,000 bytes, and starts a process that
+# inherits the worker's stdout (recording its pid), which says so there once the worker is
+# gone and then lives on.
+NOISY_APP = """
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+LONG = 200_000
+GRANDCHILD = '''
+import os, sys, time
+parent = int(sys.argv[1])
+while os.getppid() == parent:
+    time.sleep(0.05)
+print(f"grandchild {os.getpid()}: its worker is gone", flush=True)
+time.sleep(120)
+'''
+
+class App:
+    def setup(self, helper):
+        if os.environ.get("NOISY_LONG_LINE"):
+            print("L" * LONG, flush=True)
+        if os.environ.get("NOISY_GRANDCHILD"):
+            child = subprocess.Popen([sys.executable, "-c", GRANDCHILD, str(os.getpid())])
+            with open("grandchildren.txt", "a") as pids:
+                print(child.pid, file=pids)
+
+    def authenticate_fn(self, data):
+        return {"user_id": data.get("token")}
+
+app = App()
+"""
+
+
+def serve_noisy(tmp_path: Path, redis_url: str, env: dict[str, str]) -> Served:
+    (tmp_path / "noisy_app.py").write_text(NOISY_APP)
+    args = ["--port", "0", "--workers", "2", "--redis-url", redis_url, "--app", "noisy_app:app"]
+    return Served(args, tmp_path, tmp_path / "stderr.log", env=env)
+
+
+def kill_and_see_restart(served: Served, index: int) -> int:
+    """SIGKILL worker `index`; waits for its replacement to listen; returns the dead pid."""
+    started = re.compile(rf"^roomcast: worker {index} started \(pid (\d+)\)")
+    victim = int(next(m for line in served.lines if (m := started.match(line))).group(1))
+    mark = len(served.lines)
+    os.kill(victim, signal.SIGKILL)
+    replacement = int(served.wait_line(started.pattern, mark, timeout=WAIT).group(1))
+    assert replacement != victim
+    served.wait_line(rf"^\[worker {index}\] roomcast: listening on", mark, timeout=WAIT)
+    assert f"worker {index} (pid {victim}) exited with -9: restarting in" in served.stderr_text()
+    return victim
+
+
+def test_stdout_lines_and_pieces_do_not_depend_on_how_the_pipe_splits_the_bytes():
+    from roomcast.serving.workers import LINE_LIMIT, _WorkerPipe
+
+    data = b"a\n" + b"L" * 200_000 + b"\nshort\r\n" + b"M" * LINE_LIMIT + b"\n\ntail"
+    expected = ["a", *["L" * LINE_LIMIT] * 3, "L" * (200_000 - 3 * LINE_LIMIT), "short",
+                "M" * LINE_LIMIT, "", "tail"]  # fmt: skip
+
+    async def body() -> None:
+        for size in (7, 1000, LINE_LIMIT - 1, LINE_LIMIT, LINE_LIMIT + 1, 70_000, len(data)):
+            lines: list[str] = []
+            pipe = _WorkerPipe(lines.append)
+            for start in range(0, len(data), size):
+                pipe.pipe_data_received(1, data[start : start + size])
+            pipe.pipe_connection_lost(1, None)
+            assert lines == expected, size
+            assert pipe.closed.done() and not pipe.exited.done()
+
+    run(body())
+
+
+def test_a_stdout_line_over_64_kib_is_relayed_in_pieces_and_the_worker_still_restarts(
+    redis_server, tmp_path
+):
+    from roomcast.serving.workers import LINE_LIMIT
+
+    served = serve_noisy(tmp_path, redis_server.url, {"NOISY_LONG_LINE": "1"})
+    try:
+        served.listening_port()
+        for index in range(2):
+            served.wait_line(rf"^\[worker {index}\] roomcast: listening on")
+            prefix = f"[worker {index}] "
+            pieces = [line.removeprefix(prefix) for line in list(served.lines)
+                      if line.startswith(prefix + "L")]  # fmt: skip
+            assert [len(p) for p in pieces] == [LINE_LIMIT] * 3 + [200_000 - 3 * LINE_LIMIT]
+            assert set("".join(pieces)) == {"L"}
+        kill_and_see_restart(served, 0)
+        # The replacement's long line came through too, then a clean stop.
+        assert sum(line.startswith("[worker 0] L") for line in served.lines) == 8
+        served.proc.send_signal(signal.SIGTERM)
+        assert served.proc.wait(timeout=STARTUP_TIMEOUT) == 0
+    finally:
+        served.close()
+
+
+def test_a_worker_whose_child_keeps_its_stdout_is_still_restarted_and_the_child_relayed(
+    redis_server, tmp_path
+):
+    served = serve_noisy(tmp_path, redis_server.url, {"NOISY_GRANDCHILD": "1"})
+    grandchildren = tmp_path / "grandchildren.txt"
+    try:
+        served.listening_port()
+        victim = kill_and_see_restart(served, 0)
+        # The dead worker's child still holds the pipe, and what it writes there is relayed.
+        said = served.wait_line(r"^\[worker 0\] grandchild (\d+): its worker is gone")
+        assert int(said.group(1)) in {int(pid) for pid in grandchildren.read_text().split()}
+        assert victim != int(said.group(1))
+        # Stopping does not wait for the children (three alive: one per worker started).
+        served.proc.send_signal(signal.SIGTERM)
+        assert served.proc.wait(timeout=STARTUP_TIMEOUT) == 0
+        pids = [int(pid) for pid in grandchildren.read_text().split()]
+        assert len(pids) == 3
+        for pid in pids:
+            os.kill(pid, 0)  # alive
+    finally:
+        served.close()
+        if grandchildren.exists():
+            for pid in grandchildren.read_text().split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+# No authenticate_fn: the built-in JWT authenticator, from the --jwt-* flags.
+WHOAMI_APP = """
+import os
+
+class App:
+    def setup(self, helper):
+        self.helper = helper
+
+    def message_handler(self, client_id, user_id, message):
+        if message["event"] == "whoami":
+            self.helper.send_to_client(client_id, "me", {"pid": os.getpid()})
+
+app = App()
+"""
+
+
+@pytest.mark.parametrize("given", ["flag", "file"])
+def test_workers_get_the_jwt_secret_by_environment_or_file_never_on_their_command_line(
+    redis_server, tmp_path, given
+):
+    import jwt
+
+    (tmp_path / "whoami_app.py").write_text(WHOAMI_APP)
+    (tmp_path / "secret").write_text(SECRET + "\n")
+    args = ["--port", "0", "--workers", "2", "--redis-url", redis_server.url,
+            "--app", "whoami_app:app", "--log-level", "warning"]  # fmt: skip
+    env = {}
+    if given == "flag":
+        args += ["--jwt-secret", SECRET]
+    else:
+        env["ROOMCAST_JWT_SECRET_FILE"] = str(tmp_path / "secret")
+    served = Served(args, tmp_path, tmp_path / "stderr.log", env=env)
+    try:
+        port = served.listening_port()
+        pids = {
+            int(served.wait_line(rf"^roomcast: worker {i} started \(pid (\d+)\)").group(1))
+            for i in range(2)
+        }
+        for pid in pids:
+            command_line = Path(f"/proc/{pid}/cmdline").read_bytes()
+            assert b"roomcast" in command_line and SECRET.encode() not in command_line
+        token = jwt.encode({"sub": "ann"}, SECRET, algorithm="HS256")
+
+        async def body() -> None:
+            # Until both workers have taken a login with the token.
+            members: list[Member] = []
+            while {m.pid for m in members} != pids:
+                assert len(members) < 200, "one worker took no connection"
+                batch = await connect_many(f"ws://127.0.0.1:{port}/ws", [token] * 10)
+                await whoami(batch)
+                members += batch
+            for m in members:
+                await m.ws.close()
+
+        run(body(), timeout=60)
+        served.proc.send_signal(signal.SIGTERM)
+        assert served.proc.wait(timeout=STARTUP_TIMEOUT) == 0
+    finally:
+        served.close()

@@ -15,6 +15,7 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from ..broker import REDIS_SCHEMES, BrokerUnavailable
@@ -119,22 +120,13 @@ def demo_secret(config: ServeConfig, out: Callable[[str], None]) -> str:
 def jwt_authenticator(config: ServeConfig, out: Callable[[str], None] = print) -> Any:
     """The built-in authenticator from the --jwt-* flags; without a key, a secret for this run
     and a demo token printed with `out`."""
-    given = [
-        flag
-        for flag, value in (
-            ("--jwt-secret", config.jwt_secret),
-            ("--jwt-public-key", config.jwt_public_key),
-            ("--jwks-url", config.jwks_url),
-        )
-        if value is not None
-    ]
-    if len(given) > 1:
-        raise CliError(f"give one of {', '.join(given)}, not several")
+    given = _jwt_keys_given(config)
     options: dict[str, Any] = {
         "audience": config.jwt_audience,
         "issuer": config.jwt_issuer,
         "leeway": config.jwt_leeway,
         "user_claim": config.jwt_user_claim,
+        "require_exp": config.jwt_require_exp,
     }
     flag = given[0] if given else "--jwt-secret"
     try:
@@ -142,8 +134,17 @@ def jwt_authenticator(config: ServeConfig, out: Callable[[str], None] = print) -
             key = jwt.load_key_file(config.jwt_public_key)
             return jwt.JwtAuthenticator(public_key=key, **options)
         if config.jwks_url is not None:
-            return jwt.JwtAuthenticator(jwks_url=config.jwks_url, **options)
-        secret = config.jwt_secret
+            if config.jwks_url.lower().startswith("http://") and not config.jwks_allow_http:
+                raise CliError(
+                    f"--jwks-url: plain http:// refused: {config.jwks_url!r} (anyone on the way "
+                    "could hand out their own keys; use https://, or --jwks-allow-http)"
+                )
+            return jwt.JwtAuthenticator(
+                jwks_url=config.jwks_url, jwks_allow_http=config.jwks_allow_http, **options
+            )
+        secret: str | bytes | None = config.jwt_secret
+        if config.jwt_secret_file is not None:
+            secret = read_secret_file(config.jwt_secret_file)
         if secret is None:
             secret = demo_secret(config, out)
         return jwt.JwtAuthenticator(
@@ -151,6 +152,35 @@ def jwt_authenticator(config: ServeConfig, out: Callable[[str], None] = print) -
         )
     except ValueError as exc:
         raise CliError(f"{flag}: {exc}") from None
+
+
+def _jwt_keys_given(config: ServeConfig) -> list[str]:
+    """The key flags given (at most one may be); CliError when several are."""
+    given = [
+        flag
+        for flag, value in (
+            ("--jwt-secret", config.jwt_secret),
+            ("--jwt-secret-file", config.jwt_secret_file),
+            ("--jwt-public-key", config.jwt_public_key),
+            ("--jwks-url", config.jwks_url),
+        )
+        if value is not None
+    ]
+    if len(given) > 1:
+        raise CliError(f"give one of {', '.join(given)}, not several")
+    return given
+
+
+def read_secret_file(path: str) -> bytes:
+    """The secret in `path`, without one trailing newline; ValueError naming the file."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read {path!r}: {exc.strerror or exc}") from None
+    secret = raw.removesuffix(b"\n").removesuffix(b"\r")
+    if not secret:
+        raise ValueError(f"{path!r} is empty")
+    return secret
 
 
 def room_policy(
@@ -302,6 +332,21 @@ async def _until_terminated_or_orphaned(parent: int) -> None:
         terminated.cancel()
 
 
+def without_flag(argv: Sequence[str], flag: str) -> list[str]:
+    """`argv` without `flag VALUE` and `flag=VALUE` (argparse takes no abbreviation of
+    --jwt-secret: every one is also a prefix of --jwt-secret-file)."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == flag:
+            skip = True
+        elif not arg.startswith(flag + "="):
+            out.append(arg)
+    return out
+
+
 async def serve_workers(
     config: ServeConfig, argv: Sequence[str], out: Callable[[str], None]
 ) -> int:
@@ -310,7 +355,14 @@ async def serve_workers(
 
     tls_context(config)  # bad files fail here, once, not in every worker
     extra_env: dict[str, str] = {}
-    if config.jwt_secret is None and config.jwt_public_key is None and config.jwks_url is None:
+    if not config.app and _jwt_keys_given(config):
+        jwt_authenticator(config)  # and bad keys too
+    if config.jwt_secret is not None:
+        # Never on a worker's command line (which any local user can read): in its
+        # environment, which only its user can.
+        argv = without_flag(argv, "--jwt-secret")
+        extra_env["ROOMCAST_JWT_SECRET"] = config.jwt_secret
+    elif not _jwt_keys_given(config):
         # One secret for every worker, so a token is good on whichever worker takes it.
         extra_env["ROOMCAST_JWT_SECRET"] = demo_secret(
             config, (lambda _line: None) if config.app else out

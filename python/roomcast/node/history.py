@@ -10,12 +10,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
 
+from .._core import Hub
 from ..broker.history import HistoryStore, MemoryHistory
 from ..broker.memory import MemoryBroker
+from ..broker.protocol import Broker
 from ..broker.redis.history import RedisHistory
 from ..broker.redis.settings import keep_settings
 from ..log import client_extra
@@ -30,7 +33,8 @@ from ..protocol.messages import (
     history_frame,
 )
 from ..transport.connection import Client
-from .base import HelperBase
+from .sender import Sender
+from .tasks import Tasks
 
 logger = logging.getLogger("roomcast")
 
@@ -38,31 +42,52 @@ JOINED = "joined"
 # Unnumbered messages to a history room are logged once per spell: again only after this
 # many seconds without one.
 UNNUMBERED_QUIET = 60
-# Presence events: plain messages even in a history room (`roomcast.node.presence`).
+# Presence events: plain messages even in a history room (`roomcast.presence`).
 PRESENCE_EVENTS = frozenset({"presence-join", "presence-leave"})
 _NO_ONE: frozenset[str] = frozenset()
 
 
-class History(HelperBase):
-    # Class defaults: no history rooms until `_setup_history` finds a glob.
-    _is_history: RoomGlob | None = None
-    _history: HistoryStore | None = None  # in this process (memory broker)
-    _remote: RedisHistory | None = None  # in redis: numbered by the script, delivered on receipt
-    # A room's offset order, the live messages held while a member's recovery is read and
-    # the floors after it (a late live copy of a recovered message is not sent again) are
-    # the hub's: `send_history`, `hold_history`, `release_history` (rust/core/src/history.rs).
-    _unnumbered = 0  # history room messages that came without an offset
-    _unnumbered_at = -float("inf")  # when the last one came (monotonic)
+class History:
+    """The history rooms of one helper: `is_history` (None until `start` finds a glob in the
+    options, then whether a room keeps history), the store, numbering and recovery.
 
-    def _setup_history(self) -> None:
-        options = self.server_options
+    A room's offset order, the live messages held while a member's recovery is read and the
+    floors after it (a late live copy of a recovered message is not sent again) are the
+    hub's: `send_history`, `hold_history`, `release_history` (rust/core/src/history.rs)."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        sender: Sender,
+        broker: Broker,
+        server_id: str,
+        tasks: Tasks,
+        options: Mapping[str, Any],
+    ) -> None:
+        self._hub = hub
+        self._sender = sender
+        self._broker = broker
+        self._server_id = server_id
+        self._tasks = tasks
+        self._options = options
+        self.is_history: RoomGlob | None = None
+        self._store: HistoryStore | None = None  # in this process (memory broker)
+        # In redis: numbered by the script, delivered on receipt.
+        self._remote: RedisHistory | None = None
+        self._unnumbered = 0  # history room messages that came without an offset
+        self._unnumbered_at = -float("inf")  # when the last one came (monotonic)
+
+    def start(self) -> None:
+        """At configure: the store the options and the broker call for, if any room keeps
+        history."""
+        options = self._options
         glob = options["history_rooms"]
         if glob is None:
             return
         size, ttl = int(options["history_size"]), options["history_ttl"]
         broker = self._broker
         if isinstance(broker, MemoryBroker):
-            self._history = MemoryHistory(size, ttl)
+            self._store = MemoryHistory(size, ttl)
         else:
             from ..broker.redis import RedisBroker
 
@@ -75,26 +100,33 @@ class History(HelperBase):
             # The emitter reads them (`roomcast.broker.redis.settings`).
             loop = asyncio.get_running_loop()
             self._remote.own(loop.create_task(keep_settings(self._remote, glob)))
-        self._is_history = RoomGlob(glob)
+        self.is_history = RoomGlob(glob)
 
-    async def _close_broker(self) -> None:
-        """Presence's and the history store's connections, then the broker's."""
-        await self._close_presence()
+    @property
+    def store(self) -> HistoryStore | RedisHistory | None:
+        """Where the rooms' history is kept (None before `start` or without history rooms)."""
+        return self._store if self._remote is None else self._remote
+
+    @property
+    def in_redis(self) -> bool:
+        """Whether messages are numbered (and published) by Redis, not by this node."""
+        return self._remote is not None
+
+    async def close(self) -> None:
         if self._remote is not None:
             await self._remote.close()
-        await self._broker.close()
 
-    def _send_history(self, room: str, event: str, data: Any, exclude: list[str] | None) -> int:
+    def send(self, room: str, event: str, data: Any, exclude: list[str] | None) -> int:
         """Number and keep one room message, then deliver it to the local members (in redis:
         the script publishes it, and every node, this one too, delivers it on receipt)."""
         remote = self._remote
         if remote is not None:
             envelope = encode_envelope(
-                self.server_id, WebSocketMessageTypes.ROOM, event, data, room, exclude
+                self._server_id, WebSocketMessageTypes.ROOM, event, data, room, exclude
             )
             remote.publish(room, WebSocketChannels.for_room(room), envelope)
             return 0
-        store = self._history
+        store = self._store
         assert store is not None
         epoch, entry = store.append(
             room,
@@ -103,26 +135,22 @@ class History(HelperBase):
             frozenset(exclude) if exclude else _NO_ONE,
             lambda offset: history_frame(event, data, room, offset),
         )
-        owners: list[Any] | None = [] if self._encrypted else None
-        count = self._hub.send_history(room, epoch, entry.offset, entry.frame, exclude, owners)
-        if owners:
-            self._sealer.deliver(owners, event, data, (room, entry.offset))
-            count += len(owners)
-        return count
+        return self._sender.numbered(room, epoch, entry.offset, entry.frame, exclude, event, data)
 
-    def _joined(
-        self, client: Client, rooms: list[str], recover: dict[str, tuple[str, int]]
+    def joined(
+        self, client: Client, rooms: Sequence[str], recover: dict[str, tuple[str, int]]
     ) -> None:
         """After a client's join: per history room among `rooms` (just joined), the
         recovered messages if asked and possible, then `joined`."""
-        is_history, store = self._is_history, self._history
+        is_history, store = self.is_history, self._store
         assert is_history is not None
+        one = self._sender.one
         for room in rooms:
             if not is_history(room):
                 continue
             if store is None:  # redis: held from now on, read, then released in order
                 self._hub.hold_history(client.handle, room)
-                self._spawn(self._recover(client, room, recover.get(room)))
+                self._tasks.spawn(self._recover(client, room, recover.get(room)))
                 continue
             epoch, offset = store.position(room)
             recovered = False
@@ -134,11 +162,11 @@ class History(HelperBase):
                     for entry in entries:
                         if client.id not in entry.exclude:
                             position = (room, entry.offset)
-                            self._to_one(client, entry.frame, entry.event, entry.data, position)
+                            one(client, entry.frame, entry.event, entry.data, position)
             data = {"room": room, "epoch": epoch, "offset": offset, "recovered": recovered}
-            self._to_one(client, encode(JOINED, data), JOINED, data)
+            one(client, encode(JOINED, data), JOINED, data)
 
-    def _on_history_envelope(self, room: str, envelope: Envelope) -> bool:
+    def on_envelope(self, room: str, envelope: Envelope) -> bool:
         """A history room's envelope: in redis, numbered (by the script), or not (from a
         node or emitter that does not number it: delivered live as a plain message).
         Presence events are plain messages on any broker. False: not handled here (from
@@ -146,21 +174,18 @@ class History(HelperBase):
         if self._remote is None and envelope.event not in PRESENCE_EVENTS:
             return False
         if envelope.offset is not None:
-            self._deliver_history(room, envelope)
-        elif envelope.server_id != self.server_id:
+            self._deliver_numbered(room, envelope)
+        elif envelope.server_id != self._server_id:
             self._deliver_unnumbered(room, envelope)
         return True
 
     def _deliver_unnumbered(self, room: str, envelope: Envelope) -> None:
         """As a plain room message: no offset, not kept. Presence events are meant so; any
         other is counted (`stats()["history_unnumbered"]`) and logged once per spell."""
-        event, data, exclude = envelope.event, envelope.data, envelope.exclude
+        event = envelope.event
         if event not in PRESENCE_EVENTS:
             self._count_unnumbered(room, envelope.server_id)
-        self._hub.send_room(room, encode(event, data), exclude or None)
-        if self._encrypted:
-            owners = self._hub.encrypted_owners(room, None, exclude or None)
-            self._sealer.deliver(owners, event, data)
+        self._sender.room(room, event, envelope.data, envelope.exclude)
 
     def _count_unnumbered(self, room: str, sender: str) -> None:
         self._unnumbered += 1
@@ -178,16 +203,16 @@ class History(HelperBase):
             )
         self._unnumbered_at = now
 
-    def _history_stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, int]:
         """For `stats()`: history messages delivered without an offset, history writes
         dropped (redis unreachable)."""
-        if self._is_history is None:
+        if self.is_history is None:
             return {}
         remote = self._remote
         dropped = 0 if remote is None else remote.failed
         return {"history_unnumbered": self._unnumbered, "history_dropped": dropped}
 
-    def _deliver_history(self, room: str, envelope: Envelope) -> None:
+    def _deliver_numbered(self, room: str, envelope: Envelope) -> None:
         """A history room's message from redis (from any node, this one included): to the
         local members in the room's offset order, except the excluded, those whose recovery
         is being read (held for them) and those that already have it (the hub decides)."""
@@ -195,10 +220,9 @@ class History(HelperBase):
         assert offset is not None
         event, data = envelope.event, envelope.data
         frame = history_frame(event, data, room, offset)
-        owners: list[Any] | None = [] if self._encrypted else None
-        self._hub.send_history(room, envelope.epoch or "", offset, frame, envelope.exclude, owners)
-        if owners:
-            self._sealer.deliver(owners, event, data, (room, offset))
+        self._sender.numbered(
+            room, envelope.epoch or "", offset, frame, envelope.exclude, event, data
+        )
 
     async def _recover(self, client: Client, room: str, wanted: tuple[str, int] | None) -> None:
         remote = self._remote
@@ -221,7 +245,7 @@ class History(HelperBase):
         except BaseException:  # cancelled: stop holding
             self._hub.hold_history(client.handle, room, False)
             raise
-        hub = self._hub
+        hub, one = self._hub, self._sender.one
         if not client.live or not hub.in_room(client.handle, room):
             return  # the hub forgot what it held when the client left the room
         if not epoch:  # unreadable: start from the first message held
@@ -234,13 +258,11 @@ class History(HelperBase):
                 continue
             if client.id not in (old.exclude or ()):
                 frame = history_frame(old.event, old.data, room, old.offset)
-                self._to_one(client, frame, old.event, old.data, (room, old.offset))
+                one(client, frame, old.event, old.data, (room, old.offset))
         data = {"room": room, "epoch": epoch, "offset": offset, "recovered": messages is not None}
-        self._to_one(client, encode(JOINED, data), JOINED, data)
+        one(client, encode(JOINED, data), JOINED, data)
         # The live messages held meanwhile, after `offset`, in order, once each: queued by
         # the hub (plaintext), or handed back to be sealed (encrypted).
         for payload in hub.release_history(client.handle, room, epoch, offset):
             held = orjson.loads(payload)
-            self._to_one(
-                client, payload, held["event"], held.get("data", MISSING), (room, held["offset"])
-            )
+            one(client, payload, held["event"], held.get("data", MISSING), (room, held["offset"]))

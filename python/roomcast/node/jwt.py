@@ -133,14 +133,18 @@ class JwtAuthenticator:
       `allow_short_secret`, which also lifts the 32-byte floor);
     - `public_key`: a PEM public key or certificate (str/bytes) or a `cryptography` key;
       RSA -> RS*/PS*, EC P-256/P-384/P-521 -> ES256/384/512, Ed25519/Ed448 -> EdDSA;
-    - `jwks_url`: an identity provider's JWKS (http/https), fetched in a worker thread with a
-      `jwks_timeout`, kept `jwks_lifespan` seconds (kept longer while the endpoint fails),
-      refetched when a token names an unknown `kid` (at most once per
-      `jwks_refetch_interval`, so junk `kid`s cannot hammer the provider; after a failed
-      fetch, logins that need the set fail at once for that long too).
+    - `jwks_url`: an identity provider's JWKS (https://; plain http:// only with
+      `jwks_allow_http`), fetched in a worker thread, kept `jwks_lifespan` seconds (kept
+      longer while the endpoint fails), refetched when a token names an unknown `kid` (at
+      most once per `jwks_refetch_interval`, so junk `kid`s cannot hammer the provider).
+      Logins that need a fetch share one attempt and wait for it at most `jwks_timeout`
+      from its start; after it failed, logins for `jwks_refetch_interval` do not wait at all
+      (the stale key if there is one, else refused), so an outage of the provider costs a
+      wait once per attempt, not once per login.
 
     `algorithms` narrows the pinned set. `audience`/`issuer` are required when given;
-    `leeway` (seconds) applies to `exp`/`nbf`/`iat`. The user id is the `user_claim` claim
+    `require_exp` refuses tokens without an `exp`; `leeway` (seconds) applies to
+    `exp`/`nbf`/`iat`. The user id is the `user_claim` claim
     (a string or integer; absent: an anonymous user); the metadata holds every claim.
     Calls return the authentication result, or None for any bad token or unreachable JWKS.
     """
@@ -157,6 +161,8 @@ class JwtAuthenticator:
         leeway: float = 0.0,
         user_claim: str = "sub",
         allow_short_secret: bool = False,
+        require_exp: bool = False,
+        jwks_allow_http: bool = False,
         jwks_timeout: float = 5.0,
         jwks_lifespan: float = 300.0,
         jwks_refetch_interval: float = 5.0,
@@ -181,6 +187,7 @@ class JwtAuthenticator:
         self.issuer = issuer
         self.leeway = float(leeway)
         self.user_claim = user_claim
+        self.require_exp = require_exp
         self._wanted = None if algorithms is None else frozenset(algorithms)
         if self._wanted is not None and "none" in {a.lower() for a in self._wanted}:
             raise ValueError("algorithm 'none' is never accepted")
@@ -211,6 +218,11 @@ class JwtAuthenticator:
             assert jwks_url is not None
             if not jwks_url.lower().startswith(("http://", "https://")):
                 raise ValueError(f"jwks url must be http:// or https://: {jwks_url!r}")
+            if jwks_url.lower().startswith("http://") and not jwks_allow_http:
+                raise ValueError(
+                    f"jwks url over plain http:// refused: {jwks_url!r} (anyone on the way could "
+                    "hand out their own keys; use https://, or allow it with jwks_allow_http)"
+                )
             self._jwks = _Jwks(jwks_url, jwks_timeout, jwks_lifespan, jwks_refetch_interval)
 
     def _narrow(self, algorithms: Iterable[str]) -> list[str]:
@@ -289,6 +301,8 @@ class JwtAuthenticator:
 
     def _decode(self, token: str, key: Any, algorithms: list[str]) -> dict[str, Any]:
         require = [name for name, v in (("aud", self.audience), ("iss", self.issuer)) if v]
+        if self.require_exp:
+            require.append("exp")
         return jwt.decode(
             token,
             key,
@@ -319,6 +333,8 @@ class _Jwks:
         self._refetched_at = -math.inf
         self._failed_at = -math.inf
         self._inflight: asyncio.Future[None] | None = None
+        # When the waits for `_inflight` end (loop time): its start plus `timeout`.
+        self._deadline = -math.inf
 
     async def key(self, kid: str | None) -> tuple[Any, tuple[str, ...]] | None:
         """(key, algorithms) for `kid`, None when the set has no such key; raises
@@ -328,7 +344,11 @@ class _Jwks:
         fresh = now - self._loaded_at < self.lifespan
         if found is not None and fresh:
             return found
-        if now - self._failed_at < self.refetch_interval and found is None:
+        if self._failed_at > self._loaded_at and now - self._failed_at < self.refetch_interval:
+            # The last attempt failed moments ago: no login waits for the provider again
+            # until the interval is over.
+            if found is not None:  # stale beats unavailable while the provider is down
+                return found
             raise JwksUnavailable(f"{self.url} failed {now - self._failed_at:.1f} s ago")
         if found is None and fresh:
             # An unknown kid: perhaps a rotated key; junk kids cannot hammer the provider.
@@ -339,27 +359,34 @@ class _Jwks:
             await self._refresh()
         except JwksUnavailable:
             self._failed_at = time.monotonic()
-            if found is not None:  # stale beats unavailable while the provider is down
+            if found is not None:
                 return found
             raise
         return self._keys.get(kid)
 
     async def _refresh(self) -> None:
-        """One fetch at a time; concurrent logins wait for the same one."""
+        """One fetch at a time; concurrent logins wait for the same one, all of them until
+        `timeout` after it started at most (a fetch still running past that counts as
+        failed for every login until it ends)."""
+        loop = asyncio.get_running_loop()
         if self._inflight is None:
-            loop = asyncio.get_running_loop()
             self._inflight = loop.run_in_executor(None, self._fetch)
             self._inflight.add_done_callback(self._fetched)
+            self._deadline = loop.time() + self.timeout
         try:
             # The worker's socket timeout bounds each read; this bounds the whole wait.
-            await asyncio.wait_for(asyncio.shield(self._inflight), self.timeout)
+            await asyncio.wait_for(asyncio.shield(self._inflight), self._deadline - loop.time())
         except TimeoutError:
             raise JwksUnavailable(f"no answer from {self.url} within {self.timeout:g} s") from None
 
     def _fetched(self, future: asyncio.Future[None]) -> None:
         self._inflight = None
-        if not future.cancelled() and future.exception() is None:
+        if future.cancelled():
+            return
+        if future.exception() is None:
             self._loaded_at = time.monotonic()
+        else:  # perhaps after every login stopped waiting: the interval starts now
+            self._failed_at = time.monotonic()
 
     def _fetch(self) -> None:
         """In a worker thread: fetch and parse the set; replaces the keys only on success."""

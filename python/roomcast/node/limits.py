@@ -185,6 +185,11 @@ class Serial:
         if queue:
             queue.clear()
 
+    @property
+    def in_flight(self) -> int:
+        """Clients with a job in flight."""
+        return len(self._queues)
+
 
 class Limits:
     """The per-client limits of one helper. `send_error(client, message)` sends an error
@@ -217,9 +222,11 @@ class Limits:
             else (messages, size, float(options["rate_limit_burst"]))
         )
         self._rates: dict[str, RateLimit] = {}
-        self.presence = Serial(spawn, PRESENCE_WAITING)
         self.refused_rooms = 0  # joins refused by max_rooms_per_client
         self.rate_limited = 0  # messages dropped by the rate limit
+
+    def stats(self) -> dict[str, int]:
+        return {"room_limit_refused": self.refused_rooms, "rate_limited": self.rate_limited}
 
     def forget(self, client: Client) -> None:
         """The client is gone."""
@@ -229,7 +236,6 @@ class Limits:
         gate = self._gates.pop(client_id, None)
         if gate is not None:
             gate.waiting.clear()
-        self.presence.forget(client)
 
     # -- the inbound rate limit -----------------------------------------------------------
 

@@ -1,7 +1,9 @@
-"""Rooms: `join` and `leave` from clients (through validate_room_fn) and from the server.
+"""Rooms: `join` and `leave` from clients (through validate_room_fn) and from the server, and
+the one "rooms joined / left" event every way of joining or leaving ends with.
 
 Membership lives in the hub; a join that needs a new Redis subscription takes effect once
-Redis confirms it (the barrier, `roomcast.node.barrier`).
+Redis confirms it (the barrier, `roomcast.node.barrier`). After a join, history rooms send
+`joined` (and what the client recovers) and presence rooms `presence-join` when enabled.
 """
 
 from __future__ import annotations
@@ -9,24 +11,120 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
+from .._core import Hub
 from ..log import client_extra, fault
-from ..protocol.constants import WebSocketChannels
 from ..protocol.messages import recover_request, requested_rooms, sanitize_rooms
 from ..protocol.session import State
 from ..transport.connection import Client
-from .base import HelperBase
+from .barrier import JoinBarrier
+from .history import History
+from .limits import Limits
+from .presence import Presence
+from .tasks import Callback, Tasks
 
 logger = logging.getLogger("roomcast")
 
+Recover = dict[str, tuple[str, int]]
 
-class Rooms(HelperBase):
-    def _on_join(self, client: Client, data: Any) -> None:
+
+class Rooms:
+    """Joins and leaves of one helper's clients. `validate_room_fn` decides on a client's
+    join (none: every join is refused)."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        barrier: JoinBarrier,
+        clients: Mapping[str, Client],
+        tasks: Tasks,
+        history: History,
+        presence: Presence,
+        limits: Limits,
+        validate_room_fn: Callback | None,
+    ) -> None:
+        self._hub = hub
+        self._barrier = barrier
+        self._clients = clients
+        self._tasks = tasks
+        self._history = history
+        self._presence = presence
+        self._limits = limits
+        self.validate_room_fn = validate_room_fn
+        # Whether anything happens when a client joins a room (`joined`, presence events):
+        # known once history and presence have started.
+        self._hooks = False
+
+    def start(self) -> None:
+        """At configure, after history and presence."""
+        presence = self._presence
+        self._hooks = self._history.is_history is not None or presence.events or presence.in_redis
+
+    # -- the one event of every join and leave -------------------------------------------
+
+    def joined(self, client: Client, rooms: Sequence[str], recover: Recover | None = None) -> None:
+        """After `client` joined `rooms` (a `join`, its default rooms at login, or
+        `join_room`): its presence entry in redis for each presence room, `joined` for each
+        history room, `presence-join` for each presence room (when enabled)."""
+        if not self._hooks:
+            return
+        presence = self._presence
+        if presence.in_redis:
+            written = presence.changed(client, rooms, True)
+            if written is not None:
+                # Read-your-writes (SPEC §10): its `joined` and its next messages wait for
+                # its presence entry to be in redis (at most `subscribe_timeout`).
+                self._barrier.hold(
+                    client, written, lambda: self._joined_late(client, rooms, recover)
+                )
+                if presence.events:
+                    presence.announce(client, rooms, True)
+                return
+        if self._history.is_history is not None:
+            self._history.joined(client, rooms, recover or {})
+        if presence.events:
+            presence.announce(client, rooms, True)
+
+    def _joined_late(self, client: Client, rooms: Sequence[str], recover: Recover | None) -> None:
+        """`joined` once the presence write it waited for is done, for the history rooms
+        the client is still in."""
+        if self._history.is_history is None or not client.live:
+            return
+        hub, handle = self._hub, client.handle
+        still = [room for room in rooms if hub.in_room(handle, room)]
+        if still:
+            self._history.joined(client, still, recover or {})
+
+    def left(self, client: Client, rooms: Sequence[str]) -> None:
+        """After `client` left `rooms`: out of presence in redis (its next messages wait for
+        that), `presence-leave` (when enabled)."""
+        presence = self._presence
+        if presence.in_redis:
+            written = presence.changed(client, rooms, False)
+            if written is not None and client.live:
+                self._barrier.hold(client, written)
+        if presence.events:
+            presence.announce(client, rooms, False)
+
+    def leaving(self, client: Client) -> None:
+        """Before an authenticated client is removed from the hub, disconnecting."""
+        presence = self._presence
+        if presence.in_redis or presence.events:
+            rooms = self._hub.rooms_of(client.handle)
+            if presence.in_redis:
+                presence.changed(client, rooms, False)
+            if presence.events:
+                presence.announce(client, rooms, False)
+
+    # -- from clients --------------------------------------------------------------------
+
+    def on_join(self, client: Client, data: Any) -> None:
         requested = requested_rooms(data)
         if not requested:
             return
+        # Another client's own-id room is never asked for (unless the application allows it).
         rooms = self._limits.joinable(client, sanitize_rooms(requested))
         if not rooms:
             fault(
@@ -37,7 +135,8 @@ class Rooms(HelperBase):
                 extra=client_extra(client),
             )
             return
-        if self.validate_room_fn is None:
+        validate = self.validate_room_fn
+        if validate is None:
             fault(
                 "join refused",
                 "join refused for %s: no validate_room_fn configured",
@@ -45,11 +144,9 @@ class Rooms(HelperBase):
                 extra=client_extra(client),
             )
             return
-        recover = recover_request(data) if self._is_history is not None else None
+        recover = recover_request(data) if self._history.is_history is not None else None
         try:
-            allowed = self.validate_room_fn(
-                client_id=client.id, user_id=client.user_id, rooms=rooms
-            )
+            allowed = validate(client_id=client.id, user_id=client.user_id, rooms=rooms)
         except Exception:
             logger.exception(
                 "validate_room_fn raised for %s", client.id, extra=client_extra(client)
@@ -57,10 +154,8 @@ class Rooms(HelperBase):
             return
         if inspect.isawaitable(allowed):
             # The client's next messages wait for the validation (and the join) too.
-            assert self._loop is not None
-            lifted: asyncio.Future[bool] = self._loop.create_future()
-            self._barrier.hold(client, lifted, lambda: None)
-            self._spawn(self._join_when_validated(client, rooms, allowed, lifted, recover))
+            release = self._barrier.pause(client)
+            self._tasks.spawn(self._join_when_validated(client, rooms, allowed, release, recover))
         else:
             self._join_allowed(client, rooms, allowed, recover)
 
@@ -69,8 +164,8 @@ class Rooms(HelperBase):
         client: Client,
         rooms: list[str],
         allowed: Awaitable[Any],
-        lifted: asyncio.Future[bool],
-        recover: dict[str, tuple[str, int]] | None = None,
+        release: Callable[[], None],
+        recover: Recover | None,
     ) -> None:
         timeout = self._limits.validate_room_timeout
         try:
@@ -93,14 +188,10 @@ class Rooms(HelperBase):
             if result is not None:
                 self._join_allowed(client, rooms, result, recover)
         finally:
-            lifted.set_result(True)
+            release()
 
     def _join_allowed(
-        self,
-        client: Client,
-        rooms: list[str],
-        allowed: Any,
-        recover: dict[str, tuple[str, int]] | None = None,
+        self, client: Client, rooms: list[str], allowed: Any, recover: Recover | None
     ) -> None:
         if client.state is not State.AUTHENTICATED:
             return
@@ -116,115 +207,57 @@ class Rooms(HelperBase):
         # validate_room_fn returns a subset: anything else it returns is ignored.
         rooms = [r for r in allowed if r in requested]
         if not self._limits.within_room_limit(client, rooms):
-            return  # refused whole, before any subscription
-        barrier = self._barrier
-        if barrier.confirmation is not None:
-            channels = [WebSocketChannels.for_room(r) for r in rooms]
-            waiter = barrier.confirmation(channels)
-            if waiter is not None:
-                # The join takes effect once Redis confirms: the client's later messages
-                # are handled after it, and every message published from then on reaches it.
-                barrier.subscribe_early(channels)
-                barrier.hold(
-                    client,
-                    barrier.wait(waiter),
-                    lambda: self._join_now(client, rooms, channels, recover),
-                )
-                return
-            if client.id in barrier.held:
-                # Live already, but an earlier join of the client is not: after it.
-                barrier.hold(
-                    client, barrier.done(), lambda: self._join_now(client, rooms, [], recover)
-                )
-                return
-        self._join_now(client, rooms, [], recover)
+            return  # refused whole (`Room limit reached`), before any subscription
+        self._barrier.join(client, rooms, lambda: self._join_now(client, rooms, recover))
 
-    def _join_now(
-        self,
-        client: Client,
-        rooms: list[str],
-        ahead: list[str],
-        recover: dict[str, tuple[str, int]] | None = None,
-    ) -> None:
-        joined = client.live
-        if joined:
-            hub, handle = self._hub, client.handle
-            added = [r for r in rooms if hub.join(handle, r)]
-            logger.debug("%s joined %r", client.id, added)
-            self._limits.room_changes(client, len(added))
-            if added and self._room_hooks:
-                self._rooms_joined(client, added, recover)
-        if ahead:
-            self._barrier.release_early(ahead, joined)
+    def _join_now(self, client: Client, rooms: list[str], recover: Recover | None) -> bool:
+        """Into the hub now; False if the client cannot join any more."""
+        if not client.live:
+            return False
+        hub, handle = self._hub, client.handle
+        added = [r for r in rooms if hub.join(handle, r)]
+        logger.debug("%s joined %r", client.id, added)
+        self._limits.room_changes(client, len(added))
+        if added:
+            self.joined(client, added, recover)
+        return True
 
-    def _on_leave(self, client: Client, data: Any) -> None:
+    def on_leave(self, client: Client, data: Any) -> None:
         left = 0
         for room in requested_rooms(data):
             if type(room) is str and room != client.id and self._hub.leave(client.handle, room):
                 left += 1
-                if self._leave_hooks:
-                    self._rooms_left(client, [room])
+                self.left(client, [room])
         if left:
             self._limits.room_changes(client, left)
 
-    def join_room(self, client_id: str, room: str) -> bool:
-        """Put a local client in `room` (no name rules: the server may use any name).
+    # -- from the server -----------------------------------------------------------------
 
-        It is a member at once for local delivery; when the node must first subscribe to
-        the room in Redis, the client's next messages are handled only once Redis has
-        confirmed it (at most `subscribe_timeout` later). `join_room_confirmed` also waits.
-        """
-        return self._join_room(client_id, room) is not None
-
-    async def join_room_confirmed(self, client_id: str, room: str) -> bool:
-        """`join_room`, returning once the room is live cluster-wide: every message
-        published to it from then on, on any node or by the emitter, reaches the client
-        (unless Redis did not answer within `subscribe_timeout`; see `stats()`)."""
-        lifted = self._join_room(client_id, room)
-        if lifted is None:
-            return False
-        if not lifted.done():
-            await asyncio.shield(lifted)
-        return True
-
-    def _join_room(self, client_id: str, room: str) -> asyncio.Future[bool] | None:
+    def join_room(self, client_id: str, room: str) -> asyncio.Future[bool] | None:
         """None if no such client or already a member; else the barrier (maybe done)."""
         client = self._clients.get(client_id)
         if client is None:
             return None
         hub = self._hub
-        barrier = self._barrier
-        waiter = None
-        if barrier.confirmation is not None:
-            channel = WebSocketChannels.for_room(room)
-            if not hub.has_room(room):
-                interest = barrier.interest
-                assert interest is not None
-                interest(channel, True)
-            waiter = barrier.confirmation([channel])
-        if not hub.join(client.handle, room):
-            return None
-        if waiter is None:
-            self._joined_by_server(client, room)
-            return barrier.done()
-        lifted = barrier.wait(waiter)
-        barrier.hold(client, lifted, lambda: self._joined_by_server(client, room))
-        return lifted
+        return self._barrier.join_by_server(
+            client,
+            room,
+            lambda: hub.join(client.handle, room),
+            lambda: self._joined_by_server(client, room),
+        )
 
     def _joined_by_server(self, client: Client, room: str) -> None:
         """`join_room`'s room is live (in redis: confirmed): its `joined` (the position is
         read from here on, so every later message reaches the client after it) and
         presence-join."""
-        if self._room_hooks and client.live and self._hub.in_room(client.handle, room):
-            self._rooms_joined(client, [room])
+        if self._hooks and client.live and self._hub.in_room(client.handle, room):
+            self.joined(client, [room])
 
     def leave_room(self, client_id: str, room: str) -> bool:
-        """Take a local client out of `room`; its own-id room cannot be left."""
         client = self._clients.get(client_id)
         if client is None or room == client_id:
             return False
         if not self._hub.leave(client.handle, room):
             return False
-        if self._leave_hooks:
-            self._rooms_left(client, [room])
+        self.left(client, [room])
         return True

@@ -1,11 +1,14 @@
-"""WebSocketServerHelper: lifecycle and public API, wiring the parts of a node together.
+"""WebSocketServerHelper: the lifecycle and the public API of a node, over the parts it owns.
 
-The parts, one module each: the session state machine (`session`), the picows adapter
-(`connection`), authentication (`auth`), rooms (`rooms`), delivery and cross-node routing
-(`delivery`), encrypted delivery (`sealing`), interest sync and the join barrier
-(`barrier`). Everything that scales with the number of connections (registry, rooms, users,
-fan-out, deadlines, backpressure) lives in the Rust `Hub`; Python decides what to send and to
-whom, and never loops over recipients itself for plaintext delivery. See ARCHITECTURE.md.
+The parts, one module each, built here and given what they need (never the helper): the
+join barrier (`barrier`), local delivery in clear and sealed (`sender`), history and presence
+rooms (`history`, `presence`), joins and leaves (`rooms`), logins (`auth`), the inbound path
+(`inbound`) and delivery across nodes (`delivery`); the loop and its tasks (`tasks`). The
+session state machine is `roomcast.protocol.session`, the picows adapter
+`roomcast.transport.connection`, encrypted delivery `roomcast.encryption.sealing`.
+Everything that scales with the number of connections (registry, rooms, users, fan-out,
+deadlines, backpressure) lives in the Rust `Hub`; Python decides what to send and to whom,
+and never loops over recipients itself for plaintext delivery. See ARCHITECTURE.md.
 """
 
 from __future__ import annotations
@@ -18,14 +21,17 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from ssl import SSLContext
 from typing import Any
 
-from .. import _core
+from .._core import EXPIRED_AUTH, EXPIRED_HEARTBEAT, Hub
 from ..broker import Broker, create_broker
-from ..config import ServerConfig
+from ..broker.history import HistoryStore
+from ..broker.redis.history import RedisHistory
+from ..config import ServerConfig, resolve_server_options
 from ..encryption.scheme import EncryptionScheme, scheme_of
 from ..encryption.sealing import Sealer
 from ..log import TRACE, client_extra, fault
 from ..protocol.constants import CloseCode, ErrorMessages
 from ..protocol.counters import Counters
+from ..protocol.messages import MISSING
 from ..transport.connection import Client, Links
 from ..transport.http import HttpHandler, UpgradeRefused, WebServer
 from .auth import Authentication
@@ -35,9 +41,10 @@ from .delivery import Delivery
 from .history import History
 from .inbound import Inbound
 from .limits import Limits
-from .options import resolve_server_options
-from .presence import Presence
+from .presence import Member, Presence
 from .rooms import Rooms
+from .sender import Sender
+from .tasks import Callback, Tasks
 
 _DEFAULT = ServerConfig()
 
@@ -49,7 +56,7 @@ logger = logging.getLogger("roomcast")
 SWEEP_INTERVAL = 0.05
 
 
-class WebSocketServerHelper(Inbound, Authentication, Rooms, Delivery, History, Presence):
+class WebSocketServerHelper:
     """A WebSocket endpoint: authentication, rooms, users, broadcast and cross-node delivery.
 
     Callbacks may be plain functions or coroutine functions and are called with keyword
@@ -82,7 +89,8 @@ class WebSocketServerHelper(Inbound, Authentication, Rooms, Delivery, History, P
         config: ServerConfig | None = None,
     ) -> None:
         """The settings come from `config` when given (the keyword settings are then
-        ignored), else from the keywords, which build one (`self.config`)."""
+        ignored), else from the keywords, which build one (`self.config`, the one place
+        the helper and its parts read them from)."""
         if not redis_connection:
             raise ValueError(ErrorMessages.INVALID_REDIS)
         if authenticate_fn is None:
@@ -103,16 +111,7 @@ class WebSocketServerHelper(Inbound, Authentication, Rooms, Delivery, History, P
                 options=server_options or {},
             )
         self.config = config
-        self.identifier = config.identifier
         self.server_id = str(uuid.uuid4())
-        self._path = config.path
-        self._broker: Broker = create_broker(redis_connection)
-
-        self.authenticate_fn = authenticate_fn
-        self.validate_room_fn = validate_room_fn
-        self.client_connected_fn = client_connected_fn
-        self.client_disconnected_fn = client_disconnected_fn
-        self.message_handler = message_handler
         # A scheme supplies the hooks not given explicitly, opens inbound `encrypted` events
         # and drops client keys at disconnect; bound methods of one bring it along.
         if encryption is None:
@@ -120,8 +119,6 @@ class WebSocketServerHelper(Inbound, Authentication, Rooms, Delivery, History, P
         if encryption is not None:
             handshake_fn = handshake_fn or encryption.handshake_fn
             outbound_transformer = outbound_transformer or encryption.outbound_transformer
-        self.encryption = encryption
-        self.handshake_fn = handshake_fn
         check_callbacks(
             {
                 "authenticate_fn": authenticate_fn,
@@ -133,65 +130,204 @@ class WebSocketServerHelper(Inbound, Authentication, Rooms, Delivery, History, P
                 "handshake_fn": handshake_fn,
             }
         )
-
-        self.default_rooms = list(config.default_rooms)
-        self.auth_timeout = config.auth_timeout
-        self.heartbeat_interval = config.heartbeat_interval
-        self.heartbeat_timeout = config.heartbeat_timeout
-        self.require_encryption = config.require_encryption
-        self.subscribe_timeout = config.subscribe_timeout
-        self.server_options = dict(config.options)
-        self._max_connections: int | None = self.server_options["max_connections"]
-        self._backpressure_limit = int(self.server_options["backpressure_limit"])
-        self._close_on_backpressure = bool(self.server_options["close_on_backpressure_limit"])
-        self._write_delay = float(self.server_options["write_delay"])
-
-        self._loop = None
-        self._clients = {}
-        self._encrypted = 0
-        self._tasks = set()
-        self._logins = {}
-        self._barrier = JoinBarrier(
-            self._broker,
-            self._clients,
-            self._handle,
-            self.subscribe_timeout,
-            int(self.server_options["join_queue_limit"]),
+        self.client_disconnected_fn = client_disconnected_fn
+        options = config.options
+        broker = self._broker = create_broker(redis_connection)
+        # Python's own index of connections: the hub maps ids to handles internally but
+        # cannot hand back the `Client` of an id.
+        clients: dict[str, Client] = {}
+        self._clients = clients
+        tasks = self._tasks = Tasks()
+        barrier = self._barrier = JoinBarrier(
+            broker, clients, config.subscribe_timeout, int(options["join_queue_limit"])
         )
-        self._held = self._barrier.held
-        self._hub = _core.Hub(
-            self._schedule_late_flush if self._write_delay else self._schedule,
-            backpressure_limit=self._backpressure_limit,
-            close_on_backpressure_limit=self._close_on_backpressure,
-            heartbeat_timeout=self.heartbeat_timeout,
-            idle_timeout=float(self.server_options["idle_timeout"]),
-            send_pings=bool(self.server_options["send_pings"]),
+        write_delay = float(options["write_delay"])
+        hub = self._hub = Hub(
+            _late_flush(tasks, write_delay) if write_delay else tasks.schedule,
+            backpressure_limit=int(options["backpressure_limit"]),
+            close_on_backpressure_limit=bool(options["close_on_backpressure_limit"]),
+            heartbeat_timeout=config.heartbeat_timeout,
+            idle_timeout=float(options["idle_timeout"]),
+            send_pings=bool(options["send_pings"]),
             on_overflow=self._on_overflow,
-            on_interest=self._on_interest if self._barrier.interest is not None else None,
+            on_interest=barrier.on_interest if barrier.interest is not None else None,
             direct_writes=True,
         )
-        self._barrier.hub = self._hub
-        # Plain ints the protocol path bumps; `roomcast.metrics` reads them at scrape time.
-        self.counters = Counters()
+        # Plain ints the protocol path bumps; `roomcast.serving.metrics` reads them at scrape
+        # time.
+        counters = self.counters = Counters()
+        sealer = self._sealer = Sealer(
+            hub, tasks.spawn, encryption, outbound_transformer, config.encrypted_batch_limit
+        )
+        sender = self._sender = Sender(hub, sealer)
+        limits = self._limits = Limits(options, hub, sender.error, tasks.spawn)
+        server_id = self.server_id
+        history = self._history = History(hub, sender, broker, server_id, tasks, options)
+        presence = self._presence = Presence(
+            hub, sender, broker, clients, server_id, tasks, options, config.subscribe_timeout
+        )
+        rooms = self._rooms = Rooms(
+            hub, barrier, clients, tasks, history, presence, limits, validate_room_fn
+        )
+        auth = self._auth = Authentication(
+            hub,
+            sender,
+            sealer,
+            barrier,
+            rooms,
+            clients,
+            tasks,
+            counters,
+            config.default_rooms,
+            config.require_encryption,
+            encryption,
+            authenticate_fn,
+            handshake_fn,
+            client_connected_fn,
+        )
+        inbound = self._inbound = Inbound(
+            hub,
+            barrier,
+            sender,
+            rooms,
+            auth,
+            presence,
+            tasks,
+            counters,
+            encryption,
+            config.auth_timeout,
+            message_handler,
+            limits,
+        )
+        self._delivery = Delivery(sender, history, broker, clients, server_id, hub.has_room)
+        barrier.attach(hub, inbound.handle)
         self._links = Links(
-            self._hub,
-            self.counters,
-            int(self.server_options["max_payload_length"]),
+            hub,
+            counters,
+            int(options["max_payload_length"]),
             self._on_connect,
-            self._on_message,
+            inbound.on_message,
             self._on_disconnect,
             self._on_pause_writing,
-            int(self.server_options["max_fragments"]),
-        )
-        self._limits = Limits(self.server_options, self._hub, self._send_error, self._spawn)
-        self._rate = self._limits.rate
-        self._sealer = Sealer(
-            self._hub, self._spawn, encryption, outbound_transformer, config.encrypted_batch_limit
+            int(options["max_fragments"]),
         )
         self._sweep_handle: asyncio.TimerHandle | None = None
         self._accepting = False
         self._configured = False
         self._shut_down = False
+
+    # -- settings (read from `config`) ---------------------------------------------------
+
+    @property
+    def identifier(self) -> str:
+        return self.config.identifier
+
+    @property
+    def default_rooms(self) -> list[str]:
+        return list(self.config.default_rooms)
+
+    @property
+    def auth_timeout(self) -> float:
+        return self.config.auth_timeout
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return self.config.heartbeat_interval
+
+    @property
+    def heartbeat_timeout(self) -> float:
+        return self.config.heartbeat_timeout
+
+    @property
+    def require_encryption(self) -> bool:
+        return self.config.require_encryption
+
+    @property
+    def subscribe_timeout(self) -> float:
+        return self.config.subscribe_timeout
+
+    @property
+    def server_options(self) -> Mapping[str, Any]:
+        """The resolved server options (`roomcast.config.resolve_server_options`)."""
+        return self.config.options
+
+    # -- callbacks and encryption (each kept by the part that calls it) ------------------
+
+    @property
+    def authenticate_fn(self) -> Callback:
+        return self._auth.authenticate_fn
+
+    @authenticate_fn.setter
+    def authenticate_fn(self, fn: Callback) -> None:
+        self._auth.authenticate_fn = fn
+
+    @property
+    def handshake_fn(self) -> Callback | None:
+        return self._auth.handshake_fn
+
+    @handshake_fn.setter
+    def handshake_fn(self, fn: Callback | None) -> None:
+        self._auth.handshake_fn = fn
+
+    @property
+    def client_connected_fn(self) -> Callback | None:
+        return self._auth.client_connected_fn
+
+    @client_connected_fn.setter
+    def client_connected_fn(self, fn: Callback | None) -> None:
+        self._auth.client_connected_fn = fn
+
+    @property
+    def validate_room_fn(self) -> Callback | None:
+        return self._rooms.validate_room_fn
+
+    @validate_room_fn.setter
+    def validate_room_fn(self, fn: Callback | None) -> None:
+        self._rooms.validate_room_fn = fn
+
+    @property
+    def message_handler(self) -> Callback | None:
+        return self._inbound.message_handler
+
+    @message_handler.setter
+    def message_handler(self, fn: Callback | None) -> None:
+        self._inbound.message_handler = fn
+
+    @property
+    def validate_presence_fn(self) -> Callback | None:
+        """`validate_presence_fn(client_id, user_id, room) -> bool` (sync or async): may let
+        a client that is not a member of a presence room ask for its members."""
+        return self._presence.validate_presence_fn
+
+    @validate_presence_fn.setter
+    def validate_presence_fn(self, fn: Callback | None) -> None:
+        self._presence.validate_presence_fn = fn
+
+    @property
+    def encryption(self) -> EncryptionScheme | None:
+        """The encryption scheme, if any (given, or the one `handshake_fn` belongs to)."""
+        return self._auth.scheme
+
+    @property
+    def outbound_transformer(self) -> Callback | None:
+        """What encrypted clients get of each message (see the README)."""
+        return self._sealer.transformer
+
+    @outbound_transformer.setter
+    def outbound_transformer(self, transformer: Callback | None) -> None:
+        self._sealer.transformer = transformer
+
+    @property
+    def encrypted_batch_limit(self) -> int:
+        return self._sealer.batch_limit
+
+    @encrypted_batch_limit.setter
+    def encrypted_batch_limit(self, limit: int) -> None:
+        self._sealer.batch_limit = int(limit)
+
+    def enable_client_encryption(self, client_id: str) -> None:
+        """From now on the client gets only what outbound_transformer makes of each message."""
+        self._auth.enable_client_encryption(client_id)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -206,14 +342,17 @@ class WebSocketServerHelper(Inbound, Authentication, Rooms, Delivery, History, P
                 "encryption is configured but outbound_transformer is missing: "
                 "encrypted clients could receive nothing"
             )
-        self._setup_rooms()
-        self._loop = self._links.loop = self._barrier.loop = asyncio.get_running_loop()
-        await self._broker.start(self._on_envelope)
-        self._sweep_handle = self._loop.call_later(SWEEP_INTERVAL, self._sweep)
+        self._history.start()
+        self._presence.start()
+        self._rooms.start()
+        loop = self._links.loop = self._tasks.start()
+        self._barrier.start(loop)
+        await self._broker.start(self._delivery.on_envelope)
+        self._sweep_handle = loop.call_later(SWEEP_INTERVAL, self._sweep)
         self._configured = True
         self._accepting = True
         logger.debug(
-            "%s ready on path %s (server id %s)", self.identifier, self._path, self.server_id
+            "%s ready on path %s (server id %s)", self.identifier, self.config.path, self.server_id
         )
 
     async def serve(
@@ -258,7 +397,7 @@ class WebSocketServerHelper(Inbound, Authentication, Rooms, Delivery, History, P
         """Serve until SIGINT or SIGTERM (or until `shutdown_trigger` completes, or this
         task is cancelled), then shut down gracefully (1001 to every client) and return.
         `on_listening(server)` runs once the port is bound; the other options are `serve`'s.
-        See `roomcast.serving.runner.run`."""
+        See `roomcast.runner.run`."""
         from ..serving.runner import run
 
         await run(
@@ -294,33 +433,35 @@ class WebSocketServerHelper(Inbound, Authentication, Rooms, Delivery, History, P
             self._on_disconnect(client)
         self._clients.clear()
         self._sealer.clear()
-        await self._close_broker()
-        for task in list(self._tasks):
-            task.cancel()
+        # Presence's and the history store's connections, then the broker's.
+        await self._presence.close()
+        await self._history.close()
+        await self._broker.close()
+        self._tasks.cancel()
         logger.debug("%s shut down", self.identifier)
 
     def get_path(self) -> str:
-        return self._path
+        return self.config.path
 
     def accept(self) -> Client:
         """A listener for a new upgrade request; raises UpgradeRefused when it can't be taken."""
         if not self._accepting:
             raise UpgradeRefused("not accepting connections (not configured or shutting down)")
-        if self._max_connections is not None and len(self._clients) >= self._max_connections:
-            raise UpgradeRefused(f"connection limit reached: {self._max_connections}")
+        limit: int | None = self.config.options["max_connections"]
+        if limit is not None and len(self._clients) >= limit:
+            raise UpgradeRefused(f"connection limit reached: {limit}")
         return Client(self._links, str(uuid.uuid4()))
 
     # -- connection events (called by Client through its Links) -----------------------------
 
     def _on_connect(self, client: Client, transport: Any) -> None:
         raw = transport.underlying_transport
-        raw.set_write_buffer_limits(
-            high=self._backpressure_limit, low=self._backpressure_limit // 4
-        )
+        limit = int(self.config.options["backpressure_limit"])
+        raw.set_write_buffer_limits(high=limit, low=limit // 4)
         client.handle = self._hub.add(client.id, raw.write, client)
         self._clients[client.id] = client
         self.counters.connects += 1
-        self._hub.set_auth_deadline(client.handle, self.auth_timeout)
+        self._hub.set_auth_deadline(client.handle, self.config.auth_timeout)
         logger.log(TRACE, "connected %s (unauthorized)", client.id, extra=client_extra(client))
         if not self._accepting:
             client.close(CloseCode.GOING_AWAY, CloseCode.REASONS[CloseCode.GOING_AWAY])
@@ -329,15 +470,15 @@ class WebSocketServerHelper(Inbound, Authentication, Rooms, Delivery, History, P
         was_connected = client.disconnected()
         if was_connected is None:
             return
-        if was_connected and self._leave_hooks:
-            self._rooms_left(client, self._hub.rooms_of(client.handle))
+        if was_connected:
+            self._rooms.leaving(client)
         self._hub.remove(client.handle)
         self._clients.pop(client.id, None)
-        self._held.pop(client.id, None)
+        self._barrier.forget(client)
         self._limits.forget(client)
-        if client.encrypted:
-            self._encrypted -= 1
-        self._forget_keys(client)
+        self._presence.forget(client)
+        self._sender.forget(client)
+        self._auth.forget_keys(client)
         # The one line per connection at DEBUG.
         logger.debug(
             "connection %s closed (user %s, %s, %.3f s)",
@@ -348,7 +489,7 @@ class WebSocketServerHelper(Inbound, Authentication, Rooms, Delivery, History, P
             extra=client_extra(client),
         )
         if was_connected and self.client_disconnected_fn is not None:
-            self._invoke(
+            self._tasks.invoke(
                 "client_disconnected_fn",
                 self.client_disconnected_fn,
                 client_id=client.id,
@@ -358,7 +499,7 @@ class WebSocketServerHelper(Inbound, Authentication, Rooms, Delivery, History, P
     def _on_pause_writing(self, client: Client) -> None:
         self._hub.set_backpressured(client.handle, True)
         logger.log(TRACE, "backpressure on %s", client.id, extra=client_extra(client))
-        if self._close_on_backpressure:
+        if self.config.options["close_on_backpressure_limit"]:
             self._on_overflow(client)
 
     def _on_overflow(self, client: Client) -> None:
@@ -371,6 +512,70 @@ class WebSocketServerHelper(Inbound, Authentication, Rooms, Delivery, History, P
         client.close(
             CloseCode.POLICY_VIOLATION, CloseCode.REASONS[CloseCode.POLICY_VIOLATION], abort=True
         )
+
+    # -- delivery ------------------------------------------------------------------------
+
+    def send_to_client(self, client_id: str, event: str, data: Any = MISSING) -> int:
+        """Deliver to one local authenticated client; returns 1 if queued, else 0."""
+        return self._delivery.to_client(client_id, event, data)
+
+    def send_to_user(self, user_id: str, event: str, data: Any = MISSING) -> int:
+        """Deliver to every local session of a user; returns how many were queued."""
+        return self._delivery.to_user(user_id, event, data)
+
+    def send_to_room(
+        self, room: str, event: str, data: Any = MISSING, exclude: list[str] | None = None
+    ) -> int:
+        """Deliver to every local authenticated member of `room` not in `exclude`; a message
+        to a history room is numbered and kept first (SPEC §10)."""
+        return self._delivery.to_room(room, event, data, exclude)
+
+    def broadcast(self, event: str, data: Any = MISSING, exclude: list[str] | None = None) -> int:
+        """Deliver to every local authenticated client not in `exclude`."""
+        return self._delivery.to_everyone(event, data, exclude)
+
+    def send(
+        self, destination: str | None = None, payload: Mapping[str, Any] | None = None
+    ) -> None:
+        """Deliver locally and publish to the other nodes.
+
+        `payload` is `{"topic": event, "data": ...}`; one without a topic or a `data` key is
+        ignored. No destination: everyone. A local client id: that client. A local room: the
+        room. Anything else: published as a room envelope, which reaches a room of that name
+        or a client of that id on any node.
+        """
+        self._delivery.send(destination, payload)
+
+    # -- rooms ---------------------------------------------------------------------------
+
+    def join_room(self, client_id: str, room: str) -> bool:
+        """Put a local client in `room` (no name rules: the server may use any name).
+
+        It is a member at once for local delivery; when the node must first subscribe to
+        the room in Redis, the client's next messages are handled only once Redis has
+        confirmed it (at most `subscribe_timeout` later). `join_room_confirmed` also waits.
+        """
+        return self._rooms.join_room(client_id, room) is not None
+
+    async def join_room_confirmed(self, client_id: str, room: str) -> bool:
+        """`join_room`, returning once the room is live cluster-wide: every message
+        published to it from then on, on any node or by the emitter, reaches the client
+        (unless Redis did not answer within `subscribe_timeout`; see `stats()`)."""
+        lifted = self._rooms.join_room(client_id, room)
+        if lifted is None:
+            return False
+        if not lifted.done():
+            await asyncio.shield(lifted)
+        return True
+
+    def leave_room(self, client_id: str, room: str) -> bool:
+        """Take a local client out of `room`; its own-id room cannot be left."""
+        return self._rooms.leave_room(client_id, room)
+
+    async def presence(self, room: str) -> list[Member]:
+        """The members of a presence room, each once: `{"clientId", "userId"?}` (no `userId`
+        for anonymous clients); empty for a room without presence."""
+        return await self._presence.members(room)
 
     # -- queries -------------------------------------------------------------------------
 
@@ -393,11 +598,17 @@ class WebSocketServerHelper(Inbound, Authentication, Rooms, Delivery, History, P
         the join barrier's (`subscribe_waits`: logins and joins that waited for Redis to
         confirm a subscription; `subscribe_unconfirmed`: those that went ahead without it,
         Redis being unreachable or slower than `subscribe_timeout`), `history_*` (README)
-        and, prefixed `broker_`, the broker's when it keeps any."""
+        the limits' (`room_limit_refused`: joins refused by max_rooms_per_client;
+        `rate_limited`: messages dropped by the inbound rate limit), presence's
+        (`presence_requests`: clients with a `presence` request in flight;
+        `presence_coalesced`: requests answered with one waiting already) and, prefixed
+        `broker_`, the broker's when it keeps any."""
         stats = self._hub.stats()
         stats["subscribe_waits"] = self._barrier.waits
         stats["subscribe_unconfirmed"] = self._barrier.unconfirmed
-        stats.update(self._history_stats())
+        stats.update(self._history.stats())
+        stats.update(self._limits.stats())
+        stats.update(self._presence.stats())
         for key, value in self._broker.stats().items():
             stats[f"broker_{key}"] = value
         return stats
@@ -405,7 +616,13 @@ class WebSocketServerHelper(Inbound, Authentication, Rooms, Delivery, History, P
     @property
     def encrypted_connections(self) -> int:
         """Connections with an encrypted session now."""
-        return self._encrypted
+        return self._sender.encrypted
+
+    @property
+    def history_store(self) -> HistoryStore | RedisHistory | None:
+        """Where history rooms are kept: `MemoryHistory` on the memory broker, `RedisHistory`
+        in redis; None before `configure` or when no room keeps history."""
+        return self._history.store
 
     @property
     def broker(self) -> Broker:
@@ -442,13 +659,12 @@ class WebSocketServerHelper(Inbound, Authentication, Rooms, Delivery, History, P
     @property
     def held_clients(self) -> int:
         """Clients whose inbound messages wait behind a join barrier now."""
-        return len(self._held)
+        return len(self._barrier.held)
 
     def channels_live(self, channels: list[str]) -> bool:
         """Whether every broker channel in `channels` is confirmed subscribed (always True
         when the broker does not confirm subscriptions: every channel is live)."""
-        confirmation = self._barrier.confirmation
-        return confirmation is None or confirmation(channels) is None
+        return self._barrier.live(channels)
 
     def flush(self) -> None:
         """Hand the queued writes to the sockets now (otherwise once per loop iteration)."""
@@ -476,25 +692,18 @@ class WebSocketServerHelper(Inbound, Authentication, Rooms, Delivery, History, P
 
     # -- internals -----------------------------------------------------------------------
 
-    def _schedule_late_flush(self, flush: Callable[[], None]) -> None:
-        """The hub's `schedule` with a `write_delay`: its flush runs that much later, so
-        deliveries within the window share one write per client."""
-        loop = self._loop
-        if loop is None:
-            loop = self._loop = asyncio.get_running_loop()
-        loop.call_later(self._write_delay, flush)
-
     def _sweep(self) -> None:
-        assert self._loop is not None
-        self._sweep_handle = self._loop.call_later(SWEEP_INTERVAL, self._sweep)
+        loop = self._tasks.loop
+        assert loop is not None
+        self._sweep_handle = loop.call_later(SWEEP_INTERVAL, self._sweep)
         for client, reason in self._hub.sweep():
-            if reason == _core.EXPIRED_AUTH:
+            if reason == EXPIRED_AUTH:
                 self.counters.auth["timeout"] += 1
                 logger.debug(
                     "closing %s: authentication timeout", client.id, extra=client_extra(client)
                 )
                 client.close(CloseCode.AUTH_TIMEOUT, CloseCode.REASONS[CloseCode.AUTH_TIMEOUT])
-            elif reason == _core.EXPIRED_HEARTBEAT:
+            elif reason == EXPIRED_HEARTBEAT:
                 logger.debug("closing %s: heartbeat timeout", client.id, extra=client_extra(client))
                 client.close(
                     CloseCode.HEARTBEAT_TIMEOUT, CloseCode.REASONS[CloseCode.HEARTBEAT_TIMEOUT]
@@ -503,6 +712,12 @@ class WebSocketServerHelper(Inbound, Authentication, Rooms, Delivery, History, P
                 logger.debug("closing %s: idle timeout", client.id, extra=client_extra(client))
                 client.close(CloseCode.GOING_AWAY, CloseCode.IDLE_REASON)
 
-    def _on_interest(self) -> None:
-        """The hub recorded the first interest change since the last drain."""
-        self._schedule(self._barrier.sync_interest)
+
+def _late_flush(tasks: Tasks, delay: float) -> Callable[[Callable[[], None]], None]:
+    """The hub's `schedule` with a `write_delay`: its flush runs that much later, so
+    deliveries within the window share one write per client."""
+
+    def schedule(flush: Callable[[], None]) -> None:
+        tasks.schedule_later(delay, flush)
+
+    return schedule

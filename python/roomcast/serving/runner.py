@@ -47,8 +47,8 @@ def tune_gc() -> bool:
 class Servable(Protocol):
     """What `run` drives (a `WebSocketServerHelper`)."""
 
-    identifier: str
-
+    @property
+    def identifier(self) -> str: ...
     def get_path(self) -> str: ...
     async def serve(
         self,

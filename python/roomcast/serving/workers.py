@@ -9,11 +9,17 @@ supervisor restarts a worker that dies (with back-off), and on SIGINT/SIGTERM se
 worker SIGTERM (each closes its clients with 1001) and exits 0 once all have exited; a second
 signal kills them. Metrics: every worker writes to one `PROMETHEUS_MULTIPROC_DIR` (see
 `roomcast.metrics`), which this process creates and removes.
+
+A worker's stdout is relayed line by line (a line longer than LINE_LIMIT in pieces of that
+size). A worker counts as dead when it exits, whether or not its stdout is closed: a process
+the worker started (an `--app` may) can hold the pipe open long after; what it writes there is
+still relayed until it closes it or the supervisor exits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import resource
@@ -36,6 +42,10 @@ RESTART_MIN_DELAY = 0.5
 RESTART_MAX_DELAY = 30.0
 # Descriptors a process keeps besides its clients (listening socket, broker, stdio, ...).
 RESERVED_FILES = 32
+# Longest stdout line relayed as one; longer ones go in pieces of this size.
+LINE_LIMIT = 64 * 1024
+# After a worker exits, how long its last lines may take to arrive before it is restarted.
+DRAIN_TIMEOUT = 1.0
 
 
 def cpu_count() -> int:
@@ -93,6 +103,42 @@ def reserve_port(host: str, port: int) -> socket.socket:
     return sock
 
 
+class _WorkerPipe(asyncio.SubprocessProtocol):
+    """A worker process: its stdout relayed to `on_line`, its exit and the pipe's end."""
+
+    def __init__(self, on_line: Callable[[str], None]) -> None:
+        loop = asyncio.get_running_loop()
+        self.on_line = on_line
+        self.exited: asyncio.Future[None] = loop.create_future()
+        self.closed: asyncio.Future[None] = loop.create_future()
+        self._buffer = bytearray()
+
+    def pipe_data_received(self, fd: int, data: bytes | bytearray) -> None:
+        self._buffer += data
+        while True:
+            if (end := self._buffer.find(b"\n", 0, LINE_LIMIT + 1)) >= 0:
+                self._emit(end, end + 1)
+            elif len(self._buffer) > LINE_LIMIT:  # a piece of a longer line, as it is
+                self._emit(LINE_LIMIT, LINE_LIMIT, strip=False)
+            else:
+                return
+
+    def _emit(self, end: int, cut: int, strip: bool = True) -> None:
+        text = self._buffer[:end].decode(errors="replace")
+        del self._buffer[:cut]
+        self.on_line(text.rstrip() if strip else text)
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        if self._buffer:
+            self._emit(len(self._buffer), len(self._buffer))
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def process_exited(self) -> None:
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+
 class Supervisor:
     """Runs `count` workers until a signal (or `stop()`), restarting those that die."""
 
@@ -107,7 +153,9 @@ class Supervisor:
         self.args = list(args)
         self.env = env
         self.out = out
-        self.procs: list[asyncio.subprocess.Process | None] = [None] * count
+        self.procs: list[asyncio.SubprocessTransport | None] = [None] * count
+        # Exited workers whose stdout something they started still holds open.
+        self._lingering: set[asyncio.SubprocessTransport] = set()
         self._stopping = asyncio.Event()
         self._forced = False
         self._ready: list[asyncio.Event] = [asyncio.Event() for _ in range(count)]
@@ -142,6 +190,8 @@ class Supervisor:
             await asyncio.gather(*slots)
         finally:
             all_ready.cancel()
+            for transport in self._lingering:
+                transport.close()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
         return 1 if self._forced else 0
@@ -159,7 +209,7 @@ class Supervisor:
 
     def _signal_all(self, sig: int) -> None:
         for proc in self.procs:
-            if proc is not None and proc.returncode is None:
+            if proc is not None and proc.get_returncode() is None:
                 try:
                     proc.send_signal(sig)
                 except ProcessLookupError:
@@ -171,28 +221,38 @@ class Supervisor:
         failures = 0
         while not self._stopping.is_set():
             started = loop.time()
-            proc = await asyncio.create_subprocess_exec(
+            proc, pipe = await loop.subprocess_exec(
+                lambda: _WorkerPipe(lambda text: self._relay(index, text)),
                 sys.executable,
                 "-m",
                 "roomcast",
                 *self.args,
+                stdin=None,
                 stdout=asyncio.subprocess.PIPE,
+                stderr=None,
                 env=self.env,
             )
+            pid = proc.get_pid()
             self.procs[index] = proc
-            self.out(f"roomcast: worker {index} started (pid {proc.pid})")
+            self.out(f"roomcast: worker {index} started (pid {pid})")
             if self._stopping.is_set():  # a signal came while it was starting
                 proc.send_signal(signal.SIGTERM)
-            reader = asyncio.ensure_future(self._forward(index, proc))
-            code = await proc.wait()
-            await reader
+            await pipe.exited
+            code = proc.get_returncode()
+            # Its last lines, unless something it started keeps the pipe open.
+            await asyncio.wait((pipe.closed,), timeout=DRAIN_TIMEOUT)
+            if pipe.closed.done():
+                proc.close()
+            else:
+                self._lingering.add(proc)
+                pipe.closed.add_done_callback(functools.partial(self._closed, proc))
             directory = self.env.get(MULTIPROC_ENV)
             if directory:
                 from prometheus_client.multiprocess import mark_process_dead
 
-                mark_process_dead(proc.pid, directory)  # type: ignore[no-untyped-call]
+                mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
             if self._stopping.is_set():
-                self.out(f"roomcast: worker {index} (pid {proc.pid}) stopped ({code})")
+                self.out(f"roomcast: worker {index} (pid {pid}) stopped ({code})")
                 return
             if not self._ready[index].is_set():
                 if not self._failed.done():
@@ -205,7 +265,7 @@ class Supervisor:
             logger.error(
                 "worker %d (pid %d) exited with %s: restarting in %.1f s",
                 index,
-                proc.pid,
+                pid,
                 code,
                 delay,
             )
@@ -214,14 +274,16 @@ class Supervisor:
             except TimeoutError:
                 pass
 
-    async def _forward(self, index: int, proc: asyncio.subprocess.Process) -> None:
-        """Relay a worker's stdout lines, noting when it listens."""
-        assert proc.stdout is not None
-        while line := await proc.stdout.readline():
-            text = line.decode(errors="replace").rstrip()
-            if text.startswith("roomcast: listening on "):
-                self._ready[index].set()
-            self.out(f"[worker {index}] {text}")
+    def _relay(self, index: int, text: str) -> None:
+        """One line of worker `index`'s stdout, noting when it listens."""
+        if text.startswith("roomcast: listening on "):
+            self._ready[index].set()
+        self.out(f"[worker {index}] {text}")
+
+    def _closed(self, proc: asyncio.SubprocessTransport, _: object) -> None:
+        if proc in self._lingering:
+            self._lingering.discard(proc)
+            proc.close()
 
 
 async def supervise(

@@ -58,7 +58,8 @@ pub struct Hub {
     direct_writes: bool,
     /// Batches written (at least partly) straight to a socket.
     direct_count: u64,
-    /// One submission per flush for the direct writes, when the kernel allows it.
+    /// One submission per flush for the direct writes, when the kernel allows it; None
+    /// otherwise, and for good once the ring failed (then direct writes go by `send(2)`).
     ring: Option<Ring>,
     /// Reused between flushes; empty outside `flush`.
     stage: Stage,
@@ -456,6 +457,10 @@ impl Hub {
             if let (Some(ring), Some(stage)) = (this.ring.as_mut(), stage.as_mut()) {
                 if !stage.is_empty() && stage.submit(py, ring, &mut writes, &mut direct) {
                     this.ring_submits += 1;
+                }
+                if !ring.is_up() {
+                    // It failed and was torn down (`crate::ring`): send(2) from now on.
+                    this.ring = None;
                 }
             }
             if let Some(stage) = stage {
