@@ -266,3 +266,38 @@ def test_an_application_may_opt_out_of_private_client_rooms():
             await spy.close()
 
     run(body())
+
+
+# -- the join-barrier queue -------------------------------------------------------------------
+
+
+def test_messages_behind_a_join_barrier_past_join_queue_limit_pause_reading_and_all_arrive():
+    async def body():
+        release = asyncio.Event()
+
+        async def validate_room_fn(client_id: str, user_id: str | None, rooms: list[str]) -> Any:
+            await release.wait()  # the join (and what the client sends after it) waits
+            return rooms
+
+        handled: list[Any] = []
+        async with running(
+            validate_room_fn=validate_room_fn,
+            default_rooms=[],
+            server_options={"join_queue_limit": 10_000},
+            message_handler=lambda client_id, user_id, message: handled.append(message["data"]),
+        ) as n:
+            ws, data = await authed(n.url)
+            client = n.helper.get_clients(data["id"])
+            await send(ws, {"event": "join", "data": {"rooms": ["a"]}})
+            for i in range(20):  # 20 x ~1 KB: past 10,000 bytes, far below 256 messages
+                await send(ws, {"event": "note", "data": [i, "x" * 1000]})
+            await eventually(lambda: client.reading_paused)
+            assert handled == []
+            release.set()
+            await eventually(lambda: len(handled) == 20)
+            assert [item[0] for item in handled] == list(range(20))
+            assert "a" in client.rooms
+            await eventually(lambda: not client.reading_paused)
+            await ws.close()
+
+    run(body())
