@@ -205,7 +205,8 @@ def _redis_url(text: str) -> str:
     if text == "memory:" or text.startswith(("memory://", *REDIS_SCHEMES)):
         return text
     raise argparse.ArgumentTypeError(
-        f"unsupported url {text!r} (use memory://, redis://, rediss:// or redis+cluster://)"
+        f"unsupported url {text!r} (use memory://, redis://, rediss://, redis+cluster:// "
+        "or redis+sentinel://)"
     )
 
 
@@ -213,7 +214,7 @@ def _emit_redis_url(text: str) -> str:
     if text.startswith(REDIS_SCHEMES):
         return text
     raise argparse.ArgumentTypeError(
-        f"unsupported url {text!r} (use redis://, rediss:// or redis+cluster://)"
+        f"unsupported url {text!r} (use redis://, rediss://, redis+cluster:// or redis+sentinel://)"
     )
 
 
@@ -230,7 +231,8 @@ _SERVE_FLAGS: list[tuple[str, Callable[[str], Any] | None, str]] = [
     (
         "--redis-url",
         _redis_url,
-        "memory:// (default, one node), redis://, rediss://, redis+cluster://",
+        "memory:// (default, one node), redis://, rediss://, redis+cluster://h:p,h:p, "
+        "redis+sentinel://h:p,h:p/service (valkey:// ... too)",
     ),
     ("--redis-timeout-ms", _positive_int, "ms to wait for redis at start (default 30000)"),
     ("--app", str, "MODULE:ATTR supplying callbacks (and optionally setup(helper))"),
@@ -370,7 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--redis-url",
         type=_emit_redis_url,
         default=None,
-        help="redis://, rediss://, redis+cluster:// [env ROOMCAST_REDIS_URL]",
+        help="redis://, rediss://, redis+cluster://h:p,h:p, redis+sentinel://h:p,h:p/service "
+        "(valkey:// ... too) [env ROOMCAST_REDIS_URL]",
     )
     to = emit.add_mutually_exclusive_group(required=True)
     to.add_argument("--room", help="every member of this room")
@@ -430,7 +433,8 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> Serve
     if config.workers > 1 and not config.redis_url.startswith(REDIS_SCHEMES):
         raise CliError(
             f"--workers {config.workers} needs a shared broker: give --redis-url "
-            f"(redis://, rediss:// or redis+cluster://); {config.redis_url} is one process"
+            f"(redis://, rediss://, redis+cluster:// or redis+sentinel://); "
+            f"{config.redis_url} is one process"
         )
     if (config.ssl_keyfile or config.ssl_ca_certs) and not config.ssl_certfile:
         raise CliError("--ssl-keyfile and --ssl-ca-certs need --ssl-certfile")

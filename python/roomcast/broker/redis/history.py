@@ -95,6 +95,8 @@ def client_for(target: RedisTarget, name: str | None = None) -> Any:
             ssl=ssl,
             **kwargs,
         )
+    if target.sentinel is not None:
+        return target.sentinel.master_client(target.connection_class, kwargs)
     ((host, port),) = target.nodes
     from redis.asyncio import ConnectionPool
 
