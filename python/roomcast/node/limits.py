@@ -1,9 +1,9 @@
 """Per-client limits (SPEC §12; the README's "Limits" table).
 
 `Limits` is the part that owns each client's limit state (its rate limit, its room churn,
-its message_handler tasks in flight, its presence requests) and is told when a client goes.
-Under it, plain objects that take the time as an argument: token buckets, the rate limit's
-verdicts, the handler gate.
+its message_handler tasks in flight) and is told when a client goes. Under it, plain objects
+that take the time as an argument (token buckets, the rate limit's verdicts, the handler
+gate), and `Serial`, one request in flight per client, which presence keeps for its own.
 """
 
 from __future__ import annotations
