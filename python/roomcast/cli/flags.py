@@ -16,6 +16,7 @@ from .. import __version__
 from ..broker import REDIS_SCHEMES
 from ..config import ServerConfig
 from ..protocol.constants import INTERNAL_ROOM_PREFIX, ROOM_NAME_MAX_LENGTH
+from ..serving.api import DEFAULT_BODY_LIMIT
 from .token import add_token_parser
 from .token import non_negative_int as _non_negative_int
 
@@ -88,6 +89,9 @@ class ServeConfig:
     ssl_ca_certs: str | None = None
     metrics_port: int | None = None
     log_format: str = "text"
+    api_key: str | None = None
+    api_key_file: str | None = None
+    api_body_limit: int = DEFAULT_BODY_LIMIT
 
     def server_config(self) -> ServerConfig:
         """The helper's configuration these settings give."""
@@ -347,6 +351,14 @@ _SERVE_FLAGS: list[tuple[str, Callable[[str], Any] | None, str]] = [
     ("--ssl-keyfile-password", str, "password of an encrypted --ssl-keyfile"),
     ("--ssl-ca-certs", str, "PEM CA file: require client certificates signed by these CAs"),
     ("--metrics-port", _port, "serve /metrics (and /health) on this port, not the main one"),
+    (
+        "--api-key",
+        str,
+        "turn on the server HTTP API under /api/ with this key (header X-API-Key); "
+        "without a key /api/ answers 404",
+    ),
+    ("--api-key-file", str, "read the API key from this file (keeps it off the command line)"),
+    ("--api-body-limit", _positive_int, "largest API request body in bytes (default 1048576)"),
 ]
 
 
@@ -440,4 +452,19 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> Serve
         raise CliError("--ssl-keyfile and --ssl-ca-certs need --ssl-certfile")
     if config.log_format.lower() not in ("text", "json"):
         raise CliError(f"unknown log format: {config.log_format}")
+    _api_key(config)
     return config
+
+
+def _api_key(config: ServeConfig) -> None:
+    """Take the key from --api-key-file; refuse an empty one, or two ways of giving it."""
+    if config.api_key_file is not None:
+        if config.api_key is not None:
+            raise CliError("give --api-key or --api-key-file (or ROOMCAST_API_KEY), not both")
+        try:
+            with open(config.api_key_file, encoding="utf-8") as file:
+                config.api_key = file.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CliError(f"--api-key-file: cannot read {config.api_key_file}: {exc}") from None
+    if config.api_key is not None and not config.api_key:
+        raise CliError("the API key is empty")

@@ -279,6 +279,10 @@ async def _serve(
                 await extra.stop()
 
     separate = config.metrics_port is not None
+    from ..serving.api import Api
+
+    # Always there, so /api/ answers 404 without a key rather than reaching the app's handler.
+    api = Api(helper, config.api_key, body_limit=config.api_body_limit)
     try:
         await helper.run(
             config.host,
@@ -290,6 +294,7 @@ async def _serve(
             health=True,
             metrics=not separate,
             reuse_port=parent is not None,
+            api=api,
         )
     except BrokerUnavailable as exc:
         raise CliError(str(exc), 1) from None
@@ -388,6 +393,10 @@ async def serve_workers(
         extra_env["ROOMCAST_JWT_SECRET"] = demo_secret(
             config, (lambda _line: None) if config.app else out
         )
+    if config.api_key is not None and config.api_key_file is None:
+        # Workers read it from their environment, never from their command line.
+        extra_env["ROOMCAST_API_KEY"] = config.api_key
+        argv = without_flag(argv, "--api-key")
     scheme = "wss" if config.ssl_certfile else "ws"
 
     def describe(port: int) -> str:

@@ -15,9 +15,10 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Iterator
 from ssl import SSLContext
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict, Unpack
 
 from ..transport.http import HttpHandler, WebServer
+from ..transport.httpapi import Api
 
 logger = logging.getLogger("roomcast")
 
@@ -45,6 +46,16 @@ def tune_gc() -> bool:
     return True
 
 
+class ServeOptions(TypedDict, total=False):
+    """The options of `WebSocketServerHelper.serve` that `run` passes on."""
+
+    ssl: SSLContext | None
+    health: bool
+    metrics: bool
+    reuse_port: bool
+    api: Api | None
+
+
 class Servable(Protocol):
     """What `run` drives (a `WebSocketServerHelper`)."""
 
@@ -61,6 +72,7 @@ class Servable(Protocol):
         health: bool = False,
         metrics: bool = False,
         reuse_port: bool = False,
+        api: Api | None = None,
     ) -> WebServer: ...
     async def shutdown(self) -> None: ...
 
@@ -104,11 +116,11 @@ async def run(
     *,
     shutdown_trigger: Awaitable[Any] | None = None,
     on_listening: Callable[[WebServer], Any] | None = None,
-    **serve_options: Any,
+    **serve_options: Unpack[ServeOptions],
 ) -> None:
     """Serve `helper` on host:port until `shutdown_trigger` completes (default: SIGINT or
     SIGTERM) or the calling task is cancelled; then shut down gracefully and return.
-    `serve_options` go to `helper.serve` (`ssl`, `health`, `metrics`, `reuse_port`);
+    `serve_options` go to `helper.serve` (`ssl`, `health`, `metrics`, `reuse_port`, `api`);
     `on_listening(server)` runs once the port is bound (awaited if it is a coroutine).
 
     Errors of start-up (BrokerUnavailable, OSError for a port in use) propagate after the

@@ -226,6 +226,25 @@ class RedisBroker:
         self._stats["published"] += 1
         return int(await future)
 
+    async def publish_many_wait(self, messages: list[tuple[str, bytes]]) -> list[int]:
+        """`publish_wait` for each, queued at once (the writer sends them in one write), then
+        waited for together. Raises BrokerUnavailable while disconnected."""
+        session = self._session
+        if session is None:
+            raise BrokerUnavailable(
+                f"redis at {self.target.describe()} is unavailable: {self._down_reason}"
+            )
+        assert self._loop is not None
+        create_future = self._loop.create_future
+        command = self._commands.publish_command
+        futures: list[asyncio.Future[Any]] = []
+        for channel, message in messages:
+            future = create_future()
+            session.shard_for(channel).enqueue(command(channel.encode(), message), future)
+            futures.append(future)
+        self._stats["published"] += len(futures)
+        return [int(n) for n in await asyncio.gather(*futures)]
+
     @property
     def wants_interest(self) -> bool:
         """Whether `interest()` changes anything: only in interest mode with a subscriber."""
