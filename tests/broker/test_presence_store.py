@@ -6,8 +6,12 @@ reads waits on a bounded pool."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from typing import Any
 
+import pytest
+from redis.exceptions import RedisError
 from redis_support import raw_redis
 from roomcast.broker.redis.presence import CONCURRENT_READS, RedisPresence, key_of
 from roomcast.broker.redis.target import RedisTarget
@@ -147,6 +151,37 @@ def test_forget_takes_the_node_out_of_every_room_it_wrote(redis_server):
             await a.forget()
             assert await b.read("one", 10) == ([], 0)
             assert await b.read("two", 10) == ([], 0)
+        finally:
+            await a.close()
+            await b.close()
+
+    run(body())
+
+
+def test_with_redis_frozen_reads_and_writes_give_up_within_the_timeout(redis_server):
+    local: dict[str, dict[str, list[dict[str, str]]]] = {"a": {"team": []}, "b": {}}
+
+    async def body():
+        target = RedisTarget(nodes=(("127.0.0.1", redis_server.port),))
+        a = RedisPresence(target, TTL, "a", lambda room: local["a"].get(room, []), timeout=0.3)
+        b = RedisPresence(target, TTL, "b", lambda room: [], timeout=0.3)
+        try:
+            await a.add("team", {"clientId": "c1"})
+            assert await b.read("team", 10) == ([{"clientId": "c1"}], 1)
+            os.kill(redis_server.proc.pid, signal.SIGSTOP)
+            try:
+                # Well within the test's bound: each call waits the timeout, not TCP's.
+                async with asyncio.timeout(5):
+                    assert await a.add("team", {"clientId": "c2"}) is False
+                    with pytest.raises(RedisError):
+                        await b.read("team", 10)
+            finally:
+                os.kill(redis_server.proc.pid, signal.SIGCONT)
+            local["a"]["team"] = [{"clientId": "c1"}, {"clientId": "c2"}]
+            assert await a.refresh(["team"]) is True  # the failed room is written whole
+            async with asyncio.timeout(5):
+                while (await b.read("team", 10))[1] != 2:
+                    await asyncio.sleep(0.02)
         finally:
             await a.close()
             await b.close()

@@ -96,7 +96,11 @@ class Presence:
         if isinstance(self._broker, RedisBroker):
             ttl = float(options["presence_ttl"])
             self._remote = RedisPresence(
-                self._broker.target, ttl, self._server_id, self._local_members
+                self._broker.target,
+                ttl,
+                self._server_id,
+                self._local_members,
+                float(options["history_timeout"]),
             )
             loop = asyncio.get_running_loop()
             self._task = loop.create_task(self._refresh())

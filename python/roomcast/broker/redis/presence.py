@@ -25,7 +25,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 
 from ...aio import stop_task
-from .history import _Script, client_for
+from .script import Script, client_for
 from .target import RedisTarget
 
 logger = logging.getLogger("roomcast.redis")
@@ -130,9 +130,9 @@ end
 return out
 """
 
-_SCRIPTS = {name: _Script(source) for name, source in (("change", CHANGE), ("replace", REPLACE))}
-_STAMP = _Script(STAMP)
-_READ = _Script(READ)
+_SCRIPTS = {name: Script(source) for name, source in (("change", CHANGE), ("replace", REPLACE))}
+_STAMP = Script(STAMP)
+_READ = Script(READ)
 _SCRIPTS["stamp"] = _STAMP
 
 # Presence reads in flight at once per node, and the read pool's connections: a flood of
@@ -157,7 +157,14 @@ class RedisPresence:
     """A node's side of cluster-wide presence. `members_of(room)` gives this node's members
     of a room now (to write them whole again when Redis lost them)."""
 
-    def __init__(self, target: RedisTarget, ttl: float, node: str, members_of: MembersOf) -> None:
+    def __init__(
+        self,
+        target: RedisTarget,
+        ttl: float,
+        node: str,
+        members_of: MembersOf,
+        timeout: float | None = None,
+    ) -> None:
         # A bounded pool for reads (redis-py's default is unbounded), waited for in turn.
         kwargs = {**target.connection_kwargs, "max_connections": CONCURRENT_READS}
         self.target = dataclasses.replace(target, connection_kwargs=kwargs)
@@ -165,6 +172,9 @@ class RedisPresence:
         self.interval = min(1.0, ttl / 3)
         self.node = node
         self._members_of = members_of
+        # Every connect and reply waits at most this long (`history_timeout`): a frozen
+        # Redis fails a write (written whole again later) or a read (answered without it).
+        self.timeout = timeout
         self._client: Any = None
         self._writer_client: Any = None
         self._connecting = asyncio.Lock()
@@ -322,7 +332,7 @@ class RedisPresence:
 
     async def _writer_redis(self) -> Any:
         if self._writer_client is None:
-            client = client_for(self.target, WRITER_NAME)
+            client = client_for(self.target, WRITER_NAME, self.timeout)
             if self.target.cluster:
                 await client.initialize()
             self._writer_client = client
@@ -345,7 +355,7 @@ class RedisPresence:
         if self._client is None:
             async with self._connecting:
                 if self._client is None:
-                    client = client_for(self.target)
+                    client = client_for(self.target, timeout=self.timeout)
                     if self.target.cluster:
                         await client.initialize()
                     self._client = client
