@@ -7,8 +7,10 @@ application and the rooms to re-synchronise.
 Rules (SPEC §10):
 - A room is *synced* on a connection once its `joined` arrived there. Until then its messages
   are held: on `recovered: true` they are sorted by offset and those after the position sent
-  back are handed over once each; on `recovered: false` they are handed over as they came
-  (nothing was given twice) and, if the client had a position, the answer is a gap.
+  back are handed over once each; on `recovered: false` with no position before (a first
+  join) they are handed over as they came; on `recovered: false` after a position (a gap)
+  they are dropped: the application reloads the room's state as of the answer, and every
+  message handed over after it is newer than that.
 - A synced room expects offset last + 1. Anything else (a skip: a message lost on its way,
   or one the client was excluded from; an offset that goes back: Redis lost the stream and a
   new epoch began) is re-synchronised: the connection leaves and re-joins the room with its
@@ -153,8 +155,10 @@ class Streams:
             self.replayed += len(out)
             gap = False
         else:
-            out = held
             gap = previous is not None or overflowed
+            # After a gap the application reloads the room's state as of now: what came
+            # before this answer is part of that state, so only later messages follow.
+            out = [] if gap else held
         state.position = Position(epoch, offset)
         state.synced = True
         state.asked = None
