@@ -161,6 +161,7 @@ class Seen:
     log: list[tuple[str, int]] = field(default_factory=list)  # ("n", n) or ("gap", 0)
     disconnects: list[float] = field(default_factory=list)
     reconnects: list[float] = field(default_factory=list)  # seconds from drop to connected
+    reasons: list[str] = field(default_factory=list)  # why each connection ended or failed
 
     def numbers(self) -> list[int]:
         return [n for kind, n in self.log if kind == "n"]

@@ -29,6 +29,7 @@ def watch(client: Client, seen: Seen) -> None:
         seen.log.append(("gap", 0))
 
     def on_disconnected(info: Disconnected) -> None:
+        seen.reasons.append(f"{info.code} {info.reason}")
         dropped_at.append(time.monotonic())
         seen.disconnects.append(dropped_at[-1])
 
@@ -45,8 +46,9 @@ def watch(client: Client, seen: Seen) -> None:
 
 @pytest.mark.timeout(240)
 def test_fifty_clients_get_every_message_once_in_order_through_node_kills_and_a_redis_restart(
-    tmp_path,
+    tmp_path, monkeypatch
 ):
+    monkeypatch.setenv("PYTHONFAULTHANDLER", "1")  # a node that crashes says where
     redis = RedisServer(tmp_path / "redis").start()
     nodes = Nodes(tmp_path, redis)
     clients: list[Client] = []
@@ -74,10 +76,14 @@ def test_fifty_clients_get_every_message_once_in_order_through_node_kills_and_a_
             await wait_all(
                 lambda: all(s.numbers() and s.numbers()[-1] >= last for s in seens),
                 30,
-                lambda: str([s.numbers()[-1:] for s in seens][:3])
+                lambda: str([(s.numbers()[-1:], s.reasons[-3:]) for s in seens][:3])
                 + str([(c.state, c.connections, c._streams._rooms) for c in clients[:3]])
                 + str(chaos.failed[:20])
-                + "".join(n.stderr_text()[-1500:] for n in nodes.served if n is not None),
+                + " | ".join(
+                    f"node {i}: {n.proc.poll()} {n.stderr_text()[-6000:]}"
+                    for i, n in enumerate(nodes.served)
+                    if n is not None
+                ),
             )
         finally:
             for client in clients:
