@@ -294,3 +294,34 @@ def test_requests_on_a_closed_client_raise():
             Client("ws://x", backoff=(2.0, 1.0))
 
     run(body())
+
+
+def test_the_quick_start_ends_with_a_roomcast_client_that_works_as_printed(tmp_path):
+    import subprocess
+    import sys
+
+    from test_readme import free_port as readme_port
+    from test_readme import listening, python_blocks
+
+    blocks = python_blocks("Quick start")
+    server_code = blocks[0]
+    [client_code] = [b for b in blocks if "from roomcast.client import Client" in b]
+    assert blocks[-1] == client_code  # the Quick start ends with it
+    port = readme_port()
+    (tmp_path / "chat.py").write_text(server_code.replace("8080", str(port)))
+    (tmp_path / "client.py").write_text(client_code.replace("8080", str(port)))
+    server = subprocess.Popen([sys.executable, "chat.py"], cwd=tmp_path, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 15
+        while not listening(port):
+            assert server.poll() is None, server.communicate()[1]
+            assert time.monotonic() < deadline, "quick-start server did not start"
+            time.sleep(0.05)
+        out = subprocess.run(
+            [sys.executable, "client.py"], cwd=tmp_path, capture_output=True, text=True, timeout=30
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout == "chat {'from': 'bea', 'text': 'hello'}\n"
+    finally:
+        server.kill()
+        server.communicate()
