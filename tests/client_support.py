@@ -5,6 +5,7 @@ restarted meanwhile; and the check of what each client saw."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -175,7 +176,7 @@ def problems(seen: Seen, chaos: Chaos) -> list[str]:
     if len(set(numbers)) != len(numbers):
         dupes = sorted({n for n in numbers if numbers.count(n) > 1})
         out.append(f"duplicates: {dupes[:10]}")
-    if any(b <= a for a, b in zip(numbers, numbers[1:], strict=False)):
+    if any(b <= a for a, b in itertools.pairwise(numbers)):
         out.append("out of order")
     if not numbers or numbers[-1] != chaos.published[-1]:
         out.append(f"last message {numbers[-1] if numbers else None} != {chaos.published[-1]}")
@@ -199,9 +200,7 @@ def problems(seen: Seen, chaos: Chaos) -> list[str]:
     return out
 
 
-async def wait_all(
-    check: Callable[[], bool], timeout: float, what: Callable[[], str]
-) -> None:
+async def wait_all(check: Callable[[], bool], timeout: float, what: Callable[[], str]) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:

@@ -16,8 +16,8 @@ from roomcast.client import (
     ClientClosed,
     Disconnected,
     Joined,
-    Message,
     Member,
+    Message,
     RequestError,
     State,
 )
@@ -176,7 +176,10 @@ def test_4003_without_a_new_token_stops_reconnecting():
 
     async def body():
         async with running(authenticate_fn=auth) as node:
-            for c in (client(url_of(node), token=expired), client(url_of(node), get_token=get_token)):
+            for c in (
+                client(url_of(node), token=expired),
+                client(url_of(node), get_token=get_token),
+            ):
                 with pytest.raises(AuthenticationRefused) as refused:
                     await asyncio.wait_for(c.connect(), 10)
                 assert (refused.value.code, refused.value.error) == (4003, "Authentication failed")

@@ -76,13 +76,15 @@ def test_fifty_clients_get_every_message_once_in_order_through_node_kills_and_a_
             await wait_all(
                 lambda: all(s.numbers() and s.numbers()[-1] >= last for s in seens),
                 30,
-                lambda: str([(s.numbers()[-1:], s.reasons[-3:]) for s in seens][:3])
-                + str([(c.state, c.connections, c._streams._rooms) for c in clients[:3]])
-                + str(chaos.failed[:20])
-                + " | ".join(
-                    f"node {i}: {n.proc.poll()} {n.stderr_text()[-6000:]}"
-                    for i, n in enumerate(nodes.served)
-                    if n is not None
+                lambda: (
+                    str([(s.numbers()[-1:], s.reasons[-3:]) for s in seens][:3])
+                    + str([(c.state, c.connections, c._streams._rooms) for c in clients[:3]])
+                    + str(chaos.failed[:20])
+                    + " | ".join(
+                        f"node {i}: {n.proc.poll()} {n.stderr_text()[-6000:]}"
+                        for i, n in enumerate(nodes.served)
+                        if n is not None
+                    )
                 ),
             )
         finally:
@@ -94,6 +96,7 @@ def test_fifty_clients_get_every_message_once_in_order_through_node_kills_and_a_
         print("chaos figures:", json.dumps(report))
         bad = {i: p for i, s in enumerate(seens) if (p := problems(s, chaos))}
         import os
+
         if os.environ.get("CHAOS_DUMP"):
             with open(os.environ["CHAOS_DUMP"], "w") as f:
                 json.dump({"logs": [s.log for s in seens], "chaos": chaos.__dict__}, f)

@@ -113,7 +113,8 @@ def test_js_clients_in_node_get_every_message_once_in_order_through_the_chaos(tm
                 proc.kill()
             await proc.wait()
         seens = [
-            seen_from(log, rec) for log, rec in zip(result["logs"], result["reconnects"], strict=True)
+            seen_from(log, rec)
+            for log, rec in zip(result["logs"], result["reconnects"], strict=True)
         ]
         extra = {"replayed": result["replayed"], "connections": result["connections"]}
         check(seens, chaos, extra)

@@ -279,8 +279,8 @@ class Client:
         with the `Message`; or for a life-cycle event: `connected` (`Connected`),
         `disconnected` (`Disconnected`), `joined` (`Joined`, every history room answer) and
         `gap` (`Joined`, when messages may be missing: reload the room's state). Callbacks
-        run one at a time in arrival order, never on the reader. Returns a function that
-        removes the callback."""
+        run one at a time in arrival order, never on the reader. `"*"` gets every message.
+        Returns a function that removes the callback."""
         self._handlers.setdefault(event, []).append(callback)
 
         def remove() -> None:
@@ -735,10 +735,10 @@ class Client:
     # -- internals: handing over -----------------------------------------------------------
 
     async def _deliver(self, message: Message) -> None:
-        handlers = self._handlers.get(message.event)
+        handlers = self._handlers.get(message.event, []) + self._handlers.get("*", [])
         if handlers:
             assert self._calls is not None
-            await self._calls.put((list(handlers), message))
+            await self._calls.put((handlers, message))
         inbox = self._inbox
         if inbox is None:
             return
