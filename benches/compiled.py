@@ -33,11 +33,12 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from .__main__ import (
+from .harness import (
     CLIENTS_PER_LOADGEN,
     HERE,
     SATURATED,
     LoadGen,
+    Row,
     cpu_seconds,
     emit,
     http_json,
@@ -46,6 +47,7 @@ from .__main__ import (
     server,
     wait_subscribed,
 )
+from .registry import Context, scenario
 
 SOURCE = HERE / "loadgen-go"
 # One compiled process holds this many clients (this machine allows 20,000 open files).
@@ -531,48 +533,72 @@ def _saturate_row(
     )
 
 
-def run(
-    scenario: str,
-    kind: str,
-    counts: list[int],
-    rounds: int,
-    quick: bool,
-    write_delays: tuple[float, ...] = (),
-) -> list[dict]:
+# -- registrations -------------------------------------------------------------------------
+
+
+def _steady_detail(row: Row) -> str:
+    return (
+        f"  {row['rate']:g} msg/s  p99 {row['p99_ms']:.1f} ms  loadgen "
+        f"{row['loadgen_ns_per_delivery']:,.0f} ns/delivery ({row['loadgen']})"
+    )
+
+
+def _saturate_detail(row: Row) -> str:
+    return (
+        f"  p99<100ms: {row['p99_under_100ms_per_s']:>11,.0f}/s  at the top: "
+        f"p99 {row['p99_ms']:.0f} ms, "
+        f"{row['cpu_ns_per_delivery']:,.0f} ns CPU/delivery, loadgen "
+        f"{row['loadgen_ns_per_delivery']:,.0f} ns/delivery ({row['loadgen']}), "
+        f"server waited {row['server_wait']:.0%} for its CPU"
+    )
+
+
+@scenario(
+    "steady",
+    about="messages one at a time to 1,000 / 5,000 clients and to rooms, server on one core",
+    per_server=True,
+    compare={
+        "steady": ("cpu_ns_per_delivery", "ns CPU/delivery"),
+        "steadyrooms": ("cpu_ns_per_delivery", "ns CPU/delivery"),
+    },
+    detail=_steady_detail,
+)
+def run_steady(ctx: Context, kind: str) -> list[Row]:
+    opts = ctx.options
     binary = compiled_loadgen()
     if binary is None:
         print("note: `go` not found: using the Python load generator", flush=True)
     rows = []
-    if scenario == "steady":
-        seconds = 0.5 if quick else 4.0
-        for delay in (0.0, *write_delays) if kind == "roomcast" else (0.0,):
-            for count in [c for c in counts if c <= 5000] or counts[:1]:
-                # One message at a time, ~50,000 deliveries/s: 50/s to 1,000, 10/s to 5,000.
-                rate = 50.0 if count <= 1000 else 50_000 / count
-                rows.append(steady(kind, count, rate, seconds, rounds, None, binary, delay))
-            count = 1000 if not quick else counts[0]
-            rooms = [f"room-{i}" for i in range(10)]
-            rows.append(steady(kind, count, 200.0, seconds, rounds, rooms, binary, delay))
+    seconds = 0.5 if opts.quick else 4.0
+    for delay in (0.0, *opts.write_delays) if kind == "roomcast" else (0.0,):
+        for count in [c for c in opts.counts if c <= 5000] or opts.counts[:1]:
+            # One message at a time, ~50,000 deliveries/s: 50/s to 1,000, 10/s to 5,000.
+            rate = 50.0 if count <= 1000 else 50_000 / count
+            rows.append(steady(kind, count, rate, seconds, opts.rounds, None, binary, delay))
+        count = 1000 if not opts.quick else opts.counts[0]
+        rooms = [f"room-{i}" for i in range(10)]
+        rows.append(steady(kind, count, 200.0, seconds, opts.rounds, rooms, binary, delay))
     return rows
 
 
-def run_saturate(
-    servers: list[str],
-    counts: list[int],
-    rounds: int,
-    quick: bool,
-    write_delays: tuple[float, ...] = (),
-) -> list[dict]:
+@scenario(
+    "saturate",
+    about="broadcasts PUBLISHed into Redis at rising rates: the highest rate kept up with",
+    compare={"saturate": ("sustained_per_s", "deliveries/s sustained")},
+    detail=_saturate_detail,
+)
+def run_saturate(ctx: Context, _: None) -> list[Row]:
     """`saturate` for every server that speaks the Redis envelope, sweeps interleaved."""
+    opts = ctx.options
     binary = compiled_loadgen()
     if binary is None:
         print("note: skipping saturate (it needs the compiled load generator)", flush=True)
         return []
-    kinds = [kind for kind in servers if kind in ("roomcast", "ignis")]
+    kinds = [kind for kind in opts.servers if kind in ("roomcast", "ignis")]
     rows = []
-    for delay in (0.0, *write_delays):
-        for count in counts:
-            step = 0.3 if quick else 2.0
+    for delay in (0.0, *opts.write_delays):
+        for count in opts.counts:
+            step = 0.3 if opts.quick else 2.0
             chosen = kinds if not delay else [k for k in kinds if k == "roomcast"]
-            rows += saturate(chosen, count, rounds, step, binary, delay)
+            rows += saturate(chosen, count, opts.rounds, step, binary, delay)
     return rows

@@ -30,7 +30,6 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
-from .__main__ import LoadGen, cpu_seconds, emit, http_json, redis_server, server, wait_subscribed
 from .compiled import (
     LOADGEN_CPU,
     SERVER_CPU,
@@ -41,6 +40,17 @@ from .compiled import (
     pinnable,
     wait_count,
 )
+from .harness import (
+    LoadGen,
+    Row,
+    cpu_seconds,
+    emit,
+    http_json,
+    redis_server,
+    server,
+    wait_subscribed,
+)
+from .registry import Context, scenario
 
 ROOMS = 10
 PAYLOAD = 100
@@ -389,43 +399,66 @@ def history_memory(rounds: int, quick: bool) -> list[dict[str, Any]]:
     ]
 
 
-def run(scenario: str, rounds: int, quick: bool) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    if scenario == "historyfanout":
-        for broker in ("memory", "redis"):
-            rows += history_fanout(broker, rounds, quick)
-    elif scenario == "recovery":
-        for broker in ("memory", "redis"):
-            rows.append(recovery(broker, rounds, quick))
-    elif scenario == "historymem":
-        rows += history_memory(rounds, quick)
-    return rows
+# -- registrations -------------------------------------------------------------------------
 
 
-def print_rows(rows: list[dict[str, Any]]) -> None:
-    for row in rows:
-        if row["scenario"] == "historyfanout":
-            print(
-                f"historyfanout {row['broker']:>6} {row['regime']:>6}: plain "
-                f"{row['plain_ns_per_delivery']:,.0f} ns, history "
-                f"{row['history_ns_per_delivery']:,.0f} ns per delivery: "
-                f"x{row['ratio']:.2f} (medians of {row['rounds']}); frames per write "
-                f"{row['plain_frames_per_write']:.1f} / {row['history_frames_per_write']:.1f}"
-                + (
-                    f"; numbered without the script {row['numbered_ns_per_delivery']:,.0f} ns: "
-                    f"x{row['numbered_ratio']:.2f}, {row['numbered_frames_per_write']:.1f} "
-                    "frames per write"
-                    if "numbered_ratio" in row
-                    else ""
-                )
+def summary(row: Row) -> str | None:
+    if row["scenario"] == "historyfanout":
+        return (
+            f"historyfanout {row['broker']:>6} {row['regime']:>6}: plain "
+            f"{row['plain_ns_per_delivery']:,.0f} ns, history "
+            f"{row['history_ns_per_delivery']:,.0f} ns per delivery: "
+            f"x{row['ratio']:.2f} (medians of {row['rounds']}); frames per write "
+            f"{row['plain_frames_per_write']:.1f} / {row['history_frames_per_write']:.1f}"
+            + (
+                f"; numbered without the script {row['numbered_ns_per_delivery']:,.0f} ns: "
+                f"x{row['numbered_ratio']:.2f}, {row['numbered_frames_per_write']:.1f} "
+                "frames per write"
+                if "numbered_ratio" in row
+                else ""
             )
-        elif row["scenario"] == "recovery":
-            print(
-                f"recovery {row['broker']:>6}: {row['clients']} clients x {row['missed']} "
-                f"missed: {row['seconds'] * 1000:,.0f} ms until all recovered (nothing missed: "
-                f"{row['baseline_seconds'] * 1000:,.0f} ms, x{row['ratio']:.2f}); server CPU "
-                f"{row['server_cpu_s'] * 1000:,.0f} ms vs "
-                f"{row['baseline_server_cpu_s'] * 1000:,.0f} ms"
-            )
-        elif row["scenario"] == "historymem":
-            print(f"historymem {row['what']}: {row}")
+        )
+    if row["scenario"] == "recovery":
+        return (
+            f"recovery {row['broker']:>6}: {row['clients']} clients x {row['missed']} "
+            f"missed: {row['seconds'] * 1000:,.0f} ms until all recovered (nothing missed: "
+            f"{row['baseline_seconds'] * 1000:,.0f} ms, x{row['ratio']:.2f}); server CPU "
+            f"{row['server_cpu_s'] * 1000:,.0f} ms vs "
+            f"{row['baseline_server_cpu_s'] * 1000:,.0f} ms"
+        )
+    if row["scenario"] == "historymem":
+        return f"historymem {row['what']}: {row}"
+    return None
+
+
+@scenario(
+    "historyfanout",
+    about="history room vs plain room, memory and Redis, steady and bursts: CPU per delivery",
+    summary=summary,
+)
+def run_history_fanout(ctx: Context, _: None) -> list[Row]:
+    opts = ctx.options
+    return [
+        row
+        for broker in ("memory", "redis")
+        for row in history_fanout(broker, opts.rounds, opts.quick)
+    ]
+
+
+@scenario(
+    "recovery",
+    about="1,000 clients reconnecting at once, 100 missed each: time until all recovered",
+    summary=summary,
+)
+def run_recovery(ctx: Context, _: None) -> list[Row]:
+    opts = ctx.options
+    return [recovery(broker, opts.rounds, opts.quick) for broker in ("memory", "redis")]
+
+
+@scenario(
+    "historymem",
+    about="Redis memory of kept messages: one room of 1,000, and 1,000 rooms of 100",
+    summary=summary,
+)
+def run_history_memory(ctx: Context, _: None) -> list[Row]:
+    return history_memory(ctx.options.rounds, ctx.options.quick)

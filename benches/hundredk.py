@@ -30,8 +30,9 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
-from .__main__ import LoadGen, cpu_seconds, emit, redis_server, rss_bytes, wait_subscribed
 from .compiled import compiled_loadgen, counts, latency, wait_count
+from .harness import LoadGen, Row, cpu_seconds, emit, redis_server, rss_bytes, wait_subscribed
+from .registry import Context, scenario
 from .serving import roomcast_serve
 
 FIRST_SOURCE = 100  # load generator g binds to 127.0.0.(100 + g)
@@ -213,8 +214,11 @@ def hundredk(plan: Plan) -> dict[str, Any]:
     return row
 
 
-def print_row(row: dict[str, Any]) -> None:
-    print(
+# -- registrations -------------------------------------------------------------------------
+
+
+def summary(row: Row) -> str:
+    return (
         f"hundredk  C={row['clients']:,} on {row['workers']} workers: "
         f"{row['connects_per_s']:,.0f} connects/s ({row['connect_errors']} errors, "
         f"{row['cpu_us_per_connect']:.0f} us server CPU each); RSS {row['rss_mb']:,.0f} MB "
@@ -225,3 +229,15 @@ def print_row(row: dict[str, Any]) -> None:
         f"({row['broadcast_deliveries_per_s']:,.0f}/s); 4002 late by "
         f"{row['late_4002_ms_p50']:.0f} ms median, {row['late_4002_ms_max']:.0f} ms max"
     )
+
+
+@scenario(
+    "hundredk",
+    about="100,000 idle connections on `roomcast serve --workers 6`: connect, RSS, 4002",
+    summary=summary,
+)
+def run_hundredk(ctx: Context, _: None) -> list[Row]:
+    opts = ctx.options
+    plan = Plan.quick() if opts.quick else Plan()
+    plan.rounds = opts.rounds
+    return [hundredk(plan)]

@@ -30,8 +30,8 @@ import sys
 import time
 from typing import Any
 
-from .__main__ import HERE, LoadGen, free_port, http_json, rss_bytes
 from .compiled import compiled_loadgen
+from .harness import HERE, LoadGen, free_port, http_json, rss_bytes
 
 CONNECTED = b'{"event":"connected","data":{}}'
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"

@@ -19,7 +19,6 @@ import subprocess
 import time
 from contextlib import ExitStack
 
-from .__main__ import redis_server, server, wait_subscribed
 from .compiled import (
     SERVER_CPU,
     _pin_redis,
@@ -31,6 +30,7 @@ from .compiled import (
     server_cpu,
     server_cpu_since,
 )
+from .harness import redis_server, server, wait_subscribed
 
 
 def main() -> None:

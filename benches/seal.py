@@ -14,8 +14,8 @@ import statistics
 import time
 
 from roomcast.crypto import EcdhClient, EcdhScheme
+from roomcast.encryption.sealing import ENCRYPTED_CHUNK_BYTES, ENCRYPTED_SLICE_CLIENTS
 from roomcast.protocol import encode
-from roomcast.sealing import ENCRYPTED_CHUNK_BYTES, ENCRYPTED_SLICE_CLIENTS
 
 
 class _Client:

@@ -42,7 +42,7 @@ from picows import WSMsgType
 from roomcast import HttpRequest, HttpResponse, WebSocketClientStates, WebSocketServerHelper
 from roomcast.crypto import EcdhScheme
 from roomcast.protocol import encode
-from roomcast.runner import tune_gc
+from roomcast.serving.runner import tune_gc
 
 AUTHENTICATED = WebSocketClientStates.AUTHENTICATED
 PROBE_INTERVAL = 0.001

@@ -20,8 +20,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from .__main__ import (
+from .harness import (
     HERE,
+    Row,
     clients,
     cpu_seconds,
     emit,
@@ -31,6 +32,7 @@ from .__main__ import (
     saturated_side,
     wait_received,
 )
+from .registry import Context, scenario
 
 APP = "benches.serving_app:app"
 
@@ -249,34 +251,57 @@ def _scrape_until(url: str, stop: threading.Event, interval: float) -> None:
         _get(url)
 
 
-def print_rows(rows: list[dict[str, Any]]) -> None:
-    for row in rows:
-        if row["scenario"] == "workers":
-            print(
-                f"workers   C={row['clients']:>6}  --workers {row['workers']}  "
-                f"{row['connects_per_s']:>8,.0f} connects/s  "
-                f"{row['delivered_per_s']:>10,.0f} delivered/s  "
-                f"{row['cpu_ns_per_delivery']:>6,.0f} ns CPU/delivery  "
-                f"busiest worker {row['busiest_worker_util']:.0%}, loadgens "
-                f"{'/'.join(f'{u:.0%}' for u in row['loadgen_util'])}, "
-                f"redis {row['redis_util']:.0%}; saturated: {row['saturated']}"
-            )
-        elif row["scenario"] == "workers-ratio":
-            print(
-                f"workers   C={row['clients']:>6}  2 vs 1: "
-                f"delivered/s x{row['delivered_ratio']:.2f}, "
-                f"connects/s x{row['connect_ratio']:.2f}"
-            )
-        elif row["scenario"] == "scrape":
-            print(
-                f"scrape    C={row['clients']:>6}  "
-                f"{row['server_us_per_scrape']:,.0f} us server CPU per /metrics scrape "
-                f"({row['page_bytes']:,} B page)"
-            )
-        elif row["scenario"] == "scrape-fanout":
-            print(
-                f"scrape    C={row['clients']:>6}  fan-out "
-                f"{row['cpu_ns_per_delivery_no_scrape']:,.0f} ns/delivery unscraped, "
-                f"{row['cpu_ns_per_delivery_scraped_10_per_s']:,.0f} scraped 10/s "
-                f"({row['change_percent']:+.1f} %)"
-            )
+# -- registrations -------------------------------------------------------------------------
+
+
+def summary(row: Row) -> str | None:
+    if row["scenario"] == "workers":
+        return (
+            f"workers   C={row['clients']:>6}  --workers {row['workers']}  "
+            f"{row['connects_per_s']:>8,.0f} connects/s  "
+            f"{row['delivered_per_s']:>10,.0f} delivered/s  "
+            f"{row['cpu_ns_per_delivery']:>6,.0f} ns CPU/delivery  "
+            f"busiest worker {row['busiest_worker_util']:.0%}, loadgens "
+            f"{'/'.join(f'{u:.0%}' for u in row['loadgen_util'])}, "
+            f"redis {row['redis_util']:.0%}; saturated: {row['saturated']}"
+        )
+    if row["scenario"] == "workers-ratio":
+        return (
+            f"workers   C={row['clients']:>6}  2 vs 1: "
+            f"delivered/s x{row['delivered_ratio']:.2f}, "
+            f"connects/s x{row['connect_ratio']:.2f}"
+        )
+    if row["scenario"] == "scrape":
+        return (
+            f"scrape    C={row['clients']:>6}  "
+            f"{row['server_us_per_scrape']:,.0f} us server CPU per /metrics scrape "
+            f"({row['page_bytes']:,} B page)"
+        )
+    if row["scenario"] == "scrape-fanout":
+        return (
+            f"scrape    C={row['clients']:>6}  fan-out "
+            f"{row['cpu_ns_per_delivery_no_scrape']:,.0f} ns/delivery unscraped, "
+            f"{row['cpu_ns_per_delivery_scraped_10_per_s']:,.0f} scraped 10/s "
+            f"({row['change_percent']:+.1f} %)"
+        )
+    return None
+
+
+@scenario(
+    "workers",
+    about="`roomcast serve --workers 1` vs `2` on one Redis: connects/s and fan-out",
+    summary=summary,
+)
+def run_workers(ctx: Context, _: None) -> list[Row]:
+    opts = ctx.options
+    return workers([50] if opts.quick else [4000], opts.rounds, opts.quick)
+
+
+@scenario(
+    "scrape",
+    about="a /metrics scrape at 10,000 connections; fan-out CPU with and without scraping",
+    summary=summary,
+)
+def run_scrape(ctx: Context, _: None) -> list[Row]:
+    opts = ctx.options
+    return scrape(50 if opts.quick else 10_000, 100, opts.rounds, opts.quick)

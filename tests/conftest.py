@@ -3,7 +3,7 @@ import logging
 
 import pytest
 from redis_support import RedisCluster, RedisServer
-from roomcast.runner import CPYTHON_GC_THRESHOLDS
+from roomcast.serving.runner import CPYTHON_GC_THRESHOLDS
 
 # Keep roomcast's logs visible in failure reports without flooding them.
 logging.getLogger("roomcast").setLevel(logging.INFO)

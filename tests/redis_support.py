@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
-from roomcast import Broker, BrokerUnavailable, WebSocketServerHelper
+from roomcast import Broker, BrokerUnavailable, RedisHelper, WebSocketServerHelper
 from roomcast.broker.redis import replies
 from support import RECV_TIMEOUT, Node, token_auth
 
@@ -329,3 +329,7 @@ class _Pipe:
                 await writer.wait_closed()
             except (ConnectionError, OSError):
                 pass
+
+
+def redis_at(port: int) -> RedisHelper:
+    return RedisHelper(host="127.0.0.1", port=port, unsubscribe_delay=0.2, ready_timeout=5)

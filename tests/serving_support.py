@@ -4,8 +4,10 @@ made on the spot."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import ipaddress
+import os
 import re
 import subprocess
 import sys
@@ -13,10 +15,15 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import orjson
 from prometheus_client.parser import text_string_to_metric_families
+from support import authed, eventually, send
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
 
 STARTUP_TIMEOUT = 30.0
 # The built-in authenticator refuses secrets under 32 bytes.
@@ -54,7 +61,14 @@ app = App()
 class Served:
     """A `roomcast serve` process: its stdout lines collected by a thread."""
 
-    def __init__(self, args: list[str], cwd: Path, stderr: Path, new_session: bool = False) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        cwd: Path,
+        stderr: Path,
+        new_session: bool = False,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.stderr_path = stderr
         self._stderr = stderr.open("w")
         self.proc = subprocess.Popen(
@@ -64,6 +78,7 @@ class Served:
             text=True,
             cwd=cwd,
             start_new_session=new_session,  # its own process group, as under a terminal
+            env=None if env is None else {**os.environ, **env},
         )
         self.lines: list[str] = []
         self._cond = threading.Condition()
@@ -238,3 +253,74 @@ def make_certificates(directory: Path, password: bytes | None = None) -> dict[st
         )
     )
     return files
+
+
+WAIT = 15.0
+
+
+class Member:
+    """One authenticated client with a task collecting what it receives."""
+
+    def __init__(self, ws: ClientConnection, data: dict[str, Any], token: str) -> None:
+        self.ws = ws
+        self.id: str = data["id"]
+        self.token = token
+        self.pid: int | None = None
+        self.inbox: list[dict[str, Any]] = []
+        self.reader = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        try:
+            async for raw in self.ws:
+                message = orjson.loads(raw)
+                if message["event"] == "me":
+                    self.pid = message["data"]["pid"]
+                else:
+                    self.inbox.append(message)
+        except ConnectionClosed:
+            pass
+
+    def tags(self) -> list[Any]:
+        return [m.get("data") for m in self.inbox if m["event"] == "got"]
+
+    @property
+    def close(self) -> tuple[int | None, str | None]:
+        return self.ws.close_code, self.ws.close_reason
+
+
+async def connect_many(url: str, tokens: Iterable[str], batch: int = 50) -> list[Member]:
+    tokens = list(tokens)
+    members: list[Member] = []
+    for first in range(0, len(tokens), batch):
+        pairs = await asyncio.gather(*(authed(url, t) for t in tokens[first : first + batch]))
+        members += [
+            Member(ws, data, t) for (ws, data), t in zip(pairs, tokens[first:], strict=False)
+        ]
+    return members
+
+
+async def whoami(members: list[Member]) -> None:
+    for m in members:
+        await send(m.ws, {"event": "whoami"})
+    await eventually(lambda: all(m.pid is not None for m in members), WAIT, "every worker pid")
+
+
+def serve_workers(tmp_path: Path, redis_url: str, workers: int, *extra: str) -> Served:
+    (tmp_path / "relay_app.py").write_text(RELAY_APP)
+    return Served(
+        [
+            "--port",
+            "0",
+            "--workers",
+            str(workers),
+            "--redis-url",
+            redis_url,
+            "--app",
+            "relay_app:app",
+            "--log-level",
+            "warning",
+            *extra,
+        ],
+        tmp_path,
+        tmp_path / "stderr.log",
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import inspect
 import os
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -118,10 +119,24 @@ async def nothing_more(ws: ClientConnection, wait: float = 0.3) -> None:
     raise AssertionError(f"unexpected message: {raw!r}")
 
 
-async def eventually(predicate: Callable[[], bool], timeout: float = RECV_TIMEOUT) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.01)
+async def eventually(
+    predicate: Callable[[], Any], timeout: float = RECV_TIMEOUT, what: str | None = None
+) -> None:
+    """Wait until `predicate()` is true (awaited first when it returns an awaitable: a Redis
+    read, a query), polling; past `timeout` raise AssertionError saying what was awaited."""
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                result = predicate()
+                if inspect.isawaitable(result):
+                    result = await result
+                if result:
+                    return
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        raise AssertionError(
+            f"timed out after {timeout:g} s waiting for {what or predicate}"
+        ) from None
 
 
 # -- a raw client, for what a well-behaved WebSocket library refuses to send ----------------
@@ -212,3 +227,20 @@ class RawClient:
             await self.writer.wait_closed()
         except OSError:
             pass
+
+
+async def join(ws: Any, rooms: list[str], recover: dict[str, Any] | None = None) -> None:
+    data: dict[str, Any] = {"rooms": rooms}
+    if recover is not None:
+        data["recover"] = recover
+    await send(ws, {"event": "join", "data": data})
+
+
+async def joined(ws: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Messages up to `joined`, and the `joined` data."""
+    before = []
+    while True:
+        message = await recv(ws)
+        if message["event"] == "joined":
+            return before, message["data"]
+        before.append(message)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import shutil
@@ -12,6 +13,96 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+BENCHES = ROOT / "benches"
+
+
+def _bench_imports() -> dict[str, set[str]]:
+    """For each module of benches/, the benches modules it imports (at any depth in it)."""
+    graph: dict[str, set[str]] = {}
+    for path in BENCHES.glob("*.py"):
+        imported: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                if node.module:
+                    imported.add(node.module)
+                else:
+                    imported.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("benches."):
+                imported.add(node.module.removeprefix("benches."))
+            elif isinstance(node, ast.Import):
+                imported.update(
+                    a.name.removeprefix("benches.")
+                    for a in node.names
+                    if a.name.startswith("benches.")
+                )
+        graph[path.stem] = imported
+    return graph
+
+
+def test_no_bench_module_imports_the_entry_point_and_imports_have_no_cycle():
+    graph = _bench_imports()
+    assert {"harness", "registry", "scenarios", "__main__"} <= graph.keys()
+    importers = sorted(name for name, imported in graph.items() if "__main__" in imported)
+    assert importers == []
+    assert graph["harness"] == set(), "the harness builds on no other bench module"
+    assert graph["registry"] == {"harness"}
+
+    def visit(name: str, path: list[str]) -> None:
+        assert name not in path, f"import cycle: {' -> '.join([*path, name])}"
+        for imported in graph.get(name, ()):
+            visit(imported, [*path, name])
+
+    for name in graph:
+        visit(name, [])
+
+
+def test_python_m_benches_loads_one_copy_of_each_bench_module():
+    # Run the entry point as `python -m benches` does, with every scenario module loaded.
+    code = (
+        "import runpy, sys; sys.argv = ['benches', '--list']; "
+        "runpy.run_module('benches', run_name='__main__', alter_sys=True); "
+        "import benches.harness as h, benches.compiled as c, benches.history as hi; "
+        "assert c.LoadGen is h.LoadGen and hi.LoadGen is h.LoadGen; "
+        "print(sorted(m for m in sys.modules if m.startswith('benches')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    modules = result.stdout.strip().splitlines()[-1]
+    assert "'benches.harness'" in modules and "'benches.hundredk'" in modules
+    assert "benches.__main__" not in modules
+
+
+def _registered() -> list[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "benches", "--list"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return [line.split()[0] for line in result.stdout.splitlines()]
+
+
+def test_every_registered_scenario_has_its_row_in_the_bench_readme():
+    names = _registered()
+    assert {"fanout", "steady", "saturate", "hundredk", "historymem", "scrape"} <= set(names)
+    readme = (BENCHES / "README.md").read_text()
+    assert [name for name in names if f"| `{name}` |" not in readme] == []
+
+
+def test_an_unknown_scenario_is_refused_with_the_known_ones():
+    result = subprocess.run(
+        [sys.executable, "-m", "benches", "fanout", "nosuch"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "unknown scenario: nosuch (known: fanout, rooms," in result.stderr
 
 
 def test_bench_runner_smoke_completes_without_loss():

@@ -20,17 +20,17 @@ from typing import Any
 
 import orjson
 import pytest
+from process_support import STARTUP_TIMEOUT, stop, wait_listening
 from roomcast import WebSocketEmitter
 from roomcast.app import Application
 from roomcast.cli import room_policy
 from roomcast.component import LazyWebSocket, WebSocketBindingKeys, WebSocketComponent
 from roomcast.crypto import EcdhClient, EcdhScheme
-from roomcast.jwt import mint
 from roomcast.log import FaultLog
+from roomcast.node.jwt import mint
 from roomcast.redis import RedisHelper
-from roomcast.upgrade import request_line_verdict
+from roomcast.transport.upgrade import request_line_verdict
 from support import authed, nothing_more, open_client, recv, run, running, send
-from test_cli import STARTUP_TIMEOUT, stop, wait_listening
 
 LIMIT = 2048
 SIZES = (LIMIT - 1, LIMIT, LIMIT + 1, 1_572_864)  # 1.5 MB

@@ -1,13 +1,17 @@
 """The package's layout rules: no import cycle (imports under TYPE_CHECKING and inside
-functions count too) and no module over 500 lines."""
+functions count too), the node's parts never reach back to the helper they make up, the
+helper is composed (no mixins), and every documented import path offers its names."""
 
 from __future__ import annotations
 
 import ast
+import importlib
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent / "python" / "roomcast"
-MAX_LINES = 500
+HELPER = "roomcast.node.server"
 
 
 def modules() -> dict[str, tuple[Path, bool]]:
@@ -80,10 +84,90 @@ def test_the_cycle_finder_finds_a_cycle():
 
 def test_no_import_cycle():
     graph = import_graph()
-    assert graph["roomcast.server"] >= {"roomcast.inbound", "roomcast.delivery"}
+    assert graph["roomcast.node.server"] >= {"roomcast.node.inbound", "roomcast.node.delivery"}
     assert cycles(graph) == []
 
 
-def test_no_module_over_500_lines():
-    long = {name: len(path.read_text().splitlines()) for name, (path, _) in modules().items()}
-    assert {name: n for name, n in long.items() if n > MAX_LINES} == {}
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        for other in graph[todo.pop()]:
+            if other not in seen:
+                seen.add(other)
+                todo.append(other)
+    return seen
+
+
+def test_no_part_of_the_node_reaches_the_helper():
+    """A part gets what it needs at construction: none imports the helper's module, directly
+    or through another module."""
+    graph = import_graph()
+    parts = sorted(n for n in graph if n.startswith("roomcast.node.") and n != HELPER)
+    assert {"roomcast.node.rooms", "roomcast.node.barrier", "roomcast.node.sender"} <= set(parts)
+    assert [part for part in parts if HELPER in reachable(graph, part)] == []
+
+
+def test_the_helper_is_composed_not_mixed():
+    from roomcast import WebSocketServerHelper
+
+    assert WebSocketServerHelper.__mro__ == (WebSocketServerHelper, object)
+
+
+# The import paths the README, the examples and the original's users rely on, and the names
+# each must offer; each name is the object its module in the layered layout defines.
+DOCUMENTED = {
+    "roomcast.app": ("roomcast.compat.app", ["Application", "ApplicationError", "Binding"]),
+    "roomcast.component": (
+        "roomcast.compat.component",
+        ["LazyWebSocket", "WebSocketBindingKeys", "WebSocketComponent"],
+    ),
+    "roomcast.redis": (
+        "roomcast.broker.redis.helper",
+        ["DefaultRedisHelper", "RedisClusterHelper", "RedisHelper", "connection_from_url"],
+    ),
+    "roomcast.crypto": (
+        "roomcast.encryption.ecdh",
+        ["DecryptionError", "EcdhClient", "EcdhScheme", "open_sealed", "seal"],
+    ),
+    "roomcast.tls": ("roomcast.transport.tls", ["TlsError", "server_context"]),
+    "roomcast.log": ("roomcast.log", ["JsonFormatter", "TRACE"]),
+    "roomcast.server": ("roomcast.node.server", ["WebSocketServerHelper"]),
+    "roomcast.protocol": (
+        "roomcast.protocol.messages",
+        ["MISSING", "decode", "decode_envelope", "encode", "encode_envelope"],
+    ),
+    "roomcast.constants": (
+        "roomcast.protocol.constants",
+        ["CloseCode", "ErrorMessages", "WebSocketChannels", "WebSocketDefaults", "WebSocketEvents"],
+    ),
+    "roomcast.metrics": ("roomcast.serving.metrics", ["Exporter", "samples"]),
+    "roomcast.http": (
+        "roomcast.transport.http",
+        ["HttpHandler", "HttpRequest", "HttpResponse", "WebServer"],
+    ),
+    "roomcast.config": ("roomcast.config", ["ALIASES", "ServerConfig"]),
+    "roomcast.emitter": ("roomcast.emitter", ["WebSocketEmitter"]),
+    "roomcast.cli": ("roomcast.cli", ["ServeConfig", "build_helper", "build_parser", "main"]),
+    "roomcast.broker": ("roomcast.broker", ["Broker", "BrokerUnavailable", "create_broker"]),
+    "roomcast.broker.memory": ("roomcast.broker.memory", ["MemoryBroker"]),
+    "roomcast.broker.redis": ("roomcast.broker.redis.broker", ["RedisBroker"]),
+    "roomcast.broker.history": ("roomcast.broker.history", ["HistoryStore", "MemoryHistory"]),
+    "roomcast.broker.redis.history": ("roomcast.broker.redis.history", ["RedisHistory"]),
+}
+
+
+@pytest.mark.parametrize("path", sorted(DOCUMENTED))
+def test_documented_import_path_offers_its_names(path):
+    home, names = DOCUMENTED[path]
+    module, defining = importlib.import_module(path), importlib.import_module(home)
+    for name in names:
+        assert getattr(module, name) is getattr(defining, name), f"{path}.{name}"
+
+
+def test_the_package_offers_every_name_it_lists():
+    import roomcast
+
+    missing = [name for name in roomcast.__all__ if getattr(roomcast, name, None) is None]
+    assert missing == []
+    assert roomcast.RedisHelper is importlib.import_module("roomcast.redis").RedisHelper

@@ -10,8 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from process_support import STARTUP_TIMEOUT, wait_listening
 from support import authed, closed_with, run
-from test_cli import STARTUP_TIMEOUT, wait_listening
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"

@@ -12,8 +12,9 @@ from .compat import (
     WebSocketBindingKeys,
     WebSocketComponent,
 )
-from .connection import Client
-from .constants import (
+from .emitter import WebSocketEmitter
+from .node.server import WebSocketServerHelper
+from .protocol.constants import (
     CloseCode,
     ErrorMessages,
     WebSocketChannels,
@@ -22,28 +23,32 @@ from .constants import (
     WebSocketEvents,
     WebSocketMessageTypes,
 )
-from .emitter import WebSocketEmitter
-from .http import HttpHandler, HttpRequest, HttpResponse, WebServer
-from .protocol import MISSING
-from .server import WebSocketServerHelper
+from .protocol.messages import MISSING
+from .transport.connection import Client
+from .transport.http import HttpHandler, HttpRequest, HttpResponse, WebServer
 
 if TYPE_CHECKING:
     from .broker.redis import RedisBroker
-    from .jwt import JwtAuthenticator
-    from .redis import DefaultRedisHelper, RedisClusterHelper, RedisHelper, connection_from_url
+    from .broker.redis.helper import (
+        DefaultRedisHelper,
+        RedisClusterHelper,
+        RedisHelper,
+        connection_from_url,
+    )
+    from .node.jwt import JwtAuthenticator
 
 __version__ = "0.1.0"
 
 # The Redis names import redis-py, which a memory:// node never needs, and JwtAuthenticator
 # imports PyJWT: loaded on first use.
 _LAZY = {
-    "DefaultRedisHelper": "redis",
-    "RedisHelper": "redis",
-    "RedisClusterHelper": "redis",
-    "connection_from_url": "redis",
+    "DefaultRedisHelper": "broker.redis.helper",
+    "RedisHelper": "broker.redis.helper",
+    "RedisClusterHelper": "broker.redis.helper",
+    "connection_from_url": "broker.redis.helper",
     "RedisBroker": "broker.redis",
     # PyJWT is needed only by applications that check tokens with it.
-    "JwtAuthenticator": "jwt",
+    "JwtAuthenticator": "node.jwt",
 }
 
 

@@ -140,4 +140,5 @@ class Hub:
         direct writes went to the kernel through io_uring: 16 or more of them; fewer go
         by ``send(2)``) (counted since the hub
         was created); io_uring (1 when this hub submits through io_uring: the kernel
-        supports it and ``ROOMCAST_IO_URING`` is not ``0``)."""
+        supports it and ``ROOMCAST_IO_URING`` is not ``0``; 0 for good once a submission
+        failed, after which every direct write goes by ``send(2)``)."""

@@ -10,9 +10,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .constants import SUBSCRIBE_TIMEOUT, WebSocketDefaults
-from .options import OPTION_ALIASES, OPTION_DEFAULTS, resolve_server_options
-from .protocol import sanitize_rooms
+from .node.options import OPTION_ALIASES, OPTION_DEFAULTS, resolve_server_options
+from .protocol.constants import SUBSCRIBE_TIMEOUT, WebSocketDefaults
+from .protocol.messages import sanitize_rooms
 
 DEFAULT_ROOMS = (WebSocketDefaults.ROOM, WebSocketDefaults.NOTIFICATION_ROOM)
 
@@ -48,7 +48,7 @@ COMPONENT_SETTINGS = frozenset(
 @dataclass(frozen=True)
 class ServerConfig:
     """A helper's settings (durations in seconds, sizes in bytes) and its server options
-    (`options`: resolved by `roomcast.options.resolve_server_options`)."""
+    (`options`: resolved by `roomcast.node.options.resolve_server_options`)."""
 
     identifier: str = "WebSocketServerHelper"
     path: str = WebSocketDefaults.PATH

@@ -14,8 +14,13 @@ from redis.exceptions import RedisError
 
 from .broker import Broker, BrokerUnavailable, create_broker
 from .broker.redis.history import RedisHistory
-from .constants import EMITTER_SERVER_ID, ErrorMessages, WebSocketChannels, WebSocketMessageTypes
-from .protocol import MISSING, encode_envelope
+from .protocol.constants import (
+    EMITTER_SERVER_ID,
+    ErrorMessages,
+    WebSocketChannels,
+    WebSocketMessageTypes,
+)
+from .protocol.messages import MISSING, encode_envelope
 
 logger = logging.getLogger("roomcast")
 
@@ -65,8 +70,8 @@ class WebSocketEmitter:
     def _use_history(self, settings: dict[str, Any]) -> None:
         """Number and keep messages to the rooms of `settings["history_rooms"]`."""
         from .broker.redis import RedisBroker
-        from .history import RoomGlob
-        from .options import resolve_server_options
+        from .node.options import resolve_server_options
+        from .protocol.messages import RoomGlob
 
         resolved = resolve_server_options(settings)  # the servers' checks and defaults
         broker = self._broker

@@ -27,7 +27,7 @@ def create_broker(connection: object, *, publisher_only: bool = False) -> Broker
 
             return MemoryBroker(connection.removeprefix("memory:").removeprefix("//"))
         if connection.startswith(REDIS_SCHEMES):
-            from ..redis import connection_from_url
+            from .redis.helper import connection_from_url
 
             connection = connection_from_url(connection)
         else:

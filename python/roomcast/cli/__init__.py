@@ -15,7 +15,6 @@ import os
 import sys
 from collections.abc import Sequence
 
-from ..token import TokenError, token_command
 from .emit import emit
 from .flags import CliError, ServeConfig, build_parser, config_from_args
 from .serve import (
@@ -28,6 +27,7 @@ from .serve import (
     serve_workers,
     tls_context,
 )
+from .token import TokenError, token_command
 
 __all__ = [
     "CALLBACKS",
@@ -84,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         def printer(line: str) -> None:
             print(line, flush=True)
 
-        from ..workers import worker_parent
+        from ..serving.workers import worker_parent
 
         if config.workers > 1 and worker_parent() is None:
             return uvloop.run(serve_workers(config, argv, printer))

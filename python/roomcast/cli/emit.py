@@ -14,8 +14,8 @@ async def emit(
     args: argparse.Namespace, environ: dict[str, str], out: Callable[[str], None]
 ) -> None:
     """Publish one envelope through a WebSocketEmitter; errors become CliError."""
+    from ..broker.redis.helper import connection_from_url
     from ..emitter import WebSocketEmitter
-    from ..redis import connection_from_url
 
     url = args.redis_url
     if url is None:
@@ -33,7 +33,7 @@ async def emit(
             timeout_ms = _positive_int(raw) if raw else 5000
         except argparse.ArgumentTypeError as exc:
             raise CliError(f"ROOMCAST_REDIS_TIMEOUT_MS: {exc}") from None
-    from ..protocol import MISSING
+    from ..protocol.messages import MISSING
 
     data: Any = MISSING
     if args.data is not None:

@@ -15,9 +15,9 @@ from typing import Any, NoReturn
 from .. import __version__
 from ..broker import REDIS_SCHEMES
 from ..config import ServerConfig
-from ..constants import INTERNAL_ROOM_PREFIX, ROOM_NAME_MAX_LENGTH
-from ..token import add_token_parser
-from ..token import non_negative_int as _non_negative_int
+from ..protocol.constants import INTERNAL_ROOM_PREFIX, ROOM_NAME_MAX_LENGTH
+from .token import add_token_parser
+from .token import non_negative_int as _non_negative_int
 
 
 class CliError(Exception):
@@ -52,9 +52,12 @@ class ServeConfig:
     subscribe_timeout: float = _SERVER.subscribe_timeout
     backlog: int = _SERVER.options["backlog"]
     jwt_secret: str | None = None
+    jwt_secret_file: str | None = None
     jwt_allow_short_secret: bool = False
     jwt_public_key: str | None = None
     jwks_url: str | None = None
+    jwks_allow_http: bool = False
+    jwt_require_exp: bool = False
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
     jwt_leeway: float = 0.0
@@ -229,9 +232,16 @@ _SERVE_FLAGS: list[tuple[str, Callable[[str], Any] | None, str]] = [
         "connections waiting to be accepted (default 4096, capped by the kernel's somaxconn)",
     ),
     ("--jwt-secret", str, "HS256/384/512 secret of the built-in authenticator (>= 32 bytes)"),
+    (
+        "--jwt-secret-file",
+        str,
+        "file holding the --jwt-secret (one trailing newline ignored), so it is not on argv",
+    ),
     ("--jwt-allow-short-secret", None, "accept a --jwt-secret shorter than 32 bytes (insecure)"),
     ("--jwt-public-key", str, "PEM public key or certificate file: RS*, PS*, ES*, EdDSA tokens"),
     ("--jwks-url", str, "identity provider's JWKS (https://.../.well-known/jwks.json)"),
+    ("--jwks-allow-http", None, "accept a plain http:// --jwks-url (keys could be swapped)"),
+    ("--jwt-require-exp", None, "refuse tokens without an exp claim"),
     ("--jwt-audience", str, "required aud claim"),
     ("--jwt-issuer", str, "required iss claim"),
     ("--jwt-leeway-ms", _non_negative_int, "clock skew allowed on exp/nbf/iat (default 0)"),
@@ -337,7 +347,7 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> Serve
             setattr(config, dest, value)
     if config.log_level.lower() not in ("trace", "debug", "info", "warning", "error"):
         raise CliError(f"unknown log level: {config.log_level}")
-    from ..workers import cpu_count
+    from ..serving.workers import cpu_count
 
     if config.workers == 0:
         config.workers = cpu_count()

@@ -16,12 +16,13 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
-from .. import jwt
 from ..broker import REDIS_SCHEMES, BrokerUnavailable
-from ..constants import INTERNAL_ROOM_PREFIX
-from ..runner import until_signalled
+from ..node import jwt
+from ..protocol.constants import INTERNAL_ROOM_PREFIX
+from ..serving.runner import until_signalled
 from .flags import CliError, ServeConfig
 
 CALLBACKS = (
@@ -65,7 +66,7 @@ def load_app(spec: str) -> Any:
 
 
 def build_helper(config: ServeConfig, app: Any = None, out: Callable[[str], None] = print) -> Any:
-    from ..server import WebSocketServerHelper
+    from ..node.server import WebSocketServerHelper
 
     callbacks: dict[str, Any] = {name: getattr(app, name, None) for name in CALLBACKS}
     if callbacks["authenticate_fn"] is None:
@@ -77,13 +78,13 @@ def build_helper(config: ServeConfig, app: Any = None, out: Callable[[str], None
         and callbacks["handshake_fn"] is None
         and (callbacks["encryption"] is None)
     ):
-        from ..crypto import EcdhScheme
+        from ..encryption.ecdh import EcdhScheme
 
         callbacks["encryption"] = EcdhScheme()
         out("roomcast: --require-encryption: clients use the built-in ECDH P-256 scheme")
     redis_connection: Any = config.redis_url
     if config.redis_url.startswith(REDIS_SCHEMES):
-        from ..redis import connection_from_url
+        from ..broker.redis.helper import connection_from_url
 
         redis_connection = connection_from_url(config.redis_url, ready_timeout=config.redis_timeout)
         out(f"roomcast: connecting to redis at {redis_connection.address}...")
@@ -117,22 +118,13 @@ def demo_secret(config: ServeConfig, out: Callable[[str], None]) -> str:
 def jwt_authenticator(config: ServeConfig, out: Callable[[str], None] = print) -> Any:
     """The built-in authenticator from the --jwt-* flags; without a key, a secret for this run
     and a demo token printed with `out`."""
-    given = [
-        flag
-        for flag, value in (
-            ("--jwt-secret", config.jwt_secret),
-            ("--jwt-public-key", config.jwt_public_key),
-            ("--jwks-url", config.jwks_url),
-        )
-        if value is not None
-    ]
-    if len(given) > 1:
-        raise CliError(f"give one of {', '.join(given)}, not several")
+    given = _jwt_keys_given(config)
     options: dict[str, Any] = {
         "audience": config.jwt_audience,
         "issuer": config.jwt_issuer,
         "leeway": config.jwt_leeway,
         "user_claim": config.jwt_user_claim,
+        "require_exp": config.jwt_require_exp,
     }
     flag = given[0] if given else "--jwt-secret"
     try:
@@ -140,8 +132,17 @@ def jwt_authenticator(config: ServeConfig, out: Callable[[str], None] = print) -
             key = jwt.load_key_file(config.jwt_public_key)
             return jwt.JwtAuthenticator(public_key=key, **options)
         if config.jwks_url is not None:
-            return jwt.JwtAuthenticator(jwks_url=config.jwks_url, **options)
-        secret = config.jwt_secret
+            if config.jwks_url.lower().startswith("http://") and not config.jwks_allow_http:
+                raise CliError(
+                    f"--jwks-url: plain http:// refused: {config.jwks_url!r} (anyone on the way "
+                    "could hand out their own keys; use https://, or --jwks-allow-http)"
+                )
+            return jwt.JwtAuthenticator(
+                jwks_url=config.jwks_url, jwks_allow_http=config.jwks_allow_http, **options
+            )
+        secret: str | bytes | None = config.jwt_secret
+        if config.jwt_secret_file is not None:
+            secret = read_secret_file(config.jwt_secret_file)
         if secret is None:
             secret = demo_secret(config, out)
         return jwt.JwtAuthenticator(
@@ -149,6 +150,35 @@ def jwt_authenticator(config: ServeConfig, out: Callable[[str], None] = print) -
         )
     except ValueError as exc:
         raise CliError(f"{flag}: {exc}") from None
+
+
+def _jwt_keys_given(config: ServeConfig) -> list[str]:
+    """The key flags given (at most one may be); CliError when several are."""
+    given = [
+        flag
+        for flag, value in (
+            ("--jwt-secret", config.jwt_secret),
+            ("--jwt-secret-file", config.jwt_secret_file),
+            ("--jwt-public-key", config.jwt_public_key),
+            ("--jwks-url", config.jwks_url),
+        )
+        if value is not None
+    ]
+    if len(given) > 1:
+        raise CliError(f"give one of {', '.join(given)}, not several")
+    return given
+
+
+def read_secret_file(path: str) -> bytes:
+    """The secret in `path`, without one trailing newline; ValueError naming the file."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read {path!r}: {exc.strerror or exc}") from None
+    secret = raw.removesuffix(b"\n").removesuffix(b"\r")
+    if not secret:
+        raise ValueError(f"{path!r} is empty")
+    return secret
 
 
 # A client id (uuid4): its own-id room, on this node or any other, carries its messages.
@@ -180,7 +210,7 @@ async def serve(
 ) -> None:
     """Run until `shutdown_trigger` completes (default: SIGINT or SIGTERM), then shut down:
     stop accepting, close every client with 1001, run the callbacks, close the broker."""
-    from ..workers import connection_budget, raise_file_limit, worker_parent
+    from ..serving.workers import connection_budget, raise_file_limit, worker_parent
 
     parent = worker_parent()
     if parent is not None:
@@ -256,7 +286,7 @@ def tls_context(config: ServeConfig) -> Any:
     """The SSLContext the --ssl-* flags ask for, or None; CliError for unusable files."""
     if not config.ssl_certfile:
         return None
-    from ..tls import TlsError, server_context
+    from ..transport.tls import TlsError, server_context
 
     try:
         return server_context(
@@ -274,9 +304,9 @@ async def _metrics_servers(config: ServeConfig, helper: Any, worker: bool) -> li
     sum); a single process listens there itself. Returns the servers to stop."""
     if config.metrics_port is None:
         return []
-    from ..endpoints import Endpoints
-    from ..http import WebServer
-    from ..metrics import Exporter
+    from ..serving.endpoints import Endpoints
+    from ..serving.metrics import Exporter
+    from ..transport.http import WebServer
 
     if worker:
         Exporter(helper).start()
@@ -299,15 +329,37 @@ async def _until_terminated_or_orphaned(parent: int) -> None:
         terminated.cancel()
 
 
+def without_flag(argv: Sequence[str], flag: str) -> list[str]:
+    """`argv` without `flag VALUE` and `flag=VALUE` (argparse takes no abbreviation of
+    --jwt-secret: every one is also a prefix of --jwt-secret-file)."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == flag:
+            skip = True
+        elif not arg.startswith(flag + "="):
+            out.append(arg)
+    return out
+
+
 async def serve_workers(
     config: ServeConfig, argv: Sequence[str], out: Callable[[str], None]
 ) -> int:
     """`--workers N`: supervise N worker processes (see roomcast.workers)."""
-    from ..workers import supervise
+    from ..serving.workers import supervise
 
     tls_context(config)  # bad files fail here, once, not in every worker
     extra_env: dict[str, str] = {}
-    if config.jwt_secret is None and config.jwt_public_key is None and config.jwks_url is None:
+    if not config.app and _jwt_keys_given(config):
+        jwt_authenticator(config)  # and bad keys too
+    if config.jwt_secret is not None:
+        # Never on a worker's command line (which any local user can read): in its
+        # environment, which only its user can.
+        argv = without_flag(argv, "--jwt-secret")
+        extra_env["ROOMCAST_JWT_SECRET"] = config.jwt_secret
+    elif not _jwt_keys_given(config):
         # One secret for every worker, so a token is good on whichever worker takes it.
         extra_env["ROOMCAST_JWT_SECRET"] = demo_secret(
             config, (lambda _line: None) if config.app else out

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from ..http import HttpHandler, HttpRequest, HttpResponse, WebServer
+from ..transport.http import HttpHandler, HttpRequest, HttpResponse, WebServer
 
 logger = logging.getLogger("roomcast")
 
@@ -153,7 +153,7 @@ class Application:
     async def run(self, shutdown_trigger: Awaitable[Any] | None = None) -> None:
         """Start (unless started already), wait for SIGINT/SIGTERM (or `shutdown_trigger`, or
         cancellation), then stop: every client gets 1001."""
-        from ..runner import until_signalled
+        from ..serving.runner import until_signalled
 
         if self._server is None:
             await self.start()
@@ -179,7 +179,7 @@ class Application:
         helper = self.get("@app/websocket/instance", is_optional=True)
         if helper is None or request.path != "/health":
             return health(request)
-        from ..endpoints import health_response
+        from ..serving.endpoints import health_response
 
         return health_response(helper)
 

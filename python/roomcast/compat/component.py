@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 from ..config import ALIASES, COMPONENT_SETTINGS, ServerConfig
-from ..constants import WebSocketDefaults
+from ..protocol.constants import WebSocketDefaults
 from .app import Application, ApplicationError
 
 
@@ -104,7 +104,7 @@ class WebSocketComponent:
         self._register_hook(resolved)
 
     def _resolve_bindings(self) -> dict[str, Any]:
-        from ..redis import DefaultRedisHelper
+        from ..broker.redis.helper import DefaultRedisHelper
 
         app = self.application
         self.server_options = _server_options(
@@ -129,7 +129,7 @@ class WebSocketComponent:
 
     def _register_hook(self, resolved: dict[str, Any]) -> None:
         async def websocket_initialize() -> None:
-            from ..server import WebSocketServerHelper
+            from ..node.server import WebSocketServerHelper
 
             server = self.application.get_server_instance()
             if server is None:

@@ -15,6 +15,9 @@
 //! offset, in offset order, each once. It then gets a floor: live copies at or below it
 //! are skipped (the replay came from the store, the live copies from pub/sub, on two
 //! connections that race); the first message above the floor ends it (nothing older follows).
+//!
+//! The hub walks a history room's members and queues through this state in
+//! `crate::hub::history_delivery`.
 
 use crate::frame::Frame;
 

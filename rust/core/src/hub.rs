@@ -5,20 +5,30 @@
 //! and a later [`Hub::flush`] hands every dirty connection its whole batch at once.
 //! The caller learns through [`Hub::take_flush_request`] when a flush must be scheduled
 //! and through [`Hub::drain_overflowed`] which connections passed the backpressure limit.
+//!
+//! Parts: `queue` holds a connection's record and its queue (`Slot`, `Conn`, `Pending`,
+//! the shared `Outbox`, `drain`, `LazyFrame`); `history_delivery` is the hub's side of
+//! history rooms (`send_history`, `hold_history`, `held_first`, `release_history`).
 
 use std::error::Error;
 use std::fmt;
 use std::mem;
 
+mod history_delivery;
+mod queue;
+
+pub use history_delivery::Released;
+pub use queue::Batch;
+
 use crate::deadline::{Clocks, Due, Expiry, Timeouts};
 use crate::exclude::Exclude;
 use crate::frame::Frame;
-use crate::history::{self, RoomHistory};
 use crate::ids::{ClientId, Handle, RoomId};
 use crate::interest::{InterestKind, InterestLog};
 use crate::rooms::{ConnRooms, Moved, Rooms};
 use crate::users::{UserLink, Users};
 use crate::wheel::{Entry, Wheel, TICK_MS};
+use queue::{drain, live, live_mut, member, member_mut, Conn, LazyFrame, Outbox, Pending, Slot};
 
 /// Hub-wide settings. Timeouts are milliseconds; zero disables one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,232 +97,11 @@ pub struct Stats {
     pub wheel_entries: usize,
 }
 
-/// What [`Hub::release_history`] did with a recovering member's held messages.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Released {
-    /// Queued for a plaintext member (each counted like [`Hub::send`]).
-    pub queued: usize,
-    /// For an encrypted member, whose messages the caller seals: the frames, in order.
-    pub encrypted: Vec<Frame>,
-}
-
-/// The frames a flush writes to one connection, in queue order.
-pub struct Batch<'a> {
-    first: &'a Frame,
-    rest: &'a [Frame],
-    bytes: usize,
-}
-
-impl<'a> Batch<'a> {
-    /// The frame, when the batch is exactly one.
-    pub fn single(&self) -> Option<&'a Frame> {
-        self.rest.is_empty().then_some(self.first)
-    }
-
-    pub fn frames(&self) -> impl Iterator<Item = &'a Frame> + use<'a> {
-        std::iter::once(self.first).chain(self.rest)
-    }
-
-    /// Number of frames.
-    pub fn len(&self) -> usize {
-        1 + self.rest.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        false
-    }
-
-    /// Total bytes of all frames.
-    pub fn byte_len(&self) -> usize {
-        self.bytes
-    }
-}
-
-/// Frames queued for one connection. `rest` keeps its allocation across flushes and
-/// the common single-frame case needs none.
-#[derive(Default)]
-struct Pending {
-    first: Option<Frame>,
-    /// Boxed (16 bytes less per connection): most connections never queue a second
-    /// frame before a flush; once allocated, the box and its buffer are reused.
-    #[allow(clippy::box_collection)]
-    rest: Option<Box<Vec<Frame>>>,
-    bytes: usize,
-}
-
-impl Pending {
-    fn push(&mut self, frame: Frame) {
-        self.bytes += frame.len();
-        if self.first.is_none() {
-            self.first = Some(frame);
-        } else {
-            self.rest.get_or_insert_default().push(frame);
-        }
-    }
-}
-
-struct Conn<S> {
-    handle: Handle,
-    authenticated: bool,
-    encrypted: bool,
-    backpressured: bool,
-    /// Listed in `Outbox::dirty` with frames pending.
-    dirty: bool,
-    overflow_reported: bool,
-    pending: Pending,
-    skipped: u64,
-    client: ClientId,
-    user: Option<UserLink>,
-    rooms: ConnRooms,
-    clocks: Clocks,
-    sink: S,
-}
-
-impl<S> Conn<S> {
-    /// Receives plaintext fan-out (room, user, broadcast).
-    #[inline]
-    fn takes_plain(&self, exclude: &Exclude<'_>) -> bool {
-        self.authenticated && !self.encrypted && !exclude.contains(&self.client)
-    }
-
-    /// Gets encrypted fan-out (through the caller's transformer).
-    fn takes_encrypted(&self, exclude: &Exclude<'_>) -> bool {
-        self.authenticated && self.encrypted && !exclude.contains(&self.client)
-    }
-}
-
-/// A free slot keeps the generation its next connection gets; a live one's generation
-/// is its connection's handle's (so it is not stored twice).
-enum Slot<S> {
-    Free { generation: u32 },
-    Live(Conn<S>),
-}
-
-impl<S> Slot<S> {
-    fn generation(&self) -> u32 {
-        match self {
-            Slot::Free { generation } => *generation,
-            Slot::Live(conn) => conn.handle.generation(),
-        }
-    }
-
-    #[inline]
-    fn conn(&self) -> Option<&Conn<S>> {
-        match self {
-            Slot::Live(conn) => Some(conn),
-            Slot::Free { .. } => None,
-        }
-    }
-
-    #[inline]
-    fn conn_mut(&mut self) -> Option<&mut Conn<S>> {
-        match self {
-            Slot::Live(conn) => Some(conn),
-            Slot::Free { .. } => None,
-        }
-    }
-}
-
-fn live<S>(slots: &[Slot<S>], handle: Handle) -> Option<&Conn<S>> {
-    let slot = slots.get(handle.slot() as usize)?;
-    let conn = slot.conn()?;
-    (conn.handle == handle).then_some(conn)
-}
-
-fn live_mut<S>(slots: &mut [Slot<S>], handle: Handle) -> Option<&mut Conn<S>> {
-    let slot = slots.get_mut(handle.slot() as usize)?;
-    let conn = slot.conn_mut()?;
-    (conn.handle == handle).then_some(conn)
-}
-
-/// Members of rooms and users are always live, so a slot index is enough.
-#[inline]
-fn member_mut<S>(slots: &mut [Slot<S>], slot: u32) -> Option<&mut Conn<S>> {
-    slots.get_mut(slot as usize).and_then(Slot::conn_mut)
-}
-
-fn member<S>(slots: &[Slot<S>], slot: u32) -> Option<&Conn<S>> {
-    slots.get(slot as usize).and_then(Slot::conn)
-}
-
 /// Points a moved room member's room list entry at its new position.
 fn fix_moved<S>(slots: &mut [Slot<S>], moved: Moved) {
     if let Some(conn) = member_mut(slots, moved.slot) {
         moved.apply(&mut conn.rooms);
     }
-}
-
-/// Queueing state shared by every delivery path.
-struct Outbox {
-    limit: usize,
-    close_on_limit: bool,
-    /// Slots with pending frames, in the order they became dirty (may hold stale
-    /// slots; `Conn::dirty` is the truth).
-    dirty: Vec<u32>,
-    overflowed: Vec<Handle>,
-    /// A flush is scheduled (or requested) and has not run yet.
-    flush_scheduled: bool,
-    /// The caller must schedule a flush.
-    flush_requested: bool,
-    skipped: u64,
-    delivered: u64,
-    frames_out: u64,
-    bytes_out: u64,
-    pending_bytes: usize,
-}
-
-impl Outbox {
-    /// Queues `frame` unless the connection is backpressured; false when skipped.
-    #[inline]
-    fn offer<S>(&mut self, slot: u32, conn: &mut Conn<S>, frame: &Frame) -> bool {
-        if conn.backpressured || conn.pending.bytes.saturating_add(frame.len()) > self.limit {
-            conn.skipped += 1;
-            self.skipped += 1;
-            if self.close_on_limit && !conn.overflow_reported {
-                conn.overflow_reported = true;
-                self.overflowed.push(conn.handle);
-            }
-            return false;
-        }
-        self.delivered += 1;
-        self.queue(slot, conn, frame.clone());
-        true
-    }
-
-    #[inline]
-    fn queue<S>(&mut self, slot: u32, conn: &mut Conn<S>, frame: Frame) {
-        self.pending_bytes += frame.len();
-        conn.pending.push(frame);
-        if !conn.dirty {
-            conn.dirty = true;
-            self.dirty.push(slot);
-        }
-        if !self.flush_scheduled {
-            self.flush_scheduled = true;
-            self.flush_requested = true;
-        }
-    }
-}
-
-/// Hands a connection's pending frames to `write` and empties its queue.
-fn drain<S>(conn: &mut Conn<S>, out: &mut Outbox, write: &mut impl FnMut(&S, Batch<'_>)) {
-    let Some(first) = conn.pending.first.take() else {
-        return;
-    };
-    let bytes = conn.pending.bytes;
-    let batch = Batch {
-        first: &first,
-        rest: conn.pending.rest.as_deref().map_or(&[], Vec::as_slice),
-        bytes,
-    };
-    out.frames_out += batch.len() as u64;
-    write(&conn.sink, batch);
-    if let Some(rest) = &mut conn.pending.rest {
-        rest.clear();
-    }
-    conn.pending.bytes = 0;
-    out.pending_bytes -= bytes;
-    out.bytes_out += bytes as u64;
 }
 
 /// Makes sure the connection's one live wheel entry is no later than its earliest
@@ -327,27 +116,6 @@ fn arm<S>(wheel: &mut Wheel, timeouts: &Timeouts, conn: &mut Conn<S>) {
     }
     conn.clocks
         .set_wheel_due(Some(wheel.insert(conn.handle, tick)));
-}
-
-/// The frame for a fan-out, built on the first recipient only.
-struct LazyFrame<'a> {
-    payload: &'a [u8],
-    frame: Option<Frame>,
-}
-
-impl<'a> LazyFrame<'a> {
-    fn new(payload: &'a [u8]) -> Self {
-        LazyFrame {
-            payload,
-            frame: None,
-        }
-    }
-
-    #[inline]
-    fn get(&mut self) -> &Frame {
-        let payload = self.payload;
-        self.frame.get_or_insert_with(|| Frame::text(payload))
-    }
 }
 
 /// The registry and everything that scales with it. `S` is the caller's per-connection
@@ -385,19 +153,10 @@ impl<S> Hub<S> {
             backpressured: 0,
             rooms: Rooms::default(),
             users: Users::default(),
-            out: Outbox {
-                limit: config.backpressure_limit,
-                close_on_limit: config.close_on_backpressure_limit,
-                dirty: Vec::new(),
-                overflowed: Vec::new(),
-                flush_scheduled: false,
-                flush_requested: false,
-                skipped: 0,
-                delivered: 0,
-                frames_out: 0,
-                bytes_out: 0,
-                pending_bytes: 0,
-            },
+            out: Outbox::new(
+                config.backpressure_limit,
+                config.close_on_backpressure_limit,
+            ),
             wheel: Wheel::new(now / TICK_MS),
             fired: Vec::new(),
             ping: Frame::ping(),
@@ -737,137 +496,6 @@ impl<S> Hub<S> {
         queued
     }
 
-    /// Delivers message `offset` of history room `room` (see `crate::history`): queued for
-    /// each authenticated plaintext member not in `exclude` when it is the newest of the
-    /// room's `epoch`, except members whose recovery is being read (held for them) and
-    /// floored members; `encrypted` is called with each encrypted member that would get it
-    /// (the caller seals). Returns how many were queued.
-    pub fn send_history(
-        &mut self,
-        room: &str,
-        epoch: &str,
-        offset: u64,
-        payload: &[u8],
-        exclude: &Exclude<'_>,
-        mut encrypted: impl FnMut(&S),
-    ) -> usize {
-        let Some((members, history)) = self
-            .rooms
-            .id(room)
-            .and_then(|id| self.rooms.with_history(id))
-        else {
-            return 0;
-        };
-        let newest = history.advance(epoch, offset);
-        let mut frame = LazyFrame::new(payload);
-        let mut queued = 0;
-        if history.is_plain() {
-            if !newest {
-                return 0;
-            }
-            for &crate::rooms::Member { slot, .. } in members {
-                let Some(conn) = member_mut(&mut self.slots, slot) else {
-                    continue;
-                };
-                if conn.takes_plain(exclude) {
-                    if self.out.offer(slot, conn, frame.get()) {
-                        queued += 1;
-                    }
-                } else if conn.takes_encrypted(exclude) {
-                    encrypted(&conn.sink);
-                }
-            }
-            return queued;
-        }
-        history.pass_floors(epoch, offset);
-        for &crate::rooms::Member { slot, .. } in members {
-            let Some(conn) = member_mut(&mut self.slots, slot) else {
-                continue;
-            };
-            if !conn.authenticated || exclude.contains(&conn.client) {
-                continue;
-            }
-            if history.hold(slot, offset, || frame.get().clone())
-                || !newest
-                || history.floored(slot)
-            {
-                continue;
-            }
-            if conn.encrypted {
-                encrypted(&conn.sink);
-            } else if self.out.offer(slot, conn, frame.get()) {
-                queued += 1;
-            }
-        }
-        queued
-    }
-
-    /// The member's history state in `room` (created on demand) when it is a member.
-    fn member_history(&mut self, handle: Handle, room: &str) -> Option<&mut RoomHistory> {
-        let id = self.member_room(handle, room)?;
-        self.rooms.with_history(id).map(|(_, history)| history)
-    }
-
-    /// Holds the member's live messages of history room `room` from now on (its recovery is
-    /// being read), or with `hold` false stops and drops them. False if not a member.
-    pub fn hold_history(&mut self, handle: Handle, room: &str, hold: bool) -> bool {
-        let slot = handle.slot();
-        let Some(history) = self.member_history(handle, room) else {
-            return false;
-        };
-        if hold {
-            history.start(slot);
-        } else {
-            history.stop(slot);
-        }
-        true
-    }
-
-    /// Offset of the first live message held for the member in `room`.
-    pub fn held_first(&self, handle: Handle, room: &str) -> Option<u64> {
-        let id = self.member_room(handle, room)?;
-        self.rooms.history(id)?.first_held(handle.slot())
-    }
-
-    /// Ends the member's recovery in `room` after its replay and `joined` (at `epoch`,
-    /// `offset`) were queued: the held messages above `offset`, in offset order, each once,
-    /// are queued (plaintext) or handed back (encrypted); live copies up to the highest
-    /// offset seen are skipped from now on (its floor).
-    pub fn release_history(
-        &mut self,
-        handle: Handle,
-        room: &str,
-        epoch: &str,
-        offset: u64,
-    ) -> Released {
-        let slot = handle.slot();
-        let Some(history) = self.member_history(handle, room) else {
-            return Released::default();
-        };
-        let (frames, highest) = history::release(history.stop(slot).unwrap_or_default(), offset);
-        history.set_floor(slot, epoch, offset.max(highest));
-        let Some(conn) = live_mut(&mut self.slots, handle) else {
-            return Released::default();
-        };
-        if conn.encrypted {
-            return Released {
-                queued: 0,
-                encrypted: frames,
-            };
-        }
-        let mut queued = 0;
-        for frame in &frames {
-            if self.out.offer(slot, conn, frame) {
-                queued += 1;
-            }
-        }
-        Released {
-            queued,
-            encrypted: Vec::new(),
-        }
-    }
-
-    /// Like [`Hub::send_room`] for the sessions of `user`.
     pub fn send_user(&mut self, user: &str, payload: &[u8]) -> usize {
         let exclude = Exclude::none();
         let mut frame = LazyFrame::new(payload);
@@ -1090,28 +718,5 @@ impl<S> Hub<S> {
             pending_bytes: self.out.pending_bytes,
             wheel_entries: self.wheel.len(),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Per-connection footprint: keep `Slot` small (every slot is paid for whether or
-    /// not it is in use). The sink here is two pointers, like the Python binding's.
-    #[test]
-    fn per_connection_structs_stay_small() {
-        type Sink = (Box<u8>, Box<u8>);
-        let sizes = [
-            ("Slot", mem::size_of::<Slot<Sink>>()),
-            ("Conn", mem::size_of::<Conn<Sink>>()),
-            ("Pending", mem::size_of::<Pending>()),
-            ("Clocks", mem::size_of::<crate::deadline::Clocks>()),
-            ("ConnRooms", mem::size_of::<ConnRooms>()),
-            ("Option<UserLink>", mem::size_of::<Option<UserLink>>()),
-            ("ClientId", mem::size_of::<ClientId>()),
-        ];
-        println!("{sizes:?}");
-        assert!(mem::size_of::<Slot<Sink>>() <= 256);
     }
 }

@@ -16,6 +16,18 @@
 //!
 //! [`seal`] seals one message under many AES-256-GCM keys for encrypted fan-out.
 //!
+//! Modules:
+//! - `hub`: the [`Hub`] (registry, rooms and users, plain fan-out, flushes, interest,
+//!   deadlines); its parts `hub::queue` (a connection's record and slot, its pending
+//!   frames, the `Outbox` every delivery path queues through, the hand-off of a
+//!   [`Batch`], the lazily built fan-out frame) and `hub::history_delivery` (numbered
+//!   delivery to history rooms, holding and releasing a recovering member's messages);
+//! - `history`: a history room's state (offset order, held messages, floors);
+//! - `rooms`, `users`, `ids`, `small`: the indices and the types they are built from;
+//! - `deadline`, `wheel`: per-connection deadlines and the timer wheel that fires them;
+//! - `interest`: the log of rooms, users and clients gained and lost locally;
+//! - `exclude`, [`frame`], [`seal`]: a fan-out's exclusions, WebSocket framing, sealing.
+//!
 //! Threading: a [`Hub`] belongs to one thread (frames are `Rc`-shared); [`seal`] is
 //! plain data in, data out and may run on any thread.
 

@@ -7,332 +7,34 @@
 //! `slf: &Bound<Self>`, collect what they need under a short `try_borrow_mut`, drop it,
 //! then call. Python objects removed from the hub are also dropped after the borrow,
 //! since a finalizer may call back in.
+//!
+//! This file is the class and its methods. The calls an operation owes are collected and
+//! made by `crate::followup` (`queueing`, `indexing`), a flush's batches are written by
+//! `crate::write`, and arguments are converted by `crate::convert`.
 
 use std::mem;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 use pyo3::{intern, PyTraverseError};
-use roomcast_core::{self as rc, Batch, Exclude, Frame, Handle, InterestKind};
-use rustc_hash::FxHashMap;
+use roomcast_core::{self as rc, Exclude, Handle, InterestKind};
 
-use crate::direct::{Direct, Sent};
-use crate::ring::{Ring, Staged};
+use crate::convert::{as_strs, exclude_ids, millis, Clock};
+use crate::direct::Direct;
+use crate::followup::{indexing, queueing};
+use crate::ring::Ring;
+use crate::write::{call_writes, deliver, BytesCache, NoGc, Stage};
 
 /// What the hub keeps per connection on behalf of Python.
-struct Sink {
+pub(crate) struct Sink {
     /// Takes one `bytes` (the transport's `write`).
-    write: Py<PyAny>,
+    pub(crate) write: Py<PyAny>,
     /// Opaque; handed back by `sweep`, `encrypted_owners` and `on_overflow`.
-    owner: Py<PyAny>,
+    pub(crate) owner: Py<PyAny>,
     /// Set when batches may go straight to the socket (see `crate::direct`).
-    direct: Option<Direct>,
-}
-
-/// The core's clock: milliseconds since the hub was created.
-struct Clock {
-    start: Instant,
-    /// Unix time of `start`, in seconds.
-    epoch: f64,
-}
-
-impl Clock {
-    fn new() -> Self {
-        Clock {
-            start: Instant::now(),
-            epoch: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0.0, |d| d.as_secs_f64()),
-        }
-    }
-
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    fn unix_seconds(&self, ms: u64) -> f64 {
-        self.epoch + ms as f64 / 1000.0
-    }
-}
-
-/// Converts a duration in float seconds to milliseconds.
-fn millis(name: &str, seconds: f64) -> PyResult<u64> {
-    if seconds.is_nan() || seconds < 0.0 {
-        return Err(PyValueError::new_err(format!(
-            "{name} must be a non-negative number of seconds: {seconds}"
-        )));
-    }
-    // Saturates for infinity: a deadline that never comes.
-    Ok((seconds * 1000.0).round() as u64)
-}
-
-/// Client ids to exclude, kept alive for the `&str`s borrowed from them.
-fn exclude_ids<'py>(exclude: Option<&Bound<'py, PyAny>>) -> PyResult<Vec<Bound<'py, PyString>>> {
-    let Some(obj) = exclude.filter(|obj| !obj.is_none()) else {
-        return Ok(Vec::new());
-    };
-    if let Ok(list) = obj.cast::<PyList>() {
-        let mut ids = Vec::with_capacity(list.len());
-        for item in list.iter() {
-            ids.push(item.cast_into::<PyString>()?);
-        }
-        return Ok(ids);
-    }
-    obj.try_iter()?
-        .map(|item| Ok(item?.cast_into::<PyString>()?))
-        .collect()
-}
-
-fn as_strs<'a>(ids: &'a [Bound<'_, PyString>]) -> PyResult<Vec<&'a str>> {
-    ids.iter().map(|id| id.to_str()).collect()
-}
-
-/// Python calls owed after a hub operation, made once the borrow is released.
-#[derive(Default)]
-struct Followup {
-    schedule: Option<Py<PyAny>>,
-    overflow: Option<(Py<PyAny>, Vec<Py<PyAny>>)>,
-}
-
-impl Followup {
-    /// Calls `on_overflow` for each overflowed owner (errors are reported as
-    /// unraisable), then `schedule(hub.flush)` (errors propagate; the next queued frame
-    /// asks again).
-    fn run(self, hub: &Bound<'_, Hub>) -> PyResult<()> {
-        let py = hub.py();
-        if let Some((callback, owners)) = self.overflow {
-            let callback = callback.bind(py);
-            for owner in owners {
-                if let Err(err) = callback.call1((owner,)) {
-                    err.write_unraisable(py, Some(callback));
-                }
-            }
-        }
-        if let Some(schedule) = self.schedule {
-            let scheduled = hub
-                .getattr(intern!(py, "flush"))
-                .and_then(|flush| schedule.bind(py).call1((flush,)));
-            if let Err(err) = scheduled {
-                if let Ok(mut this) = hub.try_borrow_mut() {
-                    this.core.cancel_flush();
-                }
-                return Err(err);
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Python `bytes` for each flushed batch, built once per frame per flush when the
-/// frame is shared, and once per run of identical multi-frame batches.
-#[derive(Default)]
-struct BytesCache {
-    last: Option<(Frame, Py<PyBytes>)>,
-    /// Earlier shared frames; holding a clone keeps the address a valid key.
-    earlier: FxHashMap<usize, (Frame, Py<PyBytes>)>,
-    last_run: Option<(Vec<Frame>, Py<PyBytes>)>,
-}
-
-impl BytesCache {
-    fn bytes(&mut self, py: Python<'_>, batch: &Batch<'_>) -> Option<Py<PyBytes>> {
-        match batch.single() {
-            Some(frame) => Some(self.single(py, frame)),
-            None => self.concat(py, batch),
-        }
-    }
-
-    fn single(&mut self, py: Python<'_>, frame: &Frame) -> Py<PyBytes> {
-        if let Some((last, bytes)) = &self.last {
-            if last.same(frame) {
-                return bytes.clone_ref(py);
-            }
-        }
-        if !frame.is_shared() {
-            return PyBytes::new(py, frame.as_bytes()).unbind();
-        }
-        if let Some((_, bytes)) = self.earlier.get(&frame.addr()) {
-            return bytes.clone_ref(py);
-        }
-        let bytes = PyBytes::new(py, frame.as_bytes()).unbind();
-        if let Some((old, old_bytes)) = self.last.replace((frame.clone(), bytes.clone_ref(py))) {
-            self.earlier.insert(old.addr(), (old, old_bytes));
-        }
-        bytes
-    }
-
-    fn concat(&mut self, py: Python<'_>, batch: &Batch<'_>) -> Option<Py<PyBytes>> {
-        if let Some((frames, bytes)) = &self.last_run {
-            if frames.len() == batch.len()
-                && frames.iter().zip(batch.frames()).all(|(a, b)| a.same(b))
-            {
-                return Some(bytes.clone_ref(py));
-            }
-        }
-        let bytes = PyBytes::new_with(py, batch.byte_len(), |mut buf| {
-            for frame in batch.frames() {
-                let (head, tail) = buf.split_at_mut(frame.len());
-                head.copy_from_slice(frame.as_bytes());
-                buf = tail;
-            }
-            Ok(())
-        })
-        // Allocation failure: this connection misses the batch, like a failed write.
-        .ok()?
-        .unbind();
-        if batch.frames().all(Frame::is_shared) {
-            self.last_run = Some((batch.frames().cloned().collect(), bytes.clone_ref(py)));
-        }
-        Some(bytes)
-    }
-}
-
-/// A flush's direct writes, staged for one submission to the ring: their bytes (one copy
-/// per distinct batch in a row: a fan-out's recipients share it) and, per write, its
-/// socket and its transport's `write` for what the socket does not take.
-#[derive(Default)]
-struct Stage {
-    arena: Vec<u8>,
-    items: Vec<Staged>,
-    writes: Vec<Py<PyAny>>,
-    results: Vec<i32>,
-}
-
-impl Stage {
-    fn push(&mut self, fd: i32, data: &[u8], write: Py<PyAny>) {
-        let start = match self.items.last() {
-            Some(last) if self.arena[last.start..last.start + last.len] == *data => last.start,
-            _ => {
-                self.arena.extend_from_slice(data);
-                self.arena.len() - data.len()
-            }
-        };
-        self.items.push(Staged {
-            fd,
-            start,
-            len: data.len(),
-        });
-        self.writes.push(write);
-    }
-
-    /// Sends what was staged through `ring`; what a socket did not take goes to `writes`
-    /// for its transport, as after `Direct::send`. Leaves the stage empty; returns whether
-    /// the ring was entered (a few writes go by `send(2)`).
-    fn submit(
-        &mut self,
-        py: Python<'_>,
-        ring: &mut Ring,
-        writes: &mut Vec<(Py<PyAny>, Py<PyBytes>)>,
-        direct_count: &mut u64,
-    ) -> bool {
-        let used_ring = ring.send_all(&self.arena, &self.items, &mut self.results);
-        for ((item, write), &result) in self
-            .items
-            .iter()
-            .zip(self.writes.drain(..))
-            .zip(&self.results)
-        {
-            // A negative result (EAGAIN, or an error uvloop should meet) sent nothing.
-            let taken = usize::try_from(result).unwrap_or(0).min(item.len);
-            if taken > 0 {
-                *direct_count += 1;
-            }
-            if taken < item.len {
-                let rest = &self.arena[item.start + taken..item.start + item.len];
-                writes.push((write, PyBytes::new(py, rest).unbind()));
-            }
-        }
-        self.items.clear();
-        self.arena.clear();
-        used_ring
-    }
-}
-
-/// Keeps Python's cyclic garbage collector off while alive (restoring its previous state).
-struct NoGc {
-    was_enabled: bool,
-}
-
-impl NoGc {
-    fn new(_py: Python<'_>) -> NoGc {
-        // SAFETY: the GIL is held (we have `py`); PyGC_Disable only sets the collector's
-        // enabled flag and returns the previous one.
-        let was_enabled = unsafe { pyo3::ffi::PyGC_Disable() } == 1;
-        NoGc { was_enabled }
-    }
-}
-
-impl Drop for NoGc {
-    fn drop(&mut self) {
-        if self.was_enabled {
-            // SAFETY: dropped within the same GIL hold as `new` (a local of `flush`);
-            // PyGC_Enable only sets the collector's enabled flag.
-            unsafe { pyo3::ffi::PyGC_Enable() };
-        }
-    }
-}
-
-/// Hands one connection's batch to its socket (when `sink.direct` allows it now: at once,
-/// or staged in `stage` for one submission after the flush) or to `writes` for its `write`
-/// call; counts batches that went (at least partly) direct.
-fn deliver(
-    py: Python<'_>,
-    sink: &Sink,
-    batch: &Batch<'_>,
-    cache: &mut BytesCache,
-    writes: &mut Vec<(Py<PyAny>, Py<PyBytes>)>,
-    direct_count: &mut u64,
-    stage: Option<&mut Stage>,
-) {
-    if let Some(direct) = &sink.direct {
-        let joined;
-        let data = match batch.single() {
-            Some(frame) => frame.as_bytes(),
-            None => {
-                let Some(bytes) = cache.bytes(py, batch) else {
-                    return;
-                };
-                joined = bytes;
-                joined.bind(py).as_bytes()
-            }
-        };
-        if let Some(stage) = stage {
-            if direct.ready(py, data) {
-                stage.push(direct.fd(), data, sink.write.clone_ref(py));
-                return;
-            }
-        } else {
-            match direct.send(py, data) {
-                Sent::All => {
-                    *direct_count += 1;
-                    return;
-                }
-                Sent::Part(n) => {
-                    if n > 0 {
-                        *direct_count += 1;
-                    }
-                    writes.push((
-                        sink.write.clone_ref(py),
-                        PyBytes::new(py, &data[n..]).unbind(),
-                    ));
-                    return;
-                }
-                Sent::Not => {}
-            }
-        }
-    }
-    if let Some(bytes) = cache.bytes(py, batch) {
-        writes.push((sink.write.clone_ref(py), bytes));
-    }
-}
-
-/// Calls each `write(bytes)`; a failing write (closed transport) is ignored.
-fn call_writes(py: Python<'_>, writes: &mut Vec<(Py<PyAny>, Py<PyBytes>)>) {
-    for (write, bytes) in writes.drain(..) {
-        let _ = write.bind(py).call1((bytes,));
-    }
+    pub(crate) direct: Option<Direct>,
 }
 
 /// Connection registry, room and user indices, fan-out and deadlines.
@@ -345,100 +47,24 @@ fn call_writes(py: Python<'_>, writes: &mut Vec<(Py<PyAny>, Py<PyBytes>)>) {
 /// ``drain_interest``.
 #[pyclass(unsendable, module = "roomcast._core")]
 pub struct Hub {
-    core: rc::Hub<Sink>,
+    pub(crate) core: rc::Hub<Sink>,
     clock: Clock,
-    schedule: Option<Py<PyAny>>,
-    on_overflow: Option<Py<PyAny>>,
-    on_interest: Option<Py<PyAny>>,
+    pub(crate) schedule: Option<Py<PyAny>>,
+    pub(crate) on_overflow: Option<Py<PyAny>>,
+    pub(crate) on_interest: Option<Py<PyAny>>,
     /// Reused between flushes; empty outside `flush`.
     writes: Vec<(Py<PyAny>, Py<PyBytes>)>,
     /// New connections on plain uvloop TCP transports get direct writes.
     direct_writes: bool,
     /// Batches written (at least partly) straight to a socket.
     direct_count: u64,
-    /// One submission per flush for the direct writes, when the kernel allows it.
+    /// One submission per flush for the direct writes, when the kernel allows it; None
+    /// otherwise, and for good once the ring failed (then direct writes go by `send(2)`).
     ring: Option<Ring>,
     /// Reused between flushes; empty outside `flush`.
     stage: Stage,
     /// Flushes whose direct writes went to the ring.
     ring_submits: u64,
-}
-
-impl Hub {
-    /// Collects the calls a queueing operation owes (under the borrow).
-    fn followup(&mut self, py: Python<'_>) -> Followup {
-        let mut followup = Followup::default();
-        if self.core.has_overflowed() {
-            let mut owners = Vec::new();
-            self.core
-                .drain_overflowed(|sink| owners.push(sink.owner.clone_ref(py)));
-            followup.overflow = self
-                .on_overflow
-                .as_ref()
-                .map(|cb| (cb.clone_ref(py), owners));
-        }
-        if self.core.take_flush_request() {
-            match &self.schedule {
-                Some(schedule) => followup.schedule = Some(schedule.clone_ref(py)),
-                None => self.core.cancel_flush(),
-            }
-        }
-        followup
-    }
-
-    /// The `on_interest` call a change owes (under the borrow), if any.
-    fn interest_followup(&mut self, py: Python<'_>) -> Option<Py<PyAny>> {
-        if !self.core.take_interest_request() {
-            return None;
-        }
-        match &self.on_interest {
-            Some(callback) => Some(callback.clone_ref(py)),
-            None => {
-                self.core.cancel_interest();
-                None
-            }
-        }
-    }
-}
-
-/// Runs a queueing operation under a short borrow of the hub, then the Python calls it
-/// owes (`on_overflow`, `schedule`) with no borrow outstanding.
-fn queueing<T>(slf: &Bound<'_, Hub>, op: impl FnOnce(&mut Hub) -> T) -> PyResult<T> {
-    let (out, followup) = {
-        let mut this = slf.try_borrow_mut()?;
-        let out = op(&mut this);
-        (out, this.followup(slf.py()))
-    };
-    followup.run(slf)?;
-    Ok(out)
-}
-
-/// Runs an index operation (registry, rooms, users) under a short borrow of the hub, then
-/// `on_interest()` if the operation changed what the node is interested in. What the
-/// operation returns is dropped by the caller, after the borrow.
-fn indexing<T>(slf: &Bound<'_, Hub>, op: impl FnOnce(&mut Hub) -> T) -> PyResult<T> {
-    let (out, interest) = {
-        let mut this = slf.try_borrow_mut()?;
-        let out = op(&mut this);
-        (out, this.interest_followup(slf.py()))
-    };
-    run_interest(slf, interest)?;
-    Ok(out)
-}
-
-/// Calls `on_interest()` with no borrow outstanding; on failure the next change asks
-/// again and the error propagates.
-fn run_interest(slf: &Bound<'_, Hub>, callback: Option<Py<PyAny>>) -> PyResult<()> {
-    let Some(callback) = callback else {
-        return Ok(());
-    };
-    if let Err(err) = callback.bind(slf.py()).call0() {
-        if let Ok(mut this) = slf.try_borrow_mut() {
-            this.core.cancel_interest();
-        }
-        return Err(err);
-    }
-    Ok(())
 }
 
 #[pymethods]
@@ -825,8 +451,12 @@ impl Hub {
                 );
             });
             if let (Some(ring), Some(stage)) = (this.ring.as_mut(), stage.as_mut()) {
-                if !stage.items.is_empty() && stage.submit(py, ring, &mut writes, &mut direct) {
+                if !stage.is_empty() && stage.submit(py, ring, &mut writes, &mut direct) {
                     this.ring_submits += 1;
+                }
+                if !ring.is_up() {
+                    // It failed and was torn down (`crate::ring`): send(2) from now on.
+                    this.ring = None;
                 }
             }
             if let Some(stage) = stage {

@@ -1,13 +1,28 @@
 //! `roomcast._core`: the PyO3 binding of `roomcast-core`. This file only registers.
+//!
+//! Modules:
+//! - `hub`: the `Hub` class and its methods, with the binding's re-entrancy rules (no
+//!   borrow of the hub outstanding while Python runs) at its top;
+//! - `followup`: the Python calls a hub operation owes (`schedule`, `on_overflow`,
+//!   `on_interest`), made after the borrow;
+//! - `write`: a flush's write engine (`deliver`, the `bytes` cache, the ring's stage,
+//!   `call_writes`, the garbage collector held off while writes are staged);
+//! - `direct`, `ring`: writing a batch straight to a uvloop socket, and one io_uring
+//!   submission for all of a flush's direct writes;
+//! - `convert`: the hub's clock and arguments in Python's terms;
+//! - `frame`, `seal`: the `frame_text` and `seal_messages` functions.
 
 use pyo3::prelude::*;
 use roomcast_core::{Expiry, InterestKind};
 
+mod convert;
 mod direct;
+mod followup;
 mod frame;
 mod hub;
 mod ring;
 mod seal;
+mod write;
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -11,8 +11,20 @@
 //! self-test showing that a send to a full socket completes at once; otherwise (an old
 //! kernel, a seccomp profile that forbids io_uring, `ROOMCAST_IO_URING=0`) the hub keeps
 //! one `send(2)` per batch.
+//!
+//! No request outlives `send_all`: each call returns only once every request the kernel took
+//! has completed and its completion has been read, so the next flush never meets a stale
+//! completion or a request reading an arena that was cleared. If the ring misbehaves (an
+//! `io_uring_enter` fails other than with `EINTR`, makes no progress, or a push fails), the
+//! call reads the completions of what the kernel took, tears the ring down (which discards
+//! the entries it never took: without `SQPOLL` the kernel reads the queue only inside
+//! `io_uring_enter`), sends the rest by `send(2)` and reports the ring gone; the hub then
+//! writes by `send(2)` for good. Tests make those failures happen with `Fault`
+//! (`ROOMCAST_IO_URING_FAULT`, a switch for tests only).
 
-use io_uring::{opcode, types, IoUring, Probe};
+use std::io;
+
+use io_uring::{opcode, types, EnterFlags, IoUring, Probe};
 
 use crate::direct::send_now;
 
@@ -38,8 +50,17 @@ pub struct Staged {
     pub len: usize,
 }
 
+impl Staged {
+    fn bytes<'a>(&self, arena: &'a [u8]) -> &'a [u8] {
+        &arena[self.start..self.start + self.len]
+    }
+}
+
 pub struct Ring {
-    ring: IoUring,
+    /// None once torn down after a failure (see the module comment).
+    ring: Option<IoUring>,
+    /// A failure to make happen: tests only (`Fault`).
+    fault: Option<Fault>,
 }
 
 impl Ring {
@@ -54,55 +75,48 @@ impl Ring {
         if !probe.is_supported(opcode::Send::CODE) {
             return None;
         }
-        let mut ring = Ring { ring };
+        let mut ring = Ring {
+            ring: Some(ring),
+            fault: Fault::from_env(),
+        };
         ring.sends_without_waiting().then_some(ring)
+    }
+
+    /// Whether the ring is still in use: false once a failure tore it down, after which
+    /// `send_all` sends by `send(2)` only.
+    pub fn is_up(&self) -> bool {
+        self.ring.is_some()
     }
 
     /// Sends every staged batch; `results[i]` is what `send(2)` would have returned for
     /// `staged[i]` (bytes taken, or a negative errno). Returns whether the ring was used.
+    /// Every request handed to the kernel has completed, and been read, when this returns.
     pub fn send_all(&mut self, arena: &[u8], staged: &[Staged], results: &mut Vec<i32>) -> bool {
         results.clear();
-        if staged.len() < RING_MIN {
+        let Some(ring) = self.ring.as_mut().filter(|_| staged.len() >= RING_MIN) else {
             results.extend(
                 staged
                     .iter()
-                    .map(|item| send_now(item.fd, &arena[item.start..item.start + item.len])),
+                    .map(|item| send_now(item.fd, item.bytes(arena))),
             );
             return false;
-        }
+        };
         results.resize(staged.len(), -libc::EAGAIN);
-        for (chunk_index, chunk) in staged.chunks(DEPTH as usize).enumerate() {
-            let base = chunk_index * DEPTH as usize;
-            {
-                let mut sq = self.ring.submission();
-                for (i, item) in chunk.iter().enumerate() {
-                    let data = &arena[item.start..item.start + item.len];
-                    let entry = send_entry(item.fd, data).user_data((base + i) as u64);
-                    // SAFETY: the request reads `data`, a slice of `arena`, which the caller
-                    // borrows for this whole call and cannot change or free meanwhile; this
-                    // call returns only after every request of the chunk has completed
-                    // (`submit_and_wait` below, and sends with MSG_DONTWAIT complete inline,
-                    // which `new` checked). The queue has room: it holds DEPTH entries and
-                    // the previous chunk's were all consumed by the kernel.
-                    if unsafe { sq.push(&entry) }.is_err() {
-                        break;
-                    }
+        let mut done = 0;
+        for chunk in staged.chunks(DEPTH as usize) {
+            match send_chunk(ring, &mut self.fault, arena, chunk, done, results) {
+                Ok(()) => done += chunk.len(),
+                Err(taken) => {
+                    done += taken;
+                    // Every request the kernel took has completed and been read
+                    // (`send_chunk`); the entries it never took go with the ring.
+                    self.ring = None;
+                    break;
                 }
             }
-            let mut pending = chunk.len();
-            while pending > 0 {
-                match self.ring.submit_and_wait(pending) {
-                    Ok(_) => {}
-                    Err(err) if err.raw_os_error() == Some(libc::EINTR) => continue,
-                    Err(_) => return true, // left as -EAGAIN: the transport writes them
-                }
-                for cqe in self.ring.completion() {
-                    if let Some(slot) = results.get_mut(cqe.user_data() as usize) {
-                        *slot = cqe.result();
-                    }
-                    pending -= 1;
-                }
-            }
+        }
+        for (item, slot) in staged[done..].iter().zip(&mut results[done..]) {
+            *slot = send_now(item.fd, item.bytes(arena));
         }
         true
     }
@@ -136,13 +150,15 @@ impl Ring {
         } > 0
         {}
         let entry = send_entry(fds[0], &PROBE).user_data(0);
+        let Some(ring) = self.ring.as_mut() else {
+            return false;
+        };
         // SAFETY: PROBE is static, so it outlives the request even if it never completes
-        // (dropping the ring cancels it).
-        let pushed = unsafe { self.ring.submission().push(&entry) }.is_ok();
+        // (then `new` drops the ring, which cancels it).
+        let pushed = unsafe { ring.submission().push(&entry) }.is_ok();
         let inline = pushed
-            && self.ring.submit().is_ok()
-            && self
-                .ring
+            && ring.submit().is_ok()
+            && ring
                 .completion()
                 .next()
                 .is_some_and(|cqe| cqe.result() == -libc::EAGAIN);
@@ -152,6 +168,178 @@ impl Ring {
             libc::close(fds[1]);
         }
         inline
+    }
+}
+
+/// Sends `chunk` (at most DEPTH writes, `results[base..]` theirs) through `ring`, whose
+/// queues are empty. `Ok` when every write completed; `Err(n)` when the ring failed: the
+/// kernel took the first `n` (their results are set), the rest it never took and never
+/// will if the ring is dropped before its next `io_uring_enter`. Either way, nothing the
+/// kernel took is still in flight or unread.
+fn send_chunk(
+    ring: &mut IoUring,
+    fault: &mut Option<Fault>,
+    arena: &[u8],
+    chunk: &[Staged],
+    base: usize,
+    results: &mut [i32],
+) -> Result<(), usize> {
+    let mut pushed = 0;
+    {
+        let mut sq = ring.submission();
+        for (i, item) in chunk.iter().enumerate().take(Fault::pushes(fault)) {
+            let entry = send_entry(item.fd, item.bytes(arena)).user_data((base + i) as u64);
+            // SAFETY: the request reads a slice of `arena`, which the caller borrows for
+            // this whole call and cannot change or free meanwhile. Nothing reads the
+            // pointer after this call returns: the kernel reads entries only inside
+            // `io_uring_enter`, which is called only here and in `settle`, and this
+            // function returns only once every entry the kernel took has completed and
+            // been read (the loop below, `settle`); an entry it did not take is dropped
+            // with the ring (`send_all` on `Err`) before any other `io_uring_enter`.
+            if unsafe { sq.push(&entry) }.is_err() {
+                break;
+            }
+            pushed += 1;
+        }
+    }
+    if pushed < chunk.len() {
+        // The queue is empty at the start of every chunk and holds DEPTH entries, so a
+        // push cannot fail; if one does, nothing was taken yet: the rest go by send(2).
+        return Err(settle(ring, 0, 0, base, results));
+    }
+    let mut reaped = 0;
+    while reaped < pushed {
+        let entered = Fault::enter(fault, ring, pushed - reaped);
+        let before = reaped;
+        reaped += reap(ring, base, results);
+        match entered {
+            Ok(_) if reaped > before => {}
+            Err(err) if err.raw_os_error() == Some(libc::EINTR) => {}
+            // Another error (ENOMEM, EBUSY...), or a successful enter with no completion.
+            _ => {
+                let taken = pushed - ring.submission().len();
+                return Err(settle(ring, taken, reaped, base, results));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads completions into `results` until those of the chunk's first `taken` requests (the
+/// ones the kernel took; `reaped` of them read already) have all been read; returns `taken`.
+/// It does not give up: until a request completes, the kernel may still read its bytes.
+fn settle(
+    ring: &mut IoUring,
+    taken: usize,
+    mut reaped: usize,
+    base: usize,
+    results: &mut [i32],
+) -> usize {
+    while reaped < taken {
+        // Sends with MSG_DONTWAIT complete inside the enter that took them (`new`
+        // checked), so their completions are normally here already; otherwise wait.
+        // SAFETY: submits nothing (`to_submit` 0): entries the kernel has not taken stay
+        // untaken, for `send_all` to drop with the ring; this only waits.
+        let waited = unsafe {
+            ring.submitter().enter::<libc::sigset_t>(
+                0,
+                (taken - reaped) as u32,
+                EnterFlags::GETEVENTS.bits(),
+                None,
+            )
+        };
+        if waited.is_err() {
+            // The kernel posts completions to the shared queue without any call from us
+            // (the queue holds twice DEPTH, more than can be in flight: no overflow).
+            std::thread::yield_now();
+        }
+        reaped += reap(ring, base, results);
+    }
+    taken
+}
+
+/// Reads the completions that are there into `results[user_data]` (all of them from the
+/// chunk that starts at `base`); returns how many.
+fn reap(ring: &mut IoUring, base: usize, results: &mut [i32]) -> usize {
+    let mut count = 0;
+    for cqe in ring.completion() {
+        let index = (cqe.user_data() as usize).wrapping_sub(base);
+        debug_assert!(index < DEPTH as usize, "a completion from another chunk");
+        if let Some(slot) = results.get_mut(cqe.user_data() as usize) {
+            *slot = cqe.result();
+        }
+        count += 1;
+    }
+    count
+}
+
+/// A failure to inject, for tests only (this module's, and `ROOMCAST_IO_URING_FAULT` for the
+/// Python ones, read once by `Ring::new`); never set otherwise. Checked once per chunk, not
+/// per write.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fault {
+    /// After `skip` enters that go as usual, one enter hands the kernel at most `taken` of
+    /// the queued entries (a real submission: they are sent) and then fails with `errno`,
+    /// as an enter that stops part-way does. `enter:SKIP:TAKEN:ERRNO`.
+    Enter { skip: u32, taken: u32, errno: i32 },
+    /// The push of a chunk's entry `at` fails, as on a full queue. `push:AT`.
+    Push { at: usize },
+}
+
+impl Fault {
+    /// The fault `ROOMCAST_IO_URING_FAULT` names, if any.
+    fn from_env() -> Option<Fault> {
+        Fault::parse(&std::env::var("ROOMCAST_IO_URING_FAULT").ok()?)
+    }
+
+    fn parse(spec: &str) -> Option<Fault> {
+        match spec.split(':').collect::<Vec<_>>().as_slice() {
+            ["enter", skip, taken, errno] => Some(Fault::Enter {
+                skip: skip.parse().ok()?,
+                taken: taken.parse().ok()?,
+                errno: errno.parse().ok()?,
+            }),
+            ["push", at] => Some(Fault::Push {
+                at: at.parse().ok()?,
+            }),
+            _ => None,
+        }
+    }
+
+    /// How many of a chunk's entries may be pushed (all, unless a push is to fail).
+    fn pushes(fault: &mut Option<Fault>) -> usize {
+        match *fault {
+            Some(Fault::Push { at }) => {
+                *fault = None;
+                at
+            }
+            _ => usize::MAX,
+        }
+    }
+
+    /// `ring.submit_and_wait(want)`, or the enter fault when it is due.
+    fn enter(fault: &mut Option<Fault>, ring: &mut IoUring, want: usize) -> io::Result<usize> {
+        let Some(Fault::Enter { skip, taken, errno }) = *fault else {
+            return ring.submit_and_wait(want);
+        };
+        if skip > 0 {
+            *fault = Some(Fault::Enter {
+                skip: skip - 1,
+                taken,
+                errno,
+            });
+            return ring.submit_and_wait(want);
+        }
+        *fault = None;
+        let queued = ring.submission().len() as u32;
+        if taken > 0 {
+            // SAFETY: submits entries `send_chunk` queued, under its guarantees.
+            unsafe {
+                ring.submitter()
+                    .enter::<libc::sigset_t>(taken.min(queued), 0, 0, None)
+            }?;
+        }
+        Err(io::Error::from_raw_os_error(errno))
     }
 }
 
@@ -268,5 +456,185 @@ mod tests {
         let mut want = arena.clone();
         want.sort_unstable();
         assert_eq!(got, want);
+    }
+
+    /// `count` writes, each to its own socket, of distinct lengths (`i + 1` bytes), the one
+    /// at `full` to a socket whose send buffer is full.
+    struct Writes {
+        pairs: Vec<(TcpStream, TcpStream)>,
+        arena: Vec<u8>,
+        staged: Vec<Staged>,
+        full: usize,
+    }
+
+    impl Writes {
+        fn new(count: usize, full: usize) -> Writes {
+            let pairs: Vec<_> = (0..count).map(|_| pair()).collect();
+            fill(&pairs[full].0);
+            let mut arena = Vec::new();
+            let mut staged = Vec::new();
+            for (i, (sock, _)) in pairs.iter().enumerate() {
+                let start = arena.len();
+                arena.extend((0..=i).map(|j| (i * 7 + j) as u8));
+                staged.push(Staged {
+                    fd: sock.as_raw_fd(),
+                    start,
+                    len: i + 1,
+                });
+            }
+            Writes {
+                pairs,
+                arena,
+                staged,
+                full,
+            }
+        }
+
+        /// Every result is this write's own (its length, or -EAGAIN for the full socket)
+        /// and every peer received its bytes exactly once.
+        fn check(&self, results: &[i32]) {
+            assert_eq!(results.len(), self.staged.len());
+            for (i, ((_, peer), item)) in self.pairs.iter().zip(&self.staged).enumerate() {
+                if i == self.full {
+                    assert_eq!(results[i], -libc::EAGAIN, "write {i}");
+                    continue;
+                }
+                assert_eq!(results[i], item.len as i32, "write {i}");
+                let mut got = vec![0u8; item.len];
+                (&*peer).read_exact(&mut got).unwrap();
+                assert_eq!(got, item.bytes(&self.arena), "write {i}");
+                peer.set_nonblocking(true).unwrap();
+                let mut more = [0u8; 1];
+                let extra = (&*peer).read(&mut more);
+                assert!(
+                    matches!(&extra, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+                    "write {i} arrived more than once: {extra:?}"
+                );
+                peer.set_nonblocking(false).unwrap();
+            }
+        }
+    }
+
+    fn fill(sock: &TcpStream) {
+        sock.set_nonblocking(true).unwrap();
+        let big = vec![7u8; 1 << 20];
+        // SAFETY: `big` is a live buffer; the socket is ours and open.
+        while unsafe {
+            libc::send(
+                sock.as_raw_fd(),
+                big.as_ptr().cast(),
+                big.len(),
+                libc::MSG_DONTWAIT,
+            )
+        } > 0
+        {}
+    }
+
+    /// Sends `writes` after injecting `fault`; checks the fault happened and every
+    /// write's result and delivery; returns whether the ring is still up.
+    fn send_with(ring: &mut Ring, writes: &Writes, fault: Fault) -> bool {
+        ring.fault = Some(fault);
+        let mut results = Vec::new();
+        assert!(ring.send_all(&writes.arena, &writes.staged, &mut results));
+        assert_eq!(ring.fault, None, "the fault was not met: {fault:?}");
+        writes.check(&results);
+        ring.is_up()
+    }
+
+    /// After a failure: the next flush goes by send(2), with every result its own.
+    fn falls_back_for_good(ring: &mut Ring) {
+        let writes = Writes::new(RING_MIN + 4, 2);
+        let mut results = Vec::new();
+        assert!(!ring.send_all(&writes.arena, &writes.staged, &mut results));
+        writes.check(&results);
+    }
+
+    #[test]
+    fn an_enter_failing_before_the_kernel_took_anything_sends_all_by_send() {
+        let Some(mut ring) = Ring::new() else {
+            return;
+        };
+        let writes = Writes::new(24, 1);
+        let fault = Fault::Enter {
+            skip: 0,
+            taken: 0,
+            errno: libc::ENOMEM,
+        };
+        assert!(!send_with(&mut ring, &writes, fault));
+        falls_back_for_good(&mut ring);
+    }
+
+    #[test]
+    fn an_enter_failing_part_way_reads_what_was_sent_and_sends_the_rest_once() {
+        let Some(mut ring) = Ring::new() else {
+            return;
+        };
+        // The full socket among those the kernel took, then among the rest.
+        for full in [3, 15] {
+            let Some(mut ring) = Ring::new() else {
+                return;
+            };
+            let writes = Writes::new(24, full);
+            let fault = Fault::Enter {
+                skip: 0,
+                taken: 7,
+                errno: libc::EBUSY,
+            };
+            assert!(!send_with(&mut ring, &writes, fault));
+        }
+        // Also in a later chunk, after a whole one went through the ring.
+        let writes = Writes::new(DEPTH as usize + 40, DEPTH as usize + 2);
+        let fault = Fault::Enter {
+            skip: 1,
+            taken: 10,
+            errno: libc::EAGAIN,
+        };
+        assert!(!send_with(&mut ring, &writes, fault));
+        falls_back_for_good(&mut ring);
+    }
+
+    #[test]
+    fn an_interrupted_enter_goes_on_with_the_ring() {
+        let Some(mut ring) = Ring::new() else {
+            return;
+        };
+        for taken in [0, 5] {
+            let writes = Writes::new(24, 20);
+            let fault = Fault::Enter {
+                skip: 0,
+                taken,
+                errno: libc::EINTR,
+            };
+            assert!(send_with(&mut ring, &writes, fault));
+        }
+        // Nothing of those is left in the ring to be mistaken for this flush's.
+        let writes = Writes::new(RING_MIN + 1, 0);
+        let mut results = Vec::new();
+        assert!(ring.send_all(&writes.arena, &writes.staged, &mut results));
+        writes.check(&results);
+    }
+
+    #[test]
+    fn the_environment_names_a_fault_or_none() {
+        let enter = Fault::Enter {
+            skip: 1,
+            taken: 7,
+            errno: libc::EBUSY,
+        };
+        assert_eq!(Fault::parse("enter:1:7:16"), Some(enter));
+        assert_eq!(Fault::parse("push:3"), Some(Fault::Push { at: 3 }));
+        for junk in ["", "enter:1:7", "push:x", "enter:-1:0:4", "pull:3"] {
+            assert_eq!(Fault::parse(junk), None, "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn a_failed_push_sends_all_by_send() {
+        let Some(mut ring) = Ring::new() else {
+            return;
+        };
+        let writes = Writes::new(24, 5);
+        assert!(!send_with(&mut ring, &writes, Fault::Push { at: 3 }));
+        falls_back_for_good(&mut ring);
     }
 }

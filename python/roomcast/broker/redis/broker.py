@@ -26,7 +26,7 @@ from typing import Any
 from redis.exceptions import AuthenticationError, AuthorizationError
 
 from ...aio import stop_task
-from ...constants import WebSocketChannels
+from ...protocol.constants import WebSocketChannels
 from ..protocol import BrokerState, BrokerUnavailable, OnMessage
 from .cluster import discover, probe_channel
 from .interest import Interest

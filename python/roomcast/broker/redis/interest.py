@@ -14,7 +14,7 @@ import asyncio
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ...constants import WebSocketChannels
+from ...protocol.constants import WebSocketChannels
 from .session import Session, Shard
 
 FLUSH_SPACING = 0.008

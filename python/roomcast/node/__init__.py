@@ -1,0 +1,3 @@
+"""The node: `WebSocketServerHelper` (`server`) and the parts it owns (authentication,
+rooms, delivery, history, presence, the join barrier), with its callbacks' keywords and its
+`server_options`."""

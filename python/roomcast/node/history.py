@@ -1,0 +1,268 @@
+"""History rooms (SPEC §10): numbered delivery, `joined`, and recovery on join.
+
+Whether a room keeps history is decided once per room name (`RoomGlob` caches the glob's
+answer), so rooms without history pay one attribute test on the fan-out path and nothing
+else. The store sits behind the broker seam (`roomcast.broker.history`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+
+from .. import _core
+from ..broker.history import HistoryStore, MemoryHistory
+from ..broker.memory import MemoryBroker
+from ..broker.protocol import Broker
+from ..broker.redis.history import RedisHistory
+from ..broker.redis.settings import keep_settings
+from ..log import client_extra
+from ..protocol.constants import WebSocketChannels, WebSocketMessageTypes
+from ..protocol.messages import (
+    MISSING,
+    Envelope,
+    RoomGlob,
+    decode_envelope,
+    encode,
+    encode_envelope,
+    history_frame,
+)
+from ..transport.connection import Client
+from .sender import Sender
+from .tasks import Tasks
+
+logger = logging.getLogger("roomcast")
+
+JOINED = "joined"
+# Unnumbered messages to a history room are logged once per spell: again only after this
+# many seconds without one.
+UNNUMBERED_QUIET = 60
+# Presence events: plain messages even in a history room (`roomcast.presence`).
+PRESENCE_EVENTS = frozenset({"presence-join", "presence-leave"})
+_NO_ONE: frozenset[str] = frozenset()
+
+
+class History:
+    """The history rooms of one helper: `is_history` (None until `start` finds a glob in the
+    options, then whether a room keeps history), the store, numbering and recovery.
+
+    A room's offset order, the live messages held while a member's recovery is read and the
+    floors after it (a late live copy of a recovered message is not sent again) are the
+    hub's: `send_history`, `hold_history`, `release_history` (rust/core/src/history.rs)."""
+
+    def __init__(
+        self,
+        hub: _core.Hub,
+        sender: Sender,
+        broker: Broker,
+        server_id: str,
+        tasks: Tasks,
+        options: Mapping[str, Any],
+    ) -> None:
+        self._hub = hub
+        self._sender = sender
+        self._broker = broker
+        self._server_id = server_id
+        self._tasks = tasks
+        self._options = options
+        self.is_history: RoomGlob | None = None
+        self._store: HistoryStore | None = None  # in this process (memory broker)
+        # In redis: numbered by the script, delivered on receipt.
+        self._remote: RedisHistory | None = None
+        self._unnumbered = 0  # history room messages that came without an offset
+        self._unnumbered_at = -float("inf")  # when the last one came (monotonic)
+
+    def start(self) -> None:
+        """At configure: the store the options and the broker call for, if any room keeps
+        history."""
+        options = self._options
+        glob = options["history_rooms"]
+        if glob is None:
+            return
+        size, ttl = int(options["history_size"]), options["history_ttl"]
+        broker = self._broker
+        if isinstance(broker, MemoryBroker):
+            self._store = MemoryHistory(size, ttl)
+        else:
+            from ..broker.redis import RedisBroker
+
+            if not isinstance(broker, RedisBroker) or broker.sharded:
+                raise ValueError(
+                    "history_rooms needs the memory:// broker or redis with classic pub/sub "
+                    "(not sharded)"
+                )
+            self._remote = RedisHistory(broker.target, size, ttl)
+            # The emitter reads them (`roomcast.broker.redis.settings`).
+            loop = asyncio.get_running_loop()
+            self._remote.own(loop.create_task(keep_settings(self._remote, glob)))
+        self.is_history = RoomGlob(glob)
+
+    @property
+    def store(self) -> HistoryStore | RedisHistory | None:
+        """Where the rooms' history is kept (None before `start` or without history rooms)."""
+        return self._store if self._remote is None else self._remote
+
+    @property
+    def in_redis(self) -> bool:
+        """Whether messages are numbered (and published) by Redis, not by this node."""
+        return self._remote is not None
+
+    async def close(self) -> None:
+        if self._remote is not None:
+            await self._remote.close()
+
+    def send(self, room: str, event: str, data: Any, exclude: list[str] | None) -> int:
+        """Number and keep one room message, then deliver it to the local members (in redis:
+        the script publishes it, and every node, this one too, delivers it on receipt)."""
+        remote = self._remote
+        if remote is not None:
+            envelope = encode_envelope(
+                self._server_id, WebSocketMessageTypes.ROOM, event, data, room, exclude
+            )
+            remote.publish(room, WebSocketChannels.for_room(room), envelope)
+            return 0
+        store = self._store
+        assert store is not None
+        epoch, entry = store.append(
+            room,
+            event,
+            data,
+            frozenset(exclude) if exclude else _NO_ONE,
+            lambda offset: history_frame(event, data, room, offset),
+        )
+        return self._sender.numbered(room, epoch, entry.offset, entry.frame, exclude, event, data)
+
+    def joined(
+        self, client: Client, rooms: Sequence[str], recover: dict[str, tuple[str, int]]
+    ) -> None:
+        """After a client's join: per history room among `rooms` (just joined), the
+        recovered messages if asked and possible, then `joined`."""
+        is_history, store = self.is_history, self._store
+        assert is_history is not None
+        one = self._sender.one
+        for room in rooms:
+            if not is_history(room):
+                continue
+            if store is None:  # redis: held from now on, read, then released in order
+                self._hub.hold_history(client.handle, room)
+                self._tasks.spawn(self._recover(client, room, recover.get(room)))
+                continue
+            epoch, offset = store.position(room)
+            recovered = False
+            wanted = recover.get(room)
+            if wanted is not None:
+                entries = store.since(room, *wanted)
+                if entries is not None:
+                    recovered = True
+                    for entry in entries:
+                        if client.id not in entry.exclude:
+                            position = (room, entry.offset)
+                            one(client, entry.frame, entry.event, entry.data, position)
+            data = {"room": room, "epoch": epoch, "offset": offset, "recovered": recovered}
+            one(client, encode(JOINED, data), JOINED, data)
+
+    def on_envelope(self, room: str, envelope: Envelope) -> bool:
+        """A history room's envelope: in redis, numbered (by the script), or not (from a
+        node or emitter that does not number it: delivered live as a plain message).
+        Presence events are plain messages on any broker. False: not handled here (from
+        another helper on the memory broker: `send_to_room` numbers it in this one)."""
+        if self._remote is None and envelope.event not in PRESENCE_EVENTS:
+            return False
+        if envelope.offset is not None:
+            self._deliver_numbered(room, envelope)
+        elif envelope.server_id != self._server_id:
+            self._deliver_unnumbered(room, envelope)
+        return True
+
+    def _deliver_unnumbered(self, room: str, envelope: Envelope) -> None:
+        """As a plain room message: no offset, not kept. Presence events are meant so; any
+        other is counted (`stats()["history_unnumbered"]`) and logged once per spell."""
+        event = envelope.event
+        if event not in PRESENCE_EVENTS:
+            self._count_unnumbered(room, envelope.server_id)
+        self._sender.room(room, event, envelope.data, envelope.exclude)
+
+    def _count_unnumbered(self, room: str, sender: str) -> None:
+        self._unnumbered += 1
+        now = time.monotonic()
+        if now - self._unnumbered_at > UNNUMBERED_QUIET:
+            logger.warning(
+                "message to history room %s without an offset (from %s: a node or emitter "
+                "that does not number it, e.g. the original's, or an emitter without the "
+                "history settings) delivered as a plain message, not kept; such messages are "
+                "counted in stats()['history_unnumbered'] and logged again after %d s "
+                "without one",
+                room,
+                sender,
+                UNNUMBERED_QUIET,
+            )
+        self._unnumbered_at = now
+
+    def stats(self) -> dict[str, int]:
+        """For `stats()`: history messages delivered without an offset, history writes
+        dropped (redis unreachable)."""
+        if self.is_history is None:
+            return {}
+        remote = self._remote
+        dropped = 0 if remote is None else remote.failed
+        return {"history_unnumbered": self._unnumbered, "history_dropped": dropped}
+
+    def _deliver_numbered(self, room: str, envelope: Envelope) -> None:
+        """A history room's message from redis (from any node, this one included): to the
+        local members in the room's offset order, except the excluded, those whose recovery
+        is being read (held for them) and those that already have it (the hub decides)."""
+        offset = envelope.offset
+        assert offset is not None
+        event, data = envelope.event, envelope.data
+        frame = history_frame(event, data, room, offset)
+        self._sender.numbered(
+            room, envelope.epoch or "", offset, frame, envelope.exclude, event, data
+        )
+
+    async def _recover(self, client: Client, room: str, wanted: tuple[str, int] | None) -> None:
+        remote = self._remote
+        assert remote is not None
+        epoch, offset = wanted if wanted is not None else (None, 0)
+        messages: list[bytes] | None = None
+        try:
+            epoch, offset, messages = await remote.read(room, epoch, offset)
+            if wanted is None:
+                messages = None
+        except Exception as exc:
+            logger.warning(
+                "history of room %s unreadable for %s: %s",
+                room,
+                client.id,
+                exc,
+                extra=client_extra(client),
+            )
+            epoch, offset = "", 0
+        except BaseException:  # cancelled: stop holding
+            self._hub.hold_history(client.handle, room, False)
+            raise
+        hub, one = self._hub, self._sender.one
+        if not client.live or not hub.in_room(client.handle, room):
+            return  # the hub forgot what it held when the client left the room
+        if not epoch:  # unreadable: start from the first message held
+            first = hub.held_first(client.handle, room)
+            if first is not None:
+                offset = first - 1
+        for raw in messages or ():
+            old = decode_envelope(raw)
+            if old is None or old.offset is None:
+                continue
+            if client.id not in (old.exclude or ()):
+                frame = history_frame(old.event, old.data, room, old.offset)
+                one(client, frame, old.event, old.data, (room, old.offset))
+        data = {"room": room, "epoch": epoch, "offset": offset, "recovered": messages is not None}
+        one(client, encode(JOINED, data), JOINED, data)
+        # The live messages held meanwhile, after `offset`, in order, once each: queued by
+        # the hub (plaintext), or handed back to be sealed (encrypted).
+        for payload in hub.release_history(client.handle, room, epoch, offset):
+            held = orjson.loads(payload)
+            one(client, payload, held["event"], held.get("data", MISSING), (room, held["offset"]))

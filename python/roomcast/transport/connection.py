@@ -1,0 +1,244 @@
+"""The picows adapter: one `Client` per WebSocket connection.
+
+picows hands us frames, not messages: this module joins continuation frames, checks their
+order, enforces the whole-message size limit and UTF-8, and turns each complete message into
+one call on the helper (through its `Links`). A `WSFrame` is only valid inside `on_ws_frame`;
+nothing here keeps it. The `Client` object is also the session (`roomcast.protocol.session`) and the
+record the public API returns (`get_clients()` and friends).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from multidict import CIMultiDict, CIMultiDictProxy
+from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
+
+from .. import _core
+from ..log import client_extra, fault
+from ..protocol.constants import CloseCode
+from ..protocol.counters import Counters
+from ..protocol.session import SESSION_SLOTS, SessionMachine
+
+logger = logging.getLogger("roomcast")
+
+_TEXT = WSMsgType.TEXT
+_BINARY = WSMsgType.BINARY
+_CONTINUATION = WSMsgType.CONTINUATION
+_CLOSE = WSMsgType.CLOSE
+_PONG = WSMsgType.PONG
+
+# picows keeps the upgrade request and response on the transport for the connection's life
+# (read-only attributes); their headers (~2 KB per connection) are never read after the
+# upgrade, so each is swapped for this one empty, read-only mapping.
+_NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+
+# How long a closing connection may take to answer our close frame before we drop it.
+CLOSE_GRACE = 2.0
+
+
+class Links:
+    """What every `Client` of one helper reaches: the hub, the counters and the helper's
+    connection events, handed over explicitly (one object per helper, so a connection
+    costs one reference). `loop` is set once the helper is configured."""
+
+    __slots__ = (
+        "counters",
+        "hub",
+        "loop",
+        "max_payload_length",
+        "on_connect",
+        "on_disconnect",
+        "on_message",
+        "on_pause_writing",
+    )
+
+    def __init__(
+        self,
+        hub: _core.Hub,
+        counters: Counters,
+        max_payload_length: int,
+        on_connect: Callable[[Client, WSTransport], None],
+        on_message: Callable[[Client, Any, bool], None],
+        on_disconnect: Callable[[Client], None],
+        on_pause_writing: Callable[[Client], None],
+    ) -> None:
+        self.hub = hub
+        self.counters = counters
+        self.max_payload_length = max_payload_length
+        self.on_connect = on_connect
+        self.on_message = on_message
+        self.on_disconnect = on_disconnect
+        self.on_pause_writing = on_pause_writing
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+
+class Client(WSListener, SessionMachine):
+    """One connection: its session (state, user, keys), its socket, and the record
+    applications read. Rooms, activity and backpressure are the hub's, read through it."""
+
+    __slots__ = (
+        *SESSION_SLOTS,
+        "_disconnect_timer",
+        "_fragments",
+        "_fragments_size",
+        "_fragments_text",
+        "_links",
+        "connected_at",
+        "handle",
+        "transport",
+    )
+
+    def __init__(self, links: Links, client_id: str) -> None:
+        self._links = links
+        self.start_session(client_id)
+        self.connected_at = time.time()
+        self.handle = -1
+        self.transport: WSTransport | None = None
+        self._fragments: list[bytes] | None = None
+        self._fragments_size = 0
+        self._fragments_text = False
+        self._disconnect_timer: asyncio.TimerHandle | None = None
+
+    # -- the record ----------------------------------------------------------------------
+
+    @property
+    def rooms(self) -> set[str]:
+        return set(self._links.hub.rooms_of(self.handle))
+
+    @property
+    def backpressured(self) -> bool:
+        return self._links.hub.is_backpressured(self.handle)
+
+    @property
+    def last_activity(self) -> float:
+        """Unix time of the last frame received (or of the successful authentication)."""
+        return self._links.hub.last_activity(self.handle)
+
+    def __repr__(self) -> str:
+        return f"Client(id={self.id!r}, user_id={self.user_id!r}, state={self.state.value!r})"
+
+    # -- picows callbacks ------------------------------------------------------------------
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+        for message in (transport.request, transport.response):
+            if message is not None:
+                message.headers = _NO_HEADERS  # type: ignore[assignment]  # read-only on purpose
+        self._links.on_connect(self, transport)
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        msg_type = frame.msg_type
+        if self._fragments is None and frame.fin and (msg_type is _TEXT or msg_type is _BINARY):
+            # The common case: a whole message in one frame.
+            if self.closing:
+                return
+            if frame.payload_size > self._links.max_payload_length:
+                # picows already answered 1009 when the route's limit is the listener's, but it
+                # still hands over a frame whose bytes had arrived: never read it.
+                self._too_big(frame.payload_size)
+                return
+            self._links.on_message(self, frame.get_payload_as_memoryview(), msg_type is _TEXT)
+            return
+        if msg_type is _CLOSE:
+            self._on_close_frame(transport, frame)
+        elif msg_type is _PONG:
+            self._links.hub.touch_recv(self.handle)
+        elif self.closing:
+            return  # nothing a closing client sends reaches the application
+        elif msg_type is _TEXT or msg_type is _BINARY or msg_type is _CONTINUATION:
+            self._on_fragment(frame, msg_type)
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        if self._disconnect_timer is not None:
+            self._disconnect_timer.cancel()
+            self._disconnect_timer = None
+        self._links.on_disconnect(self)
+
+    def pause_writing(self) -> None:
+        self._links.on_pause_writing(self)
+
+    def resume_writing(self) -> None:
+        self._links.hub.set_backpressured(self.handle, False)
+
+    # -- framing details -------------------------------------------------------------------
+
+    def _on_fragment(self, frame: WSFrame, msg_type: WSMsgType) -> None:
+        if msg_type is _CONTINUATION:
+            if self._fragments is None:
+                self._fail(WSCloseCode.PROTOCOL_ERROR, "unexpected continuation frame")
+                return
+        elif self._fragments is not None:
+            self._fail(WSCloseCode.PROTOCOL_ERROR, "expected a continuation frame")
+            return
+        else:
+            self._fragments = []
+            self._fragments_size = 0
+            self._fragments_text = msg_type is _TEXT
+        self._fragments_size += frame.payload_size
+        if self._fragments_size > self._links.max_payload_length:
+            self._fragments = None
+            self._too_big(self._fragments_size)
+            return
+        self._fragments.append(frame.get_payload_as_bytes())
+        if frame.fin:
+            payload = b"".join(self._fragments)
+            self._fragments = None
+            if not self.closing:
+                self._links.on_message(self, payload, self._fragments_text)
+
+    def _on_close_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if not transport.is_close_frame_sent:
+            code = frame.get_close_code()
+            if code == WSCloseCode.ABNORMAL_CLOSURE:  # never valid on the wire
+                code = WSCloseCode.PROTOCOL_ERROR
+            transport.send_close(code, frame.get_close_message())
+        transport.disconnect()
+
+    def _fail(self, code: WSCloseCode, reason: str) -> None:
+        fault("protocol error", "closing %s: %s", self.id, reason, extra=client_extra(self))
+        self.close(code.value, reason)
+
+    def _too_big(self, size: int) -> None:
+        fault(
+            "oversized message",
+            "closing %s: message of %d bytes or more over max_payload_length %d",
+            self.id,
+            size,
+            self._links.max_payload_length,
+            extra=client_extra(self),
+        )
+        self.close(WSCloseCode.MESSAGE_TOO_BIG.value, CloseCode.REASONS[CloseCode.MESSAGE_TOO_BIG])
+
+    # -- closing ---------------------------------------------------------------------------
+
+    def close(self, code: int, reason: str, *, abort: bool = False) -> None:
+        """Send a close frame after everything already queued, then drop the connection when
+        the client answers or after CLOSE_GRACE seconds; `abort` drops it at once. Idempotent.
+        `closing` is True from then on."""
+        transport = self.transport
+        if self.closing or transport is None:
+            return
+        self.closing = True
+        links = self._links
+        links.counters.close(code)
+        links.hub.flush_one(self.handle)
+        try:
+            transport.send_close(code, reason.encode())  # type: ignore[arg-type]
+        except Exception:  # the transport is already gone
+            logger.debug("close frame not sent to %s", self.id, exc_info=True)
+        if abort:
+            self._force_disconnect()
+            return
+        loop = links.loop
+        if loop is not None:
+            self._disconnect_timer = loop.call_later(CLOSE_GRACE, self._force_disconnect)
+
+    def _force_disconnect(self) -> None:
+        self._disconnect_timer = None
+        if self.transport is not None:
+            self.transport.disconnect(graceful=False)

@@ -1,0 +1,44 @@
+"""What the listener and the metrics need of a helper, as protocols.
+
+`roomcast.transport.http` routes upgrade requests to a `Route`; `roomcast.serving.metrics` and
+`roomcast.serving.endpoints` read a `Node`. `WebSocketServerHelper` is both; naming them here
+keeps those modules from importing `roomcast.node.server` (which imports them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from picows import WSListener
+
+from ..protocol.counters import Counters
+
+
+class Route(Protocol):
+    """An endpoint on one path: `accept()` gives the listener of a new connection or raises
+    `roomcast.http.UpgradeRefused`. `server_options` are the resolved options
+    (`roomcast.node.options`): the listener takes its frame size, upgrade timeout and backlog
+    from them."""
+
+    @property
+    def server_options(self) -> Mapping[str, Any]: ...
+    def get_path(self) -> str: ...
+    def accept(self) -> WSListener: ...
+
+
+class Node(Protocol):
+    """The figures and the health of one helper."""
+
+    counters: Counters
+
+    @property
+    def identifier(self) -> str: ...
+    def stats(self) -> dict[str, int]: ...
+    def health(self) -> tuple[bool, dict[str, Any]]: ...
+    @property
+    def encrypted_connections(self) -> int: ...
+    @property
+    def broker_state(self) -> str: ...
+    @property
+    def shut_down(self) -> bool: ...
