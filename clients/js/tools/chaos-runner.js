@@ -1,4 +1,4 @@
-// N clients for the chaos test (tests/test_client_js.py): each is given every URL, joins the
+// N clients for the chaos test (tests/client/test_js.py): each is given every URL, joins the
 // history room and logs what it gets. Prints {"ready": true} once all have joined; reads
 // {"last": L} on stdin, then waits until every client got message L (or the deadline) and
 // prints {"logs": [...], ...} and exits.

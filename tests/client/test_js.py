@@ -25,7 +25,7 @@ from client_support import ROOM, Nodes, Seen, emit_with_faults, problems, summar
 from redis_support import RedisServer
 from support import run
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 JS = ROOT / "clients" / "js"
 NODE = shutil.which("node")
 CHROMIUM = "/usr/bin/chromium"
