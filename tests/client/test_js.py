@@ -116,7 +116,11 @@ def test_js_clients_in_node_get_every_message_once_in_order_through_the_chaos(tm
             seen_from(log, rec)
             for log, rec in zip(result["logs"], result["reconnects"], strict=True)
         ]
-        extra = {"replayed": result["replayed"], "connections": result["connections"]}
+        extra = {
+            "replayed": result["replayed"],
+            "connections": result["connections"],
+            "per_client": result["perClient"],
+        }
         check(seens, chaos, extra)
 
     try:

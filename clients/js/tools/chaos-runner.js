@@ -48,5 +48,6 @@ print({
   reconnects: seens.map((s) => s.reconnects),
   replayed: clients.reduce((sum, c) => sum + c.replayed, 0),
   connections: clients.reduce((sum, c) => sum + c.connections, 0),
+  perClient: clients.map((c) => c.connections),
 });
 process.exit(0);
