@@ -40,11 +40,9 @@ if not IN_CI and (NODE is None or not (JS / "node_modules" / "ws").is_dir()):
 
 
 def node_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["ROOMCAST_PYTHON"] = sys.executable
-    python = str(ROOT / "python")
-    env["PYTHONPATH"] = env.get("PYTHONPATH", python)
-    return env
+    """The servers the suite starts run on this interpreter, which imports roomcast (installed,
+    or from PYTHONPATH as scripts/dev sets it)."""
+    return dict(os.environ, ROOMCAST_PYTHON=sys.executable)
 
 
 @pytest.mark.timeout(300)
