@@ -75,11 +75,12 @@ def test_fifty_clients_get_every_message_once_in_order_through_node_kills_and_a_
         try:
             await wait_all(
                 lambda: all(s.numbers() and s.numbers()[-1] >= last for s in seens),
-                30,
+                90,
                 lambda: (
+                    # The first clients' last numbers and why their connections ended, and
+                    # the nodes' last words (a crash prints its traceback: faulthandler).
                     str([(s.numbers()[-1:], s.reasons[-3:]) for s in seens][:3])
-                    + str([(c.state, c.connections, c._streams._rooms) for c in clients[:3]])
-                    + str(chaos.failed[:20])
+                    + str([(c.state, c.connections, c.positions) for c in clients[:3]])
                     + " | ".join(
                         f"node {i}: {n.proc.poll()} {n.stderr_text()[-6000:]}"
                         for i, n in enumerate(nodes.served)
@@ -95,11 +96,6 @@ def test_fifty_clients_get_every_message_once_in_order_through_node_kills_and_a_
         report["connections"] = sum(c.connections for c in clients)
         print("chaos figures:", json.dumps(report))
         bad = {i: p for i, s in enumerate(seens) if (p := problems(s, chaos))}
-        import os
-
-        if os.environ.get("CHAOS_DUMP"):
-            with open(os.environ["CHAOS_DUMP"], "w") as f:
-                json.dump({"logs": [s.log for s in seens], "chaos": chaos.__dict__}, f)
         assert not bad, (bad, report)
         # The faults really hit the clients: each node kill dropped some of them, and the
         # ones that reconnected were given back what they missed.

@@ -76,8 +76,11 @@ def seen_from(log: list[list[Any]], reconnects: list[float]) -> Seen:
 
 
 @pytest.mark.timeout(240)
-def test_js_clients_in_node_get_every_message_once_in_order_through_the_chaos(tmp_path):
+def test_js_clients_in_node_get_every_message_once_in_order_through_the_chaos(
+    tmp_path, monkeypatch
+):
     assert NODE is not None
+    monkeypatch.setenv("PYTHONFAULTHANDLER", "1")  # a node that crashes says where
     redis = RedisServer(tmp_path / "redis").start()
     nodes = Nodes(tmp_path, redis)
 
@@ -221,7 +224,10 @@ async def chromium(url: str, profile: str, log: Any) -> asyncio.subprocess.Proce
 
 
 @pytest.mark.timeout(240)
-def test_the_js_client_in_chromium_gets_every_message_once_in_order_through_the_chaos(tmp_path):
+def test_the_js_client_in_chromium_gets_every_message_once_in_order_through_the_chaos(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setenv("PYTHONFAULTHANDLER", "1")
     if not os.path.exists(CHROMIUM):
         if IN_CI:
             pytest.fail(f"{CHROMIUM} is missing: .ci/run must install chromium")
