@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -230,6 +230,3 @@ def summary(seens: list[Seen], chaos: Chaos) -> dict[str, Any]:
         "missing_in_gaps": sum(len(set(chaos.published) - set(s.numbers())) for s in seens),
         "emit_seconds": round(chaos.finished - chaos.started, 2),
     }
-
-
-Waiter = Callable[[], Awaitable[None]]

@@ -47,9 +47,6 @@ class State(enum.StrEnum):
     CLOSED = "closed"
 
 
-_NO_DATA: Any = None
-
-
 @dataclass(frozen=True, slots=True)
 class Message:
     """A message from the server. `room` and `offset` are set for history rooms' messages;
