@@ -22,7 +22,7 @@ def test_a_first_join_hands_over_what_came_before_joined_then_expects_the_next_o
     s = Streams()
     assert s.recover_for(["h"]) == {}
     assert s.on_message(msg(4)) == ([], None)
-    joined, ready = s.on_joined("h", "E", 4, False)
+    joined, ready, _ = s.on_joined("h", "E", 4, False)
     assert joined is not None and not joined.gap and offsets(ready) == [4]
     assert offsets(s.on_message(msg(5))[0]) == [5]
     assert s.positions() == {"h": Position("E", 5)}
@@ -35,7 +35,7 @@ def test_a_recovery_sends_the_position_back_and_hands_over_replays_once_in_order
     assert s.recover_for(["h"]) == {"h": {"epoch": "E", "offset": 3}}
     for offset in (5, 4, 6, 5):
         s.on_message(msg(offset))
-    joined, ready = s.on_joined("h", "E", 6, True)
+    joined, ready, _ = s.on_joined("h", "E", 6, True)
     assert joined is not None and joined.recovered and not joined.gap
     assert offsets(ready) == [4, 5, 6] and s.replayed == 3
 
@@ -48,7 +48,7 @@ def test_a_skip_asks_for_a_resync_and_an_unrecovered_answer_is_a_gap_that_drops_
     assert s.on_message(msg(3)) == ([], "h")
     assert s.resync_request("h") == {"h": {"epoch": "E", "offset": 1}}
     s.on_message(msg(4))
-    joined, ready = s.on_joined("h", "F", 9, False)
+    joined, ready, _ = s.on_joined("h", "F", 9, False)
     assert joined is not None and joined.gap and joined.previous == Position("E", 1)
     assert ready == []
     assert offsets(s.on_message(msg(10))[0]) == [10]
@@ -68,7 +68,7 @@ def test_a_joined_not_asked_for_while_holding_a_position_asks_for_a_resync():
     s = Streams()
     s.set_position("h", Position("E", 7))
     s.new_connection()
-    assert s.on_joined("h", "E", 9, False) == (None, [])
+    assert s.on_joined("h", "E", 9, False) == (None, [], True)
 
 
 def test_held_messages_are_bounded_and_an_overflow_is_a_gap():
@@ -78,7 +78,7 @@ def test_held_messages_are_bounded_and_an_overflow_is_a_gap():
     s.recover_for(["h"])
     for offset in (1, 2, 3):
         s.on_message(msg(offset))
-    joined, ready = s.on_joined("h", "E", 3, True)
+    joined, ready, _ = s.on_joined("h", "E", 3, True)
     assert joined is not None and joined.gap and ready == []
 
 
@@ -102,3 +102,24 @@ def test_urls_are_tried_in_turn():
     assert seen == ["a", "b", "c", "a"]
     with pytest.raises(ValueError):
         Urls([])
+
+
+def test_a_late_second_answer_never_moves_the_position_back_nor_repeats_a_message():
+    s = Streams()
+    s.set_position("h", Position("E", 2))
+    s.new_connection()
+    s.recover_for(["h"])
+    s.on_message(msg(3))
+    _, ready, _ = s.on_joined("h", "E", 3, True)
+    assert offsets(ready) == [3]
+    assert offsets(s.on_message(msg(4))[0]) == [4]
+    # The answer to a join overtaken by a leave and a new join comes after: ignored.
+    assert s.on_joined("h", "E", 1, True) == (None, [], False)
+    assert s.positions()["h"] == Position("E", 4)
+    # A re-sync whose answer is late and low: only offsets after 4 are handed over.
+    assert s.on_message(msg(6)) == ([], "h")
+    s.resync_request("h")
+    for offset in (3, 4, 5, 6):
+        s.on_message(msg(offset))
+    _, ready, _ = s.on_joined("h", "E", 2, True)
+    assert offsets(ready) == [5, 6] and s.positions()["h"] == Position("E", 6)

@@ -155,7 +155,7 @@ export declare class Streams {
     offset: number,
     recovered: boolean,
     adopt?: boolean,
-  ): { joined: Joined | null; ready: Message[] };
+  ): { joined: Joined | null; ready: Message[]; resync: boolean };
 }
 
 /** Full jitter: uniform in [0, min(maxMs, minMs * 2^failures)]. */

@@ -190,11 +190,22 @@ export class Streams {
     return { ready: [], resync: message.room };
   }
 
-  /** @returns {{joined: object|null, ready: object[]}} joined null: re-sync the room now. */
+  /**
+   * @returns {{joined: object|null, ready: object[], resync: boolean}} joined null: nothing
+   * to tell; resync: re-join the room with its position now.
+   */
   onJoined(room, epoch, offset, recovered, adopt = false) {
     const state = this._state(room);
-    if (!adopt && !state.requested && !state.synced && this.recover && state.position && !recovered) {
-      return { joined: null, ready: [] };
+    const current = state.position;
+    if (!adopt && !state.requested && current) {
+      // A second answer for a room in sync (a join overtaken by a leave and a new join):
+      // nothing in it is newer than what the client has.
+      if (state.synced && epoch === current.epoch) return { joined: null, ready: [], resync: false };
+      // Joined by the server without the client's position, or the stream changed.
+      if (this.recover && (state.synced || !recovered)) {
+        state.synced = false;
+        return { joined: null, ready: [], resync: true };
+      }
     }
     let previous = state.asked;
     if (!previous && state.requested && state.position) previous = state.position;
@@ -207,6 +218,7 @@ export class Streams {
     if (recovered && previous && !overflowed) {
       ready = [];
       let last = previous.offset;
+      if (current && current.epoch === previous.epoch) last = Math.max(last, current.offset);
       for (const message of [...held].sort((a, b) => a.offset - b.offset)) {
         if (message.offset > last) {
           ready.push(message);
@@ -215,15 +227,18 @@ export class Streams {
       }
       this.replayed += ready.length;
       gap = false;
+      if (epoch === previous.epoch) offset = Math.max(offset, last);
     } else {
       gap = Boolean(previous) || overflowed;
       ready = gap ? [] : held;
     }
+    // A late answer never moves the position back.
+    if (current && current.epoch === epoch && current.offset > offset) offset = current.offset;
     state.position = { epoch, offset };
     state.synced = true;
     state.asked = null;
     state.requested = false;
-    return { joined: { room, epoch, offset, recovered, gap, previous: previous ? { ...previous } : null }, ready };
+    return { joined: { room, epoch, offset, recovered, gap, previous: previous ? { ...previous } : null }, ready, resync: false };
   }
 
   _hold(state, message) {
@@ -805,14 +820,15 @@ export class RoomcastClient {
     const { room, epoch, offset } = data;
     if (typeof room !== "string" || typeof epoch !== "string" || !Number.isInteger(offset)) return;
     const recovered = data.recovered === true;
-    let { joined, ready } = this._streams.onJoined(room, epoch, offset, recovered);
-    if (!joined) {
+    let { joined, ready, resync } = this._streams.onJoined(room, epoch, offset, recovered);
+    if (resync) {
       if (this._rooms.has(room)) {
         this._resync(link, room);
         return;
       }
       ({ joined, ready } = this._streams.onJoined(room, epoch, offset, recovered, true));
     }
+    if (!joined) return;
     link.joined.set(room, joined);
     for (const wait of link.waiting.get(room) ?? []) wait.resolve(joined);
     link.waiting.delete(room);

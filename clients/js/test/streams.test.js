@@ -50,7 +50,24 @@ test("a joined the client did not ask for while it has a position asks for a re-
   const s = new Streams();
   s.setPosition("h", { epoch: "E", offset: 7 });
   s.newConnection();
-  assert.equal(s.onJoined("h", "E", 9, false).joined, null);
+  assert.deepEqual(s.onJoined("h", "E", 9, false), { joined: null, ready: [], resync: true });
+});
+
+test("a late second answer never moves the position back nor repeats a message", () => {
+  const s = new Streams();
+  s.setPosition("h", { epoch: "E", offset: 2 });
+  s.newConnection();
+  s.recoverFor(["h"]);
+  s.onMessage(msg(3));
+  assert.deepEqual(offsets(s.onJoined("h", "E", 3, true).ready), [3]);
+  assert.deepEqual(offsets(s.onMessage(msg(4)).ready), [4]);
+  assert.deepEqual(s.onJoined("h", "E", 1, true), { joined: null, ready: [], resync: false });
+  assert.deepEqual(s.positions(), { h: { epoch: "E", offset: 4 } });
+  assert.equal(s.onMessage(msg(6)).resync, "h");
+  s.recoverFor(["h"]);
+  for (const o of [3, 4, 5, 6]) s.onMessage(msg(o));
+  assert.deepEqual(offsets(s.onJoined("h", "E", 2, true).ready), [5, 6]);
+  assert.deepEqual(s.positions(), { h: { epoch: "E", offset: 6 } });
 });
 
 test("full jitter stays within [0, min(max, min * 2^n)]", () => {

@@ -705,12 +705,12 @@ class Client:
         recovered = data.get("recovered") is True
         if not isinstance(room, str) or not isinstance(epoch, str) or type(offset) is not int:
             return
-        joined, ready = self._streams.on_joined(room, epoch, offset, recovered)
-        if joined is None:
+        joined, ready, resync = self._streams.on_joined(room, epoch, offset, recovered)
+        if resync:
             if room in self._rooms:
                 await self._resync(link, room)
-            else:
-                joined, ready = self._streams.on_joined(room, epoch, offset, recovered, True)
+                return
+            joined, ready, _ = self._streams.on_joined(room, epoch, offset, recovered, True)
         if joined is None:
             return
         link.joined[room] = joined

@@ -124,22 +124,23 @@ class Streams:
 
     def on_joined(
         self, room: str, epoch: str, offset: int, recovered: bool, adopt: bool = False
-    ) -> tuple[Joined | None, list[Message]]:
-        """A `joined` answer: the record for the application and the held messages to hand
-        over; None instead of the record when the room must be re-synchronised at once (a
+    ) -> tuple[Joined | None, list[Message], bool]:
+        """A `joined` answer: the record for the application (None: nothing to tell), the
+        held messages to hand over, and whether the room must be re-synchronised at once (a
         `joined` the client did not ask for, e.g. a default room joined at login, while it
         has a position there: the connection re-joins it with that position)."""
         state = self._rooms.setdefault(room, _Room())
-        if (
-            not adopt
-            and not state.requested
-            and not state.synced
-            and self.recover
-            and state.position is not None
-            and not recovered
-        ):
-            # Joined by the server (login, `join_room`) without the client's position.
-            return None, []
+        current = state.position
+        if not adopt and not state.requested and current is not None:
+            if state.synced and epoch == current.epoch:
+                # A second answer for a room in sync (a join overtaken by a leave and a new
+                # join of the same room): nothing in it is newer than what the client has.
+                return None, [], False
+            if self.recover and (state.synced or not recovered):
+                # Joined by the server (login, `join_room`) without the client's position,
+                # or a stream that changed under a room in sync: re-join with the position.
+                state.synced = False
+                return None, [], True
         previous = state.asked
         if previous is None and state.requested and state.position is not None:
             previous = state.position  # recover=False: the client had a position all the same
@@ -148,22 +149,28 @@ class Streams:
         if recovered and previous is not None and not overflowed:
             out: list[Message] = []
             last = previous.offset
+            if current is not None and current.epoch == previous.epoch:
+                last = max(last, current.offset)  # never hand over an offset twice
             for message in sorted(held, key=_offset):
                 if _offset(message) > last:
                     out.append(message)
                     last = _offset(message)
             self.replayed += len(out)
             gap = False
+            if epoch == previous.epoch:
+                offset = max(offset, last)
         else:
             gap = previous is not None or overflowed
             # After a gap the application reloads the room's state as of now: what came
             # before this answer is part of that state, so only later messages follow.
             out = [] if gap else held
+        if current is not None and current.epoch == epoch and current.offset > offset:
+            offset = current.offset  # a late answer never moves the position back
         state.position = Position(epoch, offset)
         state.synced = True
         state.asked = None
         state.requested = False
-        return Joined(room, epoch, offset, recovered, gap, previous), out
+        return Joined(room, epoch, offset, recovered, gap, previous), out, False
 
     def _hold(self, state: _Room, message: Message) -> None:
         if len(state.held) >= self._max_held:
