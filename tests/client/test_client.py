@@ -328,3 +328,13 @@ def test_the_quick_start_ends_with_a_roomcast_client_that_works_as_printed(tmp_p
     finally:
         server.kill()
         server.communicate()
+
+
+def test_the_client_imports_nothing_of_the_server_side():
+    from test_layout import import_graph
+
+    graph = import_graph()
+    client_modules = [m for m in graph if m.startswith("roomcast.client")]
+    assert "roomcast.client.client" in client_modules
+    outside = {t for m in client_modules for t in graph[m] if not t.startswith("roomcast.client")}
+    assert outside == set()

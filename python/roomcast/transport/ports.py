@@ -18,7 +18,7 @@ from ..protocol.counters import Counters
 class Route(Protocol):
     """An endpoint on one path: `accept()` gives the listener of a new connection or raises
     `roomcast.http.UpgradeRefused`. `server_options` are the resolved options
-    (`roomcast.node.options`): the listener takes its frame size, upgrade timeout and backlog
+    (`roomcast.config`): the listener takes its frame size, upgrade timeout and backlog
     from them."""
 
     @property
