@@ -15,9 +15,11 @@ MODULES = (
     "benches.inserver",
     "benches.redisnodes",
     "benches.serving",
+    "benches.api",
     "benches.compiled",
     "benches.history",
     "benches.hundredk",
+    "benches.recoverystorm",
 )
 
 

@@ -154,6 +154,28 @@ def test_serving_benches_smoke_completes_without_loss():
     assert rows[3]["page_bytes"] > 0
 
 
+def test_api_bench_smoke_delivers_every_message_single_and_batched():
+    result = subprocess.run(
+        [sys.executable, "-m", "benches", "api", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [(r["scenario"], r.get("mode")) for r in rows] == [
+        ("api", "single"),
+        ("api", "batch"),
+        ("api-ratio", None),
+    ]
+    for row in rows[:2]:
+        assert row["lost"] == 0 and row["failed"] == 0
+        assert row["messages"] == 2000 and row["requests"] == (
+            2000 if row["mode"] == "single" else 20
+        )
+
+
 def _steady_quick(env: dict[str, str]) -> list[dict]:
     result = subprocess.run(
         [sys.executable, "-m", "benches", "steady", "--quick", "--servers", "roomcast"],
@@ -230,3 +252,16 @@ def test_hundredk_bench_smoke_connects_all_and_closes_only_the_silent_with_4002(
     assert row["connect_errors"] == 0 and row["connected"] == row["clients"]
     assert sum(row["fds_per_worker"]) > row["clients"]  # every worker took its share
     assert row["silent_close_codes"] == {"4002": row["silent"]} and row["others_closed"] == 0
+
+
+def test_recovery_storm_bench_smoke_delivers_every_message_once():
+    result = subprocess.run(
+        [sys.executable, "-m", "benches", "recoverystorm", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [(r["members"], r["recovering"], r["lost"]) for r in rows] == [(2000, 500, 0)]
