@@ -1,12 +1,13 @@
 """The picows adapter: one `Client` per WebSocket connection.
 
 picows hands us frames, not messages: this module joins continuation frames, checks their
-order and reserved bits, inflates permessage-deflate messages (RSV1 on the first frame, when
-the connection negotiated it: `roomcast.transport.deflate`), enforces the whole-message size
-limit (on the wire and once inflated) and UTF-8, and turns each complete message into one call
-on the helper (through its `Links`). picows itself ignores the reserved bits. A `WSFrame` is only
-valid inside `on_ws_frame`; nothing here keeps it. The `Client` object is also the session
-(`roomcast.protocol.session`) and the record the public API returns (`get_clients()` and friends).
+order and reserved bits (picows ignores them), inflates permessage-deflate messages (RSV1 on
+the first frame, when the connection negotiated it: `roomcast.transport.deflate`), enforces
+the whole-message size (on the wire and once inflated) and fragment count limits and UTF-8,
+and turns each complete message into one call on the helper (through its `Links`). A
+`WSFrame` is only valid inside `on_ws_frame`; nothing here keeps it. The `Client` object is
+also the session (`roomcast.protocol.session`) and the record the public API returns
+(`get_clients()` and friends).
 """
 
 from __future__ import annotations
@@ -44,6 +45,15 @@ _NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
 CLOSE_GRACE = 2.0
 
 
+class Pause:
+    """Why a client's socket is not read (bits: several may hold at once)."""
+
+    JOIN_QUEUE = 1  # messages queued behind a join barrier past their limit
+    HANDLERS = 2  # max_handler_tasks_per_client message_handler calls in flight
+    ROOM_CHANGES = 4  # room_changes_per_second passed: until the churn is paid back
+    PRESENCE = 8  # presence requests waiting past their limit
+
+
 def _valid_close_code(code: int) -> bool:
     """A code a close frame may carry (RFC 6455 §7.4: 1004-1006 and 1015 are reserved, below
     1000 and 1016-2999 unassigned, from 5000 undefined)."""
@@ -60,6 +70,7 @@ class Links:
         "hub",
         "inflater",
         "loop",
+        "max_fragments",
         "max_payload_length",
         "on_connect",
         "on_disconnect",
@@ -76,10 +87,14 @@ class Links:
         on_message: Callable[[Client, Any, bool], None],
         on_disconnect: Callable[[Client], None],
         on_pause_writing: Callable[[Client], None],
+        max_fragments: int = 1024,
     ) -> None:
         self.hub = hub
         self.counters = counters
         self.max_payload_length = max_payload_length
+        # Frames one message may span: each costs a callback, so an endless run of empty
+        # continuations is bounded by count, not only by the bytes it carries.
+        self.max_fragments = max_fragments
         self.on_connect = on_connect
         self.on_message = on_message
         self.on_disconnect = on_disconnect
@@ -98,10 +113,11 @@ class Client(WSListener, SessionMachine):
         *SESSION_SLOTS,
         "_disconnect_timer",
         "_fragments",
+        "_fragments_count",
         "_fragments_deflated",
-        "_fragments_size",
         "_fragments_text",
         "_links",
+        "_paused",
         "_pacing",
         "_writable",
         "connected_at",
@@ -116,13 +132,14 @@ class Client(WSListener, SessionMachine):
         self.connected_at = time.time()
         self.handle = -1
         self.transport: WSTransport | None = None
-        self._fragments: list[bytes] | None = None
-        self._fragments_size = 0
+        self._fragments: bytearray | None = None
+        self._fragments_count = 0
         self._fragments_text = False
         self._fragments_deflated = False
         # The server window agreed for permessage-deflate (`roomcast.transport.deflate`); 0: none.
         self.deflate_window = 0
         self._disconnect_timer: asyncio.TimerHandle | None = None
+        self._paused = 0  # the `Pause` reasons reading is paused for
         # Paced writes under way (recoveries' replays, one per room): pauses meanwhile are
         # theirs, not overflow; `_writable` is resolved by `resume_writing` or the disconnect.
         self._pacing = 0
@@ -145,6 +162,40 @@ class Client(WSListener, SessionMachine):
 
     def __repr__(self) -> str:
         return f"Client(id={self.id!r}, user_id={self.user_id!r}, state={self.state.value!r})"
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def pause_reading(self, reason: int) -> None:
+        """Stop reading the socket (TCP then pushes back on the client) for `reason`, one of
+        `Pause`'s bits; reading resumes once every reason that paused it is resumed."""
+        paused = self._paused
+        self._paused = paused | reason
+        if not paused:
+            self._reading(False)
+
+    def resume_reading(self, reason: int) -> None:
+        paused = self._paused
+        if paused & reason:
+            self._paused = paused & ~reason
+            if not self._paused:
+                self._reading(True)
+
+    @property
+    def reading_paused(self) -> bool:
+        return bool(self._paused)
+
+    def paused_for(self, reason: int) -> bool:
+        return bool(self._paused & reason)
+
+    def _reading(self, on: bool) -> None:
+        raw: Any = getattr(self.transport, "underlying_transport", None)
+        try:
+            if on and not raw.is_reading():
+                raw.resume_reading()
+            elif not on and raw.is_reading():
+                raw.pause_reading()
+        except (AttributeError, RuntimeError):  # closing, or not a socket transport
+            logger.debug("reading not %s for %s", "resumed" if on else "paused", self.id)
 
     # -- picows callbacks ------------------------------------------------------------------
 
@@ -282,19 +333,16 @@ class Client(WSListener, SessionMachine):
             if frame.payload_size > self._links.max_payload_length:
                 self._too_big(frame.payload_size)
                 return
-            self._inflated([frame.get_payload_as_bytes()], msg_type is _TEXT)
+            self._inflated(frame.get_payload_as_bytes(), msg_type is _TEXT)
         else:
             self._on_fragment(frame, msg_type, deflated=True)
 
-    def _inflated(self, parts: list[bytes], is_text: bool) -> None:
+    def _inflated(self, compressed: bytes, is_text: bool) -> None:
         """Inflates a compressed message to at most max_payload_length bytes and hands it on;
         past the limit the client gets 1009, bad deflate data 1007 (RFC 7692 §8.2.3.3)."""
         links = self._links
         try:
-            if len(parts) == 1:
-                payload = links.inflater.inflate(parts[0], links.max_payload_length)
-            else:
-                payload = links.inflater.inflate_parts(parts, links.max_payload_length)
+            payload = links.inflater.inflate(compressed, links.max_payload_length)
         except InflatedTooBig:
             self._too_big(links.max_payload_length + 1, inflated=True)
             return
@@ -304,33 +352,40 @@ class Client(WSListener, SessionMachine):
         links.on_message(self, payload, is_text)
 
     def _on_fragment(self, frame: WSFrame, msg_type: WSMsgType, deflated: bool = False) -> None:
+        fragments = self._fragments
         if msg_type is _CONTINUATION:
-            if self._fragments is None:
+            if fragments is None:
                 self._fail(WSCloseCode.PROTOCOL_ERROR, "unexpected continuation frame")
                 return
-        elif self._fragments is not None:
+        elif fragments is not None:
             self._fail(WSCloseCode.PROTOCOL_ERROR, "expected a continuation frame")
             return
         else:
-            self._fragments = []
-            self._fragments_size = 0
+            fragments = self._fragments = bytearray()
+            self._fragments_count = 0
             self._fragments_text = msg_type is _TEXT
             self._fragments_deflated = deflated
-        self._fragments_size += frame.payload_size
-        if self._fragments_size > self._links.max_payload_length:
+        links = self._links
+        size = len(fragments) + frame.payload_size
+        if size > links.max_payload_length:
             self._fragments = None
-            self._too_big(self._fragments_size)
+            self._too_big(size)
             return
-        self._fragments.append(frame.get_payload_as_bytes())
+        # Every frame counts, empty continuations too.
+        self._fragments_count += 1
+        if self._fragments_count > links.max_fragments:
+            self._fragments = None
+            self._too_many_fragments()
+            return
+        fragments += frame.get_payload_as_memoryview()
         if frame.fin:
-            fragments = self._fragments
             self._fragments = None
             if self.closing:
                 return
             if self._fragments_deflated:
-                self._inflated(fragments, self._fragments_text)
+                self._inflated(bytes(fragments), self._fragments_text)
             else:
-                self._links.on_message(self, b"".join(fragments), self._fragments_text)
+                self._links.on_message(self, fragments, self._fragments_text)
 
     def _on_close_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         if not transport.is_close_frame_sent:
@@ -357,6 +412,16 @@ class Client(WSListener, SessionMachine):
             extra=client_extra(self),
         )
         self.close(WSCloseCode.MESSAGE_TOO_BIG.value, CloseCode.REASONS[CloseCode.MESSAGE_TOO_BIG])
+
+    def _too_many_fragments(self) -> None:
+        fault(
+            "too many fragments",
+            "closing %s: message in more than %d frames (max_fragments)",
+            self.id,
+            self._links.max_fragments,
+            extra=client_extra(self),
+        )
+        self.close(CloseCode.POLICY_VIOLATION, CloseCode.FRAGMENTS_REASON)
 
     # -- closing ---------------------------------------------------------------------------
 
