@@ -292,12 +292,19 @@ async def main() -> None:
     parser.add_argument("--redis-url", default="memory://")
     parser.add_argument("--write-delay", type=float, default=0.0, help="server_options write_delay")
     parser.add_argument("--history-rooms", default=None, help="server_options history_rooms")
+    parser.add_argument(
+        "--pass-sockets", type=int, default=None, help="server_options pass_sockets"
+    )
+    parser.add_argument("--pass-bytes", type=int, default=None, help="server_options pass_bytes")
     parser.add_argument("--history-size", type=int, default=100)
     parser.add_argument(
         "--default-gc", action="store_true", help="keep CPython's GC settings (no tune_gc)"
     )
     args = parser.parse_args()
     options: dict[str, Any] = {"idle_timeout": 0, "write_delay": args.write_delay}
+    for name in ("pass_sockets", "pass_bytes"):
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
     if args.history_rooms:
         options.update(history_rooms=args.history_rooms, history_size=args.history_size)
     helper = WebSocketServerHelper(
