@@ -159,14 +159,18 @@ def traced_growth(state: dict[str, Any], by: str = "filename") -> dict[str, Any]
     if previous is None:
         return {"total": sum(s.size for s in snapshot.statistics("filename"))}
     growth = snapshot.compare_to(previous, by)
+
+    def where(d: Any) -> str:
+        if by == "traceback":  # innermost frame first (PYTHONTRACEMALLOC=N keeps N frames)
+            frames = reversed(d.traceback)
+            return " < ".join(f"{f.filename.rsplit('/', 2)[-1]}:{f.lineno}" for f in frames)
+        if by == "lineno":
+            return f"{d.traceback[0].filename}:{d.traceback[0].lineno}"
+        return str(d.traceback[0].filename)
+
     return {
         "total": sum(d.size_diff for d in growth),
-        "by_file": {
-            f"{d.traceback[0].filename}:{d.traceback[0].lineno}"
-            if by == "lineno"
-            else str(d.traceback[0].filename): d.size_diff
-            for d in growth[:12]
-        },
+        "by_file": {where(d): d.size_diff for d in growth[:16]},
     }
 
 
