@@ -44,14 +44,17 @@ def test_connected_payload_has_id_user_id_and_iso_time():
 
 def test_a_connection_keeps_no_upgrade_headers_after_the_upgrade():
     """picows keeps the upgrade request and response for the connection's life; their
-    headers (~2 KB per idle connection) are released once the WebSocket is open."""
+    headers (~2 KB per idle connection) and the request line's bytes (the path with its
+    query string) are released once the WebSocket is open."""
 
     async def body():
         async with running() as node:
-            ws, data = await authed(node.url, "user:alice")
+            ws, data = await authed(node.url + "?token=" + "t" * 200, "user:alice")
             transport = node.helper.get_clients(data["id"]).transport
             assert len(transport.request.headers) == 0
             assert len(transport.response.headers) == 0
+            request = transport.request
+            assert request.method == request.path == request.version == b""
             with pytest.raises(TypeError):  # one shared mapping: nobody may add to it
                 transport.request.headers["X"] = "y"
             await send(ws, {"event": "join", "data": {"rooms": ["r"]}})

@@ -34,8 +34,10 @@ _PONG = WSMsgType.PONG
 
 # picows keeps the upgrade request and response on the transport for the connection's life
 # (read-only attributes); their headers (~2 KB per connection) are never read after the
-# upgrade, so each is swapped for this one empty, read-only mapping.
+# upgrade, so each is swapped for this one empty, read-only mapping, and the request line's
+# three byte strings (~120 B, more with a query string) for one shared empty one.
 _NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+_NO_BYTES = b""
 
 # How long a closing connection may take to answer our close frame before we drop it.
 CLOSE_GRACE = 2.0
@@ -129,6 +131,9 @@ class Client(WSListener, SessionMachine):
         for message in (transport.request, transport.response):
             if message is not None:
                 message.headers = _NO_HEADERS  # type: ignore[assignment]  # read-only on purpose
+        request = transport.request
+        if request is not None:
+            request.method = request.path = request.version = _NO_BYTES
         self._links.on_connect(self, transport)
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
