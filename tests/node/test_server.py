@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import re
+import weakref
 
 import orjson
 import pytest
@@ -671,5 +673,24 @@ def test_envelope_from_the_broker_is_delivered_and_own_envelopes_are_ignored():
             await nothing_more(ws)
             await other.close()
             await ws.close()
+
+    run(body())
+
+
+def test_a_disconnected_client_is_freed_without_the_cycle_collector():
+    """picows' per-connection log names its client (a strong reference: the client holds
+    picows' transport, which holds the log); the client breaks that cycle when it
+    disconnects, so reference counting frees it."""
+
+    async def body():
+        async with running() as node:
+            ws, data = await authed(node.url)
+            ref = weakref.ref(node.helper.get_clients(data["id"]))
+            gc.disable()
+            try:
+                await ws.close()
+                await eventually(lambda: ref() is None, timeout=5, what="the Client freed")
+            finally:
+                gc.enable()
 
     run(body())

@@ -19,7 +19,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
 from .. import _core
-from ..log import client_extra, fault
+from ..log import PicowsLog, client_extra, fault
 from ..protocol.constants import CloseCode
 from ..protocol.counters import Counters
 from ..protocol.session import SESSION_SLOTS, SessionMachine
@@ -90,6 +90,7 @@ class Client(WSListener, SessionMachine):
         "_fragments_size",
         "_fragments_text",
         "_links",
+        "_picows_log",
         "connected_at",
         "handle",
         "transport",
@@ -105,6 +106,12 @@ class Client(WSListener, SessionMachine):
         self._fragments_size = 0
         self._fragments_text = False
         self._disconnect_timer: asyncio.TimerHandle | None = None
+        self._picows_log: PicowsLog | None = None
+
+    def log_to(self, log: PicowsLog) -> None:
+        """picows' log for this connection names this client until it disconnects."""
+        self._picows_log = log
+        log.client = self
 
     # -- the record ----------------------------------------------------------------------
 
@@ -159,6 +166,9 @@ class Client(WSListener, SessionMachine):
             self._on_fragment(frame, msg_type)
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
+        log = self._picows_log
+        if log is not None:  # the cycle through picows' transport ends here
+            log.client = self._picows_log = None
         if self._disconnect_timer is not None:
             self._disconnect_timer.cancel()
             self._disconnect_timer = None

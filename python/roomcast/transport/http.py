@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
 from collections.abc import Callable, Mapping
 from functools import partial
 from http import HTTPStatus
@@ -202,7 +201,7 @@ class WebServer:
             headers["Connection"] = "Upgrade"
             try:
                 client = helper.accept()
-                log.client = weakref.ref(client)  # picows' lines about it carry its id
+                client.log_to(log)  # picows' lines about it carry its id
                 return client
             except UpgradeRefused as exc:
                 logger.warning("upgrade refused on %s: %s", path, exc)

@@ -10,13 +10,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from picows import WSListener
-
 from ..protocol.counters import Counters
+from .connection import Client
 
 
 class Route(Protocol):
-    """An endpoint on one path: `accept()` gives the listener of a new connection or raises
+    """An endpoint on one path: `accept()` gives the `Client` of a new connection or raises
     `roomcast.http.UpgradeRefused`. `server_options` are the resolved options
     (`roomcast.node.options`): the listener takes its frame size, upgrade timeout and backlog
     from them."""
@@ -24,7 +23,7 @@ class Route(Protocol):
     @property
     def server_options(self) -> Mapping[str, Any]: ...
     def get_path(self) -> str: ...
-    def accept(self) -> WSListener: ...
+    def accept(self) -> Client: ...
 
 
 class Node(Protocol):
