@@ -226,6 +226,18 @@ def make_http_handler(helper: WebSocketServerHelper):
             )
             task.add_done_callback(lambda t: results.append(t.result()))
             return HttpResponse.json({"started": True})
+        if request.path == "/stall":
+            results.clear()
+            task = asyncio.ensure_future(
+                stall_probe(
+                    helper,
+                    query.get("mode", "parts"),
+                    int(query.get("count", "20")),
+                    float(query.get("gap", "0.05")),
+                )
+            )
+            task.add_done_callback(lambda t: results.append(t.result()))
+            return HttpResponse.json({"started": True})
         if request.path == "/result":
             return HttpResponse.json(results[0] if results else {"pending": True})
         if request.path == "/tracemalloc":
@@ -234,6 +246,50 @@ def make_http_handler(helper: WebSocketServerHelper):
 
     results: list[dict] = []
     return handler
+
+
+async def stall_probe(helper: WebSocketServerHelper, mode: str, count: int, gap: float) -> dict:
+    """`count` broadcasts `gap` seconds apart to every client, with a 1 ms probe timer: how
+    long the loop stalls (what any other message waits) while they are written. `parts`: the
+    scheduled flush, in passes bounded by `pass_sockets` / `pass_bytes`; `whole`: each
+    broadcast written to every client at once in the same callback (one pass, unbounded)."""
+    loop = asyncio.get_running_loop()
+    lags: list[float] = []
+    running = [True]
+
+    def probe(due: float) -> None:
+        now = time.perf_counter()
+        lags.append(max(0.0, now - due))
+        if running[0]:
+            loop.call_later(PROBE_INTERVAL, probe, now + PROBE_INTERVAL)
+
+    loop.call_later(PROBE_INTERVAL, probe, time.perf_counter() + PROBE_INTERVAL)
+    await asyncio.sleep(0.01)
+    before = helper.stats()
+    recipients = 0
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    for i in range(count):
+        recipients += helper.broadcast("stall", {"i": i})
+        if mode == "whole":
+            helper.flush()
+        await asyncio.sleep(gap)
+    while helper.stats()["pending_bytes"]:
+        await asyncio.sleep(0.001)
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    running[0] = False
+    after = helper.stats()
+    lags.sort()
+    return {
+        "mode": mode,
+        "count": count,
+        "recipients": recipients,
+        "wall": wall,
+        "cpu": cpu,
+        "passes_split": after["passes_split"] - before["passes_split"],
+        "max_lag": lags[-1] if lags else 0.0,
+        "p99_lag": lags[int(len(lags) * 0.99)] if lags else 0.0,
+        "p90_lag": lags[int(len(lags) * 0.9)] if lags else 0.0,
+    }
 
 
 async def encrypted_fanout(helper: WebSocketServerHelper, mode: str, size: int, count: int) -> dict:

@@ -230,3 +230,17 @@ def test_hundredk_bench_smoke_connects_all_and_closes_only_the_silent_with_4002(
     assert row["connect_errors"] == 0 and row["connected"] == row["clients"]
     assert sum(row["fds_per_worker"]) > row["clients"]  # every worker took its share
     assert row["silent_close_codes"] == {"4002": row["silent"]} and row["others_closed"] == 0
+
+
+def test_stall_smoke_writes_every_broadcast_both_ways():
+    result = subprocess.run(
+        [sys.executable, "-m", "benches", "stall", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert sorted(r["mode"] for r in rows) == ["parts", "whole"]
+    assert all(r["lost"] == 0 and r["cpu_ns_per_delivery"] > 0 for r in rows)
