@@ -118,7 +118,16 @@ def measure(
         rss = [rss_bytes(proc.pid)]
         traced = []
         for index in range(2):
-            gen = LoadGen(url, clients, "--token-prefix", f"user:m{index}-", binary=binary)
+            # Source addresses of their own (127.0.0.10.., 127.0.0.30..), 5,000 clients each:
+            # 2 x 20,000 from one address would run out of ephemeral ports.
+            sources = (
+                ("--sources", str(-(-clients // 5000)), "--source-first", str(10 + 20 * index))
+                if binary is not None
+                else ()
+            )
+            gen = LoadGen(
+                url, clients, "--token-prefix", f"user:m{index}-", *sources, binary=binary
+            )
             gens.append(gen)
             if gen.ready() != clients:
                 raise RuntimeError(f"{kind}: not every client connected")
