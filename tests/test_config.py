@@ -8,8 +8,13 @@ import pytest
 from roomcast import WebSocketServerHelper
 from roomcast.cli import ServeConfig, build_parser, config_from_args
 from roomcast.cli.flags import _SERVE_FLAGS
-from roomcast.config import ALIASES, COMPONENT_SETTINGS, ServerConfig
-from roomcast.node.options import OPTION_ALIASES, OPTION_DEFAULTS
+from roomcast.config import (
+    ALIASES,
+    COMPONENT_SETTINGS,
+    OPTION_ALIASES,
+    OPTION_DEFAULTS,
+    ServerConfig,
+)
 
 # ServerConfig fields (or options) the CLI sets, by ServeConfig attribute.
 CLI_SETTINGS = (

@@ -1,6 +1,7 @@
 """The package's layout rules: no import cycle (imports under TYPE_CHECKING and inside
-functions count too), the node's parts never reach back to the helper they make up, the
-helper is composed (no mixins), and every documented import path offers its names."""
+functions count too), layers that import downward only, the node's parts never reach back to
+the helper they make up, the helper is composed (no mixins), and every documented import
+path offers its names."""
 
 from __future__ import annotations
 
@@ -86,6 +87,40 @@ def test_no_import_cycle():
     graph = import_graph()
     assert graph["roomcast.node.server"] >= {"roomcast.node.inbound", "roomcast.node.delivery"}
     assert cycles(graph) == []
+
+
+# Each module's layer, lowest first: a module may import its own layer and those below.
+LAYERS = {
+    "roomcast.log": 0,
+    "roomcast.aio": 0,
+    "roomcast.protocol": 1,
+    "roomcast.transport": 2,
+    "roomcast.encryption": 3,
+    "roomcast.broker": 4,
+    "roomcast.serving": 5,
+    "roomcast.node": 6,
+    "roomcast.config": 6,
+    "roomcast.emitter": 6,
+    "roomcast.cli": 7,
+    "roomcast.compat": 7,
+}
+FACE = 8  # roomcast/__init__.py, __main__.py and the documented re-exports
+# `roomcast --version` reads the package's own __version__.
+UPWARD_ALLOWED = {"roomcast.cli.flags -> roomcast"}
+
+
+def layer(module: str) -> int:
+    parts = module.split(".")
+    return LAYERS.get(".".join(parts[:2]), FACE)
+
+
+def test_layers_import_downward():
+    graph = import_graph()
+    upward = sorted(
+        f"{a} -> {b}" for a, targets in graph.items() for b in targets if layer(b) > layer(a)
+    )
+    assert sorted(set(upward) - UPWARD_ALLOWED) == []
+    assert layer("roomcast.node.rooms") > layer("roomcast.protocol.session")  # the table is read
 
 
 def reachable(graph: dict[str, set[str]], start: str) -> set[str]:

@@ -70,7 +70,7 @@ class WebSocketEmitter:
     def _use_history(self, settings: dict[str, Any]) -> None:
         """Number and keep messages to the rooms of `settings["history_rooms"]`."""
         from .broker.redis import RedisBroker
-        from .node.options import resolve_server_options
+        from .config import resolve_server_options
         from .protocol.messages import RoomGlob
 
         resolved = resolve_server_options(settings)  # the servers' checks and defaults

@@ -9,8 +9,7 @@ from typing import Any
 import orjson
 import pytest
 from roomcast.broker.history import MemoryHistory
-from roomcast.config import ServerConfig
-from roomcast.node.options import resolve_server_options
+from roomcast.config import ServerConfig, resolve_server_options
 from support import (
     allow_all,
     authed,

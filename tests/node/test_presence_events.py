@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from redis_support import node, redis_at, settle
-from roomcast.node.options import resolve_server_options
+from roomcast.config import resolve_server_options
 from support import (
     allow_all,
     authed,

@@ -124,14 +124,14 @@ def test_a_failed_ring_submission_loses_and_doubles_nothing_and_send_takes_over(
                     await asyncio.sleep(0)  # several flushes, each to all 21
             for ws in clients:
                 assert [(await recv(ws))["data"] for _ in range(40)] == list(range(40))
-            stats = node.helper._hub.stats()
+            stats = node.helper.stats()
             assert stats["io_uring"] == 0  # torn down: send(2) from now on
             assert stats["ring_submits"] == (2 if fault.startswith("enter:1:") else 1)
             # Nothing came twice: the next message each client gets is the next one sent.
             node.helper.broadcast("n", "end")
             for ws in clients:
                 assert (await recv(ws))["data"] == "end"
-            assert node.helper._hub.stats()["ring_submits"] == stats["ring_submits"]
+            assert node.helper.stats()["ring_submits"] == stats["ring_submits"]
             for ws in clients:
                 await ws.close()
 

@@ -57,7 +57,7 @@ def unsupported_runtime() -> str | None:
     try:
         import uvloop  # noqa: F401
 
-        from .. import _core  # noqa: F401
+        from .._core import Hub  # noqa: F401
     except ImportError:
         return "CPython without uvloop or the roomcast native core"
     return None

@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from .. import _core
+from .._core import seal_messages
 from ..protocol.constants import WebSocketEvents
 from ..protocol.messages import MISSING, encode, encode_at
 
@@ -158,7 +158,7 @@ class EcdhScheme:
         self._private_key = private_key or generate_private_key()
         self.public_key = export_public_key(self._private_key)
         self.hkdf_info = hkdf_info
-        self.native = native and hasattr(_core, "seal_messages")
+        self.native = native
         # client id -> (raw key, cipher with its key schedule)
         self._sessions: dict[str, tuple[bytes, AESGCM]] = {}
 
@@ -213,9 +213,7 @@ class EcdhScheme:
         if not self.native:
             return [None if s is None else _message(seal(s[1], plaintext)) for s in sessions]
         keys = [s[0] for s in sessions if s is not None]
-        sealed = iter(
-            _core.seal_messages(b"".join(keys), os.urandom(IV_SIZE * len(keys)), plaintext)
-        )
+        sealed = iter(seal_messages(b"".join(keys), os.urandom(IV_SIZE * len(keys)), plaintext))
         return [None if s is None else next(sealed) for s in sessions]
 
     def open_inbound(self, client_id: str, data: Any) -> bytes:

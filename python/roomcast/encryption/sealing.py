@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
-from .. import _core
+from .._core import Hub
 from ..log import client_extra
 from ..protocol.messages import MISSING, encode, encode_at
 from ..protocol.session import State
@@ -45,7 +45,7 @@ class Sealer:
 
     def __init__(
         self,
-        hub: _core.Hub,
+        hub: Hub,
         spawn: Callable[[Coroutine[Any, Any, None]], None],
         scheme: EncryptionScheme | None,
         transformer: Transformer | None,

@@ -1,3 +1,2 @@
 """The node: `WebSocketServerHelper` (`server`) and the parts it owns (authentication,
-rooms, delivery, history, presence, the join barrier), with its callbacks' keywords and its
-`server_options`."""
+rooms, delivery, history, presence, the join barrier), with its callbacks' keywords."""

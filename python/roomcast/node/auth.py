@@ -13,7 +13,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from .. import _core
+from .._core import Hub
 from ..encryption.scheme import EncryptionScheme
 from ..encryption.sealing import Sealer
 from ..log import TRACE, client_extra
@@ -39,7 +39,7 @@ class Authentication:
 
     def __init__(
         self,
-        hub: _core.Hub,
+        hub: Hub,
         sender: Sender,
         sealer: Sealer,
         barrier: JoinBarrier,

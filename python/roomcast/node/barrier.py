@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .. import _core
+from .._core import Hub
 from ..broker.protocol import Broker
 from ..protocol.constants import WebSocketChannels, WebSocketEvents
 from ..protocol.messages import InvalidMessage, InvalidText, decode
@@ -107,7 +107,7 @@ class JoinBarrier:
         )
         self._subscribe_new: SubscribeNew = broker.subscribe_new
         self._broker = broker
-        self._hub: _core.Hub | None = None
+        self._hub: Hub | None = None
         self._handle: Handler | None = None
         self._clients = clients
         self.subscribe_timeout = subscribe_timeout
@@ -124,7 +124,7 @@ class JoinBarrier:
         self.unconfirmed = 0
         self._confirm_late = False
 
-    def attach(self, hub: _core.Hub, handle: Handler) -> None:
+    def attach(self, hub: Hub, handle: Handler) -> None:
         self._hub = hub
         self._handle = handle
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from .. import _core
+from .._core import Hub
 from ..broker.history import HistoryStore, MemoryHistory
 from ..broker.memory import MemoryBroker
 from ..broker.protocol import Broker
@@ -57,7 +57,7 @@ class History:
 
     def __init__(
         self,
-        hub: _core.Hub,
+        hub: Hub,
         sender: Sender,
         broker: Broker,
         server_id: str,

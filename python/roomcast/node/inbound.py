@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .. import _core
+from .._core import Hub
 from ..encryption.scheme import EncryptionScheme
 from ..log import client_extra, fault
 from ..protocol.constants import CloseCode, ErrorMessages, WebSocketEvents
@@ -50,7 +50,7 @@ class Inbound:
 
     def __init__(
         self,
-        hub: _core.Hub,
+        hub: Hub,
         barrier: JoinBarrier,
         sender: Sender,
         rooms: Rooms,

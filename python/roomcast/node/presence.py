@@ -9,7 +9,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .. import _core
+from .._core import Hub
 from ..aio import stop_task
 from ..broker.protocol import Broker
 from ..broker.redis.presence import RedisPresence
@@ -41,7 +41,7 @@ class Presence:
 
     def __init__(
         self,
-        hub: _core.Hub,
+        hub: Hub,
         sender: Sender,
         broker: Broker,
         clients: Mapping[str, Client],

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from .. import _core
+from .._core import Hub
 from ..log import client_extra, fault
 from ..protocol.messages import recover_request, requested_rooms, sanitize_rooms
 from ..protocol.session import State
@@ -35,7 +35,7 @@ class Rooms:
 
     def __init__(
         self,
-        hub: _core.Hub,
+        hub: Hub,
         barrier: JoinBarrier,
         clients: Mapping[str, Client],
         tasks: Tasks,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import _core
+from .._core import Hub
 from ..encryption.sealing import Position, Sealer
 from ..protocol.constants import ErrorMessages, WebSocketEvents
 from ..protocol.messages import encode, error_payload
@@ -40,7 +40,7 @@ class Sender:
 
     __slots__ = ("_hub", "_sealer", "encrypted")
 
-    def __init__(self, hub: _core.Hub, sealer: Sealer) -> None:
+    def __init__(self, hub: Hub, sealer: Sealer) -> None:
         self._hub = hub
         self._sealer = sealer
         # Connections with an encrypted session now.

@@ -21,11 +21,11 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from ssl import SSLContext
 from typing import Any
 
-from .. import _core
+from .._core import EXPIRED_AUTH, EXPIRED_HEARTBEAT, Hub
 from ..broker import Broker, create_broker
 from ..broker.history import HistoryStore
 from ..broker.redis.history import RedisHistory
-from ..config import ServerConfig
+from ..config import ServerConfig, resolve_server_options
 from ..encryption.scheme import EncryptionScheme, scheme_of
 from ..encryption.sealing import Sealer
 from ..log import TRACE, client_extra, fault
@@ -40,7 +40,6 @@ from .callbacks import check_callbacks
 from .delivery import Delivery
 from .history import History
 from .inbound import Inbound
-from .options import resolve_server_options
 from .presence import Member, Presence
 from .rooms import Rooms
 from .sender import Sender
@@ -140,7 +139,7 @@ class WebSocketServerHelper:
         tasks = self._tasks = Tasks()
         barrier = self._barrier = JoinBarrier(broker, clients, config.subscribe_timeout)
         write_delay = float(options["write_delay"])
-        hub = self._hub = _core.Hub(
+        hub = self._hub = Hub(
             _late_flush(tasks, write_delay) if write_delay else tasks.schedule,
             backpressure_limit=int(options["backpressure_limit"]),
             close_on_backpressure_limit=bool(options["close_on_backpressure_limit"]),
@@ -247,7 +246,7 @@ class WebSocketServerHelper:
 
     @property
     def server_options(self) -> Mapping[str, Any]:
-        """The resolved server options (`roomcast.node.options`)."""
+        """The resolved server options (`roomcast.config.resolve_server_options`)."""
         return self.config.options
 
     # -- callbacks and encryption (each kept by the part that calls it) ------------------
@@ -688,13 +687,13 @@ class WebSocketServerHelper:
         assert loop is not None
         self._sweep_handle = loop.call_later(SWEEP_INTERVAL, self._sweep)
         for client, reason in self._hub.sweep():
-            if reason == _core.EXPIRED_AUTH:
+            if reason == EXPIRED_AUTH:
                 self.counters.auth["timeout"] += 1
                 logger.debug(
                     "closing %s: authentication timeout", client.id, extra=client_extra(client)
                 )
                 client.close(CloseCode.AUTH_TIMEOUT, CloseCode.REASONS[CloseCode.AUTH_TIMEOUT])
-            elif reason == _core.EXPIRED_HEARTBEAT:
+            elif reason == EXPIRED_HEARTBEAT:
                 logger.debug("closing %s: heartbeat timeout", client.id, extra=client_extra(client))
                 client.close(
                     CloseCode.HEARTBEAT_TIMEOUT, CloseCode.REASONS[CloseCode.HEARTBEAT_TIMEOUT]

@@ -18,7 +18,7 @@ from typing import Any
 from multidict import CIMultiDict, CIMultiDictProxy
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
-from .. import _core
+from .._core import Hub
 from ..log import PicowsLog, client_extra, fault
 from ..protocol.constants import CloseCode
 from ..protocol.counters import Counters
@@ -61,7 +61,7 @@ class Links:
 
     def __init__(
         self,
-        hub: _core.Hub,
+        hub: Hub,
         counters: Counters,
         max_payload_length: int,
         on_connect: Callable[[Client, WSTransport], None],

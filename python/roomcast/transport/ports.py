@@ -17,7 +17,7 @@ from .connection import Client
 class Route(Protocol):
     """An endpoint on one path: `accept()` gives the `Client` of a new connection or raises
     `roomcast.http.UpgradeRefused`. `server_options` are the resolved options
-    (`roomcast.node.options`): the listener takes its frame size, upgrade timeout and backlog
+    (`roomcast.config`): the listener takes its frame size, upgrade timeout and backlog
     from them."""
 
     @property
