@@ -289,6 +289,11 @@ async def stall_probe(helper: WebSocketServerHelper, mode: str, count: int, gap:
         "max_lag": lags[-1] if lags else 0.0,
         "p99_lag": lags[int(len(lags) * 0.99)] if lags else 0.0,
         "p90_lag": lags[int(len(lags) * 0.9)] if lags else 0.0,
+        # A message arriving at a random moment waits for the rest of the callback running
+        # then: its mean wait is the sum of lag^2 / 2 over the wall time (the probe samples
+        # above count each stall once, however long it is).
+        "random_wait": sum(lag * lag for lag in lags) / 2 / wall,
+        "blocked_share": sum(lags) / wall,
     }
 
 
