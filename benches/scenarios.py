@@ -15,6 +15,7 @@ MODULES = (
     "benches.inserver",
     "benches.redisnodes",
     "benches.serving",
+    "benches.api",
     "benches.compiled",
     "benches.history",
     "benches.hundredk",

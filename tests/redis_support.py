@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -31,23 +32,53 @@ def free_port(below: int = 65535) -> int:
             return port
 
 
-def answers(port: int, timeout: float = 0.2) -> bool:
-    """True if something on 127.0.0.1:port answers PING with PONG."""
+def answers(port: int, timeout: float = 0.2, tls_ca: Path | None = None) -> bool:
+    """True if something on 127.0.0.1:port answers PING with PONG (or asks for a password);
+    over TLS when given the CA of its certificate."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
+            if tls_ca is None:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))
+            context = ssl.create_default_context(cafile=str(tls_ca))
+            with context.wrap_socket(sock, server_hostname="127.0.0.1") as tls:
+                tls.sendall(b"PING\r\n")
+                return tls.recv(64).startswith((b"+PONG", b"-NOAUTH"))
     except OSError:
         return False
+
+
+def tls_options(files: dict[str, Path], port: int) -> list[str]:
+    """redis-server flags to serve TLS only, on `port`, with `files` from
+    `serving_support.make_certificates` (clients need no certificate of their own)."""
+    return [
+        "--port",
+        "0",
+        "--tls-port",
+        str(port),
+        "--tls-cert-file",
+        str(files["cert"]),
+        "--tls-key-file",
+        str(files["key"]),
+        "--tls-ca-cert-file",
+        str(files["ca"]),
+        "--tls-auth-clients",
+        "no",
+        "--tls-replication",
+        "yes",
+    ]
 
 
 class RedisServer:
     """One redis-server on 127.0.0.1, no persistence; can be killed and started again."""
 
-    def __init__(self, workdir: Path, port: int | None = None, *extra: str) -> None:
+    def __init__(
+        self, workdir: Path, port: int | None = None, *extra: str, tls_ca: Path | None = None
+    ) -> None:
         self.port = port or free_port()
         self.workdir = workdir
         self.extra = extra
+        self.tls_ca = tls_ca
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -75,7 +106,7 @@ class RedisServer:
             stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + START_TIMEOUT
-        while not answers(self.port):
+        while not answers(self.port, tls_ca=self.tls_ca):
             if self.proc.poll() is not None:
                 raise RuntimeError(
                     f"redis-server on port {self.port} exited: {self.proc.returncode}"
@@ -92,8 +123,9 @@ class RedisServer:
             self.proc = None
 
     def cli(self, *args: str) -> str:
+        tls = ("--tls", "--cacert", str(self.tls_ca)) if self.tls_ca else ()
         return subprocess.run(
-            ["redis-cli", "-p", str(self.port), *args],
+            ["redis-cli", "-p", str(self.port), *tls, *args],
             capture_output=True,
             text=True,
             timeout=START_TIMEOUT,
@@ -333,3 +365,152 @@ class _Pipe:
 
 def redis_at(port: int) -> RedisHelper:
     return RedisHelper(host="127.0.0.1", port=port, unsubscribe_delay=0.2, ready_timeout=5)
+
+
+class RedisSentinel:
+    """A master, a replica of it and `sentinels` sentinels watching them (quorum: a
+    majority), all on free ports, with short failure detection (`down_after_ms`) so a killed
+    master is replaced within seconds. `password` protects the master and the replica,
+    `sentinel_password` the sentinels. `url` is the `redis+sentinel://` URL of the service."""
+
+    SERVICE = "mymaster"
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        sentinels: int = 3,
+        down_after_ms: int = 1000,
+        failover_timeout_ms: int = 3000,
+        password: str | None = None,
+        sentinel_password: str | None = None,
+        tls: dict[str, Path] | None = None,
+    ) -> None:
+        self.workdir = workdir
+        self.tls = tls
+        self.down_after_ms = down_after_ms
+        self.failover_timeout_ms = failover_timeout_ms
+        self.password = password
+        self.sentinel_password = sentinel_password
+        auth = ["--requirepass", password, "--masterauth", password] if password else []
+        ca = tls["ca"] if tls else None
+        ports: list[int] = []  # the master's, the replica's, then the sentinels'
+        while len(ports) < 2 + sentinels:
+            port = free_port()
+            if port not in ports:
+                ports.append(port)
+        master = [*auth, *(tls_options(tls, ports[0]) if tls else [])]
+        self.master = RedisServer(workdir / "master", ports[0], *master, tls_ca=ca)
+        replica = [*auth, *(tls_options(tls, ports[1]) if tls else [])]
+        replica += ["--replicaof", "127.0.0.1", str(ports[0])]
+        self.replica = RedisServer(workdir / "replica", ports[1], *replica, tls_ca=ca)
+        self.sentinel_ports = ports[2:]
+        self.sentinels: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
+        if self.tls:
+            return f"rediss+sentinel://{hosts}/{self.SERVICE}?ssl_ca_certs={self.tls['ca']}"
+        return f"redis+sentinel://{hosts}/{self.SERVICE}"
+
+    def start(self) -> RedisSentinel:
+        self.master.start()
+        self.replica.start()
+        quorum = len(self.sentinel_ports) // 2 + 1
+        for port in self.sentinel_ports:
+            workdir = self.workdir / f"sentinel-{port}"
+            workdir.mkdir(parents=True, exist_ok=True)
+            config = workdir / "sentinel.conf"  # a sentinel rewrites its file: one each
+            tls = self.tls
+            listen = [f"port {port}"]
+            if tls:
+                listen = [
+                    "port 0",
+                    f"tls-port {port}",
+                    f"tls-cert-file {tls['cert']}",
+                    f"tls-key-file {tls['key']}",
+                    f"tls-ca-cert-file {tls['ca']}",
+                    "tls-auth-clients no",
+                    "tls-replication yes",  # to the master and replica too
+                ]
+            lines = [
+                *listen,
+                "bind 127.0.0.1",
+                f"dir {workdir}",
+                f"sentinel monitor {self.SERVICE} 127.0.0.1 {self.master.port} {quorum}",
+                f"sentinel down-after-milliseconds {self.SERVICE} {self.down_after_ms}",
+                f"sentinel failover-timeout {self.SERVICE} {self.failover_timeout_ms}",
+                f"sentinel parallel-syncs {self.SERVICE} 1",
+            ]
+            if self.password:
+                lines.append(f"sentinel auth-pass {self.SERVICE} {self.password}")
+            if self.sentinel_password:
+                # Sentinels authenticate to each other with their own requirepass.
+                lines.append(f"requirepass {self.sentinel_password}")
+            config.write_text("\n".join(lines) + "\n")
+            self.sentinels.append(
+                subprocess.Popen(
+                    [shutil.which("redis-server") or "redis-server", str(config), "--sentinel"],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        # Ready once every sentinel sees the others and the replica, linked to the master:
+        # only then can they agree that the master is down and promote the replica.
+        deadline = time.monotonic() + 30
+        while not all(self._ready(port) for port in self.sentinel_ports):
+            for proc in self.sentinels:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"redis sentinel exited: {proc.returncode}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("redis sentinels did not see each other and the replica")
+            time.sleep(0.1)
+        return self
+
+    def sentinel_cli(self, port: int, *args: str) -> str:
+        auth = ("--no-auth-warning", "-a", self.sentinel_password) if self.sentinel_password else ()
+        tls = ("--tls", "--cacert", str(self.tls["ca"])) if self.tls else ()
+        return subprocess.run(
+            ["redis-cli", "-p", str(port), *auth, *tls, *args],
+            capture_output=True,
+            text=True,
+            timeout=START_TIMEOUT,
+            check=True,
+        ).stdout
+
+    def _ready(self, port: int) -> bool:
+        try:
+            master = self.sentinel_cli(port, "sentinel", "master", self.SERVICE).split()
+            replicas = self.sentinel_cli(port, "sentinel", "replicas", self.SERVICE).split()
+        except (subprocess.SubprocessError, OSError):
+            return False
+        fields = dict(zip(master[::2], master[1::2], strict=False))
+        return (
+            fields.get("num-other-sentinels") == str(len(self.sentinel_ports) - 1)
+            and fields.get("flags") == "master"
+            and str(self.replica.port) in replicas
+            and "master-link-status" in replicas
+            and replicas[replicas.index("master-link-status") + 1] == "ok"
+        )
+
+    def master_port(self) -> int | None:
+        """The master's port as the first sentinel that answers reports it."""
+        for port in self.sentinel_ports:
+            try:
+                reply = self.sentinel_cli(
+                    port, "sentinel", "get-master-addr-by-name", self.SERVICE
+                ).split()
+            except (subprocess.SubprocessError, OSError):
+                continue
+            if len(reply) == 2:
+                return int(reply[1])
+        return None
+
+    def kill(self) -> None:
+        for proc in self.sentinels:
+            proc.kill()
+            proc.wait()
+        self.sentinels.clear()
+        self.master.kill()
+        self.replica.kill()

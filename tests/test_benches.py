@@ -154,6 +154,28 @@ def test_serving_benches_smoke_completes_without_loss():
     assert rows[3]["page_bytes"] > 0
 
 
+def test_api_bench_smoke_delivers_every_message_single_and_batched():
+    result = subprocess.run(
+        [sys.executable, "-m", "benches", "api", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [(r["scenario"], r.get("mode")) for r in rows] == [
+        ("api", "single"),
+        ("api", "batch"),
+        ("api-ratio", None),
+    ]
+    for row in rows[:2]:
+        assert row["lost"] == 0 and row["failed"] == 0
+        assert row["messages"] == 2000 and row["requests"] == (
+            2000 if row["mode"] == "single" else 20
+        )
+
+
 def _steady_quick(env: dict[str, str]) -> list[dict]:
     result = subprocess.run(
         [sys.executable, "-m", "benches", "steady", "--quick", "--servers", "roomcast"],

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
         DefaultRedisHelper,
         RedisClusterHelper,
         RedisHelper,
+        RedisSentinelHelper,
         connection_from_url,
     )
     from .node.jwt import JwtAuthenticator
@@ -45,6 +46,7 @@ _LAZY = {
     "DefaultRedisHelper": "broker.redis.helper",
     "RedisHelper": "broker.redis.helper",
     "RedisClusterHelper": "broker.redis.helper",
+    "RedisSentinelHelper": "broker.redis.helper",
     "connection_from_url": "broker.redis.helper",
     "RedisBroker": "broker.redis",
     # PyJWT is needed only by applications that check tokens with it.
@@ -83,6 +85,7 @@ __all__ = [
     "RedisBroker",
     "RedisClusterHelper",
     "RedisHelper",
+    "RedisSentinelHelper",
     "WebServer",
     "WebSocketBindingKeys",
     "WebSocketChannels",

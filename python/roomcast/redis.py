@@ -5,6 +5,7 @@ from .broker.redis.helper import (
     DefaultRedisHelper,
     RedisClusterHelper,
     RedisHelper,
+    RedisSentinelHelper,
     connection_from_url,
 )
 
@@ -12,5 +13,6 @@ __all__ = [
     "DefaultRedisHelper",
     "RedisClusterHelper",
     "RedisHelper",
+    "RedisSentinelHelper",
     "connection_from_url",
 ]

@@ -42,6 +42,17 @@ def test_serve_without_a_secret_prints_a_working_demo_token_and_stops_on_sigterm
         proc.communicate()
 
 
+def test_serve_shuts_down_gracefully_on_a_sigterm_right_after_it_is_listening():
+    proc = roomcast("serve", "--port", "0")
+    try:
+        wait_listening(proc)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=STARTUP_TIMEOUT) == 0
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
 def test_serve_reads_flags_from_roomcast_environment_variables():
     env = {
         "ROOMCAST_JWT_SECRET": "env-" + SECRET,

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 from .protocol import BROKER_STATES, Broker, BrokerState, BrokerUnavailable, OnMessage
 
-REDIS_SCHEMES = ("redis://", "rediss://", "redis+cluster://", "rediss+cluster://")
+_SCHEMES = ("://", "s://", "+cluster://", "s+cluster://", "+sentinel://", "s+sentinel://")
+REDIS_SCHEMES = tuple(name + end for name in ("redis", "valkey") for end in _SCHEMES)
+"""The URL schemes of the Redis helpers (`valkey` spells `redis` in each)."""
 
 
 def create_broker(connection: object, *, publisher_only: bool = False) -> Broker:
     """A broker for what the application passed as `redis_connection`.
 
     Accepts a Broker, a URL string (`memory://[name]`, `redis://`, `rediss://`,
-    `redis+cluster://host:port[,host:port...]`), or an object with a `create_broker()`
+    `redis+cluster://host:port[,host:port...]`, `redis+sentinel://host:port[,...]/service`,
+    the same with `valkey` for `redis`), or an object with a `create_broker()`
     method (the Redis helpers). `publisher_only` asks for a broker that never subscribes
     (the emitter).
     """

@@ -50,6 +50,10 @@ class HistoryStore(Protocol):
         (another epoch, an offset ahead of the room's, or some of them no longer kept)."""
         ...
 
+    def kept(self, room: str) -> tuple[str, int, list[Entry]]:
+        """(epoch, offset of the last message, every message still kept, in order)."""
+        ...
+
 
 def new_epoch() -> str:
     return secrets.token_hex(4)
@@ -121,6 +125,12 @@ class MemoryHistory:
         if not entries or entries[0].offset > offset + 1:
             return None
         return [e for e in entries if e.offset > offset]
+
+    def kept(self, room: str) -> tuple[str, int, list[Entry]]:
+        now = self._clock()
+        ring = self._ring(room, now)
+        self._trim(ring, now)
+        return ring.epoch, ring.offset, list(ring.entries)
 
     def purge(self, now: float | None = None) -> None:
         """Forget the rooms whose history has wholly expired."""

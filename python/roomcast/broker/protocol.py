@@ -44,6 +44,12 @@ class Broker(Protocol):
         Raises BrokerUnavailable while the broker's server is unreachable."""
         ...
 
+    async def publish_many_wait(self, messages: list[tuple[str, bytes]]) -> list[int]:
+        """`publish_wait` for each (channel, message), in order, sent together (one write
+        where the broker can): how many subscribers each went to. Raises BrokerUnavailable
+        while the broker's server is unreachable."""
+        ...
+
     async def close(self) -> None:
         """Unsubscribe and disconnect; idempotent."""
 
@@ -106,6 +112,11 @@ class OneProcess:
     """The abilities of a broker whose every peer receives every channel (one process, or a
     broker that offers only start/publish/close): no interest to track, every channel live
     at once, always connected, no counters. Brokers inherit these and add the rest."""
+
+    async def publish_many_wait(self, messages: list[tuple[str, bytes]]) -> list[int]:
+        """One `publish_wait` after the other: in one process there is no write to share."""
+        publish_wait = self.publish_wait  # type: ignore[attr-defined]
+        return [int(await publish_wait(channel, message)) for channel, message in messages]
 
     @property
     def wants_interest(self) -> bool:

@@ -16,6 +16,7 @@ from .. import __version__
 from ..broker import REDIS_SCHEMES
 from ..config import ServerConfig
 from ..protocol.constants import INTERNAL_ROOM_PREFIX, ROOM_NAME_MAX_LENGTH
+from ..serving.api import DEFAULT_BODY_LIMIT
 from .token import add_token_parser
 from .token import non_negative_int as _non_negative_int
 
@@ -77,6 +78,9 @@ class ServeConfig:
     ssl_ca_certs: str | None = None
     metrics_port: int | None = None
     log_format: str = "text"
+    api_key: str | None = None
+    api_key_file: str | None = None
+    api_body_limit: int = DEFAULT_BODY_LIMIT
 
     def server_config(self) -> ServerConfig:
         """The helper's configuration these settings give."""
@@ -173,7 +177,8 @@ def _redis_url(text: str) -> str:
     if text == "memory:" or text.startswith(("memory://", *REDIS_SCHEMES)):
         return text
     raise argparse.ArgumentTypeError(
-        f"unsupported url {text!r} (use memory://, redis://, rediss:// or redis+cluster://)"
+        f"unsupported url {text!r} (use memory://, redis://, rediss://, redis+cluster:// "
+        "or redis+sentinel://)"
     )
 
 
@@ -181,7 +186,7 @@ def _emit_redis_url(text: str) -> str:
     if text.startswith(REDIS_SCHEMES):
         return text
     raise argparse.ArgumentTypeError(
-        f"unsupported url {text!r} (use redis://, rediss:// or redis+cluster://)"
+        f"unsupported url {text!r} (use redis://, rediss://, redis+cluster:// or redis+sentinel://)"
     )
 
 
@@ -198,7 +203,8 @@ _SERVE_FLAGS: list[tuple[str, Callable[[str], Any] | None, str]] = [
     (
         "--redis-url",
         _redis_url,
-        "memory:// (default, one node), redis://, rediss://, redis+cluster://",
+        "memory:// (default, one node), redis://, rediss://, redis+cluster://h:p,h:p, "
+        "redis+sentinel://h:p,h:p/service (valkey:// ... too)",
     ),
     ("--redis-timeout-ms", _positive_int, "ms to wait for redis at start (default 30000)"),
     ("--app", str, "MODULE:ATTR supplying callbacks (and optionally setup(helper))"),
@@ -269,6 +275,14 @@ _SERVE_FLAGS: list[tuple[str, Callable[[str], Any] | None, str]] = [
     ("--ssl-keyfile-password", str, "password of an encrypted --ssl-keyfile"),
     ("--ssl-ca-certs", str, "PEM CA file: require client certificates signed by these CAs"),
     ("--metrics-port", _port, "serve /metrics (and /health) on this port, not the main one"),
+    (
+        "--api-key",
+        str,
+        "turn on the server HTTP API under /api/ with this key (header X-API-Key); "
+        "without a key /api/ answers 404",
+    ),
+    ("--api-key-file", str, "read the API key from this file (keeps it off the command line)"),
+    ("--api-body-limit", _positive_int, "largest API request body in bytes (default 1048576)"),
 ]
 
 
@@ -294,7 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--redis-url",
         type=_emit_redis_url,
         default=None,
-        help="redis://, rediss://, redis+cluster:// [env ROOMCAST_REDIS_URL]",
+        help="redis://, rediss://, redis+cluster://h:p,h:p, redis+sentinel://h:p,h:p/service "
+        "(valkey:// ... too) [env ROOMCAST_REDIS_URL]",
     )
     to = emit.add_mutually_exclusive_group(required=True)
     to.add_argument("--room", help="every member of this room")
@@ -354,10 +369,26 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> Serve
     if config.workers > 1 and not config.redis_url.startswith(REDIS_SCHEMES):
         raise CliError(
             f"--workers {config.workers} needs a shared broker: give --redis-url "
-            f"(redis://, rediss:// or redis+cluster://); {config.redis_url} is one process"
+            f"(redis://, rediss://, redis+cluster:// or redis+sentinel://); "
+            f"{config.redis_url} is one process"
         )
     if (config.ssl_keyfile or config.ssl_ca_certs) and not config.ssl_certfile:
         raise CliError("--ssl-keyfile and --ssl-ca-certs need --ssl-certfile")
     if config.log_format.lower() not in ("text", "json"):
         raise CliError(f"unknown log format: {config.log_format}")
+    _api_key(config)
     return config
+
+
+def _api_key(config: ServeConfig) -> None:
+    """Take the key from --api-key-file; refuse an empty one, or two ways of giving it."""
+    if config.api_key_file is not None:
+        if config.api_key is not None:
+            raise CliError("give --api-key or --api-key-file (or ROOMCAST_API_KEY), not both")
+        try:
+            with open(config.api_key_file, encoding="utf-8") as file:
+                config.api_key = file.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CliError(f"--api-key-file: cannot read {config.api_key_file}: {exc}") from None
+    if config.api_key is not None and not config.api_key:
+        raise CliError("the API key is empty")

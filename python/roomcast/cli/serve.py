@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import fnmatch
 import importlib
@@ -22,7 +23,7 @@ from typing import Any
 from ..broker import REDIS_SCHEMES, BrokerUnavailable
 from ..node import jwt
 from ..protocol.constants import INTERNAL_ROOM_PREFIX
-from ..serving.runner import until_signalled
+from ..serving.runner import SHUTDOWN_SIGNALS, catching
 from .flags import CliError, ServeConfig
 
 CALLBACKS = (
@@ -210,13 +211,30 @@ async def serve(
 ) -> None:
     """Run until `shutdown_trigger` completes (default: SIGINT or SIGTERM), then shut down:
     stop accepting, close every client with 1001, run the callbacks, close the broker."""
-    from ..serving.workers import connection_budget, raise_file_limit, worker_parent
+    from ..serving.workers import worker_parent
 
     parent = worker_parent()
     if parent is not None:
         # Ctrl-C reaches the supervisor too, which sends SIGTERM: one signal, no race with
         # a second one arriving after the loop has closed.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The handlers from the start: a SIGTERM while starting, or right after the listening
+    # line, still shuts down gracefully instead of killing the process.
+    signals = (signal.SIGTERM,) if parent is not None else SHUTDOWN_SIGNALS
+    with contextlib.ExitStack() as stack:
+        signalled = stack.enter_context(catching(signals)) if shutdown_trigger is None else None
+        await _serve(config, out, parent, shutdown_trigger, signalled)
+
+
+async def _serve(
+    config: ServeConfig,
+    out: Callable[[str], None],
+    parent: int | None,
+    shutdown_trigger: Awaitable[Any] | None,
+    signalled: asyncio.Event | None,
+) -> None:
+    from ..serving.workers import connection_budget, raise_file_limit
+
     files = raise_file_limit()
     context = tls_context(config)
     app = load_app(config.app) if config.app else None
@@ -247,15 +265,21 @@ async def serve(
             if shutdown_trigger is not None:
                 await shutdown_trigger
             elif parent is None:
-                await until_signalled()
+                assert signalled is not None
+                await signalled.wait()
             else:
-                await _until_terminated_or_orphaned(parent)
+                assert signalled is not None
+                await _until_terminated_or_orphaned(parent, signalled)
         finally:
             out("roomcast: shutting down")
             for extra in extra_servers:
                 await extra.stop()
 
     separate = config.metrics_port is not None
+    from ..serving.api import Api
+
+    # Always there, so /api/ answers 404 without a key rather than reaching the app's handler.
+    api = Api(helper, config.api_key, body_limit=config.api_body_limit)
     try:
         await helper.run(
             config.host,
@@ -267,6 +291,7 @@ async def serve(
             health=True,
             metrics=not separate,
             reuse_port=parent is not None,
+            api=api,
         )
     except BrokerUnavailable as exc:
         raise CliError(str(exc), 1) from None
@@ -316,9 +341,10 @@ async def _metrics_servers(config: ServeConfig, helper: Any, worker: bool) -> li
     return [metrics]
 
 
-async def _until_terminated_or_orphaned(parent: int) -> None:
-    """A worker stops on SIGTERM (its supervisor's word) or when its supervisor is gone."""
-    terminated = asyncio.ensure_future(until_signalled((signal.SIGTERM,)))
+async def _until_terminated_or_orphaned(parent: int, signalled: asyncio.Event) -> None:
+    """A worker stops on SIGTERM (its supervisor's word, `signalled`) or when its
+    supervisor is gone."""
+    terminated = asyncio.ensure_future(signalled.wait())
     try:
         while not terminated.done():
             if os.getppid() != parent:
@@ -364,6 +390,10 @@ async def serve_workers(
         extra_env["ROOMCAST_JWT_SECRET"] = demo_secret(
             config, (lambda _line: None) if config.app else out
         )
+    if config.api_key is not None and config.api_key_file is None:
+        # Workers read it from their environment, never from their command line.
+        extra_env["ROOMCAST_API_KEY"] = config.api_key
+        argv = without_flag(argv, "--api-key")
     scheme = "wss" if config.ssl_certfile else "ws"
 
     def describe(port: int) -> str:

@@ -7,6 +7,7 @@ post-start hooks run once the HTTP server listens.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
@@ -153,14 +154,20 @@ class Application:
     async def run(self, shutdown_trigger: Awaitable[Any] | None = None) -> None:
         """Start (unless started already), wait for SIGINT/SIGTERM (or `shutdown_trigger`, or
         cancellation), then stop: every client gets 1001."""
-        from ..serving.runner import until_signalled
+        from ..serving.runner import catching
 
-        if self._server is None:
-            await self.start()
-        try:
-            await (shutdown_trigger if shutdown_trigger is not None else until_signalled())
-        finally:
-            await self.stop()
+        with contextlib.ExitStack() as stack:
+            # From the start: a signal while starting counts too.
+            signalled = stack.enter_context(catching()) if shutdown_trigger is None else None
+            if self._server is None:
+                await self.start()
+            try:
+                if signalled is not None:
+                    await signalled.wait()
+                elif shutdown_trigger is not None:
+                    await shutdown_trigger
+            finally:
+                await self.stop()
 
     async def stop(self) -> None:
         """Stop the components first (they close their clients), then the server."""

@@ -12,8 +12,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..broker.protocol import Broker
-from ..protocol.constants import WebSocketChannels, WebSocketMessageTypes
-from ..protocol.messages import decode_envelope, encode_envelope
+from ..protocol.constants import DISCONNECT_TYPE, WebSocketChannels, WebSocketMessageTypes
+from ..protocol.messages import decode_envelope, disconnect_of, encode_envelope
 from ..transport.connection import Client
 from .history import History
 from .sender import Sender
@@ -28,7 +28,8 @@ _USER = WebSocketMessageTypes.USER
 
 class Delivery:
     """Where a helper's messages go: `to_client`, `to_user`, `to_room`, `to_everyone` (local),
-    `send` (local and published), `on_envelope` (from the broker)."""
+    `send` (local and published), `on_envelope` (from the broker); `disconnect` (local, or
+    from a disconnect envelope: ours, which the original's nodes drop as an unknown type)."""
 
     def __init__(
         self,
@@ -38,6 +39,7 @@ class Delivery:
         clients: Mapping[str, Client],
         server_id: str,
         has_room: Callable[[str], bool],
+        user_members: Callable[[str], list[str]],
     ) -> None:
         self._sender = sender
         self._history = history
@@ -45,6 +47,7 @@ class Delivery:
         self._clients = clients
         self._server_id = server_id
         self._has_room = has_room
+        self._user_members = user_members
 
     # -- local delivery ------------------------------------------------------------------
 
@@ -63,6 +66,19 @@ class Delivery:
 
     def to_everyone(self, event: str, data: Any, exclude: list[str] | None) -> int:
         return self._sender.everyone(event, data, exclude)
+
+    def disconnect(self, client_id: str | None, user_id: str | None, code: int, reason: str) -> int:
+        """Close one local client (any state) or every local session of a user; returns
+        how many."""
+        clients = self._clients
+        if client_id is not None:
+            targets = [clients[client_id]] if client_id in clients else []
+        else:
+            assert user_id is not None
+            targets = [clients[i] for i in self._user_members(user_id) if i in clients]
+        for client in targets:
+            client.close(code, reason)
+        return len(targets)
 
     # -- delivery across nodes -------------------------------------------------------------
 
@@ -128,5 +144,15 @@ class Delivery:
             self.to_client(target, envelope.event, envelope.data)
         elif type_ == _USER:
             self._sender.user(target, envelope.event, envelope.data)
+        elif type_ == DISCONNECT_TYPE:
+            order = disconnect_of(envelope.data)
+            if order is None:
+                logger.error("malformed disconnect envelope on %s dropped", channel)
+                return
+            scope, code, reason = order
+            if scope == "client":
+                self.disconnect(target, None, code, reason)
+            else:
+                self.disconnect(None, target, code, reason)
         else:
             logger.debug("envelope of unknown type %r on %s dropped", type_, channel)

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from .._core import Hub
-from ..broker.history import HistoryStore, MemoryHistory
+from ..broker.history import Entry, HistoryStore, MemoryHistory
 from ..broker.memory import MemoryBroker
 from ..broker.protocol import Broker
 from ..broker.redis.history import RedisHistory
@@ -45,6 +45,29 @@ UNNUMBERED_QUIET = 60
 # Presence events: plain messages even in a history room (`roomcast.presence`).
 PRESENCE_EVENTS = frozenset({"presence-join", "presence-leave"})
 _NO_ONE: frozenset[str] = frozenset()
+
+
+def _entry_message(entry: Entry) -> dict[str, Any]:
+    message: dict[str, Any] = {"event": entry.event}
+    if entry.data is not MISSING:
+        message["data"] = entry.data
+    message["offset"] = entry.offset
+    if entry.exclude:
+        message["exclude"] = sorted(entry.exclude)
+    return message
+
+
+def _envelope_message(raw: bytes) -> dict[str, Any] | None:
+    envelope = decode_envelope(raw)
+    if envelope is None or envelope.offset is None:
+        return None
+    message: dict[str, Any] = {"event": envelope.event}
+    if envelope.data is not MISSING:
+        message["data"] = envelope.data
+    message["offset"] = envelope.offset
+    if envelope.exclude:
+        message["exclude"] = envelope.exclude
+    return message
 
 
 class History:
@@ -115,6 +138,44 @@ class History:
     async def close(self) -> None:
         if self._remote is not None:
             await self._remote.close()
+
+    async def read(
+        self, room: str, since: tuple[str, int] | None, limit: int | None
+    ) -> dict[str, Any]:
+        """See `WebSocketServerHelper.history`."""
+        is_history = self.is_history
+        if is_history is None or not is_history(room):
+            raise ValueError(f"not a history room: {room}")
+        recovered: bool | None = None
+        remote = self._remote
+        if remote is None:
+            store = self._store
+            assert store is not None
+            if since is None:
+                epoch, offset, entries = store.kept(room)
+            else:
+                epoch, offset = store.position(room)
+                found = store.since(room, *since)
+                recovered = found is not None
+                entries = found or []
+            messages = [_entry_message(e) for e in entries]
+        else:
+            if since is None:
+                epoch, offset, raws = await remote.kept(room)
+                if not epoch:  # never written: the room's first epoch starts now
+                    epoch, offset, _ = await remote.read(room, None, 0)
+            else:
+                epoch, offset, found_raw = await remote.read(room, *since)
+                recovered = found_raw is not None
+                raws = found_raw or []
+            messages = [m for m in map(_envelope_message, raws) if m is not None]
+        if limit is not None:
+            messages = messages[:limit] if since is not None else messages[-limit:]
+        answer: dict[str, Any] = {"room": room, "epoch": epoch, "offset": offset}
+        if recovered is not None:
+            answer["recovered"] = recovered
+        answer["messages"] = messages
+        return answer
 
     def send(self, room: str, event: str, data: Any, exclude: list[str] | None) -> int:
         """Number and keep one room message, then deliver it to the local members (in redis:

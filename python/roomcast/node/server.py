@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from ssl import SSLContext
-from typing import Any
+from typing import Any, Unpack
 
 from .._core import EXPIRED_AUTH, EXPIRED_HEARTBEAT, Hub
 from ..broker import Broker, create_broker
@@ -32,8 +32,10 @@ from ..log import TRACE, client_extra, fault
 from ..protocol.constants import CloseCode, ErrorMessages
 from ..protocol.counters import Counters
 from ..protocol.messages import MISSING
+from ..serving.runner import ServeOptions
 from ..transport.connection import Client, Links
 from ..transport.http import HttpHandler, UpgradeRefused, WebServer
+from ..transport.httpapi import Api
 from .auth import Authentication
 from .barrier import JoinBarrier
 from .callbacks import check_callbacks
@@ -198,7 +200,9 @@ class WebSocketServerHelper:
             config.auth_timeout,
             message_handler,
         )
-        self._delivery = Delivery(sender, history, broker, clients, server_id, hub.has_room)
+        self._delivery = Delivery(
+            sender, history, broker, clients, server_id, hub.has_room, hub.user_members
+        )
         barrier.attach(hub, inbound.handle)
         self._links = Links(
             hub,
@@ -363,18 +367,20 @@ class WebSocketServerHelper:
         health: bool = False,
         metrics: bool = False,
         reuse_port: bool = False,
+        api: Api | None = None,
     ) -> WebServer:
         """Configure (if needed) and listen on host:port; returns the started WebServer.
 
         `ssl` serves wss:// (and https:// for plain HTTP); `health` answers GET /health and
         `metrics` GET /metrics (Prometheus text) before `http_handler` sees a request;
-        `reuse_port` lets several processes listen on one port (SO_REUSEPORT)."""
+        `reuse_port` lets several processes listen on one port (SO_REUSEPORT); `api` (a
+        `roomcast.serving.api.Api` of this helper) answers /api/, the server HTTP API."""
         await self.configure()
         if health or metrics:
             from ..serving.endpoints import Endpoints
 
             http_handler = Endpoints(self, http_handler, health=health, metrics=metrics)
-        server = WebServer(host, port, http_handler, ssl=ssl, reuse_port=reuse_port)
+        server = WebServer(host, port, http_handler, ssl=ssl, reuse_port=reuse_port, api=api)
         server.route(self)
         await server.start()
         return server
@@ -387,10 +393,7 @@ class WebSocketServerHelper:
         *,
         shutdown_trigger: Awaitable[Any] | None = None,
         on_listening: Callable[[WebServer], Any] | None = None,
-        ssl: SSLContext | None = None,
-        health: bool = False,
-        metrics: bool = False,
-        reuse_port: bool = False,
+        **serve_options: Unpack[ServeOptions],
     ) -> None:
         """Serve until SIGINT or SIGTERM (or until `shutdown_trigger` completes, or this
         task is cancelled), then shut down gracefully (1001 to every client) and return.
@@ -405,10 +408,7 @@ class WebSocketServerHelper:
             http_handler,
             shutdown_trigger=shutdown_trigger,
             on_listening=on_listening,
-            ssl=ssl,
-            health=health,
-            metrics=metrics,
-            reuse_port=reuse_port,
+            **serve_options,
         )
 
     async def shutdown(self) -> None:
@@ -567,6 +567,32 @@ class WebSocketServerHelper:
     def leave_room(self, client_id: str, room: str) -> bool:
         """Take a local client out of `room`; its own-id room cannot be left."""
         return self._rooms.leave_room(client_id, room)
+
+    def disconnect(
+        self,
+        client_id: str | None = None,
+        *,
+        user_id: str | None = None,
+        code: int = 1000,
+        reason: str = "",
+    ) -> int:
+        """Close one local client (any state), or every local session of a user, with
+        `code` and `reason`; returns how many were closed. The disconnect callbacks run as
+        for any close. (On every node: the HTTP API's /api/disconnect.)"""
+        if (client_id is None) == (user_id is None):
+            raise ValueError("give one of client_id or user_id")
+        return self._delivery.disconnect(client_id, user_id, code, reason)
+
+    async def history(
+        self, room: str, since: tuple[str, int] | None = None, limit: int | None = None
+    ) -> dict[str, Any]:
+        """What a history room keeps: `{"room", "epoch", "offset", "messages"}`, each
+        message `{"event", "data"?, "offset", "exclude"?}`, oldest first. Without `since`:
+        the messages kept (the newest `limit`). With `since` (epoch, offset): `recovered`
+        says whether every message after it is still kept; if so `messages` are those (the
+        first `limit`), else none. ValueError for a room without history; Redis errors
+        propagate."""
+        return await self._history.read(room, since, limit)
 
     async def presence(self, room: str) -> list[Member]:
         """The members of a presence room, each once: `{"clientId", "userId"?}` (no `userId`

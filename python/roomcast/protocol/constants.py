@@ -162,3 +162,11 @@ class ErrorMessages:
 ROOM_NAME_MAX_LENGTH = 256
 INTERNAL_ROOM_PREFIX = "ws:"
 EMITTER_SERVER_ID = "emitter"
+API_SERVER_ID = "api"
+"""The serverId of the HTTP API's envelopes (`roomcast.api`): no node's own, so every node
+delivers them, the one that published them too."""
+DISCONNECT_TYPE = "disconnect"
+"""Ours: an envelope that closes a client or a user's sessions (`protocol.disconnect_of`);
+the original's nodes drop envelope types they do not know."""
+CLOSE_REASON_LIMIT = 123
+"""Bytes of a close reason: a close frame's payload is at most 125 bytes, 2 of them the code."""

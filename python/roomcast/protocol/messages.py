@@ -9,6 +9,8 @@ from typing import Any, Final
 import orjson
 
 from .constants import (
+    CLOSE_REASON_LIMIT,
+    DISCONNECT_TYPE,
     INTERNAL_ROOM_PREFIX,
     ROOM_NAME_MAX_LENGTH,
     WebSocketEvents,
@@ -225,3 +227,33 @@ def recover_request(data: Any) -> dict[str, tuple[str, int]]:
         if type(epoch) is str and type(offset) is int and offset >= 0:
             wanted[room] = (epoch, offset)
     return wanted
+
+
+# -- disconnect envelopes (ours) --------------------------------------------------------
+
+DISCONNECT_SCOPES = ("client", "user")
+
+
+def valid_close_code(code: int) -> bool:
+    """A close code an application may send (RFC 6455 §7.4): 1000, or 3000-4999."""
+    return code == 1000 or 3000 <= code <= 4999
+
+
+def encode_disconnect(server_id: str, scope: str, target: str, code: int, reason: str) -> bytes:
+    """`{"serverId","type":"disconnect","target","event":"disconnect","data":{"scope",
+    "code","reason"}}`: close client `target` (scope "client") or every session of user
+    `target` (scope "user")."""
+    data = {"scope": scope, "code": code, "reason": reason}
+    return encode_envelope(server_id, DISCONNECT_TYPE, DISCONNECT_TYPE, data, target)
+
+
+def disconnect_of(data: Any) -> tuple[str, int, str] | None:
+    """(scope, code, reason) of a disconnect envelope's data; None when malformed."""
+    if type(data) is not dict:
+        return None
+    scope, code, reason = data.get("scope"), data.get("code"), data.get("reason")
+    if scope not in DISCONNECT_SCOPES or type(code) is not int or type(reason) is not str:
+        return None
+    if not valid_close_code(code) or len(reason.encode()) > CLOSE_REASON_LIMIT:
+        return None
+    return scope, code, reason

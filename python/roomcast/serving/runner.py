@@ -8,15 +8,17 @@ callbacks, close the broker, then return.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import inspect
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from ssl import SSLContext
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict, Unpack
 
 from ..transport.http import HttpHandler, WebServer
+from ..transport.httpapi import Api
 
 logger = logging.getLogger("roomcast")
 
@@ -44,6 +46,16 @@ def tune_gc() -> bool:
     return True
 
 
+class ServeOptions(TypedDict, total=False):
+    """The options of `WebSocketServerHelper.serve` that `run` passes on."""
+
+    ssl: SSLContext | None
+    health: bool
+    metrics: bool
+    reuse_port: bool
+    api: Api | None
+
+
 class Servable(Protocol):
     """What `run` drives (a `WebSocketServerHelper`)."""
 
@@ -60,15 +72,16 @@ class Servable(Protocol):
         health: bool = False,
         metrics: bool = False,
         reuse_port: bool = False,
+        api: Api | None = None,
     ) -> WebServer: ...
     async def shutdown(self) -> None: ...
 
 
-async def until_signalled(signals: tuple[signal.Signals, ...] = SHUTDOWN_SIGNALS) -> None:
-    """Return when one of `signals` arrives; their handlers are restored afterwards.
-
-    Outside the main thread (where Python cannot install handlers) it waits until cancelled.
-    """
+@contextlib.contextmanager
+def catching(signals: tuple[signal.Signals, ...] = SHUTDOWN_SIGNALS) -> Iterator[asyncio.Event]:
+    """An event set when one of `signals` arrives, while the block runs; the handlers are
+    removed afterwards. Outside the main thread (where Python cannot install handlers) the
+    event is never set: stop by cancelling."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     installed = []
@@ -80,10 +93,19 @@ async def until_signalled(signals: tuple[signal.Signals, ...] = SHUTDOWN_SIGNALS
             continue
         installed.append(sig)
     try:
-        await stop.wait()
+        yield stop
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
+
+
+async def until_signalled(signals: tuple[signal.Signals, ...] = SHUTDOWN_SIGNALS) -> None:
+    """Return when one of `signals` arrives; their handlers are restored afterwards.
+
+    Outside the main thread (where Python cannot install handlers) it waits until cancelled.
+    """
+    with catching(signals) as stop:
+        await stop.wait()
 
 
 async def run(
@@ -94,39 +116,47 @@ async def run(
     *,
     shutdown_trigger: Awaitable[Any] | None = None,
     on_listening: Callable[[WebServer], Any] | None = None,
-    **serve_options: Any,
+    **serve_options: Unpack[ServeOptions],
 ) -> None:
     """Serve `helper` on host:port until `shutdown_trigger` completes (default: SIGINT or
     SIGTERM) or the calling task is cancelled; then shut down gracefully and return.
-    `serve_options` go to `helper.serve` (`ssl`, `health`, `metrics`, `reuse_port`);
+    `serve_options` go to `helper.serve` (`ssl`, `health`, `metrics`, `reuse_port`, `api`);
     `on_listening(server)` runs once the port is bound (awaited if it is a coroutine).
 
     Errors of start-up (BrokerUnavailable, OSError for a port in use) propagate after the
     helper was shut down. Once listening, the garbage collector is tuned for a server
     (`tune_gc`), unless the application tuned it itself.
     """
-    try:
-        server = await helper.serve(host, port, http_handler, **serve_options)
-    except BaseException:
-        if inspect.iscoroutine(shutdown_trigger):
-            shutdown_trigger.close()  # never awaited: say so quietly
-        await helper.shutdown()
-        raise
-    try:
-        tune_gc()
-        logger.info(
-            "%s listening on ws://%s:%d%s",
-            helper.identifier,
-            host,
-            server.bound_port,
-            helper.get_path(),
-        )
-        if on_listening is not None:
-            result = on_listening(server)
-            if inspect.isawaitable(result):
-                await result
-        await (shutdown_trigger if shutdown_trigger is not None else until_signalled())
-    finally:
-        logger.info("%s shutting down", helper.identifier)
-        await server.stop()
-        await helper.shutdown()
+    with contextlib.ExitStack() as stack:
+        # Handlers first: a SIGTERM that arrives while starting, or right after the port is
+        # announced, still shuts down gracefully instead of killing the process.
+        signalled = stack.enter_context(catching()) if shutdown_trigger is None else None
+        try:
+            server = await helper.serve(host, port, http_handler, **serve_options)
+        except BaseException:
+            if inspect.iscoroutine(shutdown_trigger):
+                shutdown_trigger.close()  # never awaited: say so quietly
+            await helper.shutdown()
+            raise
+        try:
+            tune_gc()
+            logger.info(
+                "%s listening on ws://%s:%d%s",
+                helper.identifier,
+                host,
+                server.bound_port,
+                helper.get_path(),
+            )
+            if on_listening is not None:
+                result = on_listening(server)
+                if inspect.isawaitable(result):
+                    await result
+            if signalled is not None:
+                await signalled.wait()
+            else:
+                assert shutdown_trigger is not None
+                await shutdown_trigger
+        finally:
+            logger.info("%s shutting down", helper.identifier)
+            await server.stop()
+            await helper.shutdown()

@@ -24,6 +24,7 @@ from picows.picows import WSProtocol  # type: ignore[attr-defined]
 
 from ..log import PicowsLog, fault
 from ..protocol.constants import LISTEN_BACKLOG, ErrorMessages
+from .httpapi import API_PREFIX, Api, ApiConnection
 from .ports import Route
 from .upgrade import FirstBytesGuard, is_handshake, refusal
 
@@ -108,7 +109,10 @@ class WebServer:
         *,
         ssl: SSLContext | None = None,
         reuse_port: bool = False,
+        api: Api | None = None,
     ) -> None:
+        """`api`: the server HTTP API (`roomcast.serving.api`), answering every `/api/`
+        path that is not a WebSocket route; `start()` starts it and `stop()` closes it."""
         self.host = host
         self.port = port
         self.http_handler = http_handler or not_found
@@ -119,6 +123,9 @@ class WebServer:
         self._max_frame_size = DEFAULT_MAX_FRAME_SIZE
         self._handshake_timeout = DEFAULT_HANDSHAKE_TIMEOUT
         self._picows_logger = logging.getLogger("roomcast.picows")
+        self.api = api
+        self._divert = self._to_api if api is not None else None
+        self._api_connections: weakref.WeakSet[ApiConnection] = weakref.WeakSet()
 
     def route(self, helper: Route) -> None:
         """Send upgrade requests for `helper.get_path()` to `helper`; connections accepted
@@ -137,6 +144,8 @@ class WebServer:
         return int(self._server.sockets[0].getsockname()[1])
 
     async def start(self) -> None:
+        if self.api is not None:
+            await self.api.start()
         backlog = max(
             (int(h.server_options["backlog"]) for h in self._routes.values()),
             default=LISTEN_BACKLOG,
@@ -178,13 +187,32 @@ class WebServer:
             extra_headers=None,
             read_buffer_init_size=READ_BUFFER_INIT_SIZE,
         )
-        return FirstBytesGuard(protocol)
+        return FirstBytesGuard(protocol, self._divert)
+
+    def _to_api(self, head: bytes) -> asyncio.Protocol | None:
+        """An `ApiConnection` for a request line whose target is under /api/."""
+        start = head.find(b" ") + 1
+        if not head.startswith(b"/api", start):
+            return None
+        target = head[start : head.find(b" ", start)]
+        path = target.partition(b"?")[0].decode("latin-1")
+        if not (path.startswith(API_PREFIX) or path == API_PREFIX[:-1]) or path in self._routes:
+            return None
+        assert self.api is not None
+        connection = ApiConnection(self.api)
+        self._api_connections.add(connection)
+        return connection
 
     async def stop(self) -> None:
-        """Stop accepting; connections already open are the helpers' to close."""
+        """Stop accepting, and close the API (its info entry leaves Redis); connections
+        already open are the helpers' to close."""
         if self._server is not None:
             self._server.close()
             self._server = None
+        if self.api is not None:
+            for connection in list(self._api_connections):
+                connection.close()
+            await self.api.close()
 
     def _listener_factory(self, log: PicowsLog, request: WSUpgradeRequest) -> Any:
         path, _, query = request.path.decode("latin-1").partition("?")

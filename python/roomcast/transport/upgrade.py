@@ -13,7 +13,9 @@ and 8. Two small additions close the gaps:
   cannot start an HTTP request line (a TLS ClientHello, an SSH banner), it answers 400 and
   closes at once instead of waiting for a blank line that never comes. Once the request line
   looks like HTTP it hands the transport to picows' protocol (`set_protocol`), so it costs
-  nothing after the first read.
+  nothing after the first read. A request that `divert` claims (the server API's, which
+  picows cannot answer: it takes GET only and closes after each answer) goes to the protocol
+  `divert` gives instead, with the bytes read so far.
 
 A client that sends nothing, or its head a byte at a time, is closed by picows' handshake
 timeout (the server option `handshake_timeout`).
@@ -24,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import binascii
 from base64 import b64decode
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..log import fault
@@ -76,15 +78,21 @@ def request_line_verdict(head: bytes) -> bool | None:
     return False
 
 
+Divert = Callable[[bytes], "asyncio.Protocol | None"]
+"""Given a connection's first bytes (a whole request line), the protocol to take it, or None
+to leave it to picows."""
+
+
 class FirstBytesGuard(asyncio.BufferedProtocol):
     """Stands in front of picows' protocol until the request line looks like HTTP (see the
     module docstring). Reads go into the inner protocol's buffer; a bad start is answered
     here and never reaches it."""
 
-    __slots__ = ("_buffer", "_head", "_inner", "_transport")
+    __slots__ = ("_buffer", "_divert", "_head", "_inner", "_transport")
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, divert: Divert | None = None) -> None:
         self._inner = inner
+        self._divert = divert
         self._transport: Any = None
         self._buffer: memoryview | None = None
         self._head = b""
@@ -110,7 +118,14 @@ class FirstBytesGuard(asyncio.BufferedProtocol):
             self._transport.close()
             return
         if verdict:
-            self._head = b""
+            head, self._head = self._head, b""
+            other = None if self._divert is None else self._divert(head)
+            if other is not None:
+                self._inner.connection_lost(None)  # picows' side of it ends here, unread
+                self._transport.set_protocol(other)
+                other.connection_made(self._transport)
+                other.data_received(head)
+                return
             self._transport.set_protocol(self._inner)
         self._inner.buffer_updated(nbytes)
 

@@ -5,6 +5,7 @@
 - `interest`: what to subscribe, coalesced flushes, confirmations, delayed unsubscribe
 - `watchdog`: probes that catch a subscriber that silently stopped receiving
 - `cluster`: CLUSTER SLOTS discovery and the slot map (sharded pub/sub)
+- `sentinel`: the master of a Sentinel service, asked for at every session
 - `wire`: RESP encoding of the commands the broker writes itself
 - `replies`: reading replies; the only module that knows redis-py's private parser
 - `retry`: the one retry policy of every reconnect loop

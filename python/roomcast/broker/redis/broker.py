@@ -31,6 +31,7 @@ from ..protocol import BrokerState, BrokerUnavailable, OnMessage
 from .cluster import discover, probe_channel
 from .interest import Interest
 from .retry import RECONNECT
+from .sentinel import check_master
 from .session import Session, Shard
 from .target import RedisTarget
 from .watchdog import PROBE_PREFIX, Watchdog
@@ -117,6 +118,7 @@ class RedisBroker:
         self._state = _DOWN
         self._session: Session | None = None
         self._supervisor: asyncio.Task[None] | None = None
+        self._master_watch: asyncio.Task[None] | None = None
         self._down_since = 0.0
         self._down_reason = "not started"
         self._dropped_mark = 0
@@ -224,6 +226,25 @@ class RedisBroker:
         self._stats["published"] += 1
         return int(await future)
 
+    async def publish_many_wait(self, messages: list[tuple[str, bytes]]) -> list[int]:
+        """`publish_wait` for each, queued at once (the writer sends them in one write), then
+        waited for together. Raises BrokerUnavailable while disconnected."""
+        session = self._session
+        if session is None:
+            raise BrokerUnavailable(
+                f"redis at {self.target.describe()} is unavailable: {self._down_reason}"
+            )
+        assert self._loop is not None
+        create_future = self._loop.create_future
+        command = self._commands.publish_command
+        futures: list[asyncio.Future[Any]] = []
+        for channel, message in messages:
+            future = create_future()
+            session.shard_for(channel).enqueue(command(channel.encode(), message), future)
+            futures.append(future)
+        self._stats["published"] += len(futures)
+        return [int(n) for n in await asyncio.gather(*futures)]
+
     @property
     def wants_interest(self) -> bool:
         """Whether `interest()` changes anything: only in interest mode with a subscriber."""
@@ -245,6 +266,8 @@ class RedisBroker:
         self._watchdog.stop()
         await stop_task(self._supervisor)
         self._supervisor = None
+        await stop_task(self._master_watch)
+        self._master_watch = None
         session, self._session = self._session, None
         self._interest.session = self._watchdog.session = None
         if session is not None:
@@ -317,6 +340,30 @@ class RedisBroker:
         self._interest.attach(session)
         assert self._loop is not None
         self._watchdog.start(self._loop)
+        if self.target.sentinel is not None and self.watchdog_interval > 0:
+            if self._master_watch is not None:
+                self._master_watch.cancel()  # its session ended
+            self._master_watch = self._loop.create_task(self._watch_master(session))
+
+    async def _watch_master(self, session: Session) -> None:
+        """Sentinel: every watchdog interval, ask the sentinels whether the master is still
+        the server this session uses, and end the session when they name another. A master
+        that lost its sentinels but not its clients (a partition between them) keeps
+        answering after its replica was promoted: without this, the node would stay on it,
+        apart from the nodes on the new master, until the partition heals."""
+        service = self.target.sentinel
+        assert service is not None
+        shard = session.shards[0]
+        while not session.failed.done():
+            await asyncio.sleep(self.watchdog_interval)
+            try:
+                host, port = await service.discover(self.command_timeout)
+            except Exception as exc:  # sentinels away or failing over: the connections tell
+                logger.debug("sentinels of %s did not answer: %s", service.name, exc)
+                continue
+            if (host, port) != (shard.host, shard.port) and not session.failed.done():
+                session.fail(f"the sentinels name {host}:{port} as the master of {service.name}")
+                return
 
     async def _supervise(self) -> None:
         """Wait for the session to fail, then reopen one under the retry policy, forever."""
@@ -372,6 +419,11 @@ class RedisBroker:
             nodes, slot_map = await discover(
                 self.target, self.sharded, connect_timeout, self.command_timeout
             )
+        elif self.target.sentinel is not None:
+            # Asked at every session: after a failover, the new master.
+            # (A sentinel that does not answer costs at most the command timeout.)
+            asked = min(connect_timeout(), self.command_timeout)
+            nodes, slot_map = [await self.target.sentinel.discover(asked)], None
         else:
             nodes, slot_map = [self.target.nodes[0]], None
         shards = [Shard(host, port, self._commands) for host, port in nodes]
@@ -388,6 +440,8 @@ class RedisBroker:
             self._interest.dirty.clear()
             for index, shard in enumerate(shards):
                 shard.pub = await self.target.connect(shard.host, shard.port, connect_timeout())
+                if self.target.sentinel is not None:
+                    await check_master(shard.pub, self.target.sentinel, connect_timeout())
                 if not self.publisher_only:
                     shard.set_probe(probe_channel(self._probe_prefix, slot_map, index))
                     shard.sub = await self.target.connect(shard.host, shard.port, connect_timeout())

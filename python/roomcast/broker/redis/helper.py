@@ -1,4 +1,5 @@
-"""Redis helpers: `RedisHelper` (one server) and `RedisClusterHelper` (Redis Cluster).
+"""Redis helpers: `RedisHelper` (one server), `RedisClusterHelper` (Redis Cluster) and
+`RedisSentinelHelper` (a master found through Redis Sentinel).
 
 A helper holds connection settings. It gives the application a redis-py asyncio client
 (`get_client()`, created on first use, hiredis parser) and gives the WebSocket server and the
@@ -6,9 +7,12 @@ emitter brokers (`create_broker()`) that open their own publisher and subscriber
 so the application's use of its client is never disturbed by pub/sub.
 
 URLs (`connection_from_url`): `redis://[[user]:password@]host[:port][/db]`, `rediss://...`
-(TLS), `redis+cluster://[[user]:password@]host:port[,host:port...]` and `rediss+cluster://`.
-roomcast's own options may be given as query parameters: `subscribe=interest|pattern`,
-`sharded=yes|no` (cluster only).
+(TLS), `redis+cluster://[[user]:password@]host:port[,host:port...]`, `rediss+cluster://`,
+`redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service[/db]` and
+`rediss+sentinel://` (TLS to the master and the sentinels); `valkey` may stand for `redis` in
+each (`valkey://`, `valkeys://`, `valkey+cluster://`, `valkey+sentinel://`...). roomcast's own
+options may be given as query parameters: `subscribe=interest|pattern`, `sharded=yes|no`
+(cluster only), and for Sentinel `sentinel_username=`, `sentinel_password=`.
 """
 
 from __future__ import annotations
@@ -30,11 +34,14 @@ from redis.asyncio.connection import (
 
 from ..protocol import BrokerUnavailable
 from . import INTEREST, RECONNECT, RedisBroker, RedisTarget
+from .sentinel import DEFAULT_PORT as SENTINEL_PORT
+from .sentinel import SentinelService
 
 logger = logging.getLogger("roomcast.redis")
 
 DEFAULT_READY_TIMEOUT = 30.0
 _URL_OPTIONS = ("subscribe", "sharded")
+SENTINEL_SCHEMES = ("redis+sentinel://", "rediss+sentinel://")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
@@ -181,7 +188,7 @@ class RedisHelper(DefaultRedisHelper):
     ) -> None:
         url_options: dict[str, Any] = {}
         if url is not None:
-            url, url_options = _own_options(url)
+            url, url_options = _own_options(redis_scheme(url))
             kwargs: dict[str, Any] = dict(parse_url(url))
             connection_class = kwargs.pop("connection_class", Connection)
             if connection_class is UnixDomainSocketConnection:
@@ -250,7 +257,7 @@ class RedisClusterHelper(DefaultRedisHelper):
     ) -> None:
         url_options: dict[str, Any] = {}
         if isinstance(url_or_nodes, str):
-            url, url_options = _own_options(url_or_nodes)
+            url, url_options = _own_options(redis_scheme(url_or_nodes))
             seeds, url_user, url_password, ssl_url = _parse_cluster_url(url)
             username = username if username is not None else url_user
             password = password if password is not None else url_password
@@ -292,16 +299,132 @@ class RedisClusterHelper(DefaultRedisHelper):
         await client.ping()
 
 
+class RedisSentinelHelper(DefaultRedisHelper):
+    """The master of a Redis Sentinel service, from a `redis+sentinel://` URL or from
+    `sentinels` (`"host:port"` strings, `(host, port)` tuples or `{"host", "port"}`
+    mappings; port 26379 when absent) and `service_name`.
+
+    Every connection asks the sentinels where the master is when it opens, so after a
+    failover the server, the emitter, history and presence reconnect to the new master.
+    `password`/`username`/`db` are the master's; `sentinel_password`/`sentinel_username`
+    authenticate to the sentinels (when they have `requirepass`); `ssl` (or
+    `rediss+sentinel://`) uses TLS to both, with the same `ssl_*` options. Extra keywords go
+    to redis-py's connections to the master.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        sentinels: list[Any] | tuple[Any, ...] | None = None,
+        service_name: str | None = None,
+        password: str | None = None,
+        username: str | None = None,
+        db: int | None = None,
+        ssl: bool = False,
+        sentinel_password: str | None = None,
+        sentinel_username: str | None = None,
+        name: str = "RedisSentinelHelper",
+        subscribe: str | None = None,
+        ready_timeout: float = DEFAULT_READY_TIMEOUT,
+        unsubscribe_delay: float = 2.0,
+        watchdog_interval: float = 5.0,
+        command_timeout: float = 5.0,
+        publish_buffer_limit: int = 32 * 1024 * 1024,
+        **redis_kwargs: Any,
+    ) -> None:
+        url_options: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {}
+        if url is not None:
+            url, url_options = _own_options(redis_scheme(url))
+            hosts, url_service, kwargs, ssl_url = _parse_sentinel_url(url)
+            seeds = hosts if sentinels is None else [_sentinel(n) for n in sentinels]
+            service_name = service_name or url_service
+            ssl = ssl or ssl_url
+        else:
+            seeds = [_sentinel(n) for n in sentinels or ()]
+        if not seeds:
+            raise ValueError("redis sentinel needs at least one sentinel (host:port)")
+        if not service_name:
+            raise ValueError(
+                "redis sentinel needs the service (master) name: "
+                "redis+sentinel://host:26379/mymaster"
+            )
+        if url_options.get("sharded"):
+            raise ValueError("sharded pub/sub needs redis+cluster://")
+        for key, value in (("password", password), ("username", username), ("db", db)):
+            if value is not None:
+                kwargs[key] = value
+        kwargs.update(redis_kwargs)
+        sentinel_password = url_options.get("sentinel_password", sentinel_password)
+        sentinel_username = url_options.get("sentinel_username", sentinel_username)
+        sentinel_kwargs: dict[str, Any] = {}
+        if sentinel_password is not None:
+            sentinel_kwargs["password"] = sentinel_password
+        if sentinel_username is not None:
+            sentinel_kwargs["username"] = sentinel_username
+        if ssl:  # one CA (and client certificate) for the whole set-up
+            sentinel_kwargs["ssl"] = True
+            sentinel_kwargs.update((k, v) for k, v in kwargs.items() if k.startswith("ssl_"))
+        service = SentinelService(service_name, tuple(seeds), sentinel_kwargs)
+        target = RedisTarget(
+            tuple(seeds), False, SSLConnection if ssl else Connection, kwargs, service
+        )
+        super().__init__(
+            name,
+            target,
+            subscribe=subscribe or url_options.get("subscribe", INTEREST),
+            ready_timeout=ready_timeout,
+            unsubscribe_delay=unsubscribe_delay,
+            watchdog_interval=watchdog_interval,
+            command_timeout=command_timeout,
+            publish_buffer_limit=publish_buffer_limit,
+        )
+
+    @property
+    def service(self) -> SentinelService:
+        assert self.target.sentinel is not None
+        return self.target.sentinel
+
+    def _make_client(self) -> Redis:
+        return self.service.master_client(
+            self.target.connection_class, self.target.connection_kwargs
+        )
+
+    async def master_address(self) -> tuple[str, int]:
+        """Where the sentinels say the master is now."""
+        return await self.service.discover(self._options["command_timeout"])
+
+    async def _ping_once(self) -> None:
+        await self.master_address()  # its errors say which sentinel failed and why
+        await self.get_client().ping()
+
+
+def redis_scheme(url: str) -> str:
+    """`url` with a `valkey` scheme (`valkey://`, `valkeys+cluster://`...) spelled `redis`:
+    Valkey speaks Redis' protocol, so it is the same connection."""
+    scheme, sep, rest = url.partition("://")
+    lowered = scheme.lower()
+    if sep and lowered.startswith("valkey"):
+        return "redis" + lowered[len("valkey") :] + sep + rest
+    return url
+
+
 def connection_from_url(url: str, **options: Any) -> DefaultRedisHelper:
-    """A RedisHelper or RedisClusterHelper for a `redis://`, `rediss://`,
-    `redis+cluster://` or `rediss+cluster://` URL; `options` as for the helpers."""
-    if url.startswith(("redis+cluster://", "rediss+cluster://")):
+    """A RedisHelper, RedisClusterHelper or RedisSentinelHelper for a `redis://`,
+    `rediss://`, `redis+cluster://`, `rediss+cluster://`, `redis+sentinel://` or
+    `rediss+sentinel://` URL (or the same with `valkey` for `redis`); `options` as for the
+    helpers."""
+    spelled = redis_scheme(url)
+    if spelled.startswith(("redis+cluster://", "rediss+cluster://")):
         return RedisClusterHelper(url, **options)
-    if url.startswith(("redis://", "rediss://")):
+    if spelled.startswith(SENTINEL_SCHEMES):
+        return RedisSentinelHelper(url, **options)
+    if spelled.startswith(("redis://", "rediss://")):
         return RedisHelper(url, **options)
     raise ValueError(
-        f"unsupported redis url: {url} (use redis://, rediss://, redis+cluster:// "
-        "or rediss+cluster://)"
+        f"unsupported redis url: {url} (use redis://, rediss://, redis+cluster://, "
+        "rediss+cluster://, redis+sentinel:// or rediss+sentinel://; valkey for redis works too)"
     )
 
 
@@ -318,6 +441,8 @@ def _own_options(url: str) -> tuple[str, dict[str, Any]]:
     for key, value in parse_qsl(query, keep_blank_values=True):
         if key == "subscribe":
             options["subscribe"] = value
+        elif key in ("sentinel_password", "sentinel_username") and "+sentinel://" in base:
+            options[key] = value
         elif key == "sharded":
             lowered = value.lower()
             if lowered not in _TRUE + _FALSE:
@@ -346,6 +471,43 @@ def _parse_cluster_url(url: str) -> tuple[list[tuple[str, int]], str | None, str
     return seeds, username, password, scheme == "rediss+cluster"
 
 
+def _parse_sentinel_url(
+    url: str,
+) -> tuple[list[tuple[str, int]], str, dict[str, Any], bool]:
+    """(sentinels, service name, the master's connection keywords, TLS) of a
+    `redis+sentinel://` URL; the keywords as redis-py parses a `redis://` URL (credentials,
+    db, query options)."""
+    scheme, _, rest = url.partition("://")
+    rest, qmark, query = rest.partition("?")
+    userinfo, at, rest = rest.rpartition("@")
+    hosts, _, path = rest.partition("/")
+    service, _, db = path.partition("/")
+    db = db.strip("/")
+    if "/" in db:
+        raise ValueError(f"a sentinel url is .../service[/db]: {url}")
+    if db and not db.isdigit():
+        raise ValueError(f"the database of a sentinel url is a number: {url}")
+    seeds = [_sentinel(item) for item in hosts.split(",") if item.strip()]
+    tls = scheme == "rediss+sentinel"
+    # The master's settings as redis-py reads them from a one-server URL.
+    single = f"{'rediss' if tls else 'redis'}://{userinfo}{at}sentinel/{db}"
+    kwargs: dict[str, Any] = dict(parse_url(single + (qmark + query if query else "")))
+    for key in ("host", "port", "connection_class"):
+        kwargs.pop(key, None)
+    return seeds, unquote(service), kwargs, tls
+
+
+def _sentinel(node: Any) -> tuple[str, int]:
+    """A sentinel's address; port 26379 when it names none."""
+    if isinstance(node, str) and not node.strip().startswith("[") and ":" not in node:
+        return node.strip(), SENTINEL_PORT
+    if isinstance(node, str) and node.strip().startswith("[") and "]:" not in node:
+        return node.strip()[1:].rstrip("]"), SENTINEL_PORT
+    if isinstance(node, dict) and "port" not in node:
+        return str(node["host"]), SENTINEL_PORT
+    return _node(node)
+
+
 def _node(node: Any) -> tuple[str, int]:
     if isinstance(node, str):
         text = node.strip()
@@ -367,8 +529,11 @@ def _node(node: Any) -> tuple[str, int]:
 
 
 __all__ = [
+    "SENTINEL_SCHEMES",
     "DefaultRedisHelper",
     "RedisClusterHelper",
     "RedisHelper",
+    "RedisSentinelHelper",
     "connection_from_url",
+    "redis_scheme",
 ]

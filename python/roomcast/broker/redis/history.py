@@ -69,6 +69,15 @@ end
 return {epoch, offset, ms, entries}
 """
 
+# KEYS: stream, meta. Returns {epoch ('' for none yet), offset, now ms, every entry kept}.
+KEPT = """
+local epoch = redis.call('HGET', KEYS[2], 'epoch') or ''
+local offset = tonumber(redis.call('HGET', KEYS[2], 'offset') or '0')
+local now = redis.call('TIME')
+local ms = now[1] * 1000 + math.floor(now[2] / 1000)
+return {epoch, offset, ms, redis.call('XRANGE', KEYS[1], '-', '+')}
+"""
+
 
 # Reads in flight at once per node: a reconnect burst (a thousand recoveries) waits its
 # turn instead of failing past redis-py's connection limit (100 per pool or cluster node)
@@ -95,6 +104,8 @@ def client_for(target: RedisTarget, name: str | None = None) -> Any:
             ssl=ssl,
             **kwargs,
         )
+    if target.sentinel is not None:
+        return target.sentinel.master_client(target.connection_class, kwargs)
     ((host, port),) = target.nodes
     from redis.asyncio import ConnectionPool
 
@@ -119,6 +130,7 @@ class _Script:
 
 _APPEND = _Script(APPEND)
 _READ = _Script(READ)
+_KEPT = _Script(KEPT)
 
 # The most appends one pipeline of the writer carries.
 WRITE_BATCH = 256
@@ -318,6 +330,20 @@ class RedisHistory:
         if expected != room_offset + 1:
             return room_epoch, room_offset, None
         return room_epoch, room_offset, messages
+
+    async def kept(self, room: str) -> tuple[str, int, list[bytes]]:
+        """(epoch, offset, the envelopes still kept and younger than the TTL, in order); a
+        room without history yet has the epoch "" and offset 0."""
+        async with self._reads:
+            reply = await _KEPT(await self._redis(), keys_of(room), [])
+        epoch, offset, now = _text(reply[0]), int(reply[1]), int(reply[2])
+        oldest = now - self.ttl_ms
+        messages = []
+        for _, fields in reply[3] or ():
+            values = _fields(fields)
+            if int(values.get(b"t", b"0")) >= oldest:
+                messages.append(values[b"m"])
+        return epoch, offset, messages
 
     async def close(self) -> None:
         for task in (self._writer, self._beside):

@@ -10,17 +10,23 @@ from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from .sentinel import SentinelService
+
 
 @dataclass(frozen=True)
 class RedisTarget:
-    """Where and how to connect: one server, or the seed nodes of a cluster."""
+    """Where and how to connect: one server, the seed nodes of a cluster, or the master of
+    a Sentinel service (`sentinel`; `nodes` are then its sentinels)."""
 
     nodes: tuple[tuple[str, int], ...]
     cluster: bool = False
     connection_class: type[Connection] = Connection
     connection_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    sentinel: SentinelService | None = None
 
     def describe(self) -> str:
+        if self.sentinel is not None:
+            return self.sentinel.describe()
         return ",".join(f"{host}:{port}" for host, port in self.nodes)
 
     def connection(self, host: str, port: int, connect_timeout: float) -> Connection:
