@@ -115,7 +115,11 @@ def encrypted(clients_n: int, rounds: int, size: int, count: int) -> list[dict[s
 
 
 def stall(
-    clients_n: int, rounds: int, count: int = 20, pass_sockets: int | None = None
+    clients_n: int,
+    rounds: int,
+    count: int = 20,
+    pass_sockets: int | None = None,
+    gap: float = 0.05,
 ) -> list[dict[str, Any]]:
     """`count` broadcasts to `clients_n` clients per round, written in bounded passes
     (`parts`: `pass_sockets`, else the default) and in one pass each (`whole`), rounds
@@ -128,7 +132,7 @@ def stall(
         expected = received(gens)
         for _ in range(rounds):
             for mode in modes:
-                http_json(port, f"/stall?mode={mode}&count={count}")
+                http_json(port, f"/stall?mode={mode}&count={count}&gap={gap}")
                 while "pending" in (result := http_json(port, "/result")):
                     time.sleep(0.02)
                 assert result["recipients"] == clients_n * count, result
@@ -145,6 +149,7 @@ def stall(
                         "clients": clients_n,
                         "pass_sockets": pass_sockets or "default",
                         "messages": count,
+                        "gap_s": gap,
                         "rounds": rounds,
                         "cpu_ns_per_delivery": statistics.median(r["cpu"] for r in runs)
                         / (clients_n * count)
@@ -214,9 +219,11 @@ def run_stall(ctx: Context, _: None) -> list[Row]:
     count = 3 if opts.quick else 20
     # ROOMCAST_BENCH_PASS_SOCKETS=256,1024,4096: one run per bound (to choose it).
     bounds = [int(b) for b in os.environ.get("ROOMCAST_BENCH_PASS_SOCKETS", "0").split(",")]
+    # ROOMCAST_BENCH_STALL_GAP=0.1: broadcasts further apart (below saturation).
+    gap = float(os.environ.get("ROOMCAST_BENCH_STALL_GAP", "0.05"))
     return [
         row
         for n in opts.counts
         for bound in bounds
-        for row in stall(n, opts.rounds, count, bound or None)
+        for row in stall(n, opts.rounds, count, bound or None, gap)
     ]

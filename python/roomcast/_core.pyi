@@ -73,7 +73,7 @@ class Hub:
         on_overflow: Callable[[Any], Any] | None = None,
         on_interest: Callable[[], Any] | None = None,
         direct_writes: bool = False,
-        pass_sockets: int = 1024,
+        pass_sockets: int = 256,
         pass_bytes: int = 4194304,
         resume: Callable[[Callable[[], None]], Any] | None = None,
     ) -> Self: ...

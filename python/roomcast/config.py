@@ -34,7 +34,7 @@ OPTION_DEFAULTS: dict[str, Any] = {
     # A flush writes at most this many clients, or bytes, before it lets the loop run
     # (reads, timers, other rooms) and goes on with the rest: one pass over a very large
     # room does not hold up everything behind it.
-    "pass_sockets": 1024,
+    "pass_sockets": 256,
     "pass_bytes": 4 << 20,
     # History and presence (SPEC §10): globs of room names (None: no room), the messages a
     # history room keeps and for how many seconds, how long a dead node's members linger.

@@ -87,11 +87,12 @@ impl Hub {
         on_overflow = None,
         on_interest = None,
         direct_writes = false,
-        // A scheduled flush writes at most 1,024 connections before it lets the loop run
-        // (then resumes): at 3-5 us of CPU per send on loopback, 3-5 ms. Or 4 MiB (a
-        // client that fell behind takes more per send). Measured with `python -m benches
-        // saturate` (benches/README.md). Literals: the Python signature shows them.
-        pass_sockets = 1024,
+        // A scheduled flush writes at most 256 connections before it lets the loop run
+        // (then resumes): at 3-6 us of CPU per send on loopback, about 1-1.5 ms. Or 4 MiB
+        // (a client that fell behind takes more per send). Chosen with `python -m benches
+        // stall` (256 against 1,024 and 4,096: benches/README.md). Literals: the Python
+        // signature shows them.
+        pass_sockets = 256,
         pass_bytes = 4_194_304,
         resume = None,
     ))]
