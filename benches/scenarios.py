@@ -19,6 +19,7 @@ MODULES = (
     "benches.compiled",
     "benches.history",
     "benches.hundredk",
+    "benches.recoverystorm",
 )
 
 

@@ -122,16 +122,33 @@ class Hub:
     ) -> int:
         """Message ``offset`` of history room ``room`` to its members, in the room's offset
         order (held for recovering members, skipped for floored ones); the owners of the
-        encrypted members that get it are appended to ``encrypted`` when given."""
+        encrypted members that get it are appended to ``encrypted`` when given. Returns how
+        many it was queued for, or -1 when the room's offset went back under the same epoch
+        (delivered to no one: the caller starts a new epoch)."""
     def hold_history(self, handle: int, room: str, hold: bool = True) -> bool:
         """Holds the member's live messages of ``room`` from now on (its recovery is being
         read); ``hold=False`` stops and drops them. False if not a member."""
-    def held_first(self, handle: int, room: str) -> int | None:
-        """Offset of the first live message held for the member in ``room``, if any."""
+    def held_first(
+        self, handle: int, room: str, epoch: str | None = None
+    ) -> tuple[str, int] | None:
+        """``(epoch, offset)`` of the first live message held for the member in ``room`` (of
+        ``epoch``, when given)."""
+    def held_epoch(self, handle: int, room: str) -> str | None:
+        """Epoch of the last live message held for the member in ``room``."""
+    def held_bytes(self, handle: int, room: str) -> int:
+        """Bytes held for the member in ``room`` (0 when not recovering)."""
+    def take_held(
+        self, handle: int, room: str, epoch: str, offset: int, budget: int
+    ) -> list[tuple[int, bytes]]:
+        """``[(offset, payload), ...]``: the messages held for the member in ``room`` of
+        ``epoch`` above ``offset``, in offset order, each once, up to ``budget`` bytes (at
+        least one), taken while still holding; ``[]`` when none is left."""
     def release_history(self, handle: int, room: str, epoch: str, offset: int) -> list[bytes]:
         """Ends the member's recovery once its replay and ``joined`` are queued: queues the
-        held messages above ``offset`` in offset order, each once, and returns ``[]``; for
-        an encrypted member, returns their payloads for the caller to seal instead."""
+        held messages of ``epoch`` above ``offset`` in offset order, each once, and returns
+        ``[]``; for an encrypted member, returns their payloads for the caller to seal
+        instead. An empty ``epoch`` (unreadable history) stands for the epoch of the first
+        held message."""
     def broadcast(self, payload: bytes, exclude: list[str] | None = None) -> int: ...
     def encrypted_owners(
         self, room: str | None, user_id: str | None, exclude: list[str] | None = None

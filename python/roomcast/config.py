@@ -41,6 +41,12 @@ OPTION_DEFAULTS: dict[str, Any] = {
     "history_rooms": None,
     "history_size": 100,
     "history_ttl": 300.0,
+    # Seconds any Redis call of the history may take (past it: delivered without an offset,
+    # recovered: false), the bytes waiting for the history writer, the seconds a recovery's
+    # replay may wait for the client's socket to drain.
+    "history_timeout": 1.0,
+    "history_queue_limit": 8 * 1024 * 1024,
+    "recovery_timeout": 10.0,
     "presence_rooms": None,
     "presence_ttl": 30.0,
     # presence-join / presence-leave events to the members of presence rooms.
@@ -61,6 +67,9 @@ OPTION_ALIASES = {
     "historyRooms": "history_rooms",
     "historySize": "history_size",
     "historyTtl": "history_ttl",
+    "historyTimeout": "history_timeout",
+    "historyQueueLimit": "history_queue_limit",
+    "recoveryTimeout": "recovery_timeout",
     "presenceRooms": "presence_rooms",
     "presenceTtl": "presence_ttl",
     "presenceEvents": "presence_events",
@@ -107,7 +116,10 @@ def _check_history(resolved: dict[str, Any]) -> None:
         raise ValueError(f"presence_events must be true or false: {resolved['presence_events']!r}")
     if resolved["presence_events"] and resolved["presence_rooms"] is None:
         raise ValueError("presence_events needs presence_rooms (the rooms that have presence)")
-    for name in ("history_ttl", "presence_ttl"):
+    limit = resolved["history_queue_limit"]
+    if type(limit) is not int or limit < 1:
+        raise ValueError(f"history_queue_limit must be a positive integer: {limit!r}")
+    for name in ("history_ttl", "presence_ttl", "history_timeout", "recovery_timeout"):
         if not float(resolved[name]) > 0:
             raise ValueError(f"{name} must be positive: {resolved[name]}")
         resolved[name] = float(resolved[name])

@@ -78,7 +78,9 @@ class WebSocketEmitter:
         if not isinstance(broker, RedisBroker) or broker.sharded:
             raise ValueError("history_rooms needs redis with classic pub/sub (not sharded)")
         size, ttl = resolved["history_size"], resolved["history_ttl"]
-        self._history = RedisHistory(broker.target, size, ttl)
+        self._history = RedisHistory(
+            broker.target, size, ttl, timeout=float(resolved["history_timeout"])
+        )
         self._is_history = RoomGlob(resolved["history_rooms"])
 
     async def _servers_settings(self) -> None:

@@ -67,6 +67,9 @@ class ServeConfig:
     history_rooms: str | None = None
     history_size: int = _SERVER.options["history_size"]
     history_ttl: float = _SERVER.options["history_ttl"]
+    history_timeout: float = _SERVER.options["history_timeout"]
+    history_queue_limit: int = _SERVER.options["history_queue_limit"]
+    recovery_timeout: float = _SERVER.options["recovery_timeout"]
     presence_rooms: str | None = None
     presence_ttl: float = _SERVER.options["presence_ttl"]
     presence_events: bool = False
@@ -99,6 +102,9 @@ class ServeConfig:
                 "history_rooms": self.history_rooms,
                 "history_size": self.history_size,
                 "history_ttl": self.history_ttl,
+                "history_timeout": self.history_timeout,
+                "history_queue_limit": self.history_queue_limit,
+                "recovery_timeout": self.recovery_timeout,
                 "presence_rooms": self.presence_rooms,
                 "presence_ttl": self.presence_ttl,
                 "presence_events": self.presence_events,
@@ -256,6 +262,24 @@ _SERVE_FLAGS: list[tuple[str, Callable[[str], Any] | None, str]] = [
     ("--history-rooms", _glob, "glob of rooms that keep history (default none)"),
     ("--history-size", _positive_int, "messages a history room keeps (default 100)"),
     ("--history-ttl-ms", _positive_int, "ms a history room keeps a message (default 300000)"),
+    (
+        "--history-timeout-ms",
+        _positive_int,
+        "ms any Redis call of the history may take; past it messages go out without an "
+        "offset and recoveries answer recovered: false (default 1000)",
+    ),
+    (
+        "--history-queue-limit",
+        _positive_int,
+        "bytes waiting for the history writer; past it messages go out without an offset "
+        "(default 8388608)",
+    ),
+    (
+        "--recovery-timeout-ms",
+        _positive_int,
+        "ms a recovery's replay may wait for the client to read; then recovered: false "
+        "(default 10000)",
+    ),
     ("--presence-rooms", _glob, "glob of rooms with cluster-wide presence (default none)"),
     (
         "--presence-ttl-ms",

@@ -19,7 +19,7 @@ from .._core import Hub
 from ..broker.history import Entry, HistoryStore, MemoryHistory
 from ..broker.memory import MemoryBroker
 from ..broker.protocol import Broker
-from ..broker.redis.history import RedisHistory
+from ..broker.redis.history import HistoryUnavailable, RedisHistory
 from ..broker.redis.settings import keep_settings
 from ..log import client_extra
 from ..protocol.constants import WebSocketChannels, WebSocketMessageTypes
@@ -33,12 +33,19 @@ from ..protocol.messages import (
     history_frame,
 )
 from ..transport.connection import Client
+from .replay import send_paced
 from .sender import Sender
 from .tasks import Tasks
 
 logger = logging.getLogger("roomcast")
 
 JOINED = "joined"
+# Why a `joined` says `recovered: false` when it is not the history's answer (a `reason`).
+UNAVAILABLE = "history unavailable"
+TOO_SLOW = "client too slow"
+RESET = "history reset during recovery"
+# Reads of a room's position again when its epoch changed while a recovery was read.
+REREADS = 2
 # Unnumbered messages to a history room are logged once per spell: again only after this
 # many seconds without one.
 UNNUMBERED_QUIET = 60
@@ -76,7 +83,9 @@ class History:
 
     A room's offset order, the live messages held while a member's recovery is read and the
     floors after it (a late live copy of a recovered message is not sent again) are the
-    hub's: `send_history`, `hold_history`, `release_history` (rust/core/src/history.rs)."""
+    hub's: `send_history`, `hold_history`, `take_held`, `release_history`
+    (rust/core/src/history.rs). Recoveries are paced against the client's socket
+    (`roomcast.node.replay`); every Redis call has `history_timeout`."""
 
     def __init__(
         self,
@@ -99,6 +108,7 @@ class History:
         self._remote: RedisHistory | None = None
         self._unnumbered = 0  # history room messages that came without an offset
         self._unnumbered_at = -float("inf")  # when the last one came (monotonic)
+        self._resets: set[tuple[str, str]] = set()  # (room, epoch) whose reset is under way
 
     def start(self) -> None:
         """At configure: the store the options and the broker call for, if any room keeps
@@ -119,7 +129,14 @@ class History:
                     "history_rooms needs the memory:// broker or redis with classic pub/sub "
                     "(not sharded)"
                 )
-            self._remote = RedisHistory(broker.target, size, ttl)
+            self._remote = RedisHistory(
+                broker.target,
+                size,
+                ttl,
+                timeout=float(options["history_timeout"]),
+                queue_limit=int(options["history_queue_limit"]),
+                on_unnumbered=self._unnumbered_own,
+            )
             # The emitter reads them (`roomcast.broker.redis.settings`).
             loop = asyncio.get_running_loop()
             self._remote.own(loop.create_task(keep_settings(self._remote, glob)))
@@ -214,16 +231,21 @@ class History:
                 self._tasks.spawn(self._recover(client, room, recover.get(room)))
                 continue
             epoch, offset = store.position(room)
-            recovered = False
             wanted = recover.get(room)
-            if wanted is not None:
-                entries = store.since(room, *wanted)
-                if entries is not None:
-                    recovered = True
-                    for entry in entries:
-                        if client.id not in entry.exclude:
-                            position = (room, entry.offset)
-                            one(client, entry.frame, entry.event, entry.data, position)
+            entries = None if wanted is None else store.since(room, *wanted)
+            recovered = entries is not None
+            replay = [
+                (e.offset, e.frame, e.event, e.data)
+                for e in entries or ()
+                if client.id not in e.exclude
+            ]
+            if not client.encrypted and sum(len(r[1]) for r in replay) > self._step_limit():
+                # More than the socket may hold at once: paced, live messages held meanwhile.
+                self._hub.hold_history(client.handle, room)
+                self._tasks.spawn(self._finish(client, room, epoch, offset, replay, recovered))
+                continue
+            for entry_offset, frame, event, message in replay:
+                one(client, frame, event, message, (room, entry_offset))
             data = {"room": room, "epoch": epoch, "offset": offset, "recovered": recovered}
             one(client, encode(JOINED, data), JOINED, data)
 
@@ -240,29 +262,39 @@ class History:
             self._deliver_unnumbered(room, envelope)
         return True
 
-    def _deliver_unnumbered(self, room: str, envelope: Envelope) -> None:
+    def _deliver_unnumbered(self, room: str, envelope: Envelope, why: str | None = None) -> None:
         """As a plain room message: no offset, not kept. Presence events are meant so; any
         other is counted (`stats()["history_unnumbered"]`) and logged once per spell."""
         event = envelope.event
         if event not in PRESENCE_EVENTS:
-            self._count_unnumbered(room, envelope.server_id)
+            self._count_unnumbered(room, envelope.server_id, why)
         self._sender.room(room, event, envelope.data, envelope.exclude)
 
-    def _count_unnumbered(self, room: str, sender: str) -> None:
+    def _count_unnumbered(self, room: str, sender: str, why: str | None = None) -> None:
         self._unnumbered += 1
         now = time.monotonic()
         if now - self._unnumbered_at > UNNUMBERED_QUIET:
             logger.warning(
-                "message to history room %s without an offset (from %s: a node or emitter "
-                "that does not number it, e.g. the original's, or an emitter without the "
-                "history settings) delivered as a plain message, not kept; such messages are "
-                "counted in stats()['history_unnumbered'] and logged again after %d s "
-                "without one",
+                "message to history room %s without an offset (%s) delivered as a plain "
+                "message, not kept; such messages are counted in "
+                "stats()['history_unnumbered'] and logged again after %d s without one",
                 room,
-                sender,
+                why
+                or f"from {sender}: a node or emitter that does not number it, e.g. the "
+                "original's, or an emitter without the history settings",
                 UNNUMBERED_QUIET,
             )
         self._unnumbered_at = now
+
+    def _unnumbered_own(self, room: str, channel: str, raw: bytes) -> None:
+        """A message of this node's the store could not number in time (Redis down or too
+        slow, the writer's queue full): live to the local members without an offset, and to
+        the other nodes' through the broker (which they deliver unnumbered too)."""
+        envelope = decode_envelope(raw)
+        if envelope is None:
+            return
+        self._deliver_unnumbered(room, envelope, "redis history did not number it in time")
+        self._broker.publish(channel, raw)
 
     def stats(self) -> dict[str, int]:
         """For `stats()`: history messages delivered without an offset, history writes
@@ -281,17 +313,57 @@ class History:
         assert offset is not None
         event, data = envelope.event, envelope.data
         frame = history_frame(event, data, room, offset)
-        self._sender.numbered(
-            room, envelope.epoch or "", offset, frame, envelope.exclude, event, data
-        )
+        epoch = envelope.epoch or ""
+        if self._sender.numbered(room, epoch, offset, frame, envelope.exclude, event, data) < 0:
+            self._rolled_back(room, epoch, envelope)
+
+    def _rolled_back(self, room: str, epoch: str, envelope: Envelope) -> None:
+        """The room's offsets went back under `epoch` (a restore, a replica promoted before
+        it caught up): the message goes out live without an offset, and the room gets a new
+        epoch (once, whichever node sees it first), so no client recovers across the two."""
+        self._deliver_unnumbered(room, envelope, f"its offset went back under epoch {epoch}")
+        remote = self._remote
+        if remote is None or (room, epoch) in self._resets:
+            return
+        self._resets.add((room, epoch))
+        self._tasks.spawn(self._reset(remote, room, epoch))
+
+    async def _reset(self, remote: RedisHistory, room: str, epoch: str) -> None:
+        try:
+            new = await remote.reset(room, epoch)
+            logger.warning(
+                "history room %s went back under epoch %s (a restore or a failover): now in "
+                "epoch %s, so clients recovering from before get recovered: false",
+                room,
+                epoch,
+                new,
+            )
+        except Exception as exc:
+            logger.warning("history room %s: new epoch not started: %s", room, exc)
+        finally:
+            self._resets.discard((room, epoch))
+
+    def _step_limit(self) -> int:
+        """Bytes of a replay queued at once without pacing: half the backpressure limit."""
+        return int(self._options["backpressure_limit"]) // 2
 
     async def _recover(self, client: Client, room: str, wanted: tuple[str, int] | None) -> None:
+        """A recovery in redis: the read (within `history_timeout`; again when the room's
+        epoch changed meanwhile), then `_finish`."""
         remote = self._remote
         assert remote is not None
-        epoch, offset = wanted if wanted is not None else (None, 0)
+        hub = self._hub
+        epoch, offset = "", 0
         messages: list[bytes] | None = None
+        reason: str | None = None
         try:
-            epoch, offset, messages = await remote.read(room, epoch, offset)
+            for _ in range(1 + REREADS):
+                epoch, offset, messages = await remote.read(room, *(wanted or (None, 0)))
+                seen = hub.held_epoch(client.handle, room)
+                if seen is None or seen == epoch:
+                    break
+            else:
+                raise HistoryUnavailable(f"its epoch kept changing (now {seen})")
             if wanted is None:
                 messages = None
         except Exception as exc:
@@ -302,28 +374,100 @@ class History:
                 exc,
                 extra=client_extra(client),
             )
-            epoch, offset = "", 0
+            epoch, offset, messages, reason = "", 0, None, UNAVAILABLE
         except BaseException:  # cancelled: stop holding
-            self._hub.hold_history(client.handle, room, False)
+            hub.hold_history(client.handle, room, False)
             raise
-        hub, one = self._hub, self._sender.one
         if not client.live or not hub.in_room(client.handle, room):
             return  # the hub forgot what it held when the client left the room
         if not epoch:  # unreadable: start from the first message held
             first = hub.held_first(client.handle, room)
             if first is not None:
-                offset = first - 1
+                epoch, offset = first[0], first[1] - 1
+        replay = []
         for raw in messages or ():
             old = decode_envelope(raw)
             if old is None or old.offset is None:
                 continue
             if client.id not in (old.exclude or ()):
                 frame = history_frame(old.event, old.data, room, old.offset)
-                one(client, frame, old.event, old.data, (room, old.offset))
-        data = {"room": room, "epoch": epoch, "offset": offset, "recovered": messages is not None}
-        one(client, encode(JOINED, data), JOINED, data)
-        # The live messages held meanwhile, after `offset`, in order, once each: queued by
-        # the hub (plaintext), or handed back to be sealed (encrypted).
-        for payload in hub.release_history(client.handle, room, epoch, offset):
+                replay.append((old.offset, frame, old.event, old.data))
+        await self._finish(client, room, epoch or "", offset, replay, messages is not None, reason)
+
+    async def _finish(
+        self,
+        client: Client,
+        room: str,
+        epoch: str,
+        offset: int,
+        replay: list[tuple[int, bytes, str, Any]],
+        recovered: bool,
+        reason: str | None = None,
+    ) -> None:
+        """The end of a recovery whose live messages are held: the replay (paced for a
+        plaintext client), `joined`, then the held messages after `offset` in offset order,
+        once each, paced too, and the hold released. `reason` says why it is not
+        `recovered` when that is not the history's answer. A client too slow for its replay
+        gets the part that fit, then `joined` with `recovered: false` and that reason; one
+        whose room began a new epoch meanwhile, `joined` at the new epoch's first message
+        held, `recovered: false`."""
+        hub, one = self._hub, self._sender.one
+        handle = client.handle
+        limit = int(self._options["backpressure_limit"])
+        deadline = asyncio.get_running_loop().time() + float(self._options["recovery_timeout"])
+        try:
+            if client.encrypted:
+                for entry_offset, frame, event, message in replay:
+                    one(client, frame, event, message, (room, entry_offset))
+            elif replay and await send_paced(
+                hub, client, [r[1] for r in replay], limit, deadline
+            ) < len(replay):
+                recovered, reason = False, TOO_SLOW
+                logger.warning(
+                    "recovery of room %s for %s cut short: its socket did not drain within %.1f s",
+                    room,
+                    client.id,
+                    float(self._options["recovery_timeout"]),
+                    extra=client_extra(client),
+                )
+            if not client.live or not hub.in_room(handle, room):
+                return
+            seen = hub.held_epoch(handle, room)
+            if seen is not None and seen != epoch:
+                # A new epoch began meanwhile (Redis lost the history): the client starts
+                # from its first message held, and knows it did not recover.
+                first = hub.held_first(handle, room, seen)
+                epoch, offset = seen, (first[1] - 1 if first is not None else 0)
+                recovered, reason = False, RESET
+            data: dict[str, Any] = {
+                "room": room,
+                "epoch": epoch,
+                "offset": offset,
+                "recovered": recovered,
+            }
+            if reason:
+                data["reason"] = reason
+            one(client, encode(JOINED, data), JOINED, data)
+            after = offset
+            if not client.encrypted:
+                # The live messages held meanwhile, paced; the rest released below.
+                while taken := hub.take_held(handle, room, epoch, after, limit // 2):
+                    payloads = [p for _, p in taken]
+                    queued = await send_paced(hub, client, payloads, limit, deadline)
+                    after = taken[-1][0]
+                    if queued < len(payloads):
+                        # Too slow for live messages too: the rest goes as they do (the
+                        # backpressure skip), and so does what is still held, below.
+                        for payload in payloads[queued:]:
+                            hub.send(handle, payload)
+                        break
+                    if not client.live or not hub.in_room(handle, room):
+                        return
+        except BaseException:
+            hub.hold_history(handle, room, False)
+            raise
+        # What is still held goes as live messages do (to a client still too slow: the
+        # backpressure skip); for an encrypted member, handed back to be sealed.
+        for payload in hub.release_history(handle, room, epoch, after):
             held = orjson.loads(payload)
             one(client, payload, held["event"], held.get("data", MISSING), (room, held["offset"]))

@@ -161,7 +161,10 @@ class Api:
         options = self.node.server_options
         if self._history_glob is not None and not broker.sharded:
             self._history = RedisHistory(
-                broker.target, int(options["history_size"]), float(options["history_ttl"])
+                broker.target,
+                int(options["history_size"]),
+                float(options["history_ttl"]),
+                timeout=float(options["history_timeout"]),
             )
         self._redis = client_for(broker.target)
         self._info_task = asyncio.get_running_loop().create_task(self._report())

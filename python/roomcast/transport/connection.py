@@ -91,6 +91,8 @@ class Client(WSListener, SessionMachine):
         "_fragments_text",
         "_links",
         "_picows_log",
+        "_pacing",
+        "_writable",
         "connected_at",
         "handle",
         "transport",
@@ -112,6 +114,10 @@ class Client(WSListener, SessionMachine):
         """picows' log for this connection names this client until it disconnects."""
         self._picows_log = log
         log.client = self
+        # Paced writes under way (recoveries' replays, one per room): pauses meanwhile are
+        # theirs, not overflow; `_writable` is resolved by `resume_writing` or the disconnect.
+        self._pacing = 0
+        self._writable: asyncio.Future[None] | None = None
 
     # -- the record ----------------------------------------------------------------------
 
@@ -169,16 +175,81 @@ class Client(WSListener, SessionMachine):
         log = self._picows_log
         if log is not None:  # the cycle through picows' transport ends here
             log.client = self._picows_log = None
+        self._wake_writer()
         if self._disconnect_timer is not None:
             self._disconnect_timer.cancel()
             self._disconnect_timer = None
         self._links.on_disconnect(self)
 
     def pause_writing(self) -> None:
+        if self._pacing:
+            return  # a paced write passed its own lower mark: it waits, nothing overflowed
         self._links.on_pause_writing(self)
 
     def resume_writing(self) -> None:
         self._links.hub.set_backpressured(self.handle, False)
+        self._wake_writer()
+
+    # -- paced writes ------------------------------------------------------------------------
+
+    def begin_paced(self, high: int) -> bool:
+        """Start a paced write: the socket's buffer pauses at `high` bytes (and resumes at a
+        quarter of it) and a pause is the pacing's own, not an overflow. False when the
+        connection has no socket any more."""
+        raw = self._raw()
+        if raw is None:
+            return False
+        if not self._pacing:
+            raw.set_write_buffer_limits(high=high, low=high // 4)
+        self._pacing += 1
+        return True
+
+    def paced_full(self) -> bool:
+        """The socket's buffer is past the paced write's mark: wait for `drained`."""
+        raw = self._raw()
+        return raw is None or raw.get_write_buffer_size() > raw.get_write_buffer_limits()[1]
+
+    async def drained(self, timeout: float) -> bool:
+        """Wait (at most `timeout` seconds) for the socket's buffer to drain below the paced
+        write's low mark; False on the timeout or when the connection went away."""
+        raw = self._raw()
+        if raw is None or self.closing:
+            return False
+        if raw.get_write_buffer_size() <= raw.get_write_buffer_limits()[0]:
+            return True
+        writable = self._writable
+        if writable is None or writable.done():
+            writable = self._writable = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait_for(asyncio.shield(writable), timeout)
+        except TimeoutError:
+            return False
+        return self._raw() is not None and not self.closing
+
+    def end_paced(self, high: int) -> None:
+        """Back to the connection's own limits (`high`, resuming at a quarter) once the last
+        paced write ended; past them already, the connection is backpressured as any other
+        (the pause was the pacing's)."""
+        self._pacing -= 1
+        if self._pacing:
+            return
+        raw = self._raw()
+        if raw is not None:
+            raw.set_write_buffer_limits(high=high, low=high // 4)
+            if raw.get_write_buffer_size() > high:
+                self._links.on_pause_writing(self)
+
+    def _wake_writer(self) -> None:
+        writable = self._writable
+        if writable is not None and not writable.done():
+            writable.set_result(None)
+
+    def _raw(self) -> Any:
+        transport = self.transport
+        if transport is None or transport.is_disconnected:
+            return None
+        raw = transport.underlying_transport
+        return None if raw.is_closing() else raw
 
     # -- framing details -------------------------------------------------------------------
 

@@ -9,7 +9,7 @@
 //!
 //! Parts: `queue` holds a connection's record and its queue (`Slot`, `Conn`, `Pending`,
 //! the shared `Outbox`, `drain`, `LazyFrame`); `history_delivery` is the hub's side of
-//! history rooms (`send_history`, `hold_history`, `held_first`, `release_history`).
+//! history rooms (`send_history`, `hold_history`, `held_first`, `take_held`, `release_history`).
 
 use std::error::Error;
 use std::fmt;
@@ -18,7 +18,7 @@ use std::mem;
 mod history_delivery;
 mod queue;
 
-pub use history_delivery::Released;
+pub use history_delivery::{Released, Sent};
 pub use queue::Batch;
 
 use crate::deadline::{Clocks, Due, Expiry, Timeouts};

@@ -47,7 +47,7 @@ mod wheel;
 pub use deadline::Expiry;
 pub use exclude::Exclude;
 pub use frame::Frame;
-pub use hub::{Batch, Config, Hub, HubFull, Pass, Released, Stats};
+pub use hub::{Batch, Config, Hub, HubFull, Pass, Released, Sent, Stats};
 pub use ids::Handle;
 pub use interest::InterestKind;
 pub use wheel::TICK_MS;

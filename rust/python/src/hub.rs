@@ -19,7 +19,7 @@ use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 use pyo3::{intern, PyTraverseError};
-use roomcast_core::{self as rc, Exclude, Handle, InterestKind};
+use roomcast_core::{self as rc, Exclude, Handle, InterestKind, Sent};
 
 use crate::convert::{as_strs, exclude_ids, millis, Clock};
 use crate::direct::Direct;
@@ -357,7 +357,9 @@ impl Hub {
 
     /// Message ``offset`` of history room ``room`` to its members, in the room's offset
     /// order (held for recovering members, skipped for floored ones); the owners of the
-    /// encrypted members that get it are appended to ``encrypted`` when given.
+    /// encrypted members that get it are appended to ``encrypted`` when given. Returns how
+    /// many it was queued for, or -1 when the room's offset went back under the same epoch
+    /// (delivered to no one: the caller starts a new epoch).
     #[pyo3(signature = (room, epoch, offset, payload, exclude = None, encrypted = None))]
     fn send_history(
         slf: &Bound<'_, Self>,
@@ -367,12 +369,12 @@ impl Hub {
         payload: &[u8],
         exclude: Option<&Bound<'_, PyAny>>,
         encrypted: Option<&Bound<'_, PyList>>,
-    ) -> PyResult<usize> {
+    ) -> PyResult<i64> {
         let py = slf.py();
         let ids = exclude_ids(exclude)?;
         let exclude = Exclude::new(as_strs(&ids)?);
         let mut owners: Vec<Py<PyAny>> = Vec::new();
-        let queued = queueing(slf, |this| {
+        let sent = queueing(slf, |this| {
             this.core
                 .send_history(room, epoch, offset, payload, &exclude, |sink| {
                     if encrypted.is_some() {
@@ -385,7 +387,10 @@ impl Hub {
                 list.append(owner)?;
             }
         }
-        Ok(queued)
+        Ok(match sent {
+            Sent::Queued(n) => i64::try_from(n).unwrap_or(i64::MAX),
+            Sent::RolledBack => -1,
+        })
     }
 
     /// Holds the member's live messages of history room ``room`` from now on (its
@@ -395,15 +400,54 @@ impl Hub {
         self.core.hold_history(Handle::from_raw(handle), room, hold)
     }
 
-    /// Offset of the first live message held for the member in ``room``, if any.
-    fn held_first(&self, handle: u64, room: &str) -> Option<u64> {
-        self.core.held_first(Handle::from_raw(handle), room)
+    /// ``(epoch, offset)`` of the first live message held for the member in ``room`` (of
+    /// ``epoch``, when given).
+    #[pyo3(signature = (handle, room, epoch = None))]
+    fn held_first(&self, handle: u64, room: &str, epoch: Option<&str>) -> Option<(String, u64)> {
+        self.core
+            .held_first(Handle::from_raw(handle), room, epoch)
+            .map(|(epoch, offset)| (epoch.to_owned(), offset))
+    }
+
+    /// Epoch of the last live message held for the member in ``room``.
+    fn held_epoch(&self, handle: u64, room: &str) -> Option<String> {
+        self.core
+            .held_epoch(Handle::from_raw(handle), room)
+            .map(str::to_owned)
+    }
+
+    /// Bytes held for the member in ``room`` (0 when not recovering).
+    fn held_bytes(&self, handle: u64, room: &str) -> usize {
+        self.core.held_bytes(Handle::from_raw(handle), room)
+    }
+
+    /// ``[(offset, payload), ...]``: the messages held for the member in ``room`` of
+    /// ``epoch`` above ``offset``, in offset order, each once, up to ``budget`` bytes (at
+    /// least one), taken while still holding; ``[]`` when none is left.
+    fn take_held<'py>(
+        &mut self,
+        py: Python<'py>,
+        handle: u64,
+        room: &str,
+        epoch: &str,
+        offset: u64,
+        budget: usize,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let taken = self
+            .core
+            .take_held(Handle::from_raw(handle), room, epoch, offset, budget);
+        let items: Vec<(u64, Bound<'py, PyBytes>)> = taken
+            .iter()
+            .map(|(offset, frame)| (*offset, PyBytes::new(py, frame.text_payload())))
+            .collect();
+        PyList::new(py, items)
     }
 
     /// Ends the member's recovery in ``room`` once its replay and ``joined`` (at ``epoch``,
-    /// ``offset``) are queued: queues the held messages above ``offset`` in offset order,
-    /// each once, and returns ``[]``; for an encrypted member, returns their payloads for
-    /// the caller to seal instead.
+    /// ``offset``) are queued: queues the held messages of ``epoch`` above ``offset`` in
+    /// offset order, each once, and returns ``[]``; for an encrypted member, returns their
+    /// payloads for the caller to seal instead. An empty ``epoch`` (unreadable history)
+    /// stands for the epoch of the first held message.
     fn release_history<'py>(
         slf: &Bound<'py, Self>,
         handle: u64,

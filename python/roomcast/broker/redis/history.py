@@ -7,44 +7,50 @@ the envelope as published, `t`: Redis time in ms), and
 creates the epoch when the hash is missing (first message, or history lost to a restart or
 the TTL: clients then learn they cannot recover), takes the next offset, XADDs with MAXLEN,
 PUBLISHes the envelope with its offset and epoch, and refreshes both keys' TTL, atomically:
-every node and the emitter agree on the order and no offset is given twice.
+every node and the emitter agree on the order and no offset is given twice. The appends go
+through the process's one writer (`roomcast.broker.redis.writer`: idempotent, bounded);
+this module reads (`READ`) and resets (`RESET`) a room.
+
+Every call has `timeout` (the server's `history_timeout`): past it, or while Redis is known
+to be down, an append is handed back unnumbered (`on_unnumbered`) and a read fails.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from typing import Any
 
-from redis.asyncio import Redis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
 
 from ...aio import stop_task
 from ..history import new_epoch
+from .script import HistoryUnavailable, Script, client_for, keys_of, text
 from .target import RedisTarget
+from .writer import (
+    APPEND,
+    QUEUE_LIMIT,
+    TIMEOUT,
+    WRITE_BATCH,
+    WRITER_NAME,
+    Appended,
+    HistoryWriter,
+    OnUnnumbered,
+)
 
 logger = logging.getLogger("roomcast.redis")
 
-# KEYS: stream, meta. ARGV: maxlen, ttl ms, new epoch, channel, envelope without its "}".
-APPEND = """
+# KEYS: stream, meta. ARGV: the epoch that went back, new epoch, ttl ms. Starts a new epoch
+# at offset 0 (the stream emptied) if the room is still in that epoch; returns the epoch.
+RESET = """
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
-if not epoch then
-  epoch = ARGV[3]
+if epoch == ARGV[1] then
+  epoch = ARGV[2]
   redis.call('DEL', KEYS[1])
   redis.call('HSET', KEYS[2], 'epoch', epoch, 'offset', 0)
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
 end
-local offset = redis.call('HINCRBY', KEYS[2], 'offset', 1)
-local now = redis.call('TIME')
-local ms = now[1] * 1000 + math.floor(now[2] / 1000)
-local message = ARGV[5] .. ',"offset":' .. offset .. ',"epoch":"' .. epoch .. '"}'
-redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], '0-' .. offset, 'm', message, 't', ms)
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
-local receivers = redis.call('PUBLISH', ARGV[4], message)
-return {epoch, offset, receivers}
+return epoch or ''
 """
 
 # KEYS: stream, meta. ARGV: ttl ms, new epoch, wanted epoch ('' for none), wanted offset.
@@ -85,89 +91,48 @@ return {epoch, offset, ms, redis.call('XRANGE', KEYS[1], '-', '+')}
 CONCURRENT_READS = 64
 
 
-def keys_of(room: str) -> list[str]:
-    """The stream and meta keys of a room, in one cluster slot."""
-    return [f"ws:history:{{r:{room}}}:s", f"ws:history:{{r:{room}}}:m"]
-
-
-def client_for(target: RedisTarget, name: str | None = None) -> Any:
-    """A redis-py client of its own (not the broker's connections) for `target`; `name`
-    is its connections' CLIENT SETNAME."""
-    kwargs = dict(target.connection_kwargs)
-    if name is not None:
-        kwargs["client_name"] = name
-    if target.cluster:
-        kwargs.pop("db", None)
-        ssl = target.connection_class.__name__ == "SSLConnection"
-        return RedisCluster(
-            startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
-            ssl=ssl,
-            **kwargs,
-        )
-    if target.sentinel is not None:
-        return target.sentinel.master_client(target.connection_class, kwargs)
-    ((host, port),) = target.nodes
-    from redis.asyncio import ConnectionPool
-
-    pool = ConnectionPool(connection_class=target.connection_class, host=host, port=port, **kwargs)
-    return Redis.from_pool(pool)
-
-
-class _Script:
-    """EVALSHA, falling back to EVAL when the server does not know the script (a restart,
-    a new cluster node), which also loads it for next time."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.sha = hashlib.sha1(source.encode()).hexdigest()
-
-    async def __call__(self, client: Any, keys: list[str], args: list[Any]) -> Any:
-        try:
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            return await client.eval(self.source, len(keys), *keys, *args)
-
-
-_APPEND = _Script(APPEND)
-_READ = _Script(READ)
-_KEPT = _Script(KEPT)
-
-# The most appends one pipeline of the writer carries.
-WRITE_BATCH = 256
-# The writer's connections' name (CLIENT LIST shows one per Redis node it writes to).
-WRITER_NAME = "roomcast-history-writer"
-
-Appended = tuple[str, int, int]  # epoch, offset, subscribers it was published to
-# room, channel, envelope, and the future of whoever waits for the offset (None: no one).
-_Pending = tuple[str, str, bytes, "asyncio.Future[Appended] | None"]
+_READ = Script(READ)
+_RESET = Script(RESET)
+_KEPT = Script(KEPT)
+# (Older names, still imported by the presence and settings modules.)
+_Script = Script
+_text = text
 
 
 class RedisHistory:
-    """History rooms' streams in Redis, for a node or the emitter.
+    """History rooms' streams in Redis, for a node or the emitter: appends through the one
+    `HistoryWriter` of the process (`publish` never waits, `append` waits for the offset),
+    `read` gives a room's position and, when they can all be given, the messages after an
+    offset, `reset` starts a new epoch for a room that went back in time.
 
-    Every append of one process goes through one writer task, in the order `publish` and
-    `append` were called: it takes what is queued (up to `WRITE_BATCH`) and sends it as one
-    pipeline of script calls on its own connection (one per cluster node), so one client's
-    successive messages to a room get offsets in the order it sent them, and a busy node
-    writes in a few round trips, not a pool of concurrent EVALs. `publish` never waits;
-    `append` waits for the offset. `read` gives a room's position and, when they can all be
-    given, the messages after an offset.
+    Bounds: no call waits longer than `timeout` (a reply, a connect, a turn among the
+    `CONCURRENT_READS`); the writer's queue holds at most `queue_limit` bytes. A `publish`
+    that cannot be numbered within them goes to `on_unnumbered`, an `append` or a `read`
+    fails with `HistoryUnavailable`; while the writer counts Redis as down, at once.
     """
 
-    def __init__(self, target: RedisTarget, size: int, ttl: float) -> None:
+    def __init__(
+        self,
+        target: RedisTarget,
+        size: int,
+        ttl: float,
+        *,
+        timeout: float = TIMEOUT,
+        queue_limit: int = QUEUE_LIMIT,
+        on_unnumbered: OnUnnumbered | None = None,
+    ) -> None:
+        if not timeout > 0 or queue_limit < 1:
+            raise ValueError(f"history timeout and queue limit must be positive: {timeout}")
         self.target = target
         self.size = size
         self.ttl_ms = max(1, round(ttl * 1000))
         self.ttl = ttl
+        self.timeout = timeout
+        self.writer = HistoryWriter(target, size, self.ttl_ms, timeout, queue_limit, on_unnumbered)
         self._client: Any = None  # reads
-        self._writer_client: Any = None  # the writer's
         self._connecting = asyncio.Lock()
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
-        self._writer: asyncio.Task[None] | None = None
         self._beside: asyncio.Task[None] | None = None
         self._reads = asyncio.Semaphore(CONCURRENT_READS)
-        self.failed = 0
-        self.pipelines = 0  # pipelines the writer sent
 
     def own(self, task: asyncio.Task[None]) -> None:
         """A task of the user's that uses `client()`, cancelled by `close` before it."""
@@ -184,7 +149,7 @@ class RedisHistory:
         if self._client is None:
             async with self._connecting:
                 if self._client is None:
-                    client = client_for(self.target)
+                    client = client_for(self.target, timeout=self.timeout)
                     if self.target.cluster:
                         await client.initialize()
                     self._client = client
@@ -192,120 +157,58 @@ class RedisHistory:
 
     async def append(self, room: str, channel: str, envelope: bytes) -> Appended:
         """Number, keep and publish one room envelope (a JSON object), behind every append
-        queued before it: (epoch, offset, how many subscribers it was published to)."""
-        future: asyncio.Future[Appended] = asyncio.get_running_loop().create_future()
-        self._enqueue((room, channel, envelope, future))
-        return await future
+        queued before it: (epoch, offset, how many subscribers it was published to).
+        Raises `HistoryUnavailable` when it cannot be numbered within the timeout."""
+        return await self.writer.append(room, channel, envelope)
 
     def publish(self, room: str, channel: str, envelope: bytes) -> None:
-        """`append` without waiting: a failure is counted in `failed` and logged."""
-        self._enqueue((room, channel, envelope, None))
+        """`append` without waiting: one that cannot be numbered goes to `on_unnumbered`."""
+        self.writer.publish(room, channel, envelope)
 
-    def _enqueue(self, pending: _Pending) -> None:
-        self._queue.put_nowait(pending)
-        if self._writer is None:
-            self._writer = asyncio.get_running_loop().create_task(self._write())
+    @property
+    def down(self) -> bool:
+        """Redis did not answer within the timeout, and no probe has been answered since."""
+        return self.writer.down
 
-    async def _write(self) -> None:
-        queue = self._queue
-        while True:
-            batch = [await queue.get()]
-            while len(batch) < WRITE_BATCH and not queue.empty():
-                batch.append(queue.get_nowait())
-            try:
-                replies = await self._append_many(batch)
-            except asyncio.CancelledError:
-                _fail(batch, RuntimeError("the history writer was closed"))
-                raise
-            except Exception as exc:  # at-most-once, as every broker
-                replies = [exc] * len(batch)
-            dropped: list[str] = []
-            error: BaseException | None = None
-            for (room, _, _, future), reply in zip(batch, replies, strict=True):
-                if isinstance(reply, BaseException):
-                    error = reply
-                    if future is None:
-                        dropped.append(room)
-                    elif not future.done():
-                        future.set_exception(reply)
-                elif future is not None and not future.done():
-                    epoch, offset, receivers = reply
-                    future.set_result((_text(epoch), int(offset), int(receivers)))
-            if dropped:
-                self.failed += len(dropped)
-                logger.warning(
-                    "%d history message(s) dropped (room %s%s): %s",
-                    len(dropped),
-                    dropped[0],
-                    " and others" if len(set(dropped)) > 1 else "",
-                    error,
-                )
+    @property
+    def failed(self) -> int:
+        """Messages not numbered (handed back to be delivered unnumbered, or failed)."""
+        return self.writer.failed
 
-    async def _writer_redis(self) -> Any:
-        if self._writer_client is None:
-            client = client_for(self.target, WRITER_NAME)
-            if self.target.cluster:
-                await client.initialize()
-            self._writer_client = client
-        return self._writer_client
+    @property
+    def pipelines(self) -> int:
+        """Pipelines the writer sent."""
+        return self.writer.pipelines
 
-    async def _append_many(self, batch: list[_Pending]) -> list[Any]:
-        """One pipeline of appends; a reply (a list) or an exception per append. Each
-        connection's first script call of the pipeline is an EVAL (which loads the script,
-        for a Redis that restarted), the others EVALSHA: Redis runs one connection's
-        commands in order, so the script is known by then and none fails, whatever other
-        writers do meanwhile."""
-        client = await self._writer_redis()
-        calls: list[tuple[list[str], list[Any]]] = []
-        for room, channel, envelope, _ in batch:
-            args = [self.size, self.ttl_ms, new_epoch(), channel, envelope[:-1]]
-            calls.append((keys_of(room), args))
-        try:
-            replies = await self._pipeline(client, calls)
-        except (RedisConnectionError, RuntimeError):
-            # Its pooled connection was closed under it (a Redis restart): once more on a
-            # fresh one. (A connection lost midway could run a few twice: rare, and
-            # better than losing every message queued at a restart.)
-            replies = await self._pipeline(client, calls)
-        for i, reply in enumerate(replies):
-            if isinstance(reply, NoScriptError):  # moved to a node that lost it: rare
-                try:
-                    replies[i] = await _APPEND(client, *calls[i])
-                except Exception as exc:
-                    replies[i] = exc
-        return replies
-
-    async def _pipeline(self, client: Any, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
-        cluster = self.target.cluster
-        pipe = client.pipeline(transaction=False)
-        loaded: set[str] = set()
-        for keys, args in calls:
-            where = client.get_node_from_key(keys[0]).name if cluster else ""
-            if where in loaded:
-                # (execute_command: redis-py's cluster pipeline refuses `evalsha()`, which
-                # could fail NOSCRIPT; here the EVAL ahead of it loaded the script.)
-                pipe.execute_command("EVALSHA", _APPEND.sha, 2, *keys, *args)
-            else:
-                loaded.add(where)
-                pipe.eval(APPEND, 2, *keys, *args)
-        self.pipelines += 1
-        return list(await pipe.execute(raise_on_error=False))
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes of envelopes waiting for the writer."""
+        return self.writer.queued_bytes
 
     async def read(
         self, room: str, epoch: str | None, offset: int
     ) -> tuple[str, int, list[bytes] | None]:
         """(epoch, offset, the envelopes after `offset`); None for the envelopes unless the
-        epoch is the room's and every one of them is still kept and younger than the TTL."""
+        epoch is the room's and every one of them is still kept and younger than the TTL.
+        Raises `HistoryUnavailable` (or a redis error) when Redis does not answer within
+        the timeout, including the wait for a turn among `CONCURRENT_READS`."""
+        if self.writer.down:
+            raise HistoryUnavailable("redis history is unavailable (no answer within the timeout)")
         args = [self.ttl_ms, new_epoch(), epoch or "", offset]
-        async with self._reads:
-            try:
-                reply = await _READ(await self._redis(), keys_of(room), args)
-            except (RedisConnectionError, RuntimeError):
-                # A pooled connection closed under us (uvloop says "the handler is closed");
-                # the read is idempotent, so once more on a fresh connection.
-                reply = await _READ(await self._redis(), keys_of(room), args)
+        try:
+            async with asyncio.timeout(self.timeout):
+                async with self._reads:
+                    client = await self._redis()
+                    try:
+                        reply = await _READ(client, keys_of(room), args)
+                    except (RedisConnectionError, RuntimeError):
+                        # A pooled connection closed under us (uvloop says "the handler is
+                        # closed"); the read is idempotent: once more on a fresh connection.
+                        reply = await _READ(client, keys_of(room), args)
+        except TimeoutError as exc:
+            raise HistoryUnavailable(f"no answer from redis within {self.timeout} s") from exc
         room_epoch, room_offset, now, entries = (
-            _text(reply[0]),
+            text(reply[0]),
             int(reply[1]),
             int(reply[2]),
             reply[3],
@@ -331,12 +234,30 @@ class RedisHistory:
             return room_epoch, room_offset, None
         return room_epoch, room_offset, messages
 
+    async def reset(self, room: str, epoch: str) -> str:
+        """Starts a new epoch for `room` if it is still in `epoch` (its offsets went back
+        under it: a restore, a replica promoted before it caught up), so that no client
+        recovers across the two histories; the room's epoch after it."""
+        if self.writer.down:
+            raise HistoryUnavailable("redis history is unavailable (no answer within the timeout)")
+        args = [epoch, new_epoch(), self.ttl_ms]
+        try:
+            async with asyncio.timeout(self.timeout):
+                return text(await _RESET(await self._redis(), keys_of(room), args))
+        except TimeoutError as exc:
+            raise HistoryUnavailable(f"no answer from redis within {self.timeout} s") from exc
+
     async def kept(self, room: str) -> tuple[str, int, list[bytes]]:
         """(epoch, offset, the envelopes still kept and younger than the TTL, in order); a
-        room without history yet has the epoch "" and offset 0."""
-        async with self._reads:
-            reply = await _KEPT(await self._redis(), keys_of(room), [])
-        epoch, offset, now = _text(reply[0]), int(reply[1]), int(reply[2])
+        room without history yet has the epoch "" and offset 0. Within the timeout, or
+        `HistoryUnavailable`."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                async with self._reads:
+                    reply = await _KEPT(await self._redis(), keys_of(room), [])
+        except TimeoutError as exc:
+            raise HistoryUnavailable(f"no answer from redis within {self.timeout} s") from exc
+        epoch, offset, now = text(reply[0]), int(reply[1]), int(reply[2])
         oldest = now - self.ttl_ms
         messages = []
         for _, fields in reply[3] or ():
@@ -346,29 +267,16 @@ class RedisHistory:
         return epoch, offset, messages
 
     async def close(self) -> None:
-        for task in (self._writer, self._beside):
-            await stop_task(task)
-        self._writer = self._beside = None
-        while not self._queue.empty():
-            _fail([self._queue.get_nowait()], RuntimeError("the history writer was closed"))
-        for client in (self._client, self._writer_client):
-            if client is not None:
-                await client.aclose()
-        self._client = self._writer_client = None
-
-
-def _fail(batch: list[_Pending], error: BaseException) -> None:
-    for *_, future in batch:
-        if future is not None and not future.done():
-            future.set_exception(error)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+        await stop_task(self._beside)
+        self._beside = None
+        await self.writer.close()
+        if self._client is not None:
+            await self._client.aclose()
+        self._client = None
 
 
 def _offset_of(entry_id: Any) -> int:
-    return int(_text(entry_id).partition("-")[2])
+    return int(text(entry_id).partition("-")[2])
 
 
 def _fields(fields: Any) -> dict[bytes, bytes]:
@@ -382,4 +290,17 @@ def _bytes(value: Any) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode()
 
 
-__all__ = ["APPEND", "CONCURRENT_READS", "READ", "RedisHistory", "client_for", "keys_of"]
+__all__ = [
+    "APPEND",
+    "CONCURRENT_READS",
+    "QUEUE_LIMIT",
+    "READ",
+    "RESET",
+    "TIMEOUT",
+    "WRITER_NAME",
+    "WRITE_BATCH",
+    "HistoryUnavailable",
+    "RedisHistory",
+    "client_for",
+    "keys_of",
+]

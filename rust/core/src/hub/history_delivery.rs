@@ -11,7 +11,7 @@ use super::queue::{live_mut, member_mut, LazyFrame};
 use super::Hub;
 use crate::exclude::Exclude;
 use crate::frame::Frame;
-use crate::history::{self, RoomHistory};
+use crate::history::{self, Held, Order, RoomHistory, Seen};
 use crate::ids::Handle;
 
 /// What [`Hub::release_history`] did with a recovering member's held messages.
@@ -23,12 +23,33 @@ pub struct Released {
     pub encrypted: Vec<Frame>,
 }
 
+/// What [`Hub::send_history`] did with a numbered message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sent {
+    /// Queued for this many members (held ones and encrypted ones not counted).
+    Queued(usize),
+    /// Not delivered live: the room's offset went back under the same epoch (see
+    /// `crate::history::Order::RolledBack`); the caller starts a new epoch.
+    RolledBack,
+}
+
+impl Sent {
+    /// How many members it was queued for (0 when rolled back).
+    pub fn queued(self) -> usize {
+        match self {
+            Sent::Queued(n) => n,
+            Sent::RolledBack => 0,
+        }
+    }
+}
+
 impl<S> Hub<S> {
     /// Delivers message `offset` of history room `room` (see `crate::history`): queued for
     /// each authenticated plaintext member not in `exclude` when it is the newest of the
     /// room's `epoch`, except members whose recovery is being read (held for them) and
     /// floored members; `encrypted` is called with each encrypted member that would get it
-    /// (the caller seals). Returns how many were queued.
+    /// (the caller seals). A copy or an overtaken message goes to no one; a rolled-back
+    /// offset goes to no one and says so.
     pub fn send_history(
         &mut self,
         room: &str,
@@ -37,21 +58,22 @@ impl<S> Hub<S> {
         payload: &[u8],
         exclude: &Exclude<'_>,
         mut encrypted: impl FnMut(&S),
-    ) -> usize {
+    ) -> Sent {
         let Some((members, history)) = self
             .rooms
             .id(room)
             .and_then(|id| self.rooms.with_history(id))
         else {
-            return 0;
+            return Sent::Queued(0);
         };
-        let newest = history.advance(epoch, offset);
+        match history.advance(epoch, offset, payload) {
+            Order::Newest => {}
+            Order::Stale => return Sent::Queued(0),
+            Order::RolledBack => return Sent::RolledBack,
+        }
         let mut frame = LazyFrame::new(payload);
         let mut queued = 0;
         if history.is_plain() {
-            if !newest {
-                return 0;
-            }
             for &crate::rooms::Member { slot, .. } in members {
                 let Some(conn) = member_mut(&mut self.slots, slot) else {
                     continue;
@@ -64,9 +86,10 @@ impl<S> Hub<S> {
                     encrypted(&conn.sink);
                 }
             }
-            return queued;
+            return Sent::Queued(queued);
         }
-        history.pass_floors(epoch, offset);
+        // Some members are recovering or floored: one look-up per member.
+        let epoch = history.epoch().clone();
         for &crate::rooms::Member { slot, .. } in members {
             let Some(conn) = member_mut(&mut self.slots, slot) else {
                 continue;
@@ -74,11 +97,9 @@ impl<S> Hub<S> {
             if !conn.authenticated || exclude.contains(&conn.client) {
                 continue;
             }
-            if history.hold(slot, offset, || frame.get().clone())
-                || !newest
-                || history.floored(slot)
-            {
-                continue;
+            match history.see(slot, &epoch, offset, || frame.get().clone()) {
+                Seen::Held | Seen::Floored => continue,
+                Seen::Plain => {}
             }
             if conn.encrypted {
                 encrypted(&conn.sink);
@@ -86,13 +107,18 @@ impl<S> Hub<S> {
                 queued += 1;
             }
         }
-        queued
+        Sent::Queued(queued)
     }
 
     /// The member's history state in `room` (created on demand) when it is a member.
     fn member_history(&mut self, handle: Handle, room: &str) -> Option<&mut RoomHistory> {
         let id = self.member_room(handle, room)?;
         self.rooms.with_history(id).map(|(_, history)| history)
+    }
+
+    fn member_history_ref(&self, handle: Handle, room: &str) -> Option<&RoomHistory> {
+        let id = self.member_room(handle, room)?;
+        self.rooms.history(id)
     }
 
     /// Holds the member's live messages of history room `room` from now on (its recovery is
@@ -110,16 +136,57 @@ impl<S> Hub<S> {
         true
     }
 
-    /// Offset of the first live message held for the member in `room`.
-    pub fn held_first(&self, handle: Handle, room: &str) -> Option<u64> {
-        let id = self.member_room(handle, room)?;
-        self.rooms.history(id)?.first_held(handle.slot())
+    /// Epoch and offset of the first live message held for the member in `room` (of
+    /// `epoch`, when given).
+    pub fn held_first(
+        &self,
+        handle: Handle,
+        room: &str,
+        epoch: Option<&str>,
+    ) -> Option<(&str, u64)> {
+        self.member_history_ref(handle, room)?
+            .first_held(handle.slot(), epoch)
+    }
+
+    /// Epoch of the last live message held for the member in `room`: the room's epoch as
+    /// this node last saw it during the recovery.
+    pub fn held_epoch(&self, handle: Handle, room: &str) -> Option<&str> {
+        self.member_history_ref(handle, room)?
+            .last_held_epoch(handle.slot())
+    }
+
+    /// Bytes held for the member in `room` (0 when not recovering).
+    pub fn held_bytes(&self, handle: Handle, room: &str) -> usize {
+        self.member_history_ref(handle, room)
+            .map_or(0, |history| history.held_bytes(handle.slot()))
+    }
+
+    /// Takes, without queueing them and while still holding, the messages held for the
+    /// member in `room` of `epoch` above `offset`, in offset order, each once, up to
+    /// `budget` bytes (at least one): the caller queues them at its client's pace, then
+    /// takes again with the last offset, until none is left and it calls
+    /// [`Hub::release_history`]. Empty when nothing is left (or not recovering).
+    pub fn take_held(
+        &mut self,
+        handle: Handle,
+        room: &str,
+        epoch: &str,
+        offset: u64,
+        budget: usize,
+    ) -> Vec<Held> {
+        let slot = handle.slot();
+        match self.member_history(handle, room) {
+            Some(history) => history.take(slot, epoch, offset, budget),
+            None => Vec::new(),
+        }
     }
 
     /// Ends the member's recovery in `room` after its replay and `joined` (at `epoch`,
-    /// `offset`) were queued: the held messages above `offset`, in offset order, each once,
-    /// are queued (plaintext) or handed back (encrypted); live copies up to the highest
-    /// offset seen are skipped from now on (its floor).
+    /// `offset`) were queued: the held messages of `epoch` above `offset`, in offset order,
+    /// each once, are queued (plaintext) or handed back (encrypted); those of another epoch
+    /// are dropped; live copies in `epoch` up to the highest offset seen are skipped from
+    /// now on (its floor). An empty `epoch` (unreadable history) stands for the epoch of
+    /// the first held message.
     pub fn release_history(
         &mut self,
         handle: Handle,
@@ -131,8 +198,9 @@ impl<S> Hub<S> {
         let Some(history) = self.member_history(handle, room) else {
             return Released::default();
         };
-        let (frames, highest) = history::release(history.stop(slot).unwrap_or_default(), offset);
-        history.set_floor(slot, epoch, offset.max(highest));
+        let released = history::release(history.stop(slot).unwrap_or_default(), epoch, offset);
+        history.set_floor(slot, &released.epoch, offset.max(released.highest));
+        let frames = released.frames;
         let Some(conn) = live_mut(&mut self.slots, handle) else {
             return Released::default();
         };
