@@ -17,12 +17,18 @@ from roomcast import HttpRequest, HttpResponse, WebServer, WebSocketServerHelper
 from roomcast.crypto import EcdhScheme
 
 PAGE = Path(__file__).with_name("encrypted_client.html")
+CLIENT = Path(__file__).resolve().parents[1] / "clients" / "js" / "src" / "roomcast.js"
 
 
 def page_handler(request: HttpRequest) -> HttpResponse | None:
-    """Serves the client page at `/`; anything else is a 404."""
-    if request.method == "GET" and request.path in ("/", "/index.html"):
+    """Serves the client page at `/` and the JavaScript client it imports at `/roomcast.js`;
+    anything else is a 404."""
+    if request.method != "GET":
+        return None
+    if request.path in ("/", "/index.html"):
         return HttpResponse(200, PAGE.read_bytes(), {"Content-Type": "text/html; charset=utf-8"})
+    if request.path == "/roomcast.js":
+        return HttpResponse(200, CLIENT.read_bytes(), {"Content-Type": "text/javascript"})
     return None
 
 

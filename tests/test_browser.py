@@ -1,4 +1,5 @@
-"""Headless Chromium runs the example page: WebCrypto handshake, decryption, encrypted reply.
+"""Headless Chromium runs the example page (built on the JavaScript client): WebCrypto
+handshake, decryption, encrypted reply.
 
 Needs Debian's `chromium` (`.ci/run` installs it). Skipped only when it is missing outside CI;
 with CI=true a missing browser fails the test.
@@ -19,6 +20,7 @@ from support import run, running
 
 CHROMIUM = "/usr/bin/chromium"
 PAGE = Path(__file__).resolve().parents[1] / "examples" / "encrypted_client.html"
+CLIENT = Path(__file__).resolve().parents[1] / "clients" / "js" / "src" / "roomcast.js"
 BROWSER_TIMEOUT = 45.0
 
 if not os.path.exists(CHROMIUM) and os.environ.get("CI", "").lower() != "true":
@@ -31,6 +33,8 @@ if not os.path.exists(CHROMIUM) and os.environ.get("CI", "").lower() != "true":
 def page_handler(request: HttpRequest) -> HttpResponse | None:
     if request.path == "/":
         return HttpResponse(200, PAGE.read_bytes(), {"Content-Type": "text/html; charset=utf-8"})
+    if request.path == "/roomcast.js":  # the JavaScript client the page is built on
+        return HttpResponse(200, CLIENT.read_bytes(), {"Content-Type": "text/javascript"})
     return None
 
 

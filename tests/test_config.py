@@ -92,3 +92,41 @@ def test_config_is_frozen_and_checked():
         ServerConfig(options={"nope": 1})
     with pytest.raises(ValueError, match="invalid default room"):
         ServerConfig(default_rooms=("ws:x",))
+
+
+def test_the_limit_flags_and_their_environment_variables_reach_the_options():
+    argv = [
+        "serve",
+        "--max-rooms-per-client",
+        "7",
+        "--max-fragments",
+        "9",
+        "--validate-room-timeout-ms",
+        "250",
+        "--rate-limit-messages",
+        "20",
+        "--public-client-rooms",
+    ]
+    environ = {"ROOMCAST_RATE_LIMIT_BYTES": "5000", "ROOMCAST_PRESENCE_LIMIT": "50"}
+    options = config_from_args(build_parser().parse_args(argv), environ).server_config().options
+    assert (options["max_rooms_per_client"], options["max_fragments"]) == (7, 9)
+    assert options["validate_room_timeout"] == 0.25
+    assert (options["rate_limit_messages"], options["rate_limit_bytes"]) == (20.0, 5000.0)
+    assert options["presence_limit"] == 50 and options["private_client_rooms"] is False
+    defaults = ServeConfig().server_config().options
+    assert defaults["rate_limit_messages"] is None and defaults["private_client_rooms"] is True
+
+
+def test_the_limit_options_take_camel_case_aliases_and_refuse_bad_values():
+    config = ServerConfig(options={"maxRoomsPerClient": 3, "rateLimitMessages": 10})
+    assert config.options["max_rooms_per_client"] == 3
+    assert config.options["rate_limit_messages"] == 10.0
+    for bad in (
+        {"max_rooms_per_client": 0},
+        {"max_fragments": 1.5},
+        {"rate_limit_bytes": -1},
+        {"validate_room_timeout": "soon"},
+        {"private_client_rooms": "yes"},
+    ):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            ServerConfig(options=bad)

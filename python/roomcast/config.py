@@ -51,6 +51,28 @@ OPTION_DEFAULTS: dict[str, Any] = {
     "presence_ttl": 30.0,
     # presence-join / presence-leave events to the members of presence rooms.
     "presence_events": False,
+    # The most members a `presence` answer (and `presence()`) lists; past it, `truncated`.
+    "presence_limit": 1000,
+    # Limits one client meets (SPEC §12; the README's "Limits" table). Frames one message
+    # may span; rooms a client may be in (a join past it is refused whole); room names
+    # joined or left per second (past it, reading pauses until the churn is paid back);
+    # bytes of messages queued behind a join barrier (past it, reading pauses); seconds an
+    # async validate_room_fn may take (past it, the join is refused); message_handler
+    # tasks in flight (past it, the client's messages wait and reading pauses).
+    "max_fragments": 1024,
+    "max_rooms_per_client": 10_000,
+    "room_changes_per_second": 1000.0,
+    "join_queue_limit": 1024 * 1024,
+    "validate_room_timeout": 5.0,
+    "max_handler_tasks_per_client": 16,
+    # The optional inbound rate limit per connection (None: off): messages and bytes per
+    # second, each allowing `rate_limit_burst` seconds' worth at once.
+    "rate_limit_messages": None,
+    "rate_limit_bytes": None,
+    "rate_limit_burst": 2.0,
+    # A client may join a room named like another client's id (its own-id room) only
+    # when this is off.
+    "private_client_rooms": True,
 }
 # The original's camelCase names, accepted as aliases (`backlog` has none: it is ours).
 OPTION_ALIASES = {
@@ -73,6 +95,17 @@ OPTION_ALIASES = {
     "presenceRooms": "presence_rooms",
     "presenceTtl": "presence_ttl",
     "presenceEvents": "presence_events",
+    "presenceLimit": "presence_limit",
+    "maxFragments": "max_fragments",
+    "maxRoomsPerClient": "max_rooms_per_client",
+    "roomChangesPerSecond": "room_changes_per_second",
+    "joinQueueLimit": "join_queue_limit",
+    "validateRoomTimeout": "validate_room_timeout",
+    "maxHandlerTasksPerClient": "max_handler_tasks_per_client",
+    "rateLimitMessages": "rate_limit_messages",
+    "rateLimitBytes": "rate_limit_bytes",
+    "rateLimitBurst": "rate_limit_burst",
+    "privateClientRooms": "private_client_rooms",
 }
 
 
@@ -102,7 +135,41 @@ def resolve_server_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
     if not float(resolved["write_delay"]) >= 0:
         raise ValueError(f"write_delay must not be negative: {resolved['write_delay']}")
     _check_history(resolved)
+    _check_limits(resolved)
     return resolved
+
+
+def _check_limits(resolved: dict[str, Any]) -> None:
+    """The per-client limits: whole numbers and seconds, normalised in place."""
+    for name in (
+        "presence_limit",
+        "max_fragments",
+        "max_rooms_per_client",
+        "join_queue_limit",
+        "max_handler_tasks_per_client",
+    ):
+        value = resolved[name]
+        if type(value) is not int or value < 1:
+            raise ValueError(f"{name} must be a positive integer: {value!r}")
+    for name in ("room_changes_per_second", "validate_room_timeout", "rate_limit_burst"):
+        resolved[name] = _positive_float(name, resolved[name])
+    for name in ("rate_limit_messages", "rate_limit_bytes"):
+        if resolved[name] is not None:
+            resolved[name] = _positive_float(name, resolved[name])
+    if type(resolved["private_client_rooms"]) is not bool:
+        raise ValueError(
+            f"private_client_rooms must be true or false: {resolved['private_client_rooms']!r}"
+        )
+
+
+def _positive_float(name: str, value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a positive number: {value!r}") from None
+    if not 0 < number < float("inf"):
+        raise ValueError(f"{name} must be a positive number: {value!r}")
+    return number
 
 
 def _check_history(resolved: dict[str, Any]) -> None:

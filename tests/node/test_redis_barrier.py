@@ -179,7 +179,9 @@ def test_a_join_waits_for_a_slow_subscribe_and_holds_only_that_client(redis_serv
         proxy = await FreezingProxy(redis_server.port, subscribe_delay=0.5).start()
         emitter = WebSocketEmitter(redis_at(redis_server.port))
         await emitter.configure()
-        manager, b = await echoing_node(redis_at(proxy.port))
+        # (It joins another client's own-id room below: a room known to be live.)
+        options = {"private_client_rooms": False}
+        manager, b = await echoing_node(redis_at(proxy.port), server_options=options)
         try:
             slow, data = await authed(b.url, "user:slow")
             other, other_data = await authed(b.url, "user:other")

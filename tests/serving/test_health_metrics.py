@@ -260,3 +260,40 @@ def test_single_process_metrics_port_serves_metrics_and_health(tmp_path):
         assert value(samples, "roomcast_closes_total", code="4003") == 1
     finally:
         served.close()
+
+
+def test_the_limits_counters_are_in_metrics():
+    async def body() -> None:
+        # 5 messages at once, then one a second: the sends below take far less than a second
+        options = {"max_rooms_per_client": 2, "rate_limit_messages": 1, "rate_limit_burst": 5}
+        helper = WebSocketServerHelper(
+            "lib",
+            "/ws",
+            "memory://",
+            token_auth,
+            validate_room_fn=lambda client_id, user_id, rooms: rooms,
+            default_rooms=[],
+            server_options=options,
+        )
+        server = await helper.serve("127.0.0.1", 0, metrics=True)
+        try:
+            base = f"http://127.0.0.1:{server.bound_port}"
+            ws, _ = await authed(f"ws://127.0.0.1:{server.bound_port}/ws", "user:ann")
+            await send(ws, {"event": "join", "data": {"rooms": ["a", "b"]}})
+            assert await recv(ws) == {"event": "error", "data": {"message": "Room limit reached"}}
+            # authenticate, join and 3 heartbeats pass (5 in the burst); 3 more are dropped,
+            # the first of them answered
+            for _ in range(6):
+                await send(ws, {"event": "heartbeat"})
+            assert await recv(ws) == {"event": "error", "data": {"message": "Rate limit exceeded"}}
+            loop = asyncio.get_running_loop()
+            samples = await loop.run_in_executor(None, scrape, base + "/metrics")
+            assert value(samples, "roomcast_room_limit_refused_total") == 1
+            assert value(samples, "roomcast_rate_limited_total") == 3
+            assert value(samples, "roomcast_presence_coalesced_total") == 0
+            await ws.close()
+        finally:
+            await server.stop()
+            await helper.shutdown()
+
+    run(body())

@@ -73,6 +73,17 @@ class ServeConfig:
     presence_rooms: str | None = None
     presence_ttl: float = _SERVER.options["presence_ttl"]
     presence_events: bool = False
+    presence_limit: int = _SERVER.options["presence_limit"]
+    max_fragments: int = _SERVER.options["max_fragments"]
+    max_rooms_per_client: int = _SERVER.options["max_rooms_per_client"]
+    room_changes_per_second: float = _SERVER.options["room_changes_per_second"]
+    join_queue_limit: int = _SERVER.options["join_queue_limit"]
+    validate_room_timeout: float = _SERVER.options["validate_room_timeout"]
+    max_handler_tasks_per_client: int = _SERVER.options["max_handler_tasks_per_client"]
+    rate_limit_messages: float | None = None
+    rate_limit_bytes: float | None = None
+    rate_limit_burst: float = _SERVER.options["rate_limit_burst"]
+    public_client_rooms: bool = False
     log_level: str = "info"
     workers: int = 1
     ssl_certfile: str | None = None
@@ -108,6 +119,17 @@ class ServeConfig:
                 "presence_rooms": self.presence_rooms,
                 "presence_ttl": self.presence_ttl,
                 "presence_events": self.presence_events,
+                "presence_limit": self.presence_limit,
+                "max_fragments": self.max_fragments,
+                "max_rooms_per_client": self.max_rooms_per_client,
+                "room_changes_per_second": self.room_changes_per_second,
+                "join_queue_limit": self.join_queue_limit,
+                "validate_room_timeout": self.validate_room_timeout,
+                "max_handler_tasks_per_client": self.max_handler_tasks_per_client,
+                "rate_limit_messages": self.rate_limit_messages,
+                "rate_limit_bytes": self.rate_limit_bytes,
+                "rate_limit_burst": self.rate_limit_burst,
+                "private_client_rooms": not self.public_client_rooms,
             },
         )
 
@@ -121,6 +143,16 @@ def _positive_int(text: str) -> int:
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text}")
+    return value
+
+
+def _positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be positive: {text}")
     return value
 
@@ -287,6 +319,50 @@ _SERVE_FLAGS: list[tuple[str, Callable[[str], Any] | None, str]] = [
         "ms a dead node's members stay in presence at most (default 30000)",
     ),
     ("--presence-events", None, "presence-join/presence-leave events to presence room members"),
+    ("--presence-limit", _positive_int, "most members a presence answer lists (default 1000)"),
+    # Limits one client meets (the README's "Limits" table).
+    ("--max-fragments", _positive_int, "frames one message may span (default 1024; 1008 past)"),
+    (
+        "--max-rooms-per-client",
+        _positive_int,
+        "rooms one client may be in (default 10000; 'Room limit reached' past it)",
+    ),
+    (
+        "--room-changes-per-second",
+        _positive_int,
+        "room names a client joins or leaves per second before reading pauses (default 1000)",
+    ),
+    (
+        "--join-queue-limit",
+        _positive_int,
+        "bytes a client may queue behind a join barrier before reading pauses (default 1048576)",
+    ),
+    (
+        "--validate-room-timeout-ms",
+        _positive_int,
+        "ms an async validate_room_fn may take before the join is refused (default 5000)",
+    ),
+    (
+        "--max-handler-tasks-per-client",
+        _positive_int,
+        "async message_handler calls in flight per client before reading pauses (default 16)",
+    ),
+    (
+        "--rate-limit-messages",
+        _positive_number,
+        "messages per second a connection may send (default: no limit)",
+    ),
+    ("--rate-limit-bytes", _positive_number, "bytes per second a connection may send (no limit)"),
+    (
+        "--rate-limit-burst",
+        _positive_number,
+        "seconds' worth of the rate limits a connection may send at once (default 2)",
+    ),
+    (
+        "--public-client-rooms",
+        None,
+        "let clients join rooms named like another client's id (its own-id room)",
+    ),
     ("--log-level", str, "trace, debug, info, warning or error (default info)"),
     ("--log-format", str, "text, or json for one JSON object per line (default text)"),
     (

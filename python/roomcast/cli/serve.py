@@ -11,7 +11,6 @@ import importlib
 import inspect
 import logging
 import os
-import re
 import secrets
 import signal
 import sys
@@ -22,6 +21,7 @@ from typing import Any
 
 from ..broker import REDIS_SCHEMES, BrokerUnavailable
 from ..node import jwt
+from ..node.limits import CLIENT_ID_SHAPE
 from ..protocol.constants import INTERNAL_ROOM_PREFIX
 from ..serving.runner import SHUTDOWN_SIGNALS, catching
 from .flags import CliError, ServeConfig
@@ -73,7 +73,9 @@ def build_helper(config: ServeConfig, app: Any = None, out: Callable[[str], None
     if callbacks["authenticate_fn"] is None:
         callbacks["authenticate_fn"] = jwt_authenticator(config, out)
     if callbacks["validate_room_fn"] is None:
-        callbacks["validate_room_fn"] = room_policy(config.allow_rooms)
+        callbacks["validate_room_fn"] = room_policy(
+            config.allow_rooms, private_client_rooms=not config.public_client_rooms
+        )
     if (
         config.require_encryption
         and callbacks["handshake_fn"] is None
@@ -182,14 +184,13 @@ def read_secret_file(path: str) -> bytes:
     return secret
 
 
-# A client id (uuid4): its own-id room, on this node or any other, carries its messages.
-_CLIENT_ID_SHAPE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
-
-
-def room_policy(pattern: str) -> Callable[[str, str | None, list[str]], list[str]]:
+def room_policy(
+    pattern: str, private_client_rooms: bool = True
+) -> Callable[[str, str | None, list[str]], list[str]]:
     """The built-in validate_room_fn: rooms matching the `--allow-rooms` glob, except names
-    starting with `ws:` and names shaped like a client id (any client's own room, on any
-    node, other than the joiner's own)."""
+    starting with `ws:` and (unless `--public-client-rooms`) names shaped like a client id
+    (any client's own room, on any node, other than the joiner's own; the helper leaves
+    those out before asking, this says so for a policy used on its own)."""
 
     def validate_room_fn(client_id: str, user_id: str | None, rooms: list[str]) -> list[str]:
         return [
@@ -197,7 +198,9 @@ def room_policy(pattern: str) -> Callable[[str, str | None, list[str]], list[str
             for room in rooms
             if fnmatch.fnmatchcase(room, pattern)
             and not room.startswith(INTERNAL_ROOM_PREFIX)
-            and (room == client_id or not _CLIENT_ID_SHAPE.fullmatch(room))
+            and (
+                not private_client_rooms or room == client_id or not CLIENT_ID_SHAPE.fullmatch(room)
+            )
         ]
 
     return validate_room_fn

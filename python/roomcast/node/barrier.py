@@ -27,11 +27,12 @@ from ..broker.protocol import Broker
 from ..protocol.constants import WebSocketChannels, WebSocketEvents
 from ..protocol.messages import InvalidMessage, InvalidText, decode
 from ..protocol.session import State
-from ..transport.connection import Client
+from ..transport.connection import Client, Pause
 
 logger = logging.getLogger("roomcast")
 
-# Messages a client may queue behind a join barrier before its socket stops being read.
+# Messages a client may queue behind a join barrier before its socket stops being read
+# (and `join_queue_limit`, their bytes).
 HELD_LIMIT = 256
 
 _ROOM_PREFIX = WebSocketChannels.ROOM_PREFIX
@@ -50,16 +51,12 @@ Login = Callable[[Client], bool]
 
 
 def reading(client: Client, on: bool) -> None:
-    """Resume or pause reading from a client's socket."""
-    transport = client.transport
-    raw: Any = getattr(transport, "underlying_transport", None)
-    try:
-        if on and not raw.is_reading():
-            raw.resume_reading()
-        elif not on and raw.is_reading():
-            raw.pause_reading()
-    except (AttributeError, RuntimeError):  # closing, or not a socket transport
-        logger.debug("reading not %s for %s", "resumed" if on else "paused", client.id)
+    """Resume or pause reading from a client's socket for its join-barrier queue (other
+    reasons may keep it paused: `Pause`)."""
+    if on:
+        client.resume_reading(Pause.JOIN_QUEUE)
+    else:
+        client.pause_reading(Pause.JOIN_QUEUE)
 
 
 def is_join(payload: Any, is_text: bool) -> bool:
@@ -71,13 +68,15 @@ def is_join(payload: Any, is_text: bool) -> bool:
 
 class Held:
     """One client behind a barrier: how many of its barriers are pending, its inbound messages
-    queued meanwhile, and the follow-up of its latest barrier (the next one runs after it)."""
+    queued meanwhile (and their bytes), and the follow-up of its latest barrier (the next one
+    runs after it)."""
 
-    __slots__ = ("last", "pending", "queued")
+    __slots__ = ("last", "pending", "queued", "size")
 
     def __init__(self) -> None:
         self.pending = 0
         self.queued: deque[tuple[bytes, bool]] = deque()
+        self.size = 0
         self.last: asyncio.Future[None] | None = None
 
 
@@ -90,7 +89,13 @@ class JoinBarrier:
     handler of one inbound message (for the messages held behind a barrier) once they exist;
     `start` the loop, when the helper is configured."""
 
-    def __init__(self, broker: Broker, clients: Mapping[str, Client], subscribe_timeout: float):
+    def __init__(
+        self,
+        broker: Broker,
+        clients: Mapping[str, Client],
+        subscribe_timeout: float,
+        queue_limit: int = 1024 * 1024,
+    ):
         # A broker that subscribes by interest hears of local rooms/users/clients coming and
         # going; one that also confirms subscriptions makes joins wait for the confirmation.
         self.interest: Callable[[str, bool], Any] | None = (
@@ -111,6 +116,7 @@ class JoinBarrier:
         self._handle: Handler | None = None
         self._clients = clients
         self.subscribe_timeout = subscribe_timeout
+        self.queue_limit = queue_limit  # bytes a held client may queue before reading pauses
         self._loop: asyncio.AbstractEventLoop | None = None
         self._held: dict[str, Held] = {}
         # Who is held now (read by the inbound path, which tests it before each message).
@@ -301,6 +307,14 @@ class JoinBarrier:
         self._hold(client, lifted, then)
         return lifted
 
+    def hold(
+        self, client: Client, lifted: asyncio.Future[bool], then: Callable[[], Any] = _nothing
+    ) -> None:
+        """Hold the client's inbound messages until `lifted` (a future that always ends,
+        e.g. a presence write bounded by a timeout); then run `then`, in order with the
+        client's other barriers."""
+        self._hold(client, lifted, then)
+
     def pause(self, client: Client) -> Callable[[], None]:
         """Hold the client's inbound messages until the returned function is called (while
         an asynchronous validate_room_fn decides on its join)."""
@@ -324,7 +338,8 @@ class JoinBarrier:
         if not queued and is_join(payload, is_text):
             return False
         queued.append((bytes(payload), is_text))
-        if len(queued) == HELD_LIMIT:
+        held.size += len(payload)
+        if len(queued) >= HELD_LIMIT or held.size >= self.queue_limit:
             reading(client, False)  # TCP pushes back on the client meanwhile
         return True
 
@@ -448,8 +463,7 @@ class JoinBarrier:
             return  # another barrier pending, or the client is gone
         del self._held[client.id]
         messages = held.queued
-        if len(messages) >= HELD_LIMIT:
-            reading(client, True)
+        reading(client, True)
         handle = self._handle
         assert handle is not None
         while messages:
@@ -464,6 +478,7 @@ class JoinBarrier:
                 while messages and is_join(*messages[0]):
                     handle(client, *messages.popleft())
                 again.queued.extendleft(reversed(messages))
-                if len(again.queued) >= HELD_LIMIT:
+                again.size += sum(len(payload) for payload, _ in messages)
+                if len(again.queued) >= HELD_LIMIT or again.size >= self.queue_limit:
                     reading(client, False)
                 return

@@ -20,6 +20,7 @@ from ..protocol.session import Action
 from ..transport.connection import Client
 from .auth import Authentication
 from .barrier import JoinBarrier
+from .limits import Limits
 from .presence import Presence
 from .rooms import Rooms
 from .sender import Sender
@@ -61,6 +62,7 @@ class Inbound:
         scheme: EncryptionScheme | None,
         auth_timeout: float,
         message_handler: Callback | None,
+        limits: Limits,
     ) -> None:
         self._hub = hub
         self._barrier = barrier
@@ -76,9 +78,14 @@ class Inbound:
         self._scheme = scheme
         self._auth_timeout = auth_timeout
         self.message_handler = message_handler
+        self._limits = limits
+        # The inbound rate limit's settings: None when off (nothing counted per message).
+        self._rate = limits.rate
 
     def on_message(self, client: Client, payload: Any, is_text: bool) -> None:
         self._hub.touch(client.handle)
+        if self._rate is not None and self._limits.over_rate(client, len(payload)):
+            return  # past the inbound rate limit: dropped (the client was told)
         if self._held and self._barrier.queue_if_held(client, payload, is_text):
             return  # behind a join barrier: handled in order once it is lifted
         if len(payload) == _HEARTBEAT_LEN and payload == _HEARTBEAT_BYTES:
@@ -129,13 +136,8 @@ class Inbound:
             if event == _PRESENCE and self._presence.is_presence is not None:
                 self._presence.on_request(client, message.get("data"))
             elif self.message_handler is not None:
-                self._tasks.invoke(
-                    "message_handler",
-                    self.message_handler,
-                    client_id=client.id,
-                    user_id=client.user_id,
-                    message=message,
-                )
+                # At most max_handler_tasks_per_client of its tasks in flight per client.
+                self._limits.run_handler(client, self.message_handler, message)
         elif action is _IGNORE:
             return
         elif action is _JOIN:
@@ -165,13 +167,7 @@ class Inbound:
 
     def _to_message_handler(self, client: Client, message: dict[str, Any]) -> None:
         if self.message_handler is not None:
-            self._tasks.invoke(
-                "message_handler",
-                self.message_handler,
-                client_id=client.id,
-                user_id=client.user_id,
-                message=message,
-            )
+            self._limits.run_handler(client, self.message_handler, message)
 
     def _on_encrypted(self, client: Client, message: dict[str, Any]) -> None:
         """An `encrypted` event from a client: opened and handled as if sent in clear.

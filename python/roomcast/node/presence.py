@@ -19,6 +19,7 @@ from ..protocol.messages import RoomGlob, encode, encode_envelope
 from ..protocol.session import State
 from ..transport.connection import Client
 from .callbacks import check_callback
+from .limits import PRESENCE_WAITING, Serial
 from .sender import Sender
 from .tasks import Callback, Tasks
 
@@ -48,6 +49,7 @@ class Presence:
         server_id: str,
         tasks: Tasks,
         options: Mapping[str, Any],
+        write_timeout: float,
     ) -> None:
         self._hub = hub
         self._sender = sender
@@ -61,7 +63,12 @@ class Presence:
         self._validate: Callback | None = None
         self._remote: RedisPresence | None = None  # cluster-wide presence through redis
         self._task: asyncio.Task[None] | None = None
-        self._written: set[str] = set()
+        # The longest a join's answer (or a client's next message) waits for its presence
+        # write (the join barrier's bound).
+        self._write_timeout = write_timeout
+        self._limit = int(options["presence_limit"])
+        # One `presence` request in flight per client; the same room again is coalesced.
+        self._requests = Serial(tasks.spawn, PRESENCE_WAITING)
 
     @property
     def validate_presence_fn(self) -> Callback | None:
@@ -88,28 +95,32 @@ class Presence:
 
         if isinstance(self._broker, RedisBroker):
             ttl = float(options["presence_ttl"])
-            self._remote = RedisPresence(self._broker.target, ttl)
+            self._remote = RedisPresence(
+                self._broker.target,
+                ttl,
+                self._server_id,
+                self._local_members,
+                float(options["history_timeout"]),
+            )
             loop = asyncio.get_running_loop()
             self._task = loop.create_task(self._refresh())
 
+    @property
+    def in_redis(self) -> bool:
+        """Whether members are written to redis as they join and leave."""
+        return self._remote is not None
+
     async def _refresh(self) -> None:
-        """Write this node's members of every presence room to redis, every interval."""
+        """Stamp this node in every presence room it has members in, every interval (the
+        members themselves are written as they join and leave)."""
         remote = self._remote
         assert remote is not None
         while True:
             is_presence = self.is_presence
             assert is_presence is not None
-            rooms: dict[str, list[Member]] = {}
-            for room in self._hub.room_names():
-                if is_presence(room):
-                    members = self._local_members(room)
-                    if members:
-                        rooms[room] = members
-            try:
-                await remote.write(self._server_id, rooms, self._written - rooms.keys())
-                self._written = set(rooms)
-            except Exception as exc:  # redis away: the next round tries again
-                logger.warning("presence not refreshed in redis: %s", exc)
+            rooms = [room for room in self._hub.room_names() if is_presence(room)]
+            # Never raises; while Redis does not answer, stamps wait behind the writes.
+            await asyncio.wait([remote.refresh(rooms)], timeout=remote.ttl_ms / 1000)
             await asyncio.sleep(remote.interval)
 
     async def close(self) -> None:
@@ -119,10 +130,43 @@ class Presence:
         remote, self._remote = self._remote, None
         if remote is not None:
             try:
-                await remote.forget(self._server_id, self._written)
+                await remote.forget()
             except Exception as exc:
                 logger.warning("presence not cleared in redis: %s", exc)
             await remote.close()
+
+    def changed(
+        self, client: Client, rooms: Sequence[str], joining: bool
+    ) -> asyncio.Future[bool] | None:
+        """`client`'s entry in the redis presence of each presence room among `rooms`,
+        written (or removed) now, behind this node's earlier changes. None if there was
+        none to write; else a future resolved once they are in redis, or after the write
+        timeout (never an error: failed writes are the store's to count and repair)."""
+        remote, is_presence = self._remote, self.is_presence
+        assert remote is not None and is_presence is not None
+        client_id, user_id = client.id, client.user_id
+        written = None
+        for room in rooms:
+            if room == client_id or not is_presence(room):
+                continue
+            if not joining:
+                written = remote.remove(room, client_id)
+            elif user_id is None:
+                written = remote.add(room, {"clientId": client_id})
+            else:
+                written = remote.add(room, {"clientId": client_id, "userId": user_id})
+        # One future for every change of a batch: the last one covers them all.
+        return None if written is None else bounded(written, self._write_timeout)
+
+    def forget(self, client: Client) -> None:
+        """The client is gone: its waiting `presence` requests with it."""
+        self._requests.forget(client)
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "presence_requests": self._requests.in_flight,
+            "presence_coalesced": self._requests.coalesced,
+        }
 
     def announce(self, client: Client, rooms: Sequence[str], joining: bool) -> None:
         """`presence-join` / `presence-leave` of `client` to the members of each presence
@@ -149,24 +193,30 @@ class Presence:
 
     async def members(self, room: str) -> list[Member]:
         """The members of a presence room, each once: `{"clientId", "userId"?}` (no `userId`
-        for anonymous clients); empty for a room without presence."""
+        for anonymous clients); empty for a room without presence. At most `presence_limit`
+        of them (this node's first)."""
+        return (await self.page(room))[0]
+
+    async def page(self, room: str) -> tuple[list[Member], int]:
+        """At most `presence_limit` members of `room`, and how many it has."""
         is_presence = self.is_presence
         if is_presence is None or not is_presence(room):
-            return []
+            return [], 0
+        limit = self._limit
         members = self._local_members(room)
+        total = len(members)
+        del members[limit:]
         remote = self._remote
         if remote is not None:
             try:
-                others = await remote.read(room, self._server_id)
+                others, count = await remote.read(room, limit)
             except Exception as exc:
                 logger.warning("presence of room %s unreadable in redis: %s", room, exc)
-                others = []
-            seen = {m["clientId"] for m in members}
-            for other in others:
-                if other.get("clientId") not in seen:
-                    seen.add(other["clientId"])
-                    members.append(other)
-        return members
+                others, count = [], 0
+            # A client is on one node: the other nodes' members are not this node's.
+            total += count
+            members.extend(others[: limit - len(members)])
+        return members, total
 
     def _local_members(self, room: str) -> list[Member]:
         clients = self._clients
@@ -191,12 +241,15 @@ class Presence:
         if type(room) is not str or is_presence is None or not is_presence(room):
             self._sender.error(client, PRESENCE_NOT_ALLOWED)
             return
+        # One request in flight per client; the same room asked again meanwhile is answered
+        # once (`limits.Serial`).
         if self._hub.in_room(client.handle, room):
-            self._tasks.spawn(self._answer(client, room, None))
+            self._requests.submit(client, room, lambda: self._answer(client, room, None))
         elif self._validate is None:
             self._sender.error(client, PRESENCE_NOT_ALLOWED)
         else:
-            self._tasks.spawn(self._answer(client, room, self._validate))
+            check = self._validate
+            self._requests.submit(client, room, lambda: self._answer(client, room, check))
 
     async def _answer(self, client: Client, room: str, check: Callback | None) -> None:
         if check is not None:
@@ -213,7 +266,30 @@ class Presence:
                 if client.state is State.AUTHENTICATED:
                     self._sender.error(client, PRESENCE_NOT_ALLOWED)
                 return
-        members = await self.members(room)
+        members, total = await self.page(room)
         if client.state is State.AUTHENTICATED:
-            answer = {"room": room, "clients": members}
+            answer: dict[str, Any] = {"room": room, "clients": members}
+            if total > len(members):
+                answer["truncated"] = True  # `presence_limit`: the first ones, not all
+                answer["total"] = total
             self._sender.one(client, encode(PRESENCE, answer), PRESENCE, answer)
+
+
+def bounded(future: asyncio.Future[bool], timeout: float) -> asyncio.Future[bool]:
+    """A future resolved (True) once `future` is, or after `timeout` seconds: a barrier for
+    the client's next messages, not a verdict."""
+    loop = future.get_loop()
+    out: asyncio.Future[bool] = loop.create_future()
+
+    def done(_: Any = None) -> None:
+        timer.cancel()
+        if not out.done():
+            out.set_result(True)
+
+    def late() -> None:
+        if not out.done():
+            out.set_result(True)
+
+    timer = loop.call_later(timeout, late)
+    future.add_done_callback(done)
+    return out

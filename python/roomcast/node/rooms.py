@@ -21,6 +21,7 @@ from ..protocol.session import State
 from ..transport.connection import Client
 from .barrier import JoinBarrier
 from .history import History
+from .limits import Limits
 from .presence import Presence
 from .tasks import Callback, Tasks
 
@@ -41,6 +42,7 @@ class Rooms:
         tasks: Tasks,
         history: History,
         presence: Presence,
+        limits: Limits,
         validate_room_fn: Callback | None,
     ) -> None:
         self._hub = hub
@@ -49,6 +51,7 @@ class Rooms:
         self._tasks = tasks
         self._history = history
         self._presence = presence
+        self._limits = limits
         self.validate_room_fn = validate_room_fn
         # Whether anything happens when a client joins a room (`joined`, presence events):
         # known once history and presence have started.
@@ -56,30 +59,64 @@ class Rooms:
 
     def start(self) -> None:
         """At configure, after history and presence."""
-        self._hooks = self._history.is_history is not None or self._presence.events
+        presence = self._presence
+        self._hooks = self._history.is_history is not None or presence.events or presence.in_redis
 
     # -- the one event of every join and leave -------------------------------------------
 
     def joined(self, client: Client, rooms: Sequence[str], recover: Recover | None = None) -> None:
         """After `client` joined `rooms` (a `join`, its default rooms at login, or
-        `join_room`): `joined` for each history room, `presence-join` for each presence
-        room (when enabled)."""
+        `join_room`): its presence entry in redis for each presence room, `joined` for each
+        history room, `presence-join` for each presence room (when enabled)."""
         if not self._hooks:
             return
+        presence = self._presence
+        if presence.in_redis:
+            written = presence.changed(client, rooms, True)
+            if written is not None:
+                # Read-your-writes (SPEC §10): its `joined` and its next messages wait for
+                # its presence entry to be in redis (at most `subscribe_timeout`).
+                self._barrier.hold(
+                    client, written, lambda: self._joined_late(client, rooms, recover)
+                )
+                if presence.events:
+                    presence.announce(client, rooms, True)
+                return
         if self._history.is_history is not None:
             self._history.joined(client, rooms, recover or {})
-        if self._presence.events:
-            self._presence.announce(client, rooms, True)
+        if presence.events:
+            presence.announce(client, rooms, True)
+
+    def _joined_late(self, client: Client, rooms: Sequence[str], recover: Recover | None) -> None:
+        """`joined` once the presence write it waited for is done, for the history rooms
+        the client is still in."""
+        if self._history.is_history is None or not client.live:
+            return
+        hub, handle = self._hub, client.handle
+        still = [room for room in rooms if hub.in_room(handle, room)]
+        if still:
+            self._history.joined(client, still, recover or {})
 
     def left(self, client: Client, rooms: Sequence[str]) -> None:
-        """After `client` left `rooms` (or before it is removed, disconnecting)."""
-        if self._presence.events:
-            self._presence.announce(client, rooms, False)
+        """After `client` left `rooms`: out of presence in redis (its next messages wait for
+        that), `presence-leave` (when enabled)."""
+        presence = self._presence
+        if presence.in_redis:
+            written = presence.changed(client, rooms, False)
+            if written is not None and client.live:
+                self._barrier.hold(client, written)
+        if presence.events:
+            presence.announce(client, rooms, False)
 
     def leaving(self, client: Client) -> None:
         """Before an authenticated client is removed from the hub, disconnecting."""
-        if self._presence.events:
-            self._presence.announce(client, self._hub.rooms_of(client.handle), False)
+        presence = self._presence
+        if presence.in_redis or presence.events:
+            rooms = self._hub.rooms_of(client.handle)
+            if presence.in_redis:
+                presence.changed(client, rooms, False)
+            if presence.events:
+                presence.announce(client, rooms, False)
 
     # -- from clients --------------------------------------------------------------------
 
@@ -87,7 +124,8 @@ class Rooms:
         requested = requested_rooms(data)
         if not requested:
             return
-        rooms = sanitize_rooms(requested)
+        # Another client's own-id room is never asked for (unless the application allows it).
+        rooms = self._limits.joinable(client, sanitize_rooms(requested))
         if not rooms:
             fault(
                 "invalid room",
@@ -129,8 +167,18 @@ class Rooms:
         release: Callable[[], None],
         recover: Recover | None,
     ) -> None:
+        timeout = self._limits.validate_room_timeout
         try:
-            result = await allowed
+            result = await asyncio.wait_for(allowed, timeout)
+        except TimeoutError:
+            fault(
+                "join refused",
+                "join refused for %s: validate_room_fn took over %g s",
+                client.id,
+                timeout,
+                extra=client_extra(client),
+            )
+            result = None
         except Exception:
             logger.exception(
                 "validate_room_fn raised for %s", client.id, extra=client_extra(client)
@@ -158,6 +206,8 @@ class Rooms:
         requested = set(rooms)
         # validate_room_fn returns a subset: anything else it returns is ignored.
         rooms = [r for r in allowed if r in requested]
+        if not self._limits.within_room_limit(client, rooms):
+            return  # refused whole (`Room limit reached`), before any subscription
         self._barrier.join(client, rooms, lambda: self._join_now(client, rooms, recover))
 
     def _join_now(self, client: Client, rooms: list[str], recover: Recover | None) -> bool:
@@ -167,15 +217,19 @@ class Rooms:
         hub, handle = self._hub, client.handle
         added = [r for r in rooms if hub.join(handle, r)]
         logger.debug("%s joined %r", client.id, added)
+        self._limits.room_changes(client, len(added))
         if added:
             self.joined(client, added, recover)
         return True
 
     def on_leave(self, client: Client, data: Any) -> None:
+        left = 0
         for room in requested_rooms(data):
-            if type(room) is str and room != client.id:
-                if self._hub.leave(client.handle, room):
-                    self.left(client, [room])
+            if type(room) is str and room != client.id and self._hub.leave(client.handle, room):
+                left += 1
+                self.left(client, [room])
+        if left:
+            self._limits.room_changes(client, left)
 
     # -- from the server -----------------------------------------------------------------
 

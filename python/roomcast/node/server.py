@@ -42,6 +42,7 @@ from .callbacks import check_callbacks
 from .delivery import Delivery
 from .history import History
 from .inbound import Inbound
+from .limits import Limits
 from .presence import Member, Presence
 from .rooms import Rooms
 from .sender import Sender
@@ -139,7 +140,9 @@ class WebSocketServerHelper:
         clients: dict[str, Client] = {}
         self._clients = clients
         tasks = self._tasks = Tasks()
-        barrier = self._barrier = JoinBarrier(broker, clients, config.subscribe_timeout)
+        barrier = self._barrier = JoinBarrier(
+            broker, clients, config.subscribe_timeout, int(options["join_queue_limit"])
+        )
         write_delay = float(options["write_delay"])
         hub = self._hub = Hub(
             _late_flush(tasks, write_delay) if write_delay else tasks.schedule,
@@ -163,13 +166,14 @@ class WebSocketServerHelper:
             hub, tasks.spawn, encryption, outbound_transformer, config.encrypted_batch_limit
         )
         sender = self._sender = Sender(hub, sealer)
+        limits = self._limits = Limits(options, hub, sender.error, tasks.spawn)
         server_id = self.server_id
         history = self._history = History(hub, sender, broker, server_id, tasks, options)
         presence = self._presence = Presence(
-            hub, sender, broker, clients, server_id, tasks, options
+            hub, sender, broker, clients, server_id, tasks, options, config.subscribe_timeout
         )
         rooms = self._rooms = Rooms(
-            hub, barrier, clients, tasks, history, presence, validate_room_fn
+            hub, barrier, clients, tasks, history, presence, limits, validate_room_fn
         )
         auth = self._auth = Authentication(
             hub,
@@ -199,6 +203,7 @@ class WebSocketServerHelper:
             encryption,
             config.auth_timeout,
             message_handler,
+            limits,
         )
         self._delivery = Delivery(
             sender, history, broker, clients, server_id, hub.has_room, hub.user_members
@@ -212,6 +217,7 @@ class WebSocketServerHelper:
             inbound.on_message,
             self._on_disconnect,
             self._on_pause_writing,
+            int(options["max_fragments"]),
         )
         self._sweep_handle: asyncio.TimerHandle | None = None
         self._accepting = False
@@ -473,6 +479,8 @@ class WebSocketServerHelper:
         self._hub.remove(client.handle)
         self._clients.pop(client.id, None)
         self._barrier.forget(client)
+        self._limits.forget(client)
+        self._presence.forget(client)
         self._sender.forget(client)
         self._auth.forget_keys(client)
         # The one line per connection at DEBUG.
@@ -620,11 +628,17 @@ class WebSocketServerHelper:
         the join barrier's (`subscribe_waits`: logins and joins that waited for Redis to
         confirm a subscription; `subscribe_unconfirmed`: those that went ahead without it,
         Redis being unreachable or slower than `subscribe_timeout`), `history_*` (README)
-        and, prefixed `broker_`, the broker's when it keeps any."""
+        the limits' (`room_limit_refused`: joins refused by max_rooms_per_client;
+        `rate_limited`: messages dropped by the inbound rate limit), presence's
+        (`presence_requests`: clients with a `presence` request in flight;
+        `presence_coalesced`: requests answered with one waiting already) and, prefixed
+        `broker_`, the broker's when it keeps any."""
         stats = self._hub.stats()
         stats["subscribe_waits"] = self._barrier.waits
         stats["subscribe_unconfirmed"] = self._barrier.unconfirmed
         stats.update(self._history.stats())
+        stats.update(self._limits.stats())
+        stats.update(self._presence.stats())
         for key, value in self._broker.stats().items():
             stats[f"broker_{key}"] = value
         return stats

@@ -124,7 +124,9 @@ class CloseCode:
 
     GOING_AWAY = 1001  # server shutdown, idle timeout
     INVALID_TEXT = 1007  # a text message that is not UTF-8
-    POLICY_VIOLATION = 1008  # backpressure limit passed with close_on_backpressure_limit
+    # backpressure limit passed with close_on_backpressure_limit; also max_fragments and the
+    # inbound rate limit, with their own reasons
+    POLICY_VIOLATION = 1008
     MESSAGE_TOO_BIG = 1009  # message larger than max_payload_length
     AUTH_TIMEOUT = 4001
     HEARTBEAT_TIMEOUT = 4002
@@ -142,6 +144,9 @@ class CloseCode:
         MESSAGE_TOO_BIG: "Message too big",
     }
     IDLE_REASON = "Idle timeout"
+    # Also 1008, for the inbound limits (README, "Limits").
+    FRAGMENTS_REASON = "Too many fragments"
+    RATE_LIMIT_REASON = "Rate limit exceeded"
 
 
 class ErrorMessages:
@@ -155,6 +160,9 @@ class ErrorMessages:
     HANDSHAKE_FAILED = "Encryption handshake failed"
     # Ours (the original has no inbound decryption): an `encrypted` event that cannot be opened.
     DECRYPTION_FAILED = "Decryption failed"
+    # Ours: the per-client limits (SPEC §12).
+    ROOM_LIMIT = "Room limit reached"
+    RATE_LIMIT = "Rate limit exceeded"
     INVALID_REDIS = "Invalid redis connection!"
     UPGRADE_FAILED = "WebSocket upgrade failed"
 

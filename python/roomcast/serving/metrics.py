@@ -72,6 +72,21 @@ _HISTORY_METRICS = {
         "History room messages not written (redis unreachable): dropped.",
     ),
 }
+# The per-client limits' figures (helper stats; README "Limits").
+_LIMIT_METRICS = {
+    "room_limit_refused": (
+        "roomcast_room_limit_refused",
+        "Joins refused whole by max_rooms_per_client ('Room limit reached').",
+    ),
+    "rate_limited": (
+        "roomcast_rate_limited",
+        "Inbound messages dropped by the rate limit.",
+    ),
+    "presence_coalesced": (
+        "roomcast_presence_coalesced",
+        "Presence requests answered with one for the same room already waiting.",
+    ),
+}
 _BROKER_METRICS = {
     "published": ("roomcast_broker_published", "counter", "Envelopes published to the broker."),
     "received": ("roomcast_broker_received", "counter", "Envelopes received from the broker."),
@@ -225,7 +240,8 @@ def samples(helper: Node) -> list[Sample]:
         value = stats.get(f"broker_{key}")
         if value is not None:
             out.append(Sample(name, kind, doc, (), [((), value)]))
-    for key, (name, doc) in (*_BARRIER_METRICS.items(), *_HISTORY_METRICS.items()):
+    counted = (*_BARRIER_METRICS.items(), *_HISTORY_METRICS.items(), *_LIMIT_METRICS.items())
+    for key, (name, doc) in counted:
         value = stats.get(key)
         if value is not None:
             out.append(Sample(name, "counter", doc, (), [((), value)]))

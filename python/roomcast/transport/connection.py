@@ -1,7 +1,8 @@
 """The picows adapter: one `Client` per WebSocket connection.
 
 picows hands us frames, not messages: this module joins continuation frames, checks their
-order, enforces the whole-message size limit and UTF-8, and turns each complete message into
+order, enforces the whole-message size and fragment count limits and UTF-8, and turns each
+complete message into
 one call on the helper (through its `Links`). A `WSFrame` is only valid inside `on_ws_frame`;
 nothing here keeps it. The `Client` object is also the session (`roomcast.protocol.session`) and the
 record the public API returns (`get_clients()` and friends).
@@ -43,6 +44,15 @@ _NO_BYTES = b""
 CLOSE_GRACE = 2.0
 
 
+class Pause:
+    """Why a client's socket is not read (bits: several may hold at once)."""
+
+    JOIN_QUEUE = 1  # messages queued behind a join barrier past their limit
+    HANDLERS = 2  # max_handler_tasks_per_client message_handler calls in flight
+    ROOM_CHANGES = 4  # room_changes_per_second passed: until the churn is paid back
+    PRESENCE = 8  # presence requests waiting past their limit
+
+
 class Links:
     """What every `Client` of one helper reaches: the hub, the counters and the helper's
     connection events, handed over explicitly (one object per helper, so a connection
@@ -52,6 +62,7 @@ class Links:
         "counters",
         "hub",
         "loop",
+        "max_fragments",
         "max_payload_length",
         "on_connect",
         "on_disconnect",
@@ -68,10 +79,14 @@ class Links:
         on_message: Callable[[Client, Any, bool], None],
         on_disconnect: Callable[[Client], None],
         on_pause_writing: Callable[[Client], None],
+        max_fragments: int = 1024,
     ) -> None:
         self.hub = hub
         self.counters = counters
         self.max_payload_length = max_payload_length
+        # Frames one message may span: each costs a callback, so an endless run of empty
+        # continuations is bounded by count, not only by the bytes it carries.
+        self.max_fragments = max_fragments
         self.on_connect = on_connect
         self.on_message = on_message
         self.on_disconnect = on_disconnect
@@ -87,9 +102,10 @@ class Client(WSListener, SessionMachine):
         *SESSION_SLOTS,
         "_disconnect_timer",
         "_fragments",
-        "_fragments_size",
+        "_fragments_count",
         "_fragments_text",
         "_links",
+        "_paused",
         "_picows_log",
         "_pacing",
         "_writable",
@@ -104,20 +120,21 @@ class Client(WSListener, SessionMachine):
         self.connected_at = time.time()
         self.handle = -1
         self.transport: WSTransport | None = None
-        self._fragments: list[bytes] | None = None
-        self._fragments_size = 0
+        self._fragments: bytearray | None = None
+        self._fragments_count = 0
         self._fragments_text = False
         self._disconnect_timer: asyncio.TimerHandle | None = None
+        self._paused = 0  # the `Pause` reasons reading is paused for
+        # Paced writes under way (recoveries' replays, one per room): pauses meanwhile are
+        # theirs, not overflow; `_writable` is resolved by `resume_writing` or the disconnect.
+        self._pacing = 0
+        self._writable: asyncio.Future[None] | None = None
         self._picows_log: PicowsLog | None = None
 
     def log_to(self, log: PicowsLog) -> None:
         """picows' log for this connection names this client until it disconnects."""
         self._picows_log = log
         log.client = self
-        # Paced writes under way (recoveries' replays, one per room): pauses meanwhile are
-        # theirs, not overflow; `_writable` is resolved by `resume_writing` or the disconnect.
-        self._pacing = 0
-        self._writable: asyncio.Future[None] | None = None
 
     # -- the record ----------------------------------------------------------------------
 
@@ -136,6 +153,40 @@ class Client(WSListener, SessionMachine):
 
     def __repr__(self) -> str:
         return f"Client(id={self.id!r}, user_id={self.user_id!r}, state={self.state.value!r})"
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def pause_reading(self, reason: int) -> None:
+        """Stop reading the socket (TCP then pushes back on the client) for `reason`, one of
+        `Pause`'s bits; reading resumes once every reason that paused it is resumed."""
+        paused = self._paused
+        self._paused = paused | reason
+        if not paused:
+            self._reading(False)
+
+    def resume_reading(self, reason: int) -> None:
+        paused = self._paused
+        if paused & reason:
+            self._paused = paused & ~reason
+            if not self._paused:
+                self._reading(True)
+
+    @property
+    def reading_paused(self) -> bool:
+        return bool(self._paused)
+
+    def paused_for(self, reason: int) -> bool:
+        return bool(self._paused & reason)
+
+    def _reading(self, on: bool) -> None:
+        raw: Any = getattr(self.transport, "underlying_transport", None)
+        try:
+            if on and not raw.is_reading():
+                raw.resume_reading()
+            elif not on and raw.is_reading():
+                raw.pause_reading()
+        except (AttributeError, RuntimeError):  # closing, or not a socket transport
+            logger.debug("reading not %s for %s", "resumed" if on else "paused", self.id)
 
     # -- picows callbacks ------------------------------------------------------------------
 
@@ -254,28 +305,35 @@ class Client(WSListener, SessionMachine):
     # -- framing details -------------------------------------------------------------------
 
     def _on_fragment(self, frame: WSFrame, msg_type: WSMsgType) -> None:
+        fragments = self._fragments
         if msg_type is _CONTINUATION:
-            if self._fragments is None:
+            if fragments is None:
                 self._fail(WSCloseCode.PROTOCOL_ERROR, "unexpected continuation frame")
                 return
-        elif self._fragments is not None:
+        elif fragments is not None:
             self._fail(WSCloseCode.PROTOCOL_ERROR, "expected a continuation frame")
             return
         else:
-            self._fragments = []
-            self._fragments_size = 0
+            fragments = self._fragments = bytearray()
+            self._fragments_count = 0
             self._fragments_text = msg_type is _TEXT
-        self._fragments_size += frame.payload_size
-        if self._fragments_size > self._links.max_payload_length:
+        links = self._links
+        size = len(fragments) + frame.payload_size
+        if size > links.max_payload_length:
             self._fragments = None
-            self._too_big(self._fragments_size)
+            self._too_big(size)
             return
-        self._fragments.append(frame.get_payload_as_bytes())
+        # Every frame counts, empty continuations too.
+        self._fragments_count += 1
+        if self._fragments_count > links.max_fragments:
+            self._fragments = None
+            self._too_many_fragments()
+            return
+        fragments += frame.get_payload_as_memoryview()
         if frame.fin:
-            payload = b"".join(self._fragments)
             self._fragments = None
             if not self.closing:
-                self._links.on_message(self, payload, self._fragments_text)
+                self._links.on_message(self, fragments, self._fragments_text)
 
     def _on_close_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         if not transport.is_close_frame_sent:
@@ -299,6 +357,16 @@ class Client(WSListener, SessionMachine):
             extra=client_extra(self),
         )
         self.close(WSCloseCode.MESSAGE_TOO_BIG.value, CloseCode.REASONS[CloseCode.MESSAGE_TOO_BIG])
+
+    def _too_many_fragments(self) -> None:
+        fault(
+            "too many fragments",
+            "closing %s: message in more than %d frames (max_fragments)",
+            self.id,
+            self._links.max_fragments,
+            extra=client_extra(self),
+        )
+        self.close(CloseCode.POLICY_VIOLATION, CloseCode.FRAGMENTS_REASON)
 
     # -- closing ---------------------------------------------------------------------------
 

@@ -445,6 +445,11 @@ impl<S> Hub<S> {
             .flat_map(|c| c.rooms.as_slice().iter().map(|e| self.rooms.name(e.room)))
     }
 
+    /// How many rooms `handle` is in (0 for a dead handle), without naming them.
+    pub fn room_count(&self, handle: Handle) -> usize {
+        live(&self.slots, handle).map_or(0, |c| c.rooms.as_slice().len())
+    }
+
     pub fn in_room(&self, handle: Handle, room: &str) -> bool {
         self.member_room(handle, room).is_some()
     }

@@ -115,6 +115,10 @@ fn join_and_leave_report_changes_and_delete_empty_rooms() {
     assert!(hub.join(a, "r"));
     assert!(!hub.join(a, "r"));
     assert!(hub.in_room(a, "r") && hub.has_room("r"));
+    assert!(hub.join(a, "s"));
+    assert_eq!(hub.room_count(a), 2);
+    assert!(hub.leave(a, "s"));
+    assert_eq!(hub.room_count(a), 1);
     assert!(hub.leave(a, "r"));
     assert!(!hub.leave(a, "r"));
     assert!(!hub.has_room("r"));

@@ -312,6 +312,10 @@ impl Hub {
         PyList::new(py, names)
     }
 
+    fn room_count(&self, handle: u64) -> usize {
+        self.core.room_count(Handle::from_raw(handle))
+    }
+
     fn in_room(&self, handle: u64, room: &str) -> bool {
         self.core.in_room(Handle::from_raw(handle), room)
     }
