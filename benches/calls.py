@@ -37,7 +37,7 @@ def main() -> None:
         started = time.process_time_ns()
         for _ in range(200):
             hub.broadcast(PAYLOAD)
-            hub.flush()
+            hub.flush(whole=True)
         return (time.process_time_ns() - started) / (200 * len(handles))
 
     def inbound() -> float:

@@ -453,7 +453,7 @@ def _sweep_on(
             best_p99 = step
         deliveries_per_s *= 1.5
     rebuilds = None
-    if kind == "roomcast":  # its Redis session rebuilt by the watchdog during the sweep
+    if kind.startswith("roomcast"):  # its Redis session rebuilt by the watchdog in the sweep
         rebuilds = http_json(port, "/stats").get("broker_watchdog_rebuilds")
     return {
         "p99": best_p99,
@@ -594,7 +594,7 @@ def run_saturate(ctx: Context, _: None) -> list[Row]:
     if binary is None:
         print("note: skipping saturate (it needs the compiled load generator)", flush=True)
         return []
-    kinds = [kind for kind in opts.servers if kind in ("roomcast", "ignis")]
+    kinds = [kind for kind in opts.servers if kind in ("roomcast", "roomcast-whole", "ignis")]
     rows = []
     for delay in (0.0, *opts.write_delays):
         for count in opts.counts:

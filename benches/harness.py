@@ -101,6 +101,11 @@ def server(
     env = {**os.environ, "APP_ENV_LOGGER_LEVEL": "error"}
     if kind == "roomcast-send":  # roomcast with one send(2) per direct write, not io_uring
         kind, env["ROOMCAST_IO_URING"] = "roomcast", "0"
+    if kind == "roomcast-whole":  # roomcast writing every client in one pass per flush
+        kind, extra = (
+            "roomcast",
+            (*extra, "--pass-sockets", str(1 << 40), "--pass-bytes", str(1 << 60)),
+        )
     # permessage-deflate on: "roomcast-deflate" (or "roomcast-deflate@LEVEL"), "ignis-deflate".
     kind, level = kind.partition("@")[::2]
     deflate = kind.endswith("-deflate")

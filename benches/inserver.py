@@ -3,11 +3,15 @@
 - `burst`: 1 and 10 broadcasts back to back to C clients: the Rust fan-out (coalesced)
   against a plain Python loop of `transport.send` on the same transports;
 - `encrypted`: 20 room messages of 100 B and 4 KiB to 1,000 encrypted clients: sealing in
-  the Rust core, in Python, and the naive inline loop; throughput and event-loop stall.
+  the Rust core, in Python, and the naive inline loop; throughput and event-loop stall;
+- `stall`: broadcasts to C clients, 50 ms apart, with a 1 ms probe timer: the event-loop
+  stall while they are written in bounded passes (`pass_sockets`, the default) against one
+  unbounded pass per broadcast, rounds alternating on the same server and clients.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from typing import Any
@@ -110,6 +114,61 @@ def encrypted(clients_n: int, rounds: int, size: int, count: int) -> list[dict[s
     return rows
 
 
+def stall(
+    clients_n: int,
+    rounds: int,
+    count: int = 20,
+    pass_sockets: int | None = None,
+    gap: float = 0.05,
+) -> list[dict[str, Any]]:
+    """`count` broadcasts to `clients_n` clients per round, written in bounded passes
+    (`parts`: `pass_sockets`, else the default) and in one pass each (`whole`), rounds
+    alternating."""
+    modes = ("parts", "whole")
+    rows = []
+    extra = ("--pass-sockets", str(pass_sockets)) if pass_sockets else ()
+    with server("roomcast", 90.0, *extra) as (port, _), clients(port, clients_n) as gens:
+        samples: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
+        expected = received(gens)
+        for _ in range(rounds):
+            for mode in modes:
+                http_json(port, f"/stall?mode={mode}&count={count}&gap={gap}")
+                while "pending" in (result := http_json(port, "/result")):
+                    time.sleep(0.02)
+                assert result["recipients"] == clients_n * count, result
+                expected += clients_n * count
+                if wait_received(gens, expected, timeout=120) != expected:
+                    raise RuntimeError(f"stall {mode}: lost messages")
+                samples[mode].append(result)
+        for mode, runs in samples.items():
+            rows.append(
+                emit(
+                    {
+                        "scenario": "stall",
+                        "mode": mode,
+                        "clients": clients_n,
+                        "pass_sockets": pass_sockets or "default",
+                        "messages": count,
+                        "gap_s": gap,
+                        "rounds": rounds,
+                        "cpu_ns_per_delivery": statistics.median(r["cpu"] for r in runs)
+                        / (clients_n * count)
+                        * 1e9,
+                        "passes_split": statistics.median(r["passes_split"] for r in runs),
+                        "median_random_wait_ms": statistics.median(r["random_wait"] for r in runs)
+                        * 1000,
+                        "median_blocked_share": statistics.median(r["blocked_share"] for r in runs),
+                        "median_p90_stall_ms": statistics.median(r["p90_lag"] for r in runs) * 1000,
+                        "median_p99_stall_ms": statistics.median(r["p99_lag"] for r in runs) * 1000,
+                        "median_max_stall_ms": statistics.median(r["max_lag"] for r in runs) * 1000,
+                        "max_stall_ms_rounds": [r["max_lag"] * 1000 for r in runs],
+                        "lost": 0,
+                    }
+                )
+            )
+    return rows
+
+
 # -- registrations -------------------------------------------------------------------------
 
 
@@ -143,3 +202,28 @@ def run_burst(ctx: Context, _: None) -> list[Row]:
 def run_encrypted(ctx: Context, _: None) -> list[Row]:
     count = 20 if ctx.options.quick else 1000
     return [row for size in (100, 4096) for row in encrypted(count, ctx.options.rounds, size, 20)]
+
+
+@scenario(
+    "stall",
+    about="broadcasts to C clients: event-loop stall with bounded flush passes vs one pass",
+    summary=lambda row: (
+        f"stall     C={row['clients']:>6} {row['mode']:<6} max stall "
+        f"{row['median_max_stall_ms']:>6.1f} ms  wait at a random moment "
+        f"{row['median_random_wait_ms']:>5.1f} ms  "
+        f"{row['cpu_ns_per_delivery']:>7,.0f} ns CPU/delivery"
+    ),
+)
+def run_stall(ctx: Context, _: None) -> list[Row]:
+    opts = ctx.options
+    count = 3 if opts.quick else 20
+    # ROOMCAST_BENCH_PASS_SOCKETS=256,1024,4096: one run per bound (to choose it).
+    bounds = [int(b) for b in os.environ.get("ROOMCAST_BENCH_PASS_SOCKETS", "0").split(",")]
+    # ROOMCAST_BENCH_STALL_GAP=0.1: broadcasts further apart (below saturation).
+    gap = float(os.environ.get("ROOMCAST_BENCH_STALL_GAP", "0.05"))
+    return [
+        row
+        for n in opts.counts
+        for bound in bounds
+        for row in stall(n, opts.rounds, count, bound or None, gap)
+    ]

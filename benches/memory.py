@@ -1,6 +1,6 @@
 """Where an idle authenticated connection's memory goes, layer by layer.
 
-`python -m benches.memory [--clients 2000]`
+`python -m benches.memory [--clients 2000] [--redis] [--servers roomcast,roomcast-traced]`
 
 Measures the server's RSS per connection (first `clients` connections, then the marginal
 cost of as many more) for servers that each add one layer:
@@ -14,7 +14,9 @@ cost of as many more) for servers that each add one layer:
 - `roomcast-traced`: the same under tracemalloc, for the Python-level growth by file (its
   RSS includes tracemalloc's own bookkeeping, so only the by-file split is reported).
 
-Clients are the compiled load generator's (benches/loadgen-go), in another process.
+Clients are the compiled load generator's (benches/loadgen-go), in another process. With
+`--redis` the roomcast servers run on a redis-server of their own (Redis interest mode: one
+subscription per client's own-id channel and per user), as a production node does.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import time
 from typing import Any
 
 from .compiled import compiled_loadgen
-from .harness import HERE, LoadGen, free_port, http_json, rss_bytes
+from .harness import HERE, LoadGen, free_port, http_json, redis_server, rss_bytes
 
 CONNECTED = b'{"event":"connected","data":{}}'
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -90,13 +92,17 @@ def serve_bare(kind: str, port: int) -> None:
     uvloop.run(main())
 
 
-def measure(kind: str, clients: int) -> dict[str, object]:
+def measure(
+    kind: str, clients: int, redis_url: str | None = None, trace_depth: int = 1
+) -> dict[str, object]:
     port = free_port()
     env = dict(os.environ)
     if kind.startswith("roomcast"):
         command = [sys.executable, "-m", "benches.server", str(port)]
+        if redis_url is not None:
+            command += ["--redis-url", redis_url]
         if kind == "roomcast-traced":
-            env["PYTHONTRACEMALLOC"] = "1"
+            env["PYTHONTRACEMALLOC"] = str(trace_depth)
     else:
         command = [sys.executable, "-m", "benches.memory", "--serve", kind, str(port)]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=HERE.parent, env=env)
@@ -112,17 +118,28 @@ def measure(kind: str, clients: int) -> dict[str, object]:
         rss = [rss_bytes(proc.pid)]
         traced = []
         for index in range(2):
-            gen = LoadGen(url, clients, "--token-prefix", f"user:m{index}-", binary=binary)
+            # Source addresses of their own (127.0.0.10.., 127.0.0.30..), 5,000 clients each:
+            # 2 x 20,000 from one address would run out of ephemeral ports.
+            sources = (
+                ("--sources", str(-(-clients // 5000)), "--source-first", str(10 + 20 * index))
+                if binary is not None
+                else ()
+            )
+            gen = LoadGen(
+                url, clients, "--token-prefix", f"user:m{index}-", *sources, binary=binary
+            )
             gens.append(gen)
             if gen.ready() != clients:
                 raise RuntimeError(f"{kind}: not every client connected")
             time.sleep(1.0)
             rss.append(rss_bytes(proc.pid))
             if kind == "roomcast-traced":
-                traced.append(http_json(port, "/tracemalloc?by=lineno"))
+                by = "traceback" if trace_depth > 1 else "lineno"
+                traced.append(http_json(port, f"/tracemalloc?by={by}"))
         row: dict[str, object] = {
             "server": kind,
             "clients": clients,
+            "broker": "redis" if redis_url is not None and kind.startswith("roomcast") else "-",
             "rss_kb_per_connection": (rss[1] - rss[0]) / clients / 1024,
             "marginal_kb_per_connection": (rss[2] - rss[1]) / clients / 1024,
         }
@@ -144,12 +161,23 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--clients", type=int, default=2000)
     parser.add_argument("--serve", nargs=2, metavar=("KIND", "PORT"), help=argparse.SUPPRESS)
+    parser.add_argument("--redis", action="store_true", help="roomcast on a redis-server")
+    parser.add_argument(
+        "--trace-depth", type=int, default=1, help="frames per allocation (>1: by traceback)"
+    )
+    parser.add_argument("--servers", default="uvloop,picows,picows-2k,roomcast,roomcast-traced")
     args = parser.parse_args()
     if args.serve:
         serve_bare(args.serve[0], int(args.serve[1]))
         return
-    kinds = ("uvloop", "picows", "picows-2k", "roomcast", "roomcast-traced")
-    rows = [measure(kind, args.clients) for kind in kinds]
+    kinds = args.servers.split(",")
+    rows = []
+    for kind in kinds:
+        if args.redis and kind.startswith("roomcast"):
+            with redis_server() as url:
+                rows.append(measure(kind, args.clients, url, args.trace_depth))
+        else:
+            rows.append(measure(kind, args.clients, trace_depth=args.trace_depth))
     print()
     for row in rows:
         print(
@@ -157,6 +185,8 @@ def main() -> None:
             f"marginal {row['marginal_kb_per_connection']:6.2f} KB"
         )
     traced = rows[-1]
+    if "python_by_file" not in traced:
+        return
     print(f"roomcast Python-level growth: {traced['python_bytes_per_connection']:,.0f} B/conn")
     for name, size in traced["python_by_file"].items():  # type: ignore[union-attr]
         print(f"  {size:>6,} B  {name}")

@@ -161,14 +161,18 @@ def traced_growth(state: dict[str, Any], by: str = "filename") -> dict[str, Any]
     if previous is None:
         return {"total": sum(s.size for s in snapshot.statistics("filename"))}
     growth = snapshot.compare_to(previous, by)
+
+    def where(d: Any) -> str:
+        if by == "traceback":  # innermost frame first (PYTHONTRACEMALLOC=N keeps N frames)
+            frames = reversed(d.traceback)
+            return " < ".join(f"{f.filename.rsplit('/', 2)[-1]}:{f.lineno}" for f in frames)
+        if by == "lineno":
+            return f"{d.traceback[0].filename}:{d.traceback[0].lineno}"
+        return str(d.traceback[0].filename)
+
     return {
         "total": sum(d.size_diff for d in growth),
-        "by_file": {
-            f"{d.traceback[0].filename}:{d.traceback[0].lineno}"
-            if by == "lineno"
-            else str(d.traceback[0].filename): d.size_diff
-            for d in growth[:12]
-        },
+        "by_file": {where(d): d.size_diff for d in growth[:16]},
     }
 
 
@@ -227,6 +231,18 @@ def make_http_handler(helper: WebSocketServerHelper):
             )
             task.add_done_callback(lambda t: results.append(t.result()))
             return HttpResponse.json({"started": True})
+        if request.path == "/stall":
+            results.clear()
+            task = asyncio.ensure_future(
+                stall_probe(
+                    helper,
+                    query.get("mode", "parts"),
+                    int(query.get("count", "20")),
+                    float(query.get("gap", "0.05")),
+                )
+            )
+            task.add_done_callback(lambda t: results.append(t.result()))
+            return HttpResponse.json({"started": True})
         if request.path == "/result":
             return HttpResponse.json(results[0] if results else {"pending": True})
         if request.path == "/tracemalloc":
@@ -235,6 +251,55 @@ def make_http_handler(helper: WebSocketServerHelper):
 
     results: list[dict] = []
     return handler
+
+
+async def stall_probe(helper: WebSocketServerHelper, mode: str, count: int, gap: float) -> dict:
+    """`count` broadcasts `gap` seconds apart to every client, with a 1 ms probe timer: how
+    long the loop stalls (what any other message waits) while they are written. `parts`: the
+    scheduled flush, in passes bounded by `pass_sockets` / `pass_bytes`; `whole`: each
+    broadcast written to every client at once in the same callback (one pass, unbounded)."""
+    loop = asyncio.get_running_loop()
+    lags: list[float] = []
+    running = [True]
+
+    def probe(due: float) -> None:
+        now = time.perf_counter()
+        lags.append(max(0.0, now - due))
+        if running[0]:
+            loop.call_later(PROBE_INTERVAL, probe, now + PROBE_INTERVAL)
+
+    loop.call_later(PROBE_INTERVAL, probe, time.perf_counter() + PROBE_INTERVAL)
+    await asyncio.sleep(0.01)
+    before = helper.stats()
+    recipients = 0
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    for i in range(count):
+        recipients += helper.broadcast("stall", {"i": i})
+        if mode == "whole":
+            helper.flush()
+        await asyncio.sleep(gap)
+    while helper.stats()["pending_bytes"]:
+        await asyncio.sleep(0.001)
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    running[0] = False
+    after = helper.stats()
+    lags.sort()
+    return {
+        "mode": mode,
+        "count": count,
+        "recipients": recipients,
+        "wall": wall,
+        "cpu": cpu,
+        "passes_split": after["passes_split"] - before["passes_split"],
+        "max_lag": lags[-1] if lags else 0.0,
+        "p99_lag": lags[int(len(lags) * 0.99)] if lags else 0.0,
+        "p90_lag": lags[int(len(lags) * 0.9)] if lags else 0.0,
+        # A message arriving at a random moment waits for the rest of the callback running
+        # then: its mean wait is the sum of lag^2 / 2 over the wall time (the probe samples
+        # above count each stall once, however long it is).
+        "random_wait": sum(lag * lag for lag in lags) / 2 / wall,
+        "blocked_share": sum(lags) / wall,
+    }
 
 
 async def encrypted_fanout(helper: WebSocketServerHelper, mode: str, size: int, count: int) -> dict:
@@ -297,6 +362,10 @@ async def main() -> None:
     parser.add_argument("--redis-url", default="memory://")
     parser.add_argument("--write-delay", type=float, default=0.0, help="server_options write_delay")
     parser.add_argument("--history-rooms", default=None, help="server_options history_rooms")
+    parser.add_argument(
+        "--pass-sockets", type=int, default=None, help="server_options pass_sockets"
+    )
+    parser.add_argument("--pass-bytes", type=int, default=None, help="server_options pass_bytes")
     parser.add_argument("--history-size", type=int, default=100)
     parser.add_argument(
         "--per-message-deflate", action="store_true", help="server_options per_message_deflate"
@@ -312,6 +381,9 @@ async def main() -> None:
         "per_message_deflate": args.per_message_deflate,
         "deflate_level": args.deflate_level,
     }
+    for name in ("pass_sockets", "pass_bytes"):
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
     if args.history_rooms:
         options.update(history_rooms=args.history_rooms, history_size=args.history_size)
     helper = WebSocketServerHelper(

@@ -276,6 +276,20 @@ def test_deflate_scenario_smoke_compresses_without_loss():
     assert len(ratios) == 3 and all(r["wire_ratio"] < 0.5 for r in ratios)
 
 
+def test_stall_smoke_writes_every_broadcast_both_ways():
+    result = subprocess.run(
+        [sys.executable, "-m", "benches", "stall", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert sorted(r["mode"] for r in rows) == ["parts", "whole"]
+    assert all(r["lost"] == 0 and r["cpu_ns_per_delivery"] > 0 for r in rows)
+
+
 def test_recovery_storm_bench_smoke_delivers_every_message_once():
     result = subprocess.run(
         [sys.executable, "-m", "benches", "recoverystorm", "--quick"],

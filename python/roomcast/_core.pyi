@@ -64,6 +64,10 @@ class Hub:
     their batches sent straight to the socket when uvloop holds nothing unsent for them
     (the rest, and every other case, still goes through ``write``); a flush submits them
     all in one io_uring call where the kernel allows it, else one ``send(2)`` each.
+    A scheduled flush (``flush()``) writes at most ``pass_sockets`` connections or
+    ``pass_bytes`` bytes (after the connection that reaches it), then calls ``resume``
+    (default: ``schedule``) with ``hub.flush`` for the rest, which comes first in the
+    next pass; ``flush(whole=True)`` writes everything now.
     """
 
     def __new__(
@@ -78,6 +82,9 @@ class Hub:
         on_overflow: Callable[[Any], Any] | None = None,
         on_interest: Callable[[], Any] | None = None,
         direct_writes: bool = False,
+        pass_sockets: int = 256,
+        pass_bytes: int = 4194304,
+        resume: Callable[[Callable[[], None]], Any] | None = None,
         deflate_threshold: int = ...,
         deflate_level: int = ...,
     ) -> Self: ...
@@ -164,7 +171,7 @@ class Hub:
     def encrypted_owners(
         self, room: str | None, user_id: str | None, exclude: list[str] | None = None
     ) -> list[Any]: ...
-    def flush(self) -> None: ...
+    def flush(self, whole: bool = False) -> None: ...
     def flush_one(self, handle: int) -> None: ...
     # -- deadlines ---------------------------------------------------------------
     def sweep(self) -> list[tuple[Any, int]]: ...
@@ -173,7 +180,8 @@ class Hub:
         backpressured, wheel_entries (now); skipped, delivered, frames_out, bytes_out,
         direct_writes (batches sent straight to a socket), ring_submits (flushes whose
         direct writes went to the kernel through io_uring: 16 or more of them; fewer go
-        by ``send(2)``) (counted since the hub
+        by ``send(2)``), passes_split (flushes that stopped at their bound and resumed)
+        (counted since the hub
         was created); io_uring (1 when this hub submits through io_uring: the kernel
         supports it and ``ROOMCAST_IO_URING`` is not ``0``; 0 for good once a submission
         failed, after which every direct write goes by ``send(2)``)."""

@@ -36,6 +36,11 @@ OPTION_DEFAULTS: dict[str, Any] = {
     # within the window share one write per client (0: written at the end of the loop
     # iteration that queued them).
     "write_delay": 0.0,
+    # A flush writes at most this many clients, or bytes, before it lets the loop run
+    # (reads, timers, other rooms) and goes on with the rest: one pass over a very large
+    # room does not hold up everything behind it.
+    "pass_sockets": 256,
+    "pass_bytes": 4 << 20,
     # History and presence (SPEC §10): globs of room names (None: no room), the messages a
     # history room keeps and for how many seconds, how long a dead node's members linger.
     "history_rooms": None,
@@ -139,6 +144,9 @@ def resolve_server_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
         raise ValueError(f"backlog must be positive: {resolved['backlog']}")
     if float(resolved["idle_timeout"]) < 0:
         raise ValueError(f"idle_timeout must not be negative: {resolved['idle_timeout']}")
+    for name in ("pass_sockets", "pass_bytes"):
+        if type(resolved[name]) is not int or resolved[name] < 1:
+            raise ValueError(f"{name} must be a positive integer: {resolved[name]!r}")
     if not float(resolved["write_delay"]) >= 0:
         raise ValueError(f"write_delay must not be negative: {resolved['write_delay']}")
     _check_history(resolved)

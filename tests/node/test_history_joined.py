@@ -104,7 +104,9 @@ def test_default_history_rooms_answer_joined_on_redis_while_publishing(redis_ser
             publisher = asyncio.create_task(publish())
             try:
                 await eventually(lambda: sent > 20)
-                clients = [await authed(a.url) for _ in range(5)]
+                # Unbounded client queues: each client ends with unread messages, and a bounded
+                # queue stops reading, so it would never see the server's close reply.
+                clients = [await authed(a.url, max_queue=None) for _ in range(5)]
                 for ws, _ in clients:
                     before, data = await joined(ws)
                     assert data["room"] == "chat:home" and data["recovered"] is False

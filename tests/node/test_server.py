@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import re
+import weakref
 
 import orjson
 import pytest
@@ -44,14 +46,17 @@ def test_connected_payload_has_id_user_id_and_iso_time():
 
 def test_a_connection_keeps_no_upgrade_headers_after_the_upgrade():
     """picows keeps the upgrade request and response for the connection's life; their
-    headers (~2 KB per idle connection) are released once the WebSocket is open."""
+    headers (~2 KB per idle connection) and the request line's bytes (the path with its
+    query string) are released once the WebSocket is open."""
 
     async def body():
         async with running() as node:
-            ws, data = await authed(node.url, "user:alice")
+            ws, data = await authed(node.url + "?token=" + "t" * 200, "user:alice")
             transport = node.helper.get_clients(data["id"]).transport
             assert len(transport.request.headers) == 0
             assert len(transport.response.headers) == 0
+            request = transport.request
+            assert request.method == request.path == request.version == b""
             with pytest.raises(TypeError):  # one shared mapping: nobody may add to it
                 transport.request.headers["X"] = "y"
             await send(ws, {"event": "join", "data": {"rooms": ["r"]}})
@@ -668,5 +673,24 @@ def test_envelope_from_the_broker_is_delivered_and_own_envelopes_are_ignored():
             await nothing_more(ws)
             await other.close()
             await ws.close()
+
+    run(body())
+
+
+def test_a_disconnected_client_is_freed_without_the_cycle_collector():
+    """picows' per-connection log names its client (a strong reference: the client holds
+    picows' transport, which holds the log); the client breaks that cycle when it
+    disconnects, so reference counting frees it."""
+
+    async def body():
+        async with running() as node:
+            ws, data = await authed(node.url)
+            ref = weakref.ref(node.helper.get_clients(data["id"]))
+            gc.disable()
+            try:
+                await ws.close()
+                await eventually(lambda: ref() is None, timeout=5, what="the Client freed")
+            finally:
+                gc.enable()
 
     run(body())

@@ -154,6 +154,10 @@ class WebSocketServerHelper:
             on_overflow=self._on_overflow,
             on_interest=barrier.on_interest if barrier.interest is not None else None,
             direct_writes=True,
+            pass_sockets=int(options["pass_sockets"]),
+            pass_bytes=int(options["pass_bytes"]),
+            # The rest of a pass that stopped at its bound: at once, not after write_delay.
+            resume=tasks.schedule,
             deflate_threshold=int(options["deflate_threshold"]),
             deflate_level=int(options["deflate_level"]),
         )
@@ -702,14 +706,14 @@ class WebSocketServerHelper:
 
     def flush(self) -> None:
         """Hand the queued writes to the sockets now (otherwise once per loop iteration)."""
-        self._hub.flush()
+        self._hub.flush(whole=True)
 
     async def settle(self) -> None:
         """Return once queued encrypted deliveries are sealed and the broker's subscription
         changes so far are in effect (raises BrokerUnavailable while it reconnects)."""
         await self._sealer.wait_idle()
         await self._broker.sync()
-        self._hub.flush()
+        self._hub.flush(whole=True)
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """(ok, body) for a load balancer: ok while this node accepts connections and its

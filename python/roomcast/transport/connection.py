@@ -22,7 +22,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
 from .._core import Hub, InflatedTooBig, Inflater, InvalidDeflate
-from ..log import client_extra, fault
+from ..log import PicowsLog, client_extra, fault
 from ..protocol.constants import CloseCode
 from ..protocol.counters import Counters
 from ..protocol.session import SESSION_SLOTS, SessionMachine
@@ -38,8 +38,10 @@ _PING = WSMsgType.PING
 
 # picows keeps the upgrade request and response on the transport for the connection's life
 # (read-only attributes); their headers (~2 KB per connection) are never read after the
-# upgrade, so each is swapped for this one empty, read-only mapping.
+# upgrade, so each is swapped for this one empty, read-only mapping, and the request line's
+# three byte strings (~120 B, more with a query string) for one shared empty one.
 _NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+_NO_BYTES = b""
 
 # How long a closing connection may take to answer our close frame before we drop it.
 CLOSE_GRACE = 2.0
@@ -118,6 +120,7 @@ class Client(WSListener, SessionMachine):
         "_fragments_text",
         "_links",
         "_paused",
+        "_picows_log",
         "_pacing",
         "_writable",
         "connected_at",
@@ -144,6 +147,12 @@ class Client(WSListener, SessionMachine):
         # theirs, not overflow; `_writable` is resolved by `resume_writing` or the disconnect.
         self._pacing = 0
         self._writable: asyncio.Future[None] | None = None
+        self._picows_log: PicowsLog | None = None
+
+    def log_to(self, log: PicowsLog) -> None:
+        """picows' log for this connection names this client until it disconnects."""
+        self._picows_log = log
+        log.client = self
 
     # -- the record ----------------------------------------------------------------------
 
@@ -204,6 +213,9 @@ class Client(WSListener, SessionMachine):
         for message in (transport.request, transport.response):
             if message is not None:
                 message.headers = _NO_HEADERS  # type: ignore[assignment]  # read-only on purpose
+        request = transport.request
+        if request is not None:
+            request.method = request.path = request.version = _NO_BYTES
         self._links.on_connect(self, transport)
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
@@ -237,6 +249,9 @@ class Client(WSListener, SessionMachine):
             self._on_fragment(frame, msg_type)
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
+        log = self._picows_log
+        if log is not None:  # the cycle through picows' transport ends here
+            log.client = self._picows_log = None
         self._wake_writer()
         if self._disconnect_timer is not None:
             self._disconnect_timer.cancel()

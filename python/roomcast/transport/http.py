@@ -235,7 +235,7 @@ class WebServer:
                 agreement = negotiate(headers.getall(EXTENSIONS_HEADER, ()))
             try:
                 client = helper.accept(0 if agreement is None else agreement.server_max_window_bits)
-                log.client = weakref.ref(client)  # picows' lines about it carry its id
+                client.log_to(log)  # picows' lines about it carry its id
                 if agreement is not None:
                     answer = {EXTENSIONS_HEADER: agreement.response}
                     return WSUpgradeResponseWithListener(

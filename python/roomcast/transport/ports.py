@@ -10,13 +10,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from picows import WSListener
-
 from ..protocol.counters import Counters
+from .connection import Client
 
 
 class Route(Protocol):
-    """An endpoint on one path: `accept(deflate_window)` gives the listener of a new
+    """An endpoint on one path: `accept(deflate_window)` gives the `Client` of a new
     connection (that negotiated permessage-deflate with that server window, 0: it did not)
     or raises `roomcast.http.UpgradeRefused`. `server_options` are the resolved options
     (`roomcast.config`): the listener takes its frame size, upgrade timeout, backlog and
@@ -25,7 +24,7 @@ class Route(Protocol):
     @property
     def server_options(self) -> Mapping[str, Any]: ...
     def get_path(self) -> str: ...
-    def accept(self, deflate_window: int = 0) -> WSListener: ...
+    def accept(self, deflate_window: int = 0) -> Client: ...
 
 
 class Node(Protocol):

@@ -2,7 +2,8 @@
 //! flushing and deadlines.
 //!
 //! Delivery never writes: frames are queued per connection (a shared `Frame` each)
-//! and a later [`Hub::flush`] hands every dirty connection its whole batch at once.
+//! and a later [`Hub::flush`] hands every dirty connection its whole batch at once
+//! ([`Hub::flush_pass`]: part of them, resuming where it stopped on the next call).
 //! The caller learns through [`Hub::take_flush_request`] when a flush must be scheduled
 //! and through [`Hub::drain_overflowed`] which connections passed the backpressure limit.
 //!
@@ -30,6 +31,22 @@ use crate::rooms::{ConnRooms, Moved, Rooms};
 use crate::users::{UserLink, Users};
 use crate::wheel::{Entry, Wheel, TICK_MS};
 use queue::{drain, live, live_mut, member, member_mut, Conn, LazyFrame, Outbox, Pending, Slot};
+
+/// The bound of one [`Hub::flush_pass`]: it stops after the connection that brings it
+/// to `sockets` connections or `bytes` bytes written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pass {
+    pub sockets: usize,
+    pub bytes: usize,
+}
+
+impl Pass {
+    /// No bound: every dirty connection.
+    pub const WHOLE: Pass = Pass {
+        sockets: usize::MAX,
+        bytes: usize::MAX,
+    };
+}
 
 /// Hub-wide settings. Timeouts are milliseconds; zero disables one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -663,18 +680,42 @@ impl<S> Hub<S> {
 
     /// Hands each dirty connection its pending frames (one batch per connection) and
     /// empties the queues. `write` must not need the hub: collect, then write.
-    pub fn flush(&mut self, mut write: impl FnMut(&S, Batch<'_>)) {
-        self.out.flush_scheduled = false;
-        let mut dirty = mem::take(&mut self.out.dirty);
-        for &slot in &dirty {
+    pub fn flush(&mut self, write: impl FnMut(&S, Batch<'_>)) {
+        self.flush_pass(Pass::WHOLE, write);
+    }
+
+    /// Like [`Hub::flush`], but stops once `pass` is spent (after the connection that
+    /// reached it; at least one connection is served); returns true when connections are left, and then a flush stays
+    /// scheduled: the caller must call this again soon (after letting other work run).
+    /// The next call starts with the connections left, before any that became dirty
+    /// since, so every connection is served within one whole pass of its first frame.
+    /// A connection's frames stay in its queue until its turn, so its order is exact;
+    /// frames queued meanwhile join its batch.
+    pub fn flush_pass(&mut self, pass: Pass, mut write: impl FnMut(&S, Batch<'_>)) -> bool {
+        let out = &mut self.out;
+        let dirty_len = out.dirty.len();
+        if !out.resuming && dirty_len > pass.sockets {
+            // A fresh list that this pass will split: start at a moving point.
+            out.dirty.rotate_left(out.start % dirty_len);
+            out.start = out.start.wrapping_add(pass.sockets);
+        }
+        let (mut sockets, mut bytes) = (0, 0);
+        // At least one connection per pass, whatever the bound.
+        while sockets == 0 || (sockets < pass.sockets && bytes < pass.bytes) {
+            let Some(slot) = out.dirty.pop_front() else {
+                break;
+            };
             if let Some(conn) = member_mut(&mut self.slots, slot) {
                 if mem::take(&mut conn.dirty) {
-                    drain(conn, &mut self.out, &mut write);
+                    sockets += 1;
+                    bytes += conn.pending.bytes;
+                    drain(conn, out, &mut write);
                 }
             }
         }
-        dirty.clear();
-        self.out.dirty = dirty;
+        out.resuming = !out.dirty.is_empty();
+        out.flush_scheduled = out.resuming;
+        out.resuming
     }
 
     /// Hands one connection its pending frames now (before a close frame, say).

@@ -52,7 +52,7 @@ pub use deadline::Expiry;
 pub use exclude::Exclude;
 pub use frame::Frame;
 pub use hub::{
-    Batch, Config, Hub, HubFull, Released, Sent, Stats, DEFAULT_DEFLATE_LEVEL,
+    Batch, Config, Hub, HubFull, Pass, Released, Sent, Stats, DEFAULT_DEFLATE_LEVEL,
     DEFAULT_DEFLATE_THRESHOLD,
 };
 pub use ids::Handle;

@@ -14,7 +14,7 @@
 
 use std::mem;
 
-use pyo3::exceptions::{PyRuntimeError, PyTypeError};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
@@ -65,6 +65,12 @@ pub struct Hub {
     stage: Stage,
     /// Flushes whose direct writes went to the ring.
     ring_submits: u64,
+    /// The bound of one scheduled flush's pass (`rc::Hub::flush_pass`).
+    pass: rc::Pass,
+    /// Schedules the rest of a flush that stopped at `pass` (None: `schedule`).
+    resume: Option<Py<PyAny>>,
+    /// Flushes that stopped at `pass` and scheduled the rest.
+    passes_split: u64,
 }
 
 #[pymethods]
@@ -81,6 +87,14 @@ impl Hub {
         on_overflow = None,
         on_interest = None,
         direct_writes = false,
+        // A scheduled flush writes at most 256 connections before it lets the loop run
+        // (then resumes): at 3-6 us of CPU per send on loopback, about 1-1.5 ms. Or 4 MiB
+        // (a client that fell behind takes more per send). Chosen with `python -m benches
+        // stall` (256 against 1,024 and 4,096: benches/README.md). Literals: the Python
+        // signature shows them.
+        pass_sockets = 256,
+        pass_bytes = 4_194_304,
+        resume = None,
         deflate_threshold = rc::DEFAULT_DEFLATE_THRESHOLD,
         deflate_level = rc::DEFAULT_DEFLATE_LEVEL,
     ))]
@@ -96,11 +110,14 @@ impl Hub {
         on_overflow: Option<&Bound<'_, PyAny>>,
         on_interest: Option<&Bound<'_, PyAny>>,
         direct_writes: bool,
+        pass_sockets: usize,
+        pass_bytes: usize,
+        resume: Option<&Bound<'_, PyAny>>,
         deflate_threshold: usize,
         deflate_level: u32,
     ) -> PyResult<Self> {
         if deflate_level > 9 {
-            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+            return Err(PyValueError::new_err(format!(
                 "deflate_level must be 0-9: {deflate_level}"
             )));
         }
@@ -110,6 +127,16 @@ impl Hub {
         let on_overflow = on_overflow.filter(|cb| !cb.is_none());
         if on_overflow.is_some_and(|cb| !cb.is_callable()) {
             return Err(PyTypeError::new_err("on_overflow must be callable or None"));
+        }
+        let resume = resume.filter(|cb| !cb.is_none());
+        if resume.is_some_and(|cb| !cb.is_callable()) {
+            return Err(PyTypeError::new_err("resume must be callable or None"));
+        }
+        if pass_sockets == 0 {
+            return Err(PyValueError::new_err("pass_sockets must be positive: 0"));
+        }
+        if pass_bytes == 0 {
+            return Err(PyValueError::new_err("pass_bytes must be positive: 0"));
         }
         let on_interest = on_interest.filter(|cb| !cb.is_none());
         if on_interest.is_some_and(|cb| !cb.is_callable()) {
@@ -138,6 +165,12 @@ impl Hub {
             ring: if direct_writes { Ring::new() } else { None },
             stage: Stage::default(),
             ring_submits: 0,
+            pass: rc::Pass {
+                sockets: pass_sockets,
+                bytes: pass_bytes,
+            },
+            resume: resume.map(|cb| cb.clone().unbind()),
+            passes_split: 0,
         })
     }
 
@@ -494,22 +527,26 @@ impl Hub {
         PyList::new(py, owners)
     }
 
-    /// Writes every connection's queued frames, one `write` call per connection.
-    fn flush(slf: &Bound<'_, Self>) -> PyResult<()> {
+    /// Writes the connections' queued frames, one `write` call per connection: all of
+    /// them when `whole`, else (a scheduled flush) up to the hub's pass bound, scheduling
+    /// the rest through `resume` so the loop runs in between.
+    #[pyo3(signature = (whole = false))]
+    fn flush(slf: &Bound<'_, Self>, whole: bool) -> PyResult<()> {
         let py = slf.py();
-        let mut writes = {
+        let (mut writes, resume) = {
             let mut this = slf.try_borrow_mut()?;
             let this = &mut *this;
             let mut writes = mem::take(&mut this.writes);
             let mut cache = BytesCache::default();
             let mut direct = 0;
             let mut stage = this.ring.is_some().then(|| mem::take(&mut this.stage));
+            let pass = if whole { rc::Pass::WHOLE } else { this.pass };
             // From a connection's `ready` check to the submission no Python code may run
             // that could close its transport (see `crate::direct`): the flush only calls
             // uvloop's C getters, but an allocation could start a garbage collection, and
             // a finalizer could do anything. So no collection until the writes are sent.
             let _no_gc = stage.is_some().then(|| NoGc::new(py));
-            this.core.flush(|sink, batch| {
+            let more = this.core.flush_pass(pass, |sink, batch| {
                 let stage = stage.as_mut();
                 deliver(
                     py,
@@ -534,13 +571,36 @@ impl Hub {
                 this.stage = stage;
             }
             this.direct_count += direct;
-            writes
+            let resume = if more {
+                this.passes_split += 1;
+                let resume = this.resume.as_ref().or(this.schedule.as_ref());
+                let resume = resume.map(|cb| cb.clone_ref(py));
+                if resume.is_none() {
+                    this.core.cancel_flush();
+                }
+                resume
+            } else {
+                None
+            };
+            (writes, resume)
         };
         call_writes(py, &mut writes);
         // Keep the buffer for the next flush (a re-entrant flush may have left one).
         if let Ok(mut this) = slf.try_borrow_mut() {
             if this.writes.capacity() < writes.capacity() {
                 this.writes = writes;
+            }
+        }
+        if let Some(resume) = resume {
+            let resumed = slf
+                .getattr(intern!(py, "flush"))
+                .and_then(|flush| resume.bind(py).call1((flush,)));
+            if let Err(err) = resumed {
+                // The next queued frame asks for a flush again.
+                if let Ok(mut this) = slf.try_borrow_mut() {
+                    this.core.cancel_flush();
+                }
+                return Err(err);
             }
         }
         Ok(())
@@ -609,6 +669,7 @@ impl Hub {
         dict.set_item(intern!(py, "direct_writes"), self.direct_count)?;
         dict.set_item(intern!(py, "io_uring"), u64::from(self.ring.is_some()))?;
         dict.set_item(intern!(py, "ring_submits"), self.ring_submits)?;
+        dict.set_item(intern!(py, "passes_split"), self.passes_split)?;
         Ok(dict)
     }
 
@@ -618,6 +679,7 @@ impl Hub {
         visit.call(&self.schedule)?;
         visit.call(&self.on_overflow)?;
         visit.call(&self.on_interest)?;
+        visit.call(&self.resume)?;
         for sink in self.core.sinks() {
             visit.call(&sink.write)?;
             visit.call(&sink.owner)?;
@@ -636,6 +698,7 @@ impl Hub {
         self.schedule = None;
         self.on_overflow = None;
         self.on_interest = None;
+        self.resume = None;
         self.writes.clear();
         drop(self.core.drain_sinks());
     }

@@ -8,7 +8,7 @@
 //! - `write`: a flush's write engine (`deliver`, the `bytes` cache, the ring's stage,
 //!   `call_writes`, the garbage collector held off while writes are staged);
 //! - `direct`, `ring`: writing a batch straight to a uvloop socket, and one io_uring
-//!   submission for all of a flush's direct writes;
+//!   submission for all of a flush's direct writes (Linux; `ring_none` elsewhere: no ring);
 //! - `convert`: the hub's clock and arguments in Python's terms;
 //! - `frame`, `seal`: the `frame_text` and `seal_messages` functions;
 //! - `deflate`: the `Inflater` of inbound permessage-deflate messages.
@@ -22,6 +22,8 @@ mod direct;
 mod followup;
 mod frame;
 mod hub;
+// io_uring is Linux's; elsewhere a stand-in without a ring (every direct write by send(2)).
+#[cfg_attr(not(target_os = "linux"), path = "ring_none.rs")]
 mod ring;
 mod seal;
 mod write;

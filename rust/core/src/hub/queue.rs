@@ -6,6 +6,8 @@
 //! Nothing here writes: `Outbox::offer` queues a shared `Frame` (or counts a skip) and
 //! `drain` hands the caller one [`Batch`] per connection when the hub flushes.
 
+use std::collections::VecDeque;
+
 use crate::deadline::Clocks;
 use crate::deflate::Outgoing;
 use crate::exclude::Exclude;
@@ -161,8 +163,14 @@ pub(super) struct Outbox {
     limit: usize,
     close_on_limit: bool,
     /// Slots with pending frames, in the order they became dirty (may hold stale
-    /// slots; `Conn::dirty` is the truth).
-    pub(super) dirty: Vec<u32>,
+    /// slots; `Conn::dirty` is the truth). A bounded pass takes from the front and leaves
+    /// the rest for the next, behind nothing newer.
+    pub(super) dirty: VecDeque<u32>,
+    /// A bounded pass stopped with connections left; the next pass resumes there.
+    pub(super) resuming: bool,
+    /// Where the next pass split by its bound starts in a fresh dirty list (advanced by
+    /// each such pass), so no connection of a large room is always in the last part.
+    pub(super) start: usize,
     pub(super) overflowed: Vec<Handle>,
     /// A flush is scheduled (or requested) and has not run yet.
     pub(super) flush_scheduled: bool,
@@ -182,7 +190,9 @@ impl Outbox {
         Outbox {
             limit,
             close_on_limit,
-            dirty: Vec::new(),
+            dirty: VecDeque::new(),
+            resuming: false,
+            start: 0,
             overflowed: Vec::new(),
             flush_scheduled: false,
             flush_requested: false,
@@ -217,7 +227,7 @@ impl Outbox {
         conn.pending.push(frame);
         if !conn.dirty {
             conn.dirty = true;
-            self.dirty.push(slot);
+            self.dirty.push_back(slot);
         }
         if !self.flush_scheduled {
             self.flush_scheduled = true;
