@@ -100,7 +100,9 @@ def test_joined_splits_messages_by_offset_while_publishing():
                     await asyncio.sleep(0)
 
             publisher = asyncio.create_task(publish())
-            ws, _ = await authed(node.url)
+            # An unbounded queue: the client ends with unread messages, and a bounded queue
+            # stops reading, so it would never see the server's close reply.
+            ws, _ = await authed(node.url, max_queue=None)
             await join(ws, ["chat:busy"], recover={"chat:busy": {"epoch": "?", "offset": 0}})
             before, data = await joined(ws)
             assert before == [] and data["recovered"] is False and data["offset"] > 0
