@@ -16,7 +16,7 @@ import orjson
 import pytest
 from redis_support import node, raw_redis, redis_at
 from roomcast.broker.redis.history import keys_of
-from support import RawClient, authed, eventually, join, joined, recv, run, running
+from support import RawClient, authed, eventually, join, joined, recv, run, running, send
 
 OPTIONS = {"history_rooms": "chat:*"}
 # A live message's bound while Redis is frozen: the history timeout (1 s by default), and
@@ -324,6 +324,65 @@ def test_two_big_recoveries_in_one_join_both_arrive_whole_without_a_close():
             assert all(d["recovered"] and d["offset"] == 100 for d in answered)
             assert n.helper._hub.stats()["skipped"] == 0
             await late.close()
+            await keeper.close()
+
+    run(body(), timeout=60)
+
+
+@pytest.mark.parametrize("broker", ["memory", "redis"])
+def test_an_encrypted_recovery_bigger_than_the_backpressure_limit_is_never_cut_short(
+    request, broker
+):
+    """Sealed replays are not paced: one that passes half the backpressure limit is not sent
+    at all, and `joined` says so (never a replay silently short of `recovered: true`)."""
+    from encryption_support import encrypted_client
+    from roomcast.crypto import EcdhScheme
+
+    async def body():
+        options = {**OPTIONS, "history_size": 200}
+        if broker == "memory":
+            context = running(
+                default_rooms=[],
+                validate_room_fn=lambda client_id, user_id, rooms: rooms,
+                server_options=options,
+                encryption=EcdhScheme(),
+            )
+        else:
+            redis_server = request.getfixturevalue("redis_server")
+            context = node(
+                redis_at(redis_server.port),
+                default_rooms=[],
+                server_options=options,
+                encryption=EcdhScheme(),
+            )
+        async with context as n:
+            room = "chat:big"
+            keeper = await member(n.url, room)
+            _, position = await joined(keeper)
+            payload = "x" * 16 * 1024
+            for i in range(100):
+                n.helper.send_to_room(room, "m", f"{i} {payload}")
+                assert (await recv(keeper))["offset"] == i + 1
+            small = {"epoch": position["epoch"], "offset": 98}
+            whole = {"epoch": position["epoch"], "offset": 0}
+            head = 100
+            for wanted, replayed, recovered in ((small, [99, 100], True), (whole, [], False)):
+                ws, _, crypto = await encrypted_client(n.url)
+                await send(ws, crypto.seal("join", {"rooms": [room], "recover": {room: wanted}}))
+                before = []
+                while (message := crypto.open(await recv(ws)))["event"] != "joined":
+                    before.append(message["offset"])
+                assert before == replayed
+                data = message["data"]
+                assert data["recovered"] is recovered and data["offset"] == head
+                if not recovered:
+                    assert data["reason"] == "replay too large for an encrypted session"
+                n.helper.send_to_room(room, "m", "next")
+                head += 1
+                assert crypto.open(await recv(ws))["offset"] == head
+                assert (await recv(keeper))["offset"] == head
+                await ws.close()
+            assert n.helper.stats()["skipped"] == 0
             await keeper.close()
 
     run(body(), timeout=60)

@@ -44,6 +44,8 @@ JOINED = "joined"
 UNAVAILABLE = "history unavailable"
 TOO_SLOW = "client too slow"
 RESET = "history reset during recovery"
+# Sealed replays are not paced: one past half the pacing step is not sent (never cut short).
+SEALED_TOO_LARGE = "replay too large for an encrypted session"
 # Reads of a room's position again when its epoch changed while a recovery was read.
 REREADS = 2
 # Unnumbered messages to a history room are logged once per spell: again only after this
@@ -239,6 +241,9 @@ class History:
                 for e in entries or ()
                 if client.id not in e.exclude
             ]
+            reason = None
+            if client.encrypted and self._sealed_too_large(replay):
+                replay, recovered, reason = [], False, SEALED_TOO_LARGE
             if not client.encrypted and sum(len(r[1]) for r in replay) > self._step_limit():
                 # More than the socket may hold at once: paced, live messages held meanwhile.
                 self._hub.hold_history(client.handle, room)
@@ -246,7 +251,14 @@ class History:
                 continue
             for entry_offset, frame, event, message in replay:
                 one(client, frame, event, message, (room, entry_offset))
-            data = {"room": room, "epoch": epoch, "offset": offset, "recovered": recovered}
+            data: dict[str, Any] = {
+                "room": room,
+                "epoch": epoch,
+                "offset": offset,
+                "recovered": recovered,
+            }
+            if reason:
+                data["reason"] = reason
             one(client, encode(JOINED, data), JOINED, data)
 
     def on_envelope(self, room: str, envelope: Envelope) -> bool:
@@ -343,6 +355,11 @@ class History:
         finally:
             self._resets.discard((room, epoch))
 
+    def _sealed_too_large(self, replay: list[tuple[int, bytes, str, Any]]) -> bool:
+        """Whether a replay to an encrypted client is too large to queue at once: sealed
+        messages are not paced, and sealing may double their size."""
+        return sum(len(r[1]) for r in replay) > self._step_limit() // 2
+
     def _step_limit(self) -> int:
         """Bytes of a replay queued at once without pacing: half the backpressure limit."""
         return int(self._options["backpressure_limit"]) // 2
@@ -416,7 +433,9 @@ class History:
         limit = int(self._options["backpressure_limit"])
         deadline = asyncio.get_running_loop().time() + float(self._options["recovery_timeout"])
         try:
-            if client.encrypted:
+            if client.encrypted and self._sealed_too_large(replay):
+                recovered, reason = False, SEALED_TOO_LARGE
+            elif client.encrypted:
                 for entry_offset, frame, event, message in replay:
                     one(client, frame, event, message, (room, entry_offset))
             elif replay and await send_paced(
