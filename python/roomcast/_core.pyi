@@ -201,5 +201,3 @@ class Inflater:
     def inflate(self, payload: bytes, limit: int) -> bytes:
         """The message whose compressed payload is ``payload``; raises InflatedTooBig or
         InvalidDeflate."""
-    def inflate_parts(self, parts: list[bytes], limit: int) -> bytes:
-        """The same for a payload split over several frames."""

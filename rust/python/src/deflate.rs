@@ -4,7 +4,7 @@
 use pyo3::create_exception;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList};
+use pyo3::types::PyBytes;
 use roomcast_core::deflate::{self, InflateError};
 
 create_exception!(
@@ -43,7 +43,7 @@ impl Inflater {
         }
     }
 
-    /// The message whose compressed payload is ``payload`` (one frame's).
+    /// The message whose compressed payload is ``payload`` (a frame's, or its fragments joined).
     fn inflate<'py>(
         &mut self,
         py: Python<'py>,
@@ -53,27 +53,6 @@ impl Inflater {
         let bytes = self
             .core
             .inflate(&[payload], limit)
-            .map(|out| PyBytes::new(py, out));
-        self.core.trim(); // after an error too: a large limit's buffer does not linger
-        bytes.map_err(raise)
-    }
-
-    /// The message whose compressed payload is split over ``parts`` (its frames', in
-    /// order).
-    fn inflate_parts<'py>(
-        &mut self,
-        py: Python<'py>,
-        parts: &Bound<'py, PyList>,
-        limit: usize,
-    ) -> PyResult<Bound<'py, PyBytes>> {
-        let parts: Vec<Bound<'py, PyBytes>> = parts
-            .iter()
-            .map(|part| part.cast_into::<PyBytes>().map_err(PyErr::from))
-            .collect::<PyResult<_>>()?;
-        let slices: Vec<&[u8]> = parts.iter().map(|part| part.as_bytes()).collect();
-        let bytes = self
-            .core
-            .inflate(&slices, limit)
             .map(|out| PyBytes::new(py, out));
         self.core.trim(); // after an error too: a large limit's buffer does not linger
         bytes.map_err(raise)
