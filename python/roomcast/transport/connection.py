@@ -107,6 +107,18 @@ class Links:
         self.inflater = Inflater()
 
 
+class _Fragments:
+    """A message arriving in several frames: its payload so far, joined in one buffer."""
+
+    __slots__ = ("count", "deflated", "payload", "text")
+
+    def __init__(self, text: bool, deflated: bool) -> None:
+        self.payload = bytearray()
+        self.count = 0  # frames so far
+        self.text = text
+        self.deflated = deflated
+
+
 class Client(WSListener, SessionMachine):
     """One connection: its session (state, user, keys), its socket, and the record
     applications read. Rooms, activity and backpressure are the hub's, read through it."""
@@ -115,9 +127,6 @@ class Client(WSListener, SessionMachine):
         *SESSION_SLOTS,
         "_disconnect_timer",
         "_fragments",
-        "_fragments_count",
-        "_fragments_deflated",
-        "_fragments_text",
         "_links",
         "_paused",
         "_picows_log",
@@ -135,10 +144,7 @@ class Client(WSListener, SessionMachine):
         self.connected_at = time.time()
         self.handle = -1
         self.transport: WSTransport | None = None
-        self._fragments: bytearray | None = None
-        self._fragments_count = 0
-        self._fragments_text = False
-        self._fragments_deflated = False
+        self._fragments: _Fragments | None = None  # only while a message is fragmented
         # The server window agreed for permessage-deflate (`roomcast.transport.deflate`); 0: none.
         self.deflate_window = 0
         self._disconnect_timer: asyncio.TimerHandle | None = None
@@ -376,31 +382,29 @@ class Client(WSListener, SessionMachine):
             self._fail(WSCloseCode.PROTOCOL_ERROR, "expected a continuation frame")
             return
         else:
-            fragments = self._fragments = bytearray()
-            self._fragments_count = 0
-            self._fragments_text = msg_type is _TEXT
-            self._fragments_deflated = deflated
+            fragments = self._fragments = _Fragments(msg_type is _TEXT, deflated)
         links = self._links
-        size = len(fragments) + frame.payload_size
+        payload = fragments.payload
+        size = len(payload) + frame.payload_size
         if size > links.max_payload_length:
             self._fragments = None
             self._too_big(size)
             return
         # Every frame counts, empty continuations too.
-        self._fragments_count += 1
-        if self._fragments_count > links.max_fragments:
+        fragments.count += 1
+        if fragments.count > links.max_fragments:
             self._fragments = None
             self._too_many_fragments()
             return
-        fragments += frame.get_payload_as_memoryview()
+        payload += frame.get_payload_as_memoryview()
         if frame.fin:
             self._fragments = None
             if self.closing:
                 return
-            if self._fragments_deflated:
-                self._inflated(bytes(fragments), self._fragments_text)
+            if fragments.deflated:
+                self._inflated(bytes(payload), fragments.text)
             else:
-                self._links.on_message(self, fragments, self._fragments_text)
+                self._links.on_message(self, payload, fragments.text)
 
     def _on_close_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         if not transport.is_close_frame_sent:
